@@ -1,0 +1,100 @@
+"""Every attribute key, event name and kind value that otelflow writes or reads."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- kinds (value of KIND) ------------------------------------------------------------------------
+KIND: Final = "otelflow.kind"
+KIND_WORKFLOW: Final = "workflow"
+KIND_AGENT: Final = "agent"
+KIND_NODE: Final = "node"
+KIND_TOOL: Final = "tool"
+KIND_SPAN: Final = "span"  # anything otelflow did not create itself
+KINDS: Final = (KIND_WORKFLOW, KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_SPAN)
+
+# --- otelflow span attributes ---------------------------------------------------------------------
+RUN_ID: Final = "otelflow.run.id"
+WORKFLOW_GRAPH: Final = "otelflow.workflow.graph"
+NODE_ID: Final = "otelflow.node.id"
+PENDING: Final = "otelflow.pending"  # live-only snapshot of a span that has not ended
+INPUT_TRUNCATED: Final = "otelflow.input.truncated"
+OUTPUT_TRUNCATED: Final = "otelflow.output.truncated"
+GENERATOR_ITEMS: Final = "otelflow.generator.items"
+ERROR_TYPE: Final = "error.type"
+
+# --- OpenTelemetry GenAI semantic conventions -----------------------------------------------------
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_WORKFLOW_NAME: Final = "gen_ai.workflow.name"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_AGENT_ID: Final = "gen_ai.agent.id"
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+OP_INVOKE_WORKFLOW: Final = "invoke_workflow"
+OP_INVOKE_AGENT: Final = "invoke_agent"
+OP_EXECUTE_TOOL: Final = "execute_tool"
+
+# --- OpenInference (rendered by Phoenix and Langfuse) ---------------------------------------------
+OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+OI_AGENT: Final = "AGENT"
+OI_CHAIN: Final = "CHAIN"
+OI_TOOL: Final = "TOOL"
+INPUT_VALUE: Final = "input.value"
+INPUT_MIME_TYPE: Final = "input.mime_type"
+OUTPUT_VALUE: Final = "output.value"
+OUTPUT_MIME_TYPE: Final = "output.mime_type"
+MIME_JSON: Final = "application/json"
+MIME_TEXT: Final = "text/plain"
+
+# --- Logfire's pending spans (understood by the viewer) -------------------------------------------
+LOGFIRE_SPAN_TYPE: Final = "logfire.span_type"
+LOGFIRE_PENDING_SPAN: Final = "pending_span"
+LOGFIRE_PENDING_PARENT_ID: Final = "logfire.pending_parent_id"
+
+# --- lifecycle events and their attributes --------------------------------------------------------
+EVENT_PROGRESS: Final = "otelflow.progress"
+PROGRESS_PERCENT: Final = "otelflow.progress.percent"
+PROGRESS_MESSAGE: Final = "otelflow.progress.message"
+PROGRESS_COMPLETED: Final = "otelflow.progress.completed"
+PROGRESS_TOTAL: Final = "otelflow.progress.total"
+
+EVENT_DATA_FLOW: Final = "otelflow.data_flow"
+DATA_FLOW_FROM: Final = "otelflow.data_flow.from"
+DATA_FLOW_TO: Final = "otelflow.data_flow.to"
+DATA_FLOW_BYTES: Final = "otelflow.data_flow.bytes"
+DATA_FLOW_KEYS: Final = "otelflow.data_flow.keys"
+
+EVENT_RETRY: Final = "otelflow.retry"
+RETRY_ATTEMPT: Final = "otelflow.retry.attempt"
+RETRY_ERROR: Final = "otelflow.retry.error"
+RETRY_WAIT_S: Final = "otelflow.retry.wait_s"
+
+EVENT_FALLBACK: Final = "otelflow.fallback"
+FALLBACK_ERROR: Final = "otelflow.fallback.error"
+FALLBACK_TO: Final = "otelflow.fallback.to"
+
+EVENT_LOG: Final = "otelflow.log"
+LOG_LEVEL: Final = "otelflow.log.level"
+LOG_MESSAGE: Final = "otelflow.log.message"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+EVENT_EXCEPTION: Final = "exception"  # the standard OTel exception event
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
+
+LIFECYCLE_EVENTS: Final = (
+    EVENT_PROGRESS,
+    EVENT_DATA_FLOW,
+    EVENT_RETRY,
+    EVENT_FALLBACK,
+    EVENT_LOG,
+    EVENT_EXCEPTION,
+)
+
+# --- live streaming (resource attributes of a worker process) -------------------------------------
+WORKER_ID: Final = "otelflow.worker.id"  # random per process; the viewer tracks heartbeats by it
+HEARTBEAT_INTERVAL_S: Final = 2.0  # a worker's LiveExporter posts at least this often while alive
+ABANDON_AFTER_S: Final = 10.0  # the viewer marks a silent worker's running spans abandoned after this
+
+# --- instrumentation scope ------------------------------------------------------------------------
+SCOPE_NAME: Final = "otelflow"

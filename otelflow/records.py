@@ -1,0 +1,536 @@
+"""SpanRecord, the one record type that travels from the processor to the browser, and its encodings.
+
+A record is a full snapshot of a span at one moment: built from an SDK span by the live processor, or
+decoded from OTLP by the viewer. Encodings: the stream envelope's ``span`` object (:meth:`SpanRecord.to_dict`)
+and OTLP/JSON (:func:`to_otlp_json` / :func:`from_otlp_json`), which ``POST /v1/traces`` accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from otelflow import attributes as A
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+__all__ = [
+    "PHASE_END",
+    "PHASE_START",
+    "PHASE_UPDATE",
+    "STATUS_ABANDONED",
+    "STATUS_ERROR",
+    "STATUS_OK",
+    "STATUS_RUNNING",
+    "EventRecord",
+    "OtlpDecodeError",
+    "SpanRecord",
+    "format_time",
+    "from_otlp_json",
+    "kind_of",
+    "otlp_resource",
+    "record_from_span",
+    "to_otlp_json",
+]
+
+STATUS_RUNNING: Final = "running"
+STATUS_OK: Final = "ok"
+STATUS_ERROR: Final = "error"
+STATUS_ABANDONED: Final = "abandoned"
+
+PHASE_START: Final = "start"
+PHASE_UPDATE: Final = "update"
+PHASE_END: Final = "end"
+
+# OTLP StatusCode values
+_OTLP_STATUS_UNSET: Final = 0
+_OTLP_STATUS_OK: Final = 1
+_OTLP_STATUS_ERROR: Final = 2
+
+AttributeValue = Any  # str | bool | int | float | list of those (OTel AnyValue, decoded)
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class EventRecord(NamedTuple):
+    """One span event: a lifecycle event (``otelflow.progress`` …) or any other."""
+
+    name: str
+    time_ns: int
+    attributes: Mapping[str, AttributeValue] = _EMPTY
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "time": format_time(self.time_ns), "attributes": dict(self.attributes)}
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    """A snapshot of one span.
+
+    ``phase`` says which moment the snapshot was taken at (``start``, ``update`` or ``end``); ``status`` is
+    ``running`` until the span ends, then ``ok`` or ``error`` (the viewer may set ``abandoned``).
+    Ids are lower-case hex (32 digits for traces, 16 for spans), as Jaeger shows them.
+    """
+
+    trace_id: str
+    span_id: str
+    name: str
+    parent_span_id: str | None = None
+    kind: str = A.KIND_SPAN
+    span_kind: int = 1  # OTLP SpanKind: 1 internal, 2 server, 3 client, 4 producer, 5 consumer
+    start_time_ns: int = 0
+    end_time_ns: int | None = None
+    status: str = STATUS_RUNNING
+    status_message: str = ""
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    events: tuple[EventRecord, ...] = ()
+    service: str = ""
+    resource: dict[str, AttributeValue] = field(default_factory=dict)
+    scope: str = ""
+    phase: str = PHASE_END
+
+    @property
+    def ended(self) -> bool:
+        return self.end_time_ns is not None
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.end_time_ns is None:
+            return None
+        return (self.end_time_ns - self.start_time_ns) / 1e6
+
+    @property
+    def run_id(self) -> str | None:
+        """The user's run id (``otelflow.run.id``), when this span carries one."""
+        value = self.attributes.get(A.RUN_ID)
+        return str(value) if value is not None else None
+
+    def error(self) -> dict[str, str] | None:
+        """Error type, message and stack of a failed span (from ``error.type`` and its exception event)."""
+        if self.status != STATUS_ERROR:
+            return None
+        err = {
+            "type": str(self.attributes.get(A.ERROR_TYPE, "")),
+            "message": self.status_message,
+            "stack": "",
+        }
+        for event in reversed(self.events):
+            if event.name == A.EVENT_EXCEPTION:
+                err["type"] = err["type"] or str(event.attributes.get(A.EXCEPTION_TYPE, ""))
+                err["message"] = str(event.attributes.get(A.EXCEPTION_MESSAGE, "")) or err["message"]
+                err["stack"] = str(event.attributes.get(A.EXCEPTION_STACKTRACE, ""))
+                break
+        return err
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``span`` object of the viewer's stream envelope."""
+        return {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            "start_time": format_time(self.start_time_ns),
+            "end_time": format_time(self.end_time_ns) if self.end_time_ns is not None else None,
+            "duration_ms": self.duration_ms,
+            "service": self.service,
+            "attributes": dict(self.attributes),
+            "events": [e.to_dict() for e in self.events],
+            "error": self.error(),
+        }
+
+
+def format_time(time_ns: int) -> str:
+    """ISO 8601 UTC with microseconds, e.g. ``2026-11-21T22:05:57.123456Z``."""
+    seconds, ns = divmod(time_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ns // 1000:06d}Z"
+
+
+_GENAI_KINDS: Final = {
+    A.OP_INVOKE_WORKFLOW: A.KIND_WORKFLOW,
+    A.OP_INVOKE_AGENT: A.KIND_AGENT,
+    "create_agent": A.KIND_AGENT,
+    A.OP_EXECUTE_TOOL: A.KIND_TOOL,
+}
+_OPENINFERENCE_KINDS: Final = {
+    A.OI_AGENT: A.KIND_AGENT,
+    A.OI_TOOL: A.KIND_TOOL,
+    A.OI_CHAIN: A.KIND_NODE,
+}
+
+
+def kind_of(attributes: Mapping[str, Any]) -> str:
+    """The otelflow kind of a span: ``otelflow.kind``, else its GenAI operation, else its OpenInference kind."""
+    kind = attributes.get(A.KIND)
+    if isinstance(kind, str) and kind in A.KINDS:
+        return kind
+    op = attributes.get(A.GEN_AI_OPERATION_NAME)
+    if isinstance(op, str) and op in _GENAI_KINDS:
+        return _GENAI_KINDS[op]
+    oi = attributes.get(A.OPENINFERENCE_SPAN_KIND)
+    if isinstance(oi, str) and oi.upper() in _OPENINFERENCE_KINDS:
+        return _OPENINFERENCE_KINDS[oi.upper()]
+    return A.KIND_SPAN
+
+
+# --------------------------------------------------------------------------------------------------
+# From the SDK
+# --------------------------------------------------------------------------------------------------
+
+
+_resource_cache: dict[int, tuple[object, dict[str, Any], str]] = {}
+
+
+def _resource_of(span: ReadableSpan) -> tuple[dict[str, Any], str]:
+    """The resource's attributes and service name, computed once per Resource object (they are immutable)."""
+    resource = span.resource
+    hit = _resource_cache.get(id(resource))
+    if hit is not None and hit[0] is resource:
+        return hit[1], hit[2]
+    attrs = dict(resource.attributes)
+    service = str(attrs.get("service.name", ""))
+    if len(_resource_cache) > 64:
+        _resource_cache.clear()
+    _resource_cache[id(resource)] = (resource, attrs, service)
+    return attrs, service
+
+
+def _copy_attrs(attrs: Any) -> dict[str, Any]:
+    # span.attributes is a MappingProxy over the SDK's BoundedAttributes; its copy() is a plain dict copy,
+    # several times cheaper than iterating the mapping (which takes a lock per read).
+    if attrs is None:
+        return {}
+    try:
+        copied = attrs.copy()
+        if type(copied) is dict:
+            return copied
+    except (AttributeError, TypeError):
+        pass
+    return dict(attrs)
+
+
+_trace_hex: dict[int, str] = {}
+_span_hex: dict[int, str] = {}
+
+
+def _hex(value: int, cache: dict[int, str], digits: str) -> str:
+    # A span's id is formatted for its start, its end and each child's parent id: cache recent ones.
+    text = cache.get(value)
+    if text is None:
+        if len(cache) >= 8192:
+            cache.clear()
+        text = cache[value] = format(value, digits)
+    return text
+
+
+def record_from_span(span: ReadableSpan, phase: str) -> SpanRecord:
+    """Snapshot an SDK span. For ``start`` and ``update`` the record is running whatever happened since."""
+    ctx = span.context
+    parent = span.parent
+    attrs = _copy_attrs(span.attributes)
+    resource_attrs, service = _resource_of(span)
+    end = span.end_time if phase == PHASE_END else None
+    status = STATUS_RUNNING
+    message = ""
+    if end is not None:
+        span_status = span.status
+        status = STATUS_ERROR if span_status.status_code.value == _OTLP_STATUS_ERROR else STATUS_OK
+        message = span_status.description or ""
+    events: tuple[EventRecord, ...] = ()
+    if phase != PHASE_START:
+        # Event attributes are immutable in the SDK: shared, not copied.
+        events = tuple([EventRecord(e.name, e.timestamp, e.attributes or _EMPTY) for e in span.events])
+    scope = span.instrumentation_scope
+    return SpanRecord(
+        _hex(ctx.trace_id, _trace_hex, "032x") if ctx else "0" * 32,
+        _hex(ctx.span_id, _span_hex, "016x") if ctx else "0" * 16,
+        span.name,
+        _hex(parent.span_id, _span_hex, "016x") if parent is not None else None,
+        kind_of(attrs),
+        span.kind.value + 1,
+        span.start_time or 0,
+        end,
+        status,
+        message,
+        attrs,
+        events,
+        service,
+        resource_attrs,
+        scope.name if scope is not None else "",
+        phase,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# OTLP/JSON (https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding)
+# --------------------------------------------------------------------------------------------------
+
+
+class OtlpDecodeError(ValueError):
+    """An OTLP payload that cannot be read; the message says where and why."""
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return {"doubleValue": value}
+        return {"stringValue": str(value)}  # JSON has no NaN/Infinity
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {"values": _key_values(value)}}
+    if isinstance(value, Sequence):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def _key_values(attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": k, "value": _any_value(v)} for k, v in attrs.items()]
+
+
+def otlp_resource(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """An OTLP/JSON ``Resource`` object."""
+    return {"attributes": _key_values(attrs)}
+
+
+def to_otlp_json(records: Iterable[SpanRecord]) -> dict[str, Any]:
+    """Encode records as an OTLP ``ExportTraceServiceRequest`` in JSON form.
+
+    Running records are encoded with no end time and ``otelflow.pending=true``, the live-only marker.
+    """
+    groups: dict[tuple[tuple[tuple[str, str], ...], str], list[dict[str, Any]]] = {}
+    resources: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for rec in records:
+        res_key = tuple(sorted((k, repr(v)) for k, v in rec.resource.items()))
+        resources.setdefault(res_key, rec.resource or {"service.name": rec.service})
+        attrs = rec.attributes
+        if rec.end_time_ns is None:
+            attrs = {**attrs, A.PENDING: True}
+        span: dict[str, Any] = {
+            "traceId": rec.trace_id,
+            "spanId": rec.span_id,
+            "name": rec.name,
+            "kind": rec.span_kind,
+            "startTimeUnixNano": str(rec.start_time_ns),
+            "attributes": _key_values(attrs),
+            "events": [
+                {"timeUnixNano": str(e.time_ns), "name": e.name, "attributes": _key_values(e.attributes)}
+                for e in rec.events
+            ],
+        }
+        if rec.parent_span_id:
+            span["parentSpanId"] = rec.parent_span_id
+        if rec.end_time_ns is not None:
+            span["endTimeUnixNano"] = str(rec.end_time_ns)
+            code = {STATUS_ERROR: _OTLP_STATUS_ERROR, STATUS_OK: _OTLP_STATUS_UNSET}.get(rec.status, 0)
+            span["status"] = {"code": code, "message": rec.status_message} if rec.status_message else {"code": code}
+        groups.setdefault((res_key, rec.scope), []).append(span)
+    by_resource: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
+    for (res_key, scope), spans in groups.items():
+        by_resource.setdefault(res_key, []).append({"scope": {"name": scope}, "spans": spans})
+    return {
+        "resourceSpans": [
+            {"resource": otlp_resource(resources[k]), "scopeSpans": scope_spans}
+            for k, scope_spans in by_resource.items()
+        ]
+    }
+
+
+def _decode_any(value: Any, where: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise OtlpDecodeError(f"{where}: expected an AnyValue object, got {type(value).__name__}")
+    if not value:
+        return None
+    ((tag, inner),) = list(value.items())[:1]
+    if tag == "stringValue":
+        return str(inner)
+    if tag == "boolValue":
+        return bool(inner)
+    if tag == "intValue":
+        try:
+            return int(inner)
+        except (TypeError, ValueError):
+            raise OtlpDecodeError(f"{where}: intValue {inner!r} is not an integer") from None
+    if tag == "doubleValue":
+        try:
+            return float(inner)
+        except (TypeError, ValueError):
+            raise OtlpDecodeError(f"{where}: doubleValue {inner!r} is not a number") from None
+    if tag == "bytesValue":
+        return str(inner)
+    if tag == "arrayValue":
+        values = inner.get("values", []) if isinstance(inner, Mapping) else None
+        if not isinstance(values, list):
+            raise OtlpDecodeError(f"{where}: arrayValue.values must be a list")
+        return [_decode_any(v, where) for v in values]
+    if tag == "kvlistValue":
+        values = inner.get("values", []) if isinstance(inner, Mapping) else None
+        if not isinstance(values, list):
+            raise OtlpDecodeError(f"{where}: kvlistValue.values must be a list")
+        return _decode_attrs(values, where)
+    raise OtlpDecodeError(f"{where}: unknown AnyValue field {tag!r}")
+
+
+def _decode_attrs(items: Any, where: str) -> dict[str, Any]:
+    if items is None:
+        return {}
+    if not isinstance(items, list):
+        raise OtlpDecodeError(f"{where}: attributes must be a list of key/value objects")
+    out: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, Mapping) or not isinstance(item.get("key"), str):
+            raise OtlpDecodeError(f"{where}: attribute without a string key")
+        out[item["key"]] = _decode_any(item.get("value", {}), f"{where}.{item['key']}")
+    return out
+
+
+def _hex_id(value: Any, digits: int, where: str, *, required: bool) -> str | None:
+    if value in (None, ""):
+        if required:
+            raise OtlpDecodeError(f"{where}: missing")
+        return None
+    if not isinstance(value, str):
+        raise OtlpDecodeError(f"{where}: must be a hex string")
+    text = value.lower()
+    if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
+        raise OtlpDecodeError(f"{where}: {value!r} is not {digits} hex digits")
+    if text == "0" * digits:
+        if required:
+            raise OtlpDecodeError(f"{where}: all-zero id is invalid")
+        return None
+    return text
+
+
+def _nanos(value: Any, where: str) -> int:
+    if value in (None, "", 0, "0"):
+        return 0
+    try:
+        nanos = int(value)
+    except (TypeError, ValueError):
+        raise OtlpDecodeError(f"{where}: {value!r} is not a time in nanoseconds") from None
+    if nanos < 0:
+        raise OtlpDecodeError(f"{where}: negative time")
+    return nanos
+
+
+def decode_otlp_span(span: Mapping[str, Any], resource: dict[str, Any], scope: str, where: str) -> SpanRecord:
+    """One OTLP/JSON span object as a record; raises :class:`OtlpDecodeError` when it cannot be read."""
+    if not isinstance(span, Mapping):
+        raise OtlpDecodeError(f"{where}: a span must be an object")
+    name = span.get("name", "")
+    if not isinstance(name, str):
+        raise OtlpDecodeError(f"{where}.name: must be a string")
+    attrs = _decode_attrs(span.get("attributes"), f"{where}.attributes")
+    events_in = span.get("events") or []
+    if not isinstance(events_in, list):
+        raise OtlpDecodeError(f"{where}.events: must be a list")
+    events = []
+    for i, ev in enumerate(events_in):
+        if not isinstance(ev, Mapping):
+            raise OtlpDecodeError(f"{where}.events[{i}]: must be an object")
+        events.append(
+            EventRecord(
+                name=str(ev.get("name", "")),
+                time_ns=_nanos(ev.get("timeUnixNano"), f"{where}.events[{i}].timeUnixNano"),
+                attributes=_decode_attrs(ev.get("attributes"), f"{where}.events[{i}].attributes"),
+            )
+        )
+    start = _nanos(span.get("startTimeUnixNano"), f"{where}.startTimeUnixNano")
+    end: int | None = _nanos(span.get("endTimeUnixNano"), f"{where}.endTimeUnixNano")
+    pending = attrs.pop(A.PENDING, False) is True
+    if pending or not end:
+        end = None
+    status_obj = span.get("status") or {}
+    if not isinstance(status_obj, Mapping):
+        raise OtlpDecodeError(f"{where}.status: must be an object")
+    code = status_obj.get("code", 0)
+    if isinstance(code, str):  # the JSON mapping allows enum names
+        code = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}.get(code, 0)
+    status = STATUS_RUNNING
+    if end is not None:
+        status = STATUS_ERROR if code == _OTLP_STATUS_ERROR else STATUS_OK
+    kind_value = span.get("kind", 1)
+    if isinstance(kind_value, str):
+        kind_value = {
+            "SPAN_KIND_INTERNAL": 1,
+            "SPAN_KIND_SERVER": 2,
+            "SPAN_KIND_CLIENT": 3,
+            "SPAN_KIND_PRODUCER": 4,
+            "SPAN_KIND_CONSUMER": 5,
+        }.get(kind_value, 1)
+    trace_id = _hex_id(span.get("traceId"), 32, f"{where}.traceId", required=True)
+    span_id = _hex_id(span.get("spanId"), 16, f"{where}.spanId", required=True)
+    assert trace_id is not None
+    assert span_id is not None
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=_hex_id(span.get("parentSpanId"), 16, f"{where}.parentSpanId", required=False),
+        name=name,
+        kind=kind_of(attrs),
+        span_kind=kind_value if isinstance(kind_value, int) and 0 <= kind_value <= 5 else 1,
+        start_time_ns=start,
+        end_time_ns=end,
+        status=status,
+        status_message=str(status_obj.get("message", "") or ""),
+        attributes=attrs,
+        events=tuple(events),
+        service=str(resource.get("service.name", "")),
+        resource=resource,
+        scope=scope,
+        phase=PHASE_UPDATE if end is None else PHASE_END,
+    )
+
+
+def from_otlp_json(payload: Any) -> tuple[list[SpanRecord], list[str]]:
+    """Decode an OTLP/JSON ``ExportTraceServiceRequest``.
+
+    Returns the records that could be read and one message per span that could not (for OTLP partial
+    success). Raises :class:`OtlpDecodeError` when the payload's shape itself is wrong.
+    """
+    if not isinstance(payload, Mapping):
+        raise OtlpDecodeError("body: expected a JSON object with resourceSpans")
+    resource_spans = payload.get("resourceSpans", [])
+    if not isinstance(resource_spans, list):
+        raise OtlpDecodeError("resourceSpans: must be a list")
+    records: list[SpanRecord] = []
+    rejected: list[str] = []
+    for r, rs in enumerate(resource_spans):
+        where = f"resourceSpans[{r}]"
+        if not isinstance(rs, Mapping):
+            raise OtlpDecodeError(f"{where}: must be an object")
+        res = rs.get("resource") or {}
+        if not isinstance(res, Mapping):
+            raise OtlpDecodeError(f"{where}.resource: must be an object")
+        resource = _decode_attrs(res.get("attributes"), f"{where}.resource.attributes")
+        scope_spans = rs.get("scopeSpans", [])
+        if not isinstance(scope_spans, list):
+            raise OtlpDecodeError(f"{where}.scopeSpans: must be a list")
+        for s, ss in enumerate(scope_spans):
+            swhere = f"{where}.scopeSpans[{s}]"
+            if not isinstance(ss, Mapping):
+                raise OtlpDecodeError(f"{swhere}: must be an object")
+            scope_obj = ss.get("scope") or {}
+            scope = str(scope_obj.get("name", "")) if isinstance(scope_obj, Mapping) else ""
+            spans = ss.get("spans", [])
+            if not isinstance(spans, list):
+                raise OtlpDecodeError(f"{swhere}.spans: must be a list")
+            for i, span in enumerate(spans):
+                try:
+                    records.append(decode_otlp_span(span, resource, scope, f"{swhere}.spans[{i}]"))
+                except OtlpDecodeError as exc:
+                    rejected.append(str(exc))
+    return records, rejected

@@ -1,0 +1,309 @@
+"""Where live records go: subscribers in this process (InProcessSink) or a viewer in another (LiveExporter)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import http.client
+import json
+import os
+import random
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+
+from otelflow import attributes as A
+from otelflow._log import problems
+from otelflow.records import PHASE_START, SpanRecord, otlp_resource, record_from_span, to_otlp_json
+
+if TYPE_CHECKING:
+    from otelflow.processor import LiveSpanProcessor
+
+__all__ = ["InProcessSink", "LiveExporter", "Subscriber"]
+
+Subscriber = Callable[[Sequence[SpanRecord]], None]
+
+
+class InProcessSink:
+    """Delivers records to any number of subscribers in this process, in order, on the processor's thread.
+
+    A subscriber is a callable taking a batch of records; it must be quick (hand the batch to a queue or an
+    event loop). A subscriber that raises is logged (rate-limited) and the others still get the batch.
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it again."""
+        with self._lock:
+            self._subscribers += (subscriber,)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+
+        return unsubscribe
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def export(self, records: Sequence[SpanRecord]) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(records)
+            except Exception:  # noqa: BLE001 - one bad subscriber must not starve the others
+                problems.warning("subscriber", "otelflow: live subscriber %r failed", subscriber, exc_info=True)
+
+    def force_flush(self, timeout_s: float) -> bool:
+        return True
+
+    def shutdown(self, timeout_s: float) -> None:
+        with self._lock:
+            self._subscribers = ()
+
+
+class LiveExporter:
+    """Streams records to an otelflow viewer in another process as OTLP/HTTP JSON (``POST /v1/traces``).
+
+    A background thread batches records (lingering ``linger_s`` to gather a burst) and posts them over one
+    keep-alive connection. Memory is bounded: the buffer keeps the newest snapshot of each span, up to
+    ``max_spans`` spans, and counts what it drops. While the viewer is down the thread backs off
+    exponentially (with jitter, up to ``max_backoff_s``); when it answers again, the snapshots of every
+    running span are re-sent so a restarted viewer knows them. A heartbeat is posted every
+    ``heartbeat_s`` so the viewer can tell a live worker from a dead one. Nothing here ever blocks or
+    raises into the workflow, and the OTLP export to other backends is separate and unaffected.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_spans: int = 20_000,
+        linger_s: float = 0.002,
+        timeout_s: float = 2.0,
+        heartbeat_s: float = A.HEARTBEAT_INTERVAL_S,
+        max_backoff_s: float = 5.0,
+        compress_above: int = 64 * 1024,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"viewer URL must look like http://127.0.0.1:8080, got {url!r}")
+        self.url = url.rstrip("/")
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._path = (parts.path.rstrip("/") or "") + "/v1/traces"
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._max_spans = max_spans
+        self._linger = linger_s
+        self._timeout = timeout_s
+        self._heartbeat = heartbeat_s
+        self._max_backoff = max_backoff_s
+        self._compress_above = compress_above
+        self._processor: weakref.ref[LiveSpanProcessor] | None = None
+        self.dropped = 0
+        self.sent = 0
+        self.failures = 0
+        self._init_state()
+        weak_self = weakref.ref(self)
+
+        def _after_fork() -> None:
+            exporter = weak_self()
+            if exporter is not None:
+                exporter._init_state()
+
+        os.register_at_fork(after_in_child=_after_fork)
+
+    def _init_state(self) -> None:
+        self.worker_id = uuid.uuid4().hex
+        self._pending: dict[tuple[str, str], SpanRecord] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._conn: http.client.HTTPConnection | None = None
+        self._connected = False
+        self._resource: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, name="otelflow-live-exporter", daemon=True)
+        self._thread.start()
+
+    def bind(self, processor: LiveSpanProcessor) -> None:
+        """Let the exporter ask ``processor`` for its running spans when a viewer comes (back) up."""
+        self._processor = weakref.ref(processor)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the last post reached the viewer."""
+        return self._connected
+
+    # --- called on the processor's worker thread ----------------------------------------------------
+    def export(self, records: Sequence[SpanRecord]) -> None:
+        with self._lock:
+            pending = self._pending
+            for rec in records:
+                key = (rec.trace_id, rec.span_id)
+                if key not in pending and len(pending) >= self._max_spans:
+                    self.dropped += 1
+                    continue
+                pending[key] = rec  # newer snapshot of a span replaces the older one
+                if not self._resource:
+                    self._resource = dict(rec.resource)
+            self._idle.clear()
+        self._wake.set()
+        if self.dropped:
+            problems.warning("live-buffer", "otelflow: live buffer full; %d span snapshots dropped", self.dropped)
+
+    def force_flush(self, timeout_s: float) -> bool:
+        """Wait until the buffer is empty or the viewer is known to be unreachable."""
+        self._wake.set()
+        return self._idle.wait(timeout_s)
+
+    def shutdown(self, timeout_s: float) -> None:
+        self.force_flush(min(timeout_s, self._timeout))
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+
+    # --- the exporter's own thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        # Our own HTTP calls must not be traced by instrumented http clients.
+        otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        backoff = 0.0
+        last_post = 0.0
+        while not self._stop.is_set():
+            wait = backoff if backoff else max(0.0, self._heartbeat - (time.monotonic() - last_post))
+            if backoff or not self._pending:
+                self._wake.wait(wait)
+                self._wake.clear()
+            if self._stop.is_set() and not self._pending:
+                break
+            if self._pending and not backoff and self._linger:
+                time.sleep(self._linger)  # gather the rest of a burst into the same request
+            with self._lock:
+                batch = list(self._pending.values())
+                self._pending = {}
+            if not batch and time.monotonic() - last_post < self._heartbeat and not backoff:
+                self._idle.set()
+                continue
+            resync = not self._connected
+            if resync:
+                batch = self._running_snapshots(batch)
+            if self._post(batch):
+                last_post = time.monotonic()
+                backoff = 0.0
+                self.sent += len(batch)
+                with self._lock:
+                    if not self._pending:
+                        self._idle.set()
+            else:
+                self.failures += 1
+                self._requeue(batch)
+                backoff = min(self._max_backoff, max(0.1, backoff * 2)) * random.uniform(0.8, 1.2)
+                self._idle.set()  # flushing cannot make progress while the viewer is away
+                if self._stop.is_set():
+                    break
+
+    def _running_snapshots(self, batch: list[SpanRecord]) -> list[SpanRecord]:
+        """Add a snapshot of every running span the batch does not already carry (after a reconnect)."""
+        processor = self._processor() if self._processor is not None else None
+        if processor is None:
+            return batch
+        have = {(r.trace_id, r.span_id) for r in batch}
+        extra = []
+        for span in processor.active_spans():
+            try:
+                rec = record_from_span(span, PHASE_START)
+            except Exception:  # noqa: BLE001, S112 - a span that cannot be read is simply not re-sent
+                continue
+            if (rec.trace_id, rec.span_id) not in have:
+                extra.append(rec)
+        return extra + batch
+
+    def _requeue(self, batch: list[SpanRecord]) -> None:
+        with self._lock:
+            merged = {(r.trace_id, r.span_id): r for r in batch}
+            merged.update(self._pending)  # snapshots that arrived meanwhile are newer
+            if len(merged) > self._max_spans:
+                over = len(merged) - self._max_spans
+                self.dropped += over
+                merged = dict(list(merged.items())[over:])
+            self._pending = merged
+
+    def _body(self, batch: list[SpanRecord]) -> bytes:
+        resource = {**(self._resource or {}), A.WORKER_ID: self.worker_id}
+        if batch:
+            records = [_with_resource(r, resource) for r in batch]
+            payload = to_otlp_json(records)
+        else:
+            # a heartbeat: the worker's resource and no spans
+            payload = {"resourceSpans": [{"resource": otlp_resource(resource), "scopeSpans": []}]}
+        return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+    def _post(self, batch: list[SpanRecord]) -> bool:
+        try:
+            body = self._body(batch)
+        except Exception:  # noqa: BLE001
+            problems.warning("live-encode", "otelflow: could not encode span records", exc_info=True)
+            return True  # dropping a batch we cannot encode is better than retrying it forever
+        headers = dict(self._headers)
+        if len(body) > self._compress_above:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        for attempt in (1, 2):  # a kept-alive connection may have been closed by the server: retry once
+            try:
+                conn = self._connection()
+                conn.request("POST", self._path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status >= 500 or response.status in (408, 429):
+                    raise ConnectionError(f"viewer answered {response.status}")
+                if response.status >= 400:
+                    problems.warning(
+                        "live-4xx",
+                        "otelflow: viewer at %s refused live spans: HTTP %d",
+                        self.url,
+                        response.status,
+                    )
+                self._connected = True
+                return True
+            except (OSError, http.client.HTTPException) as exc:
+                self._close()
+                if attempt == 2 or not self._connected:
+                    if self._connected:
+                        problems.warning("live-down", "otelflow: viewer at %s unreachable: %s", self.url, exc)
+                    self._connected = False
+                    return False
+        return False
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+def _with_resource(record: SpanRecord, resource: dict[str, Any]) -> SpanRecord:
+    if record.resource.get(A.WORKER_ID) == resource[A.WORKER_ID]:
+        return record
+    return dataclasses.replace(record, resource={**record.resource, A.WORKER_ID: resource[A.WORKER_ID]})

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real SDK TracerProvider wired through otelflow.configure()."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import otelflow
+from otelflow.records import SpanRecord
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail the test with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+@dataclass
+class Traced:
+    """A configured otelflow: finished spans from a real InMemorySpanExporter, live records from the sink."""
+
+    provider: TracerProvider
+    exporter: InMemorySpanExporter
+    telemetry: otelflow.Telemetry
+    records: list[SpanRecord] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def span(self, name: str) -> ReadableSpan:
+        found = [s for s in self.spans() if s.name == name]
+        assert len(found) == 1, f"expected one span {name!r}, got {[s.name for s in self.spans()]}"
+        return found[0]
+
+    def live(self) -> list[SpanRecord]:
+        assert self.telemetry.live_processor is not None
+        assert self.telemetry.live_processor.force_flush(5000)
+        with self.lock:
+            return list(self.records)
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    provider = TracerProvider(resource=Resource.create({"service.name": "tests"}))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = otelflow.configure(tracer_provider=provider, otlp=False, live=True)
+    result = Traced(provider, exporter, telemetry)
+    sink = telemetry.sink
+    assert isinstance(sink, otelflow.InProcessSink)
+
+    def collect(batch: Sequence[SpanRecord]) -> None:
+        with result.lock:
+            result.records.extend(batch)
+
+    sink.subscribe(collect)
+    yield result
+    telemetry.shutdown()
+    provider.shutdown()

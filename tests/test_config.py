@@ -1,0 +1,204 @@
+"""configure(): OTLP export through the stock exporter to real receivers, precedence, no stacking, bursts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import otelflow
+from otelflow import attributes as A
+from otelflow.config import _switchboard
+from tests.otlp_receivers import GrpcReceiver, HttpReceiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[HttpReceiver]:
+    r = HttpReceiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", "OTELFLOW_")):
+            monkeypatch.delenv(name)
+
+
+def test_spans_reach_an_otlp_receiver_with_their_genai_attributes_and_no_pending_snapshots(
+    receiver: HttpReceiver,
+) -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": "content-pipeline"}))
+    telemetry = otelflow.configure(tracer_provider=provider, otlp_endpoint=receiver.url)
+    assert telemetry.exporters == ["otlp"]
+    with otelflow.workflow("content_pipeline", run_id="job-123") as run:
+        run.progress(10, "starting")  # streamed live as a pending snapshot, never exported
+        with otelflow.agent("topic_identification"):
+            otelflow.log("info", "thinking")
+    assert telemetry.force_flush(10_000)
+    spans = receiver.wait_for(2)
+    assert sorted(s.name for s in spans) == ["invoke_agent topic_identification", "invoke_workflow content_pipeline"]
+    wf = next(s for s in spans if s.name.startswith("invoke_workflow"))
+    assert wf.attributes[A.GEN_AI_OPERATION_NAME] == "invoke_workflow"
+    assert wf.attributes[A.RUN_ID] == "job-123"
+    assert wf.events == ["otelflow.progress"]
+    assert wf.resource["service.name"] == "content-pipeline"
+    assert all(A.PENDING not in s.attributes and s.end_time > 0 for s in spans)
+    telemetry.shutdown()
+
+
+def test_argument_beats_environment(receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = HttpReceiver()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", other.url)
+        provider = TracerProvider()
+        telemetry = otelflow.configure(tracer_provider=provider)  # endpoint from the environment
+        with otelflow.node("from-env"):
+            pass
+        assert telemetry.force_flush(10_000)
+        assert [s.name for s in other.wait_for(1)] == ["from-env"]
+
+        telemetry = otelflow.configure(tracer_provider=provider, otlp_endpoint=receiver.url)
+        with otelflow.node("from-arg"):
+            pass
+        assert telemetry.force_flush(10_000)
+        assert [s.name for s in receiver.wait_for(1)] == ["from-arg"]
+        assert [s.name for s in other.spans] == ["from-env"]
+        telemetry.shutdown()
+    finally:
+        other.close()
+
+
+def test_traces_exporter_none_turns_export_off(receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    telemetry = otelflow.configure(tracer_provider=TracerProvider())
+    assert telemetry.exporters == []
+    assert telemetry.otlp_processor is None
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(ValueError, match="unsupported exporter"):
+        otelflow.configure(tracer_provider=TracerProvider())
+
+
+def test_no_endpoint_means_no_export_by_default() -> None:
+    telemetry = otelflow.configure(tracer_provider=TracerProvider())
+    assert telemetry.exporters == []
+    assert telemetry.live_processor is not None  # live streaming is on by default
+
+
+def test_unknown_protocol_is_a_clear_error(receiver: HttpReceiver) -> None:
+    with pytest.raises(ValueError, match="'http/json' is not supported"):
+        otelflow.configure(tracer_provider=TracerProvider(), otlp_endpoint=receiver.url, otlp_protocol="http/json")
+
+
+def test_grpc_protocol_reaches_a_grpc_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    grpc_receiver = GrpcReceiver()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        telemetry = otelflow.configure(tracer_provider=TracerProvider(), otlp_endpoint=grpc_receiver.url)
+        with otelflow.tool("over-grpc"):
+            pass
+        assert telemetry.force_flush(10_000)
+        (span,) = grpc_receiver.wait_for(1)
+        assert span.name == "execute_tool over-grpc"
+        assert span.attributes[A.GEN_AI_TOOL_NAME] == "over-grpc"
+        telemetry.shutdown()
+    finally:
+        grpc_receiver.close()
+
+
+def test_configure_twice_does_not_stack_processors(receiver: HttpReceiver) -> None:
+    provider = TracerProvider()
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))  # the user's own processor stays
+    otelflow.configure(tracer_provider=provider, otlp_endpoint=receiver.url)
+    telemetry = otelflow.configure(tracer_provider=provider, otlp_endpoint=receiver.url)
+    assert len(_switchboard(provider).processors) == 2  # one OTLP, one live: not four
+    records: list[otelflow.SpanRecord] = []
+    assert isinstance(telemetry.sink, otelflow.InProcessSink)
+    telemetry.sink.subscribe(records.extend)
+    with otelflow.node("once"):
+        pass
+    assert telemetry.force_flush(10_000)
+    assert [s.name for s in receiver.wait_for(1)] == ["once"]
+    assert [r.phase for r in records] == ["start", "end"]
+    assert [s.name for s in memory.get_finished_spans()] == ["once"]
+    telemetry.shutdown()
+    assert _switchboard(provider).processors == ()
+
+
+def _run(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELFLOW_"))}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_global_provider_service_name_argument_beats_env(receiver: HttpReceiver) -> None:
+    script = """
+        import otelflow
+        from opentelemetry import trace
+        t = otelflow.configure(service_name="from-arg")
+        assert trace.get_tracer_provider() is t.tracer_provider
+        with otelflow.node("n"):
+            pass
+        t.tracer_provider.shutdown()
+    """
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "from-env"}
+    done = _run(script, env)
+    assert done.returncode == 0, done.stderr
+    (span,) = receiver.wait_for(1)
+    assert span.resource["service.name"] == "from-arg"
+    done = _run(script.replace('service_name="from-arg"', ""), env)
+    assert done.returncode == 0, done.stderr
+    spans = receiver.wait_for(2)
+    assert spans[1].resource["service.name"] == "from-env"
+
+
+BURST = """
+    import otelflow
+    from opentelemetry import trace
+    t = otelflow.configure(service_name="burst")
+    tracer = trace.get_tracer("burst")
+    for i in range(20_000):
+        with tracer.start_as_current_span("s") as span:
+            span.set_attribute("i", i)
+    t.tracer_provider.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_burst_of_20000_spans_is_not_dropped(receiver: HttpReceiver) -> None:
+    done = _run(BURST, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
+    assert done.returncode == 0, done.stderr
+    spans = receiver.wait_for(20_000, timeout=60)
+    assert len(spans) == 20_000
+    assert len({s.attributes["i"] for s in spans}) == 20_000
+
+
+@pytest.mark.slow
+def test_user_batch_settings_are_respected(receiver: HttpReceiver) -> None:
+    # With the user's own (small) queue, the SDK drops part of the burst: otelflow does not override it.
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_MAX_QUEUE_SIZE": "256"}
+    done = _run(BURST, env)
+    assert "OTEL_BSP_* settings are inconsistent" in done.stderr  # queue smaller than the default batch
+    env["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "128"
+    done = _run(BURST, env)
+    assert done.returncode == 0, done.stderr
+    assert "queue full" in done.stderr.lower()
+    assert 0 < len(receiver.spans) < 20_000

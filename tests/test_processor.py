@@ -1,0 +1,255 @@
+"""LiveSpanProcessor: order, isolation from failures, bounded queue, sampling, lifecycle, fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
+
+import otelflow
+from otelflow import InProcessSink, LiveSpanProcessor, SpanRecord
+from tests.conftest import wait_for
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.records: list[SpanRecord] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: Sequence[SpanRecord]) -> None:
+        with self.lock:
+            self.records.extend(batch)
+
+
+class BlockingSink(InProcessSink):
+    """A sink whose export waits until released: a viewer that has stopped reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def export(self, records: Sequence[SpanRecord]) -> None:
+        self.entered.set()
+        self.release.wait(30)
+        super().export(records)
+
+
+def live_provider(sink: otelflow.Sink, **kwargs: int) -> tuple[TracerProvider, LiveSpanProcessor]:
+    provider = TracerProvider()
+    processor = LiveSpanProcessor(sink, **kwargs)
+    provider.add_span_processor(processor)
+    return provider, processor
+
+
+def test_records_of_each_span_arrive_in_order_across_threads() -> None:
+    sink = InProcessSink()
+    got = Collector()
+    sink.subscribe(got)
+    provider = TracerProvider()
+    otelflow.configure(tracer_provider=provider, otlp=False, live=sink)
+
+    def work(worker: int) -> None:
+        for i in range(50):
+            with otelflow.agent(f"agent-{worker}") as handle:
+                handle.progress(completed=1, total=2)
+                with otelflow.tool("t"):
+                    pass
+                handle.log("info", f"step {i}")
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = otelflow.config.current()
+    assert state is not None
+    assert state.live_processor is not None
+    assert state.live_processor.force_flush(10_000)
+    phases: dict[str, list[str]] = defaultdict(list)
+    for rec in got.records:
+        phases[rec.span_id].append(rec.phase)
+    assert len(phases) == 8 * 50 * 2
+    for seq in phases.values():
+        assert seq[0] == "start"
+        assert seq[-1] == "end"
+        assert set(seq[1:-1]) <= {"update"}
+    agent_updates = [p for p in phases.values() if len(p) == 4]
+    assert len(agent_updates) == 8 * 50  # start, progress update, log update, end
+    assert state.live_processor.dropped == 0
+    state.shutdown()
+
+
+def test_a_failing_sink_never_reaches_the_workflow(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(InProcessSink):
+        def export(self, records: Sequence[SpanRecord]) -> None:
+            raise OSError("viewer exploded")
+
+    provider, processor = live_provider(Broken())
+    tracer = provider.get_tracer("t")
+    with caplog.at_level(logging.WARNING, logger="otelflow"):
+        for _ in range(200):
+            with tracer.start_as_current_span("work"):
+                pass
+        assert processor.force_flush(5000)
+    failures = [r for r in caplog.records if "live sink failed" in r.getMessage()]
+    assert len(failures) == 1  # rate-limited: one line, not one per batch
+    processor.shutdown()
+
+
+def test_a_failing_subscriber_does_not_starve_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    sink = InProcessSink()
+
+    def broken(batch: Sequence[SpanRecord]) -> None:
+        raise RuntimeError("bad subscriber")
+
+    good = Collector()
+    sink.subscribe(broken)
+    sink.subscribe(good)
+    provider, processor = live_provider(sink)
+    with caplog.at_level(logging.WARNING, logger="otelflow"):
+        with provider.get_tracer("t").start_as_current_span("one"):
+            pass
+        assert processor.force_flush(5000)
+    assert [r.phase for r in good.records] == ["start", "end"]
+    processor.shutdown()
+
+
+def test_full_queue_drops_and_counts_without_blocking() -> None:
+    sink = BlockingSink()
+    got = Collector()
+    sink.subscribe(got)
+    provider, processor = live_provider(sink, max_queue_size=10, max_batch_size=1)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("first"):
+        pass
+    assert sink.entered.wait(5)  # the worker is now stuck in export: nothing more leaves the queue
+    for _ in range(100):
+        with tracer.start_as_current_span("burst"):
+            pass  # never blocks although the sink does
+    assert processor.dropped > 0
+    sink.release.set()
+    assert processor.force_flush(10_000)
+    assert processor.delivered + processor.dropped == 2 + 200
+    assert len(got.records) == processor.delivered
+    processor.shutdown()
+
+
+def test_only_sampled_spans_are_streamed() -> None:
+    class RecordOnly(Sampler):
+        def should_sample(
+            self,
+            parent_context: Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Attributes = None,
+            links: Sequence[Link] | None = None,
+        ) -> SamplingResult:
+            decision = Decision.RECORD_AND_SAMPLE if name == "keep" else Decision.RECORD_ONLY
+            return SamplingResult(decision)
+
+        def get_description(self) -> str:
+            return "record-only-unless-keep"
+
+    sink = InProcessSink()
+    got = Collector()
+    sink.subscribe(got)
+    provider = TracerProvider(sampler=RecordOnly())
+    processor = LiveSpanProcessor(sink)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("drop") as span:
+        assert span.is_recording()
+        otelflow.processor.notify_update(span)
+    with tracer.start_as_current_span("keep"):
+        pass
+    assert processor.force_flush(5000)
+    assert [(r.name, r.phase) for r in got.records] == [("keep", "start"), ("keep", "end")]
+    processor.shutdown()
+
+
+def test_flush_and_shutdown_are_bounded_and_idempotent() -> None:
+    sink = BlockingSink()
+    provider, processor = live_provider(sink)
+    with provider.get_tracer("t").start_as_current_span("stuck"):
+        pass
+    assert sink.entered.wait(5)
+    started = time.monotonic()
+    assert processor.force_flush(timeout_millis=100) is False
+    processor.shutdown(timeout_millis=100)
+    processor.shutdown(timeout_millis=100)
+    assert time.monotonic() - started < 5  # a stuck sink cannot hold shutdown hostage
+    sink.release.set()
+    assert processor.force_flush(5000) is True  # after shutdown: true once the worker has finished
+    with provider.get_tracer("t").start_as_current_span("after shutdown"):
+        pass  # no error, nothing streamed
+
+
+def test_update_streams_a_running_snapshot_with_the_new_event() -> None:
+    sink = InProcessSink()
+    got = Collector()
+    sink.subscribe(got)
+    provider, processor = live_provider(sink)
+    seen_update = threading.Event()
+
+    def on_batch(batch: Sequence[SpanRecord]) -> None:
+        if any(r.phase == "update" for r in batch):
+            seen_update.set()
+
+    sink.subscribe(on_batch)
+    otelflow.configure(tracer_provider=provider, otlp=False, live=False)
+    with otelflow.node("long") as handle:
+        handle.progress(25, "a quarter")
+        assert seen_update.wait(5)  # the update arrives while the span is still running
+        upd = next(r for r in got.records if r.phase == "update")
+        assert upd.status == "running"
+        assert upd.end_time_ns is None
+        assert [e.name for e in upd.events] == ["otelflow.progress"]
+    processor.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_child_process_after_fork_streams_its_own_spans() -> None:
+    sink = InProcessSink()
+    got = Collector()
+    sink.subscribe(got)
+    provider, processor = live_provider(sink)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("before fork"):
+        pass
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: its worker thread was re-created; it must stream its own spans
+        code = 1
+        try:
+            with tracer.start_as_current_span("in child"):
+                pass
+            ok = processor.force_flush(5000)
+            names = [r.name for r in got.records if r.name == "in child"]
+            os.write(write_fd, f"{ok} {len(names)}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read_fd, 100).decode()
+    os.close(read_fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer == "True 2"
+    with tracer.start_as_current_span("parent after fork"):
+        pass
+    assert processor.force_flush(5000)
+    wait_for(lambda: any(r.name == "parent after fork" and r.phase == "end" for r in got.records))
+    assert not any(r.name == "in child" for r in got.records)
+    processor.shutdown()

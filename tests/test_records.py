@@ -1,0 +1,116 @@
+"""SpanRecord encodings: the envelope's span object and OTLP/JSON, both ways."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import otelflow
+from otelflow import attributes as A
+from otelflow.records import OtlpDecodeError, SpanRecord, format_time, from_otlp_json, kind_of, to_otlp_json
+from tests.conftest import Traced
+
+
+def test_envelope_span_object_has_the_designed_fields(traced: Traced) -> None:
+    with otelflow.workflow("wf", run_id="job-1"), otelflow.agent("writer"):
+        pass
+    end = next(r for r in traced.live() if r.phase == "end" and r.kind == "agent")
+    obj = end.to_dict()
+    assert set(obj) == {
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "kind",
+        "status",
+        "start_time",
+        "end_time",
+        "duration_ms",
+        "service",
+        "attributes",
+        "events",
+        "error",
+    }
+    assert obj["kind"] == "agent"
+    assert obj["status"] == "ok"
+    assert obj["service"] == "tests"
+    assert len(obj["trace_id"]) == 32
+    assert len(obj["span_id"]) == 16
+    assert obj["start_time"].endswith("Z")
+    assert obj["duration_ms"] >= 0
+    json.dumps(obj)  # serialisable as it is
+
+
+def test_error_details_come_from_the_exception_event(traced: Traced) -> None:
+    with pytest.raises(KeyError), otelflow.tool("lookup"):
+        raise KeyError("missing")
+    end = next(r for r in traced.live() if r.phase == "end")
+    err = end.error()
+    assert err is not None
+    assert err["type"] == "KeyError"
+    assert err["message"] == "'missing'"
+    assert "Traceback" in err["stack"]
+
+
+def test_otlp_json_round_trip_keeps_everything(traced: Traced) -> None:
+    with otelflow.workflow("wf", run_id="job-7") as run:
+        run.progress(completed=1, total=4)
+        with otelflow.agent("a"):
+            otelflow.data_flow("a", "b", {"k": 1})
+    originals = [r for r in traced.live() if r.phase == "end"]
+    decoded, rejected = from_otlp_json(json.loads(json.dumps(to_otlp_json(originals))))
+    assert rejected == []
+    assert [(r.trace_id, r.span_id, r.parent_span_id, r.name, r.kind, r.status) for r in decoded] == [
+        (r.trace_id, r.span_id, r.parent_span_id, r.name, r.kind, r.status) for r in originals
+    ]
+    for got, want in zip(decoded, originals, strict=True):
+        assert got.attributes == {k: list(v) if isinstance(v, tuple) else v for k, v in want.attributes.items()}
+        assert [(e.name, e.time_ns) for e in got.events] == [(e.name, e.time_ns) for e in want.events]
+        assert got.start_time_ns == want.start_time_ns
+        assert got.end_time_ns == want.end_time_ns
+        assert got.service == "tests"
+
+
+def test_running_records_travel_as_pending_snapshots() -> None:
+    rec = SpanRecord("ab" * 16, "cd" * 8, "node", start_time_ns=5, attributes={A.KIND: "node"})
+    payload = to_otlp_json([rec])
+    span = payload["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert {"key": A.PENDING, "value": {"boolValue": True}} in span["attributes"]
+    assert "endTimeUnixNano" not in span
+    (back,), _ = from_otlp_json(payload)
+    assert back.status == "running"
+    assert A.PENDING not in back.attributes
+
+
+def test_malformed_spans_are_rejected_one_by_one() -> None:
+    good = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "ok", "startTimeUnixNano": "1", "endTimeUnixNano": "2"}
+    bad_id = {**good, "spanId": "xyz"}
+    bad_time = {**good, "spanId": "ef" * 8, "startTimeUnixNano": "soon"}
+    payload = {"resourceSpans": [{"scopeSpans": [{"spans": [good, bad_id, bad_time]}]}]}
+    records, rejected = from_otlp_json(payload)
+    assert [r.name for r in records] == ["ok"]
+    assert len(rejected) == 2
+    assert "spanId" in rejected[0]
+    assert "startTimeUnixNano" in rejected[1]
+    with pytest.raises(OtlpDecodeError, match="resourceSpans: must be a list"):
+        from_otlp_json({"resourceSpans": {}})
+
+
+@pytest.mark.parametrize(
+    ("attrs", "kind"),
+    [
+        ({A.KIND: "tool"}, "tool"),
+        ({A.GEN_AI_OPERATION_NAME: "invoke_agent"}, "agent"),
+        ({A.GEN_AI_OPERATION_NAME: "execute_tool"}, "tool"),
+        ({A.OPENINFERENCE_SPAN_KIND: "AGENT"}, "agent"),
+        ({A.OPENINFERENCE_SPAN_KIND: "chain"}, "node"),
+        ({"http.method": "GET"}, "span"),
+    ],
+)
+def test_kind_is_understood_from_other_conventions(attrs: dict[str, str], kind: str) -> None:
+    assert kind_of(attrs) == kind
+
+
+def test_time_format_is_iso_utc_with_microseconds() -> None:
+    assert format_time(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456Z"
