@@ -19,7 +19,7 @@ from otelflow._log import logger
 from otelflow.processor import LiveSpanProcessor, Sink
 from otelflow.sinks import InProcessSink, LiveExporter
 
-__all__ = ["Settings", "Telemetry", "configure", "get_tracer", "settings"]
+__all__ = ["Configurator", "Settings", "Telemetry", "configure", "get_tracer", "settings"]
 
 ENV_VIEWER_URL: Final = "OTELFLOW_VIEWER_URL"
 ENV_TOKEN: Final = "OTELFLOW_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -350,3 +350,15 @@ def configure(
 def current() -> Telemetry | None:
     """What the last configure() set up, if it was called."""
     return _state
+
+
+class Configurator:
+    """Entry point ``opentelemetry_configurator``: lets ``opentelemetry-instrument`` set up otelflow.
+
+    ``opentelemetry-instrument python app.py`` then exports per the ``OTEL_*`` variables and streams live
+    (to ``OTELFLOW_VIEWER_URL`` when set). When another configurator is installed too (opentelemetry-distro),
+    choose with ``OTEL_PYTHON_CONFIGURATOR=otelflow``.
+    """
+
+    def configure(self, **kwargs: Any) -> None:
+        configure()

@@ -329,6 +329,13 @@ class _Active:
                 span.end()
 
 
+# Spans opened by ``with step:`` in this context, innermost last. One variable for every Step (a variable per
+# Step would leave one entry per ``with`` in the context, forever).
+_entered: contextvars.ContextVar[tuple[tuple[Step, _Active], ...]] = contextvars.ContextVar(
+    "otelflow_entered", default=()
+)
+
+
 class Step:
     """A workflow, agent, node or tool: a decorator and a (sync or async) context manager.
 
@@ -357,9 +364,6 @@ class Step:
         self._extra = _clean(extra)
         self._capture_io = capture_io
         self._input = input
-        self._stack: contextvars.ContextVar[tuple[_Active, ...]] = contextvars.ContextVar(
-            f"otelflow_step_{id(self)}", default=()
-        )
 
     def __repr__(self) -> str:
         return f"<otelflow.{self.kind} {self.name!r}>"
@@ -389,17 +393,19 @@ class Step:
         if self.name is None:
             raise TypeError(f"otelflow.{self.kind}() needs a name when used with 'with'")
         active = self._start(self.name)
-        self._stack.set((*self._stack.get(), active))
+        _entered.set((*_entered.get(), (self, active)))
         return active.handle
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        stack = self._stack.get()
-        if not stack:
-            return
-        self._stack.set(stack[:-1])
-        stack[-1].finish(exc)
+        stack = _entered.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] is self:
+                self_active = stack[i][1]
+                _entered.set(stack[:i] + stack[i + 1 :])
+                self_active.finish(exc)
+                return
 
     async def __aenter__(self) -> SpanHandle:
         return self.__enter__()

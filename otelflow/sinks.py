@@ -159,7 +159,10 @@ class LiveExporter:
                 if key not in pending and len(pending) >= self._max_spans:
                     self.dropped += 1
                     continue
-                pending[key] = rec  # newer snapshot of a span replaces the older one
+                # A newer snapshot replaces the older one and moves to the end, so a batch keeps the order
+                # in which spans last changed (a workflow's end after its children's).
+                pending.pop(key, None)
+                pending[key] = rec
                 if not self._resource:
                     self._resource = dict(rec.resource)
             self._idle.clear()
@@ -182,6 +185,12 @@ class LiveExporter:
     def _run(self) -> None:
         # Our own HTTP calls must not be traced by instrumented http clients.
         otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            self._loop()
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
         backoff = 0.0
         last_post = 0.0
         while not self._stop.is_set():
@@ -235,8 +244,9 @@ class LiveExporter:
 
     def _requeue(self, batch: list[SpanRecord]) -> None:
         with self._lock:
-            merged = {(r.trace_id, r.span_id): r for r in batch}
-            merged.update(self._pending)  # snapshots that arrived meanwhile are newer
+            # snapshots that arrived meanwhile are newer: they replace their span's failed one, in their place
+            merged = {(r.trace_id, r.span_id): r for r in batch if (r.trace_id, r.span_id) not in self._pending}
+            merged.update(self._pending)
             if len(merged) > self._max_spans:
                 over = len(merged) - self._max_spans
                 self.dropped += over

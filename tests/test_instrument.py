@@ -466,3 +466,11 @@ def test_log_handler_attaches_python_logging_to_the_current_span(traced: Traced)
     assert event.attributes[A.LOG_LEVEL] == "warning"
     assert event.attributes[A.LOG_MESSAGE] == "section 2 is thin, api_key=[REDACTED]"
     assert event.attributes["log.logger"] == "app.pipeline"
+
+
+def test_many_with_blocks_leave_nothing_behind_in_the_context(traced: Traced) -> None:
+    before = len(contextvars.copy_context())
+    for i in range(500):
+        with otelflow.node(f"n{i}"):
+            pass
+    assert len(contextvars.copy_context()) <= before + 1

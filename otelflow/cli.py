@@ -1,0 +1,141 @@
+"""The ``otelflow`` command: serve | demo | run | tail | export."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from otelflow import __version__
+
+DEFAULT_PORT = 8080
+DEFAULT_VIEWER = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def _viewer_missing(exc: ImportError) -> int:
+    print(
+        f'otelflow: the viewer needs its extra dependencies ({exc.name} is missing).\n  pip install "otelflow[viewer]"',
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from viewer.app import ViewerConfigError, serve
+        from viewer.store import StoreError
+    except ImportError as exc:
+        return _viewer_missing(exc)
+
+    def ready(host: str, port: int) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        print(f"otelflow viewer listening on http://{shown}:{port}", flush=True)
+        print(f"  live stream: curl -N http://{shown}:{port}/api/stream", flush=True)
+
+    try:
+        serve(
+            args.host,
+            args.port,
+            db=args.db,
+            token=args.token,
+            retention_days=args.retention_days if args.retention_days > 0 else None,
+            max_runs=args.max_runs if args.max_runs > 0 else None,
+            allowed_origins=args.allow_origin or (),
+            ready_callback=ready,
+            log_level=args.log_level,
+        )
+    except (ViewerConfigError, StoreError) as exc:
+        print(f"otelflow serve: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from otelflow._demo import main as demo_main
+    except ImportError as exc:
+        return _viewer_missing(exc)
+    return demo_main(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        from otelflow._run import main as run_main
+    except ImportError as exc:
+        return _viewer_missing(exc)
+    return run_main(args)
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from otelflow._tail import main as tail_main
+
+    return tail_main(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from otelflow._export import main as export_main
+
+    return export_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otelflow", description="Watch workflows of agents and nodes run live.")
+    parser.add_argument("--version", action="version", version=f"otelflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the live viewer (OTLP receiver, SSE/WebSocket streams, history)")
+    serve.add_argument("--host", default=os.environ.get("OTELFLOW_HOST", "127.0.0.1"), help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("OTELFLOW_PORT", DEFAULT_PORT)))
+    serve.add_argument("--db", default=os.environ.get("OTELFLOW_DB"), help="SQLite file, or :memory:")
+    serve.add_argument("--token", default=None, help="required for non-loopback hosts (or OTELFLOW_TOKEN)")
+    serve.add_argument("--retention-days", type=float, default=30.0, help="drop runs older than this (0: keep)")
+    serve.add_argument("--max-runs", type=int, default=10_000, help="keep at most this many runs (0: no limit)")
+    serve.add_argument("--allow-origin", action="append", help="extra Origin allowed (repeatable)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_cmd_serve)
+
+    demo = sub.add_parser("demo", help="start the viewer and keep running the example workflows")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=DEFAULT_PORT)
+    demo.add_argument("--db", default=":memory:", help="SQLite file for the demo's history (default in memory)")
+    demo.add_argument("--interval", type=float, default=4.0, help="seconds between new runs")
+    demo.add_argument("--runs", type=int, default=0, help="stop after this many runs (0: until Ctrl-C)")
+    demo.set_defaults(func=_cmd_demo)
+
+    run = sub.add_parser("run", help="run a Python script with tracing and live streaming")
+    run.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL"), help="viewer URL (default: embedded)")
+    run.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the embedded viewer")
+    run.add_argument("script", help="the Python script to run")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    run.set_defaults(func=_cmd_run)
+
+    tail = sub.add_parser("tail", help="follow runs live in the terminal")
+    tail.add_argument("run", nargs="?", help="trace id or otelflow.run.id (default: the newest running run)")
+    tail.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL", DEFAULT_VIEWER))
+    tail.add_argument("--token", default=os.environ.get("OTELFLOW_TOKEN"))
+    tail.add_argument("--all", action="store_true", help="follow every run")
+    tail.add_argument("--kind", action="append", help="only these span kinds (repeatable)")
+    tail.add_argument("--json", action="store_true", help="print raw envelopes, one per line")
+    tail.set_defaults(func=_cmd_tail)
+
+    export = sub.add_parser("export", help="export a run from the viewer")
+    export.add_argument("run", help="trace id or otelflow.run.id")
+    export.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL", DEFAULT_VIEWER))
+    export.add_argument("--token", default=os.environ.get("OTELFLOW_TOKEN"))
+    export.add_argument("--format", choices=["otlp-json", "jsonl"], default="otlp-json")
+    export.add_argument("-o", "--output", help="file to write (default: standard output)")
+    export.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Heartbeats and abandoned spans, in-process ingestion from another thread."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id, trace_id, wait_for
+from viewer.hub import Hub
+
+
+def _fast_hub() -> Hub:
+    return Hub(abandon_after_s=1.0, check_interval_s=0.1)
+
+
+def test_silent_worker_is_abandoned_healthy_worker_is_not(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer(hub=_fast_hub())
+    dead_trace, alive_trace = trace_id(), trace_id()
+    dead_root, alive_root = span_id(), span_id()
+    stop = threading.Event()
+
+    def beat() -> None:
+        with httpx.Client(base_url=viewer.url, timeout=5) as client:
+            while not stop.wait(0.2):
+                client.post("/v1/traces", json=heartbeat("alive"))
+
+    with SseClient(f"{viewer.url}/api/stream?type=span.abandoned,run.ended") as sse:
+        viewer.post_json([record(dead_trace, dead_root, "wf", kind="workflow", worker="dead")])
+        viewer.post_json([record(dead_trace, span_id(), "node", parent=dead_root, worker="dead")])
+        viewer.post_json([record(alive_trace, alive_root, "long node", kind="workflow", worker="alive")])
+        beater = threading.Thread(target=beat)
+        beater.start()
+        try:
+            started = time.monotonic()
+            sse.read_until(lambda e: e["event"] == "run.ended")
+            took = time.monotonic() - started
+            checks = viewer.hub.stats["checks"]
+            wait_for(lambda: viewer.hub.stats["checks"] > checks + 20, what="more heartbeat checks")  # 2 s more
+        finally:
+            stop.set()
+            beater.join()
+    assert took < 3.0
+    abandoned = [e for e in sse.events if e["event"] == "span.abandoned"]
+    assert len(abandoned) == 2
+    assert all(e["data"]["run_id"] == dead_trace for e in abandoned)
+    assert all(e["data"]["span"]["status"] == "abandoned" for e in abandoned)
+    run_end = next(e for e in sse.events if e["event"] == "run.ended")["data"]["run"]
+    assert run_end["trace_id"] == dead_trace
+    assert run_end["status"] == "abandoned"
+    alive = httpx.get(f"{viewer.url}/api/runs/{alive_trace}", timeout=5).json()
+    assert alive["run"]["status"] == "running"
+    assert alive["spans"][0]["status"] == "running"
+    dead = httpx.get(f"{viewer.url}/api/runs/{dead_trace}", timeout=5).json()
+    assert {s["status"] for s in dead["spans"]} == {"abandoned"}
+    # an abandoned span that ends after all (the worker was only partitioned) tells the truth
+    viewer.post_json([record(dead_trace, dead_root, "wf", kind="workflow", worker="dead", ended=True)])
+    again = httpx.get(f"{viewer.url}/api/runs/{dead_trace}", timeout=5).json()
+    assert next(s for s in again["spans"] if s["span_id"] == dead_root)["status"] == "ok"
+
+
+def test_in_process_ingestion_from_a_thread_is_never_abandoned(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer(hub=_fast_hub())
+    t, root = trace_id(), span_id()
+    with SseClient(f"{viewer.url}/api/stream") as sse:
+        thread = threading.Thread(
+            target=viewer.hub.ingest_threadsafe, args=([record(t, root, "wf", kind="workflow", worker="me")],)
+        )
+        thread.start()
+        thread.join()
+        sse.read_until(lambda e: e["event"] == "span.started")
+        checks = viewer.hub.stats["checks"]
+        wait_for(lambda: viewer.hub.stats["checks"] > checks + 20, what="heartbeat checks past the abandon time")
+        viewer.hub.ingest_threadsafe([record(t, root, "wf", kind="workflow", worker="me", ended=True)])
+        sse.read_until(lambda e: e["event"] == "run.ended")
+    assert not [e for e in sse.events if e["event"] == "span.abandoned"]
+    assert sse.events[-1]["data"]["run"]["status"] == "ok"
+
+
+def test_ingest_threadsafe_before_start_is_buffered() -> None:
+    hub = Hub()
+    hub.ingest_threadsafe([record(trace_id(), span_id(), "early", ended=True)])
+    from tests.viewer.conftest import Viewer as V
+    from viewer.app import create_app
+
+    viewer = V(create_app(hub=hub)).start()
+    try:
+        runs = httpx.get(f"{viewer.url}/api/runs", timeout=5).json()["runs"]
+        assert [r["name"] for r in runs] == ["early"]
+    finally:
+        viewer.stop()
+
+
+WORKER_SCRIPT = r"""
+import json, sys, time, urllib.request
+url, trace, span = sys.argv[1], sys.argv[2], sys.argv[3]
+res = [{"key": "service.name", "value": {"stringValue": "worker"}},
+       {"key": "otelflow.worker.id", "value": {"stringValue": "w-" + span}}]
+def post(spans):
+    body = json.dumps({"resourceSpans": [{"resource": {"attributes": res},
+                                          "scopeSpans": [{"spans": spans}] if spans else []}]}).encode()
+    req = urllib.request.Request(url + "/v1/traces", body, {"content-type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+post([{"traceId": trace, "spanId": span, "name": "invoke_workflow w", "startTimeUnixNano": str(time.time_ns()),
+       "attributes": [{"key": "otelflow.pending", "value": {"boolValue": True}}]}])
+print("started", flush=True)
+while True:
+    time.sleep(2.0)
+    post([])
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_is_abandoned_within_15s(viewer: Viewer) -> None:
+    t, s = trace_id(), span_id()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER_SCRIPT, viewer.url, t, s], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "started"
+        with SseClient(f"{viewer.url}/api/runs/{t}/stream", read_timeout=30) as sse:
+            os.kill(worker.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            events = sse.read_all()
+        took = time.monotonic() - killed
+    finally:
+        worker.kill()
+        worker.wait()
+        if worker.stdout is not None:
+            worker.stdout.close()
+    assert [e["event"] for e in events][-2:] == ["span.abandoned", "run.ended"]
+    assert events[-1]["data"]["run"]["status"] == "abandoned"
+    assert took <= 15.0, took

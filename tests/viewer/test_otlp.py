@@ -1,0 +1,335 @@
+"""POST /v1/traces: encodings, limits, partial success, pending conventions, and fuzzed garbage (never 5xx)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from otelflow import attributes as A
+from otelflow.records import to_otlp_json
+from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
+from viewer.otlp import decode_protobuf
+
+JSON = {"content-type": "application/json"}
+PB = {"content-type": "application/x-protobuf"}
+
+
+def _kv(key: str, value: Any) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+
+def _pb_request(spans: list[Span], worker: str = "w-pb") -> ExportTraceServiceRequest:
+    return ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource={"attributes": [_kv("service.name", "svc"), _kv(A.WORKER_ID, worker)]},
+                scope_spans=[ScopeSpans(spans=spans)],
+            )
+        ]
+    )
+
+
+def test_methods_and_content_types(viewer: Viewer) -> None:
+    url = f"{viewer.url}/v1/traces"
+    assert httpx.get(url, timeout=5).status_code == 405
+    assert httpx.put(url, content=b"{}", headers=JSON, timeout=5).status_code == 405
+    r = httpx.post(url, content=b"x", headers={"content-type": "text/plain"}, timeout=5)
+    assert r.status_code == 415
+    assert "application/json" in r.text
+    r = httpx.post(url, content=b"{}", headers={**JSON, "content-encoding": "br"}, timeout=5)
+    assert r.status_code == 415
+    assert "gzip" in r.json()["message"]
+    assert httpx.post(url, content=b"{}", headers=JSON, timeout=5).json() == {}
+    assert (
+        httpx.post(
+            url, content=b"{}", headers={"content-type": "application/json; charset=utf-8"}, timeout=5
+        ).status_code
+        == 200
+    )
+
+
+def test_malformed_bodies_get_400_with_a_message(viewer: Viewer) -> None:
+    url = f"{viewer.url}/v1/traces"
+    r = httpx.post(url, content=b"{not json", headers=JSON, timeout=5)
+    assert r.status_code == 400
+    assert "JSON" in r.json()["message"]
+    r = httpx.post(url, content=b'{"resourceSpans": 3}', headers=JSON, timeout=5)
+    assert r.status_code == 400
+    assert "resourceSpans" in r.json()["message"]
+    r = httpx.post(url, content=b"[" * 100_000, headers=JSON, timeout=5)
+    assert r.status_code == 400
+    r = httpx.post(url, content=b"\xff\x00garbage", headers=PB, timeout=5)
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/x-protobuf"
+    r = httpx.post(url, content=b"not gzip", headers={**JSON, "content-encoding": "gzip"}, timeout=5)
+    assert r.status_code == 400
+    assert "gzip" in r.json()["message"]
+    r = httpx.post(url, content=gzip.compress(b"{}")[:-6], headers={**JSON, "content-encoding": "gzip"}, timeout=5)
+    assert r.status_code == 400
+
+
+def test_size_limit_applies_after_decompression(make_viewer: Any) -> None:
+    viewer = make_viewer(max_body_bytes=64 * 1024)
+    url = f"{viewer.url}/v1/traces"
+    small = json.dumps(to_otlp_json([record(trace_id(), span_id())])).encode()
+    assert (
+        httpx.post(
+            url, content=gzip.compress(small), headers={**JSON, "content-encoding": "gzip"}, timeout=5
+        ).status_code
+        == 200
+    )
+    bomb = zlib.compress(b" " * (50 * 1024 * 1024), 9)  # 50 MiB of spaces in ~50 KiB
+    gz = gzip.compress(b" " * (50 * 1024 * 1024), 9)
+    assert len(bomb) < 64 * 1024
+    assert len(gz) < 64 * 1024
+    r = httpx.post(url, content=gz, headers={**JSON, "content-encoding": "gzip"}, timeout=10)
+    assert r.status_code == 413
+    assert "decompressed" in r.json()["message"]
+    r = httpx.post(url, content=b" " * (65 * 1024), headers=JSON, timeout=5)
+    assert r.status_code == 413
+
+
+def test_partial_success_in_json_and_protobuf(viewer: Viewer) -> None:
+    good = to_otlp_json([record(trace_id(), span_id(), "good", ended=True)])
+    spans = good["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    spans.append({"traceId": "xyz", "spanId": span_id(), "name": "bad"})
+    spans.append({"traceId": trace_id(), "name": "no span id"})
+    r = httpx.post(f"{viewer.url}/v1/traces", content=json.dumps(good), headers=JSON, timeout=5)
+    assert r.status_code == 200
+    partial = r.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "2"
+    assert "traceId" in partial["errorMessage"]
+
+    req = _pb_request(
+        [
+            Span(
+                trace_id=bytes.fromhex(trace_id()),
+                span_id=bytes.fromhex(span_id()),
+                name="ok",
+                start_time_unix_nano=1,
+                end_time_unix_nano=2,
+            ),
+            Span(trace_id=b"\x01\x02", span_id=bytes.fromhex(span_id()), name="short trace id"),
+        ]
+    )
+    r = httpx.post(f"{viewer.url}/v1/traces", content=req.SerializeToString(), headers=PB, timeout=5)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/x-protobuf"
+    response = ExportTraceServiceResponse.FromString(r.content)
+    assert response.partial_success.rejected_spans == 1
+    assert "traceId" in response.partial_success.error_message
+    names = {run["name"] for run in httpx.get(f"{viewer.url}/api/runs", timeout=5).json()["runs"]}
+    assert names == {"good", "ok"}
+
+
+def test_protobuf_pending_snapshot_and_duplicates(viewer: Viewer) -> None:
+    t, s = bytes.fromhex(trace_id()), bytes.fromhex(span_id())
+    running = Span(
+        trace_id=t,
+        span_id=s,
+        name="long",
+        start_time_unix_nano=10,
+        attributes=[_kv(A.PENDING, True), _kv(A.KIND, "agent")],
+    )
+    done = Span(
+        trace_id=t,
+        span_id=s,
+        name="long",
+        start_time_unix_nano=10,
+        end_time_unix_nano=20,
+        attributes=[_kv(A.KIND, "agent")],
+    )
+    with SseClient(f"{viewer.url}/api/stream") as sse:
+        for span in (running, done, done, running):
+            httpx.post(
+                f"{viewer.url}/v1/traces", content=_pb_request([span]).SerializeToString(), headers=PB, timeout=5
+            )
+        httpx.post(f"{viewer.url}/v1/traces", content=json.dumps({}), headers=JSON, timeout=5)
+        sse.read_until(lambda e: e["event"] == "run.ended")
+        viewer.post_json([record(trace_id(), span_id(), "marker", ended=True)])
+        sse.read_until(lambda e: e["event"] == "run.ended" and e["data"]["run"]["name"] == "marker")
+    mine = [(e["event"], e["data"].get("span", {}).get("status")) for e in sse.events if e["data"]["run_id"] == t.hex()]
+    assert mine == [("run.started", None), ("span.started", "running"), ("span.ended", "ok"), ("run.ended", None)]
+
+
+def test_logfire_pending_span_is_a_running_snapshot_of_the_real_span() -> None:
+    t, real, pending, parent = trace_id(), span_id(), span_id(), span_id()
+    attrs = [
+        _kv(A.LOGFIRE_SPAN_TYPE, A.LOGFIRE_PENDING_SPAN),
+        _kv(A.LOGFIRE_PENDING_PARENT_ID, parent),
+        _kv("gen_ai.operation.name", "invoke_agent"),
+    ]
+    span = Span(
+        trace_id=bytes.fromhex(t),
+        span_id=bytes.fromhex(pending),
+        parent_span_id=bytes.fromhex(real),
+        name="agent run (pending)",
+        start_time_unix_nano=5,
+        end_time_unix_nano=5,
+        attributes=attrs,
+    )
+    root_pending = Span(
+        trace_id=bytes.fromhex(t),
+        span_id=bytes.fromhex(span_id()),
+        parent_span_id=bytes.fromhex(parent),
+        name="root",
+        start_time_unix_nano=1,
+        end_time_unix_nano=1,
+        attributes=[_kv(A.LOGFIRE_SPAN_TYPE, A.LOGFIRE_PENDING_SPAN), _kv(A.LOGFIRE_PENDING_PARENT_ID, "0" * 16)],
+    )
+    decoded = decode_protobuf(_pb_request([span, root_pending]).SerializeToString())
+    first, second = decoded.records
+    assert (first.span_id, first.parent_span_id, first.name, first.status, first.kind) == (
+        real,
+        parent,
+        "agent run",
+        "running",
+        "agent",
+    )
+    assert first.end_time_ns is None
+    assert A.LOGFIRE_SPAN_TYPE not in first.attributes
+    assert (second.span_id, second.parent_span_id) == (parent, None)
+    assert decoded.workers == {"w-pb"}
+
+
+def test_logfire_pending_span_in_json(viewer: Viewer) -> None:
+    t, real, pending = trace_id(), span_id(), span_id()
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "lf"}}]},
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": t,
+                                "spanId": pending,
+                                "parentSpanId": real,
+                                "name": "work",
+                                "startTimeUnixNano": "7",
+                                "endTimeUnixNano": "7",
+                                "attributes": [
+                                    {"key": "logfire.span_type", "value": {"stringValue": "pending_span"}},
+                                    {"key": "logfire.pending_parent_id", "value": {"stringValue": "0000000000000000"}},
+                                ],
+                            }
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    assert httpx.post(f"{viewer.url}/v1/traces", json=body, timeout=5).status_code == 200
+    detail = httpx.get(f"{viewer.url}/api/runs/{t}", timeout=5).json()
+    (span,) = detail["spans"]
+    assert span["span_id"] == real
+    assert span["status"] == "running"
+    assert span["parent_span_id"] is None
+    assert detail["run"]["status"] == "running"
+    assert detail["run"]["name"] == "work"
+
+
+# ------------------------------------------------------------------------------------------------
+# Fuzz: nothing a client sends may produce a 5xx or stop the server
+# ------------------------------------------------------------------------------------------------
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=30,
+)
+_keys = st.sampled_from(
+    [
+        "resourceSpans",
+        "scopeSpans",
+        "spans",
+        "resource",
+        "attributes",
+        "traceId",
+        "spanId",
+        "parentSpanId",
+        "name",
+        "startTimeUnixNano",
+        "endTimeUnixNano",
+        "status",
+        "code",
+        "events",
+        "key",
+        "value",
+        "stringValue",
+        "intValue",
+        "arrayValue",
+        "kvlistValue",
+        "values",
+        "kind",
+    ]
+)
+_otlpish = st.recursive(
+    _json_leaf | st.sampled_from([trace_id(), span_id(), "0" * 32, "1" * 16]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=5),
+    max_leaves=40,
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_viewer() -> Any:
+    from tests.viewer.conftest import Viewer as V
+    from viewer.app import create_app
+
+    viewer = V(create_app()).start()
+    client = httpx.Client(base_url=viewer.url, timeout=10)
+    yield viewer, client
+    client.close()
+    viewer.stop()
+
+
+@settings(
+    max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(body=st.one_of(_otlpish, _json.map(lambda v: {"resourceSpans": v})))
+def test_fuzz_json_never_5xx(fuzz_viewer: Any, body: Any) -> None:
+    _, client = fuzz_viewer
+    r = client.post("/v1/traces", content=json.dumps(body), headers=JSON)
+    assert r.status_code in (200, 400), r.text
+
+
+@settings(
+    max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda t, s, name, extra: _pb_request([Span(trace_id=t, span_id=s, name=name)]).SerializeToString() + extra,
+            st.binary(max_size=17),
+            st.binary(max_size=9),
+            st.text(max_size=10),
+            st.binary(max_size=8),
+        ),
+    ),
+    gz=st.booleans(),
+)
+def test_fuzz_protobuf_never_5xx(fuzz_viewer: Any, data: bytes, gz: bool) -> None:
+    viewer, client = fuzz_viewer
+    headers = {**PB, "content-encoding": "gzip"} if gz else PB
+    r = client.post("/v1/traces", content=gzip.compress(data) if gz else data, headers=headers)
+    assert r.status_code in (200, 400), r.text
+    assert viewer.thread.is_alive()

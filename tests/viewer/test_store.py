@@ -1,0 +1,119 @@
+"""SQLite history: restart keeps runs, live runs come back (then abandoned if silent), retention, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
+from viewer.app import ViewerConfigError, serve
+from viewer.hub import Hub
+from viewer.store import Store, StoreError, default_db_path
+
+
+def test_restart_keeps_history_and_resumes_live_runs(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    first = make_viewer(db=db)
+    done, live = trace_id(), trace_id()
+    done_root, live_root = span_id(), span_id()
+    first.post_json([record(done, done_root, "wf", kind="workflow", run_id="job-done")])
+    first.post_json([record(done, span_id(), "agent", parent=done_root, kind="agent", ended=True, error=True)])
+    first.post_json([record(done, done_root, "wf", kind="workflow", run_id="job-done", ended=True)])
+    first.post_json([record(live, live_root, "wf", kind="workflow", run_id="job-live", worker="w-live")])
+    before = httpx.get(f"{first.url}/api/runs/job-done", timeout=5).json()
+    first.stop()
+
+    second = make_viewer(db=db, hub=Hub(abandon_after_s=1.0, check_interval_s=0.1))
+    runs = httpx.get(f"{second.url}/api/runs", timeout=5).json()
+    assert {r["otelflow_run_id"]: r["status"] for r in runs["runs"]} == {"job-done": "ok", "job-live": "running"}
+    after = httpx.get(f"{second.url}/api/runs/job-done", timeout=5).json()
+    assert after["spans"] == before["spans"]
+    assert after["run"]["status"] == "ok"
+    events = httpx.get(f"{second.url}/api/runs/job-done/events", timeout=5).json()["events"]
+    assert [e["type"] for e in events][-1] == "run.ended"
+    # the live run's worker went quiet while the viewer was down: it is abandoned, not left "running"
+    with SseClient(f"{second.url}/api/runs/job-live/stream") as sse:
+        events = sse.read_all()
+    assert [e["event"] for e in events] == ["span.abandoned", "run.ended"]
+    # …unless the worker is alive and carries on: a fresh viewer keeps its spans and takes new ones
+    third_db = tmp_path / "third.db"
+    third = make_viewer(db=third_db)
+    t, root = trace_id(), span_id()
+    third.post_json([record(t, root, "wf", kind="workflow", run_id="job-3")])
+    third.stop()
+    fourth = make_viewer(db=third_db)
+    fourth.post_json([record(t, span_id(), "late", parent=root, ended=True)])
+    fourth.post_json([record(t, root, "wf", kind="workflow", run_id="job-3", ended=True)])
+    detail = httpx.get(f"{fourth.url}/api/runs/job-3", timeout=5).json()
+    assert detail["run"]["status"] == "ok"
+    assert len(detail["spans"]) == 2
+
+
+def test_corrupt_database_gives_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError, match=r"not a usable otelflow database.*--db"):
+        Store(bad).open()
+    with pytest.raises(StoreError, match="not a usable"):
+        serve("127.0.0.1", 0, db=bad)
+
+
+def test_locked_database_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    created = Store(path)
+    created.open()
+    created.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="locked by another process"):
+            Store(path).open()
+        assert time.monotonic() - started < 10
+    finally:
+        holder.close()
+
+
+def test_retention_by_count_and_age() -> None:
+    store = Store(":memory:", retention_days=1.0, max_runs=2)
+    store.open()
+    try:
+        now = time.time_ns()
+        for i, age_days in enumerate([0, 0, 0, 3]):
+            t = trace_id()
+            start = now - int(age_days * 86400e9) - (10 - i) * 1_000_000
+            store.put_span(record(t, span_id(), f"r{i}", ended=True, start=start))
+            store.put_run(
+                {"trace_id": t, "name": f"r{i}", "status": "ok", "start_time_ns": start, "end_time_ns": start + 1}
+            )
+        live = trace_id()
+        store.put_run({"trace_id": live, "name": "live", "status": "running", "start_time_ns": 1})
+        store.retention_now()
+
+        async def names() -> list[str]:
+            runs, _ = await store.list_runs(limit=100)
+            return [r["name"] for r in runs]
+
+        assert asyncio.run(names()) == ["r2", "r1", "live"]
+    finally:
+        store.close()
+
+
+def test_default_path_uses_xdg_data_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_db_path() == tmp_path / "otelflow" / "otelflow.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_db_path() == Path.home() / ".local" / "share" / "otelflow" / "otelflow.db"
+
+
+def test_serve_refuses_a_public_address_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTELFLOW_TOKEN", raising=False)
+    for host in ("0.0.0.0", "192.168.1.20", "::"):
+        with pytest.raises(ViewerConfigError, match="--token"):
+            serve(host, 0, db=":memory:")

@@ -1,0 +1,456 @@
+"""The viewer's web application: routes, security middleware, lifespan; and :func:`serve` to run it.
+
+Routes: ``POST /v1/traces`` (OTLP/HTTP), ``GET /api/stream`` and ``GET /api/runs/{run}/stream`` (SSE),
+``/ws`` and ``/ws/live-flow/{job_id}`` (WebSocket), ``GET /api/runs``, ``GET /api/runs/{run}``,
+``GET /api/runs/{run}/events``, ``GET /api/runs/{run}/export``, ``GET /api/stats``, ``GET /healthz``, and
+the pages of :mod:`viewer.pages`. ``{run}`` is a trace id or an ``otelflow.run.id``.
+
+Security: with a token, every request needs ``Authorization: Bearer <token>`` or ``?token=<token>`` (401
+otherwise; WebSocket upgrades are refused). The ``Host`` header must name an allowed host (400), and an
+``Origin`` header, when present, must be the same origin or an allowed one (403) — on HTTP and on WebSocket
+upgrades alike, so a web page elsewhere cannot read or feed the viewer (DNS rebinding, CSRF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import uvicorn
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from otelflow import attributes as A
+from otelflow.records import STATUS_RUNNING, SpanRecord, to_otlp_json
+from viewer.hub import Filters, Hub
+from viewer.otlp import DEFAULT_MAX_BYTES, Decoded, handle_traces
+from viewer.pages import install_pages, jaeger_url_from_env
+from viewer.store import Store, StoreError, default_db_path
+from viewer.streams import CLOSE_POLICY, LiveFlowSession, SseResponse, WsSession
+
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "SecurityMiddleware",
+    "StoreError",
+    "ViewerConfigError",
+    "create_app",
+    "is_loopback",
+    "make_server",
+    "serve",
+]
+
+log = logging.getLogger("otelflow.viewer")
+
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+_DEFAULT_KINDS: Final = (A.KIND_WORKFLOW, A.KIND_AGENT, A.KIND_NODE, A.KIND_TOOL)
+
+
+class ViewerConfigError(ValueError):
+    """A viewer setting that cannot work; the message says what to change."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Security
+# --------------------------------------------------------------------------------------------------
+
+
+def _host_name(host: str) -> str:
+    """``example.org:8080`` → ``example.org``; ``[::1]:8080`` → ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+class SecurityMiddleware:
+    """Token, Host and Origin checks for HTTP requests and WebSocket upgrades (see the module docstring).
+
+    ``allowed_hosts`` ``None`` accepts any Host (use only with a token); ``allowed_origins`` are full origins
+    such as ``https://example.org``, accepted besides the same origin.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        allowed_hosts: Iterable[str] | None,
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts) if allowed_hosts is not None else None
+        self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+
+    def _problem(self, scope: Scope) -> tuple[int, str] | None:
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
+            return 400, f"Host {host!r} is not allowed; use one of {sorted(self.allowed_hosts)} or --allowed-host"
+        origin = headers.get("origin")
+        if origin is not None:
+            origin = origin.rstrip("/").lower()
+            same = origin in (f"http://{host.lower()}", f"https://{host.lower()}")
+            if not same and origin not in self.allowed_origins:
+                return 403, f"Origin {origin!r} is not allowed"
+        if self.token is not None:
+            supplied = b""
+            auth = headers.get("authorization", "")
+            if auth[:7].lower() == "bearer ":
+                supplied = auth[7:].strip().encode()
+            else:
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+                if query:
+                    supplied = query[0].encode()
+            if not hmac.compare_digest(supplied, self.token):
+                return 401, "a token is required: send Authorization: Bearer <token> or ?token=<token>"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        problem = self._problem(scope)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = problem
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": message[:120]})
+            return
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        response = JSONResponse({"error": message}, status, headers=headers)
+        await response(scope, receive, send)
+
+
+# --------------------------------------------------------------------------------------------------
+# The application
+# --------------------------------------------------------------------------------------------------
+
+
+def _span_tree(spans: list[SpanRecord]) -> list[dict[str, Any]]:
+    """Nested ``{"span_id", "children"}`` nodes; spans whose parent is unknown are roots."""
+    nodes: dict[str, dict[str, Any]] = {s.span_id: {"span_id": s.span_id, "children": []} for s in spans}
+    roots: list[dict[str, Any]] = []
+    for s in spans:
+        parent = nodes.get(s.parent_span_id) if s.parent_span_id else None
+        if parent is not None and s.parent_span_id != s.span_id:
+            parent["children"].append(nodes[s.span_id])
+        else:
+            roots.append(nodes[s.span_id])
+    return roots
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status)
+
+
+def create_app(
+    *,
+    db: str | os.PathLike[str] | Store = ":memory:",
+    token: str | None = None,
+    allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
+    allowed_origins: Iterable[str] = (),
+    retention_days: float | None = 30.0,
+    max_runs: int | None = 10_000,
+    max_body_bytes: int = DEFAULT_MAX_BYTES,
+    heartbeat_s: float = 10.0,
+    send_deadline_s: float = 10.0,
+    hub: Hub | None = None,
+    jaeger_url: str | None = None,
+) -> FastAPI:
+    """The viewer as an ASGI app. ``app.state.hub`` and ``app.state.store`` are its hub and store.
+
+    Pages (``/``, ``/runs/{run}``, ``/stats``) come from :mod:`viewer.pages`; ``jaeger_url`` (default
+    ``$OTELFLOW_JAEGER_URL``) adds "Open in Jaeger" links to run pages.
+
+    ``db`` is a path, ``":memory:"``, or an opened :class:`Store`. The lifespan opens the store (unless open),
+    starts the hub, and on shutdown publishes ``shutdown``, closes streams and flushes the store.
+    """
+    store = db if isinstance(db, Store) else Store(db, retention_days=retention_days, max_runs=max_runs)
+    hub = hub or Hub(store=store)
+    hub.store = store
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if store._thread is None:
+            store.open()
+        await hub.start()
+        try:
+            yield
+        finally:
+            hub.shutdown()
+            await hub.stop()
+            store.close()
+
+    app = FastAPI(title="otelflow viewer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.hub = hub
+    app.state.store = store
+    app.add_middleware(SecurityMiddleware, token=token, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
+
+    def ingest(decoded: Decoded) -> None:
+        hub.ingest(decoded.records, decoded.workers)
+
+    @app.post("/v1/traces")
+    async def traces(request: Request) -> Response:
+        return await handle_traces(request, ingest, max_body_bytes)
+
+    def filters_of(request: Request, run: str | None = None) -> Filters:
+        q = request.query_params
+        return Filters.parse(
+            run=run if run is not None else (q.getlist("run") or None),
+            kind=q.getlist("kind") or None,
+            type=q.getlist("type") or None,
+            name=q.getlist("name") or None,
+            status=q.getlist("status") or None,
+        )
+
+    def last_event_id(request: Request) -> str | None:
+        return request.headers.get("last-event-id") or request.query_params.get("last_event_id") or None
+
+    @app.get("/api/stream")
+    async def stream(request: Request) -> Response:
+        return SseResponse(
+            hub, filters_of(request), last_event_id(request), heartbeat_s=heartbeat_s, send_deadline_s=send_deadline_s
+        )
+
+    @app.get("/api/runs/{run}/stream")
+    async def run_stream(request: Request, run: str) -> Response:
+        closed_run = False
+        if hub.resolve(run) is None:
+            trace = await store.resolve(run)
+            if trace is not None:
+                summary, _ = await store.get_run(trace)
+                closed_run = summary is not None and summary["status"] != STATUS_RUNNING
+        return SseResponse(
+            hub,
+            filters_of(request, run),
+            last_event_id(request),
+            until_run_end=True,
+            replay_run=True,
+            closed_run=closed_run,
+            heartbeat_s=heartbeat_s,
+            send_deadline_s=send_deadline_s,
+        )
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        q = websocket.query_params
+        filters = Filters.parse(
+            run=q.getlist("run") or None,
+            kind=q.getlist("kind") or None,
+            type=q.getlist("type") or None,
+            name=q.getlist("name") or None,
+            status=q.getlist("status") or None,
+        )
+        await WsSession(websocket, hub, filters, q.get("last_event_id") or None, send_deadline_s=send_deadline_s).run()
+
+    @app.websocket("/ws/live-flow/{job_id}")
+    async def live_flow(websocket: WebSocket, job_id: str) -> None:
+        await LiveFlowSession(websocket, hub, job_id, send_deadline_s=send_deadline_s).run()
+
+    async def resolve(run: str) -> str | None:
+        return hub.resolve(run) or hub.resolve(run.lower()) or await store.resolve(run)
+
+    @app.get("/api/runs")
+    async def runs(
+        status: str | None = None,
+        name: str | None = None,
+        service: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Response:
+        if not 1 <= limit <= 500 or offset < 0:
+            return _error(400, "limit must be 1..500 and offset ≥ 0")
+        statuses = [s.strip() for s in status.split(",") if s.strip()] if status else []
+        items, total = await store.list_runs(status=statuses, name=name, service=service, limit=limit, offset=offset)
+        for i, item in enumerate(items):
+            live = hub.run(item["trace_id"])
+            if live is not None:
+                items[i] = live.to_dict()
+        return JSONResponse({"runs": items, "total": total, "limit": limit, "offset": offset})
+
+    @app.get("/api/runs/{run}")
+    async def run_detail(run: str) -> Response:
+        live = hub.run(run)
+        if live is not None:
+            spans = sorted(live.spans.values(), key=lambda s: (s.start_time_ns, s.span_id))
+            summary: dict[str, Any] | None = live.to_dict()
+            last = hub.last_id
+        else:
+            trace = await store.resolve(run)
+            if trace is None:
+                return _error(404, f"no run {run!r}: give a trace id or an otelflow.run.id")
+            last = hub.last_id
+            summary, spans = await store.get_run(trace)
+            if summary is None:
+                return _error(404, f"no run {run!r}")
+        return JSONResponse(
+            {
+                "run": summary,
+                "spans": [s.to_dict() for s in spans],
+                "tree": _span_tree(spans),
+                "progress": summary.get("progress") if summary else None,
+                "last_event_id": last,
+            }
+        )
+
+    @app.get("/api/runs/{run}/events")
+    async def run_events(run: str, after: str | None = None, limit: int = 10_000) -> Response:
+        trace = await resolve(run)
+        if trace is None:
+            return _error(404, f"no run {run!r}")
+        events = await store.events(trace, after, max(1, min(limit, 10_000)))
+        if events is None:
+            return _error(404, f"event {after!r} is not in the history; fetch /api/runs/{run} instead")
+        return JSONResponse({"run_id": trace, "events": events})
+
+    @app.get("/api/runs/{run}/export")
+    async def run_export(run: str) -> Response:
+        trace = await resolve(run)
+        if trace is None:
+            return _error(404, f"no run {run!r}")
+        live = hub.run(trace)
+        spans = list(live.spans.values()) if live is not None else (await store.get_run(trace))[1]
+        headers = {"Content-Disposition": f'attachment; filename="{trace}.otlp.json"'}
+        return JSONResponse(to_otlp_json(spans), headers=headers)
+
+    @app.get("/api/stats")
+    async def stats(kind: str | None = None) -> Response:
+        kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else list(_DEFAULT_KINDS)
+        return JSONResponse({"stats": await store.stats_by_name(kinds)})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse(
+            {
+                "status": "shutting_down" if hub.shutting_down else "ok",
+                "epoch": hub.epoch,
+                "last_event_id": hub.last_id,
+                "subscribers": hub.subscriber_count,
+                "live_runs": sum(1 for r in hub.runs() if r.status == STATUS_RUNNING),
+                "hub": hub.stats,
+                "store": store.stats,
+            }
+        )
+
+    install_pages(app, jaeger_url=jaeger_url if jaeger_url is not None else jaeger_url_from_env())
+    return app
+
+
+# --------------------------------------------------------------------------------------------------
+# Running it
+# --------------------------------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but open streams are told to end before uvicorn waits for connections to close."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub, ready: Callable[[str, int], None] | None) -> None:
+        super().__init__(config)
+        self.hub = hub
+        self.ready = ready
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.ready is not None and self.started:
+            port = self.servers[0].sockets[0].getsockname()[1] if self.servers else self.config.port
+            self.ready(self.config.host, int(port))
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        # Streams get their `shutdown` event and end on their own (bounded) before uvicorn closes sockets.
+        self.hub.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(2.0, float(self.config.timeout_graceful_shutdown or 2))
+        while self.hub.subscriber_count and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll of a count
+            await asyncio.sleep(0.02)
+        await super().shutdown(sockets)
+
+
+def make_server(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    ready_callback: Callable[[str, int], None] | None = None,
+    graceful_s: float = 5.0,
+    log_level: str = "warning",
+) -> uvicorn.Server:
+    """A uvicorn server for ``app`` that ends streams first on shutdown (bounded by ``graceful_s``)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        ws_max_size=64 * 1024,
+        timeout_graceful_shutdown=max(1, round(graceful_s)),
+        lifespan="on",
+        access_log=False,
+    )
+    hub: Hub = app.state.hub
+    return _Server(config, hub, ready_callback)
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    retention_days: float | None = 30.0,
+    max_runs: int | None = 10_000,
+    allowed_hosts: Iterable[str] | None = None,
+    allowed_origins: Iterable[str] = (),
+    ready_callback: Callable[[str, int], None] | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the viewer until SIGINT/SIGTERM (what ``otelflow serve`` calls).
+
+    ``db`` defaults to :func:`viewer.store.default_db_path`; ``token`` defaults to ``$OTELFLOW_TOKEN``.
+    Raises :class:`ViewerConfigError` for a non-loopback ``host`` without a token and
+    :class:`viewer.store.StoreError` for an unusable database, both before binding anything.
+    ``ready_callback(host, port)`` is called once the socket listens (``port=0`` picks a free port).
+    Without ``allowed_hosts`` the loopback names are accepted, plus ``host`` itself when it is not a wildcard.
+    """
+    token = token or os.environ.get("OTELFLOW_TOKEN") or None
+    if not is_loopback(host) and not token:
+        raise ViewerConfigError(
+            f"refusing to listen on {host}: without a token anyone who can reach it could read your spans. "
+            "Pass --token (or set OTELFLOW_TOKEN), or bind 127.0.0.1."
+        )
+    if allowed_hosts is None:
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only names what a wildcard bind means
+            hosts: Iterable[str] | None = None  # any name may reach it; the token protects it
+        else:
+            hosts = LOOPBACK_HOSTS | {host.lower().strip("[]")}
+    else:
+        hosts = allowed_hosts
+    store = Store(db if db is not None else default_db_path(), retention_days=retention_days, max_runs=max_runs)
+    store.open()
+    app = create_app(db=store, token=token, allowed_hosts=hosts, allowed_origins=allowed_origins)
+    server = make_server(app, host, port, ready_callback=ready_callback, log_level=log_level)
+    try:
+        server.run()
+    finally:
+        store.close()

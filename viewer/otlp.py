@@ -1,0 +1,392 @@
+"""OTLP/HTTP trace receiver: turns a ``POST /v1/traces`` body (protobuf or JSON, maybe gzip) into SpanRecords.
+
+Contract (https://opentelemetry.io/docs/specs/otlp/#otlphttp):
+
+- ``application/x-protobuf`` and ``application/json`` (any ``charset``); other content types get 415.
+- ``Content-Encoding: gzip`` or none; other encodings get 415. The size limit applies to the decompressed body
+  (413); decompression is streamed with a cap, so a gzip bomb costs at most ``max_bytes`` of memory.
+- A body that cannot be read gets 400 with a message saying where and why; a span that cannot be read is
+  rejected alone (OTLP partial success: ``rejectedSpans`` and ``errorMessage``), in the request's encoding.
+- Pending conventions: otelflow snapshots (``otelflow.pending=true``, no end time) and Logfire pending spans
+  (``logfire.span_type=pending_span``: a zero-length child of the real span, whose own parent is in
+  ``logfire.pending_parent_id``) both become running snapshots of the real span.
+- Every resource's ``otelflow.worker.id`` is reported, also for heartbeats (a resource with no spans).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from starlette.requests import Request
+from starlette.responses import Response
+
+from otelflow import attributes as A
+from otelflow.records import (
+    PHASE_END,
+    PHASE_UPDATE,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_RUNNING,
+    EventRecord,
+    OtlpDecodeError,
+    SpanRecord,
+    from_otlp_json,
+    kind_of,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "JSON",
+    "PROTOBUF",
+    "BodyError",
+    "Decoded",
+    "decode_body",
+    "decode_json",
+    "decode_protobuf",
+    "encode_response",
+    "handle_traces",
+    "read_body",
+]
+
+PROTOBUF: Final = "application/x-protobuf"
+JSON: Final = "application/json"
+DEFAULT_MAX_BYTES: Final = 32 * 1024 * 1024
+_MAX_ATTR_DEPTH: Final = 32
+_PENDING_SUFFIX: Final = " (pending)"
+_ZERO_SPAN: Final = "0" * 16
+
+
+class BodyError(Exception):
+    """A request body that cannot be accepted; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one export request carried: readable records, one message per rejected span, worker ids seen."""
+
+    records: list[SpanRecord] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    workers: set[str] = field(default_factory=set)
+
+
+# --------------------------------------------------------------------------------------------------
+# Body: size limit and gzip
+# --------------------------------------------------------------------------------------------------
+
+
+async def read_body(chunks: AsyncIterator[bytes], encoding: str, max_bytes: int) -> bytes:
+    """The decompressed body, at most ``max_bytes`` long; raises :class:`BodyError` (413 or 415 or 400)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise BodyError(413, f"request body is larger than the limit of {max_bytes} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+    if encoding not in ("gzip", "x-gzip"):
+        raise BodyError(415, f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    out = bytearray()
+    compressed = 0
+    async for chunk in chunks:
+        compressed += len(chunk)
+        if compressed > max_bytes:
+            raise BodyError(413, f"request body is larger than the limit of {max_bytes} bytes")
+        data = chunk
+        while data:
+            try:
+                piece = inflater.decompress(data, max_bytes + 1 - len(out))
+            except zlib.error as exc:
+                raise BodyError(400, f"body is not valid gzip: {exc}") from None
+            out += piece
+            if len(out) > max_bytes:
+                raise BodyError(413, f"decompressed body is larger than the limit of {max_bytes} bytes")
+            data = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    if not inflater.eof:
+        raise BodyError(400, "body is not valid gzip: the stream is truncated")
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------------
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def decode_body(body: bytes, content_type: str) -> Decoded:
+    """Decode an export request by its content type; raises :class:`BodyError` (415 or 400)."""
+    media = _media_type(content_type)
+    if media == PROTOBUF:
+        return decode_protobuf(body)
+    if media == JSON:
+        return decode_json(body)
+    raise BodyError(415, f"Content-Type {content_type or '(none)'!r} is not supported; send {PROTOBUF} or {JSON}")
+
+
+def decode_json(body: bytes) -> Decoded:
+    """Decode an OTLP/JSON export request; raises :class:`BodyError` (400) when its shape is wrong."""
+    try:
+        payload = json.loads(body)
+        records, rejected = from_otlp_json(payload)
+    except RecursionError:
+        raise BodyError(400, "body is nested too deeply") from None
+    except OtlpDecodeError as exc:
+        raise BodyError(400, f"malformed OTLP/JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise BodyError(400, f"body is not valid JSON: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a shape from_otlp_json did not foresee is the client's problem
+        raise BodyError(400, f"malformed OTLP/JSON: {type(exc).__name__}: {exc}") from None
+    out = Decoded(rejected=rejected)
+    for resource_spans in payload.get("resourceSpans") or []:
+        resource = resource_spans.get("resource") or {}
+        for item in resource.get("attributes") or []:
+            if isinstance(item, dict) and item.get("key") == A.WORKER_ID:
+                value = item.get("value")
+                if isinstance(value, dict) and isinstance(value.get("stringValue"), str):
+                    out.workers.add(value["stringValue"])
+    for record in records:
+        converted = _pending_conventions(record, out.rejected)
+        if converted is not None:
+            out.records.append(converted)
+    return out
+
+
+def _any(value: AnyValue, depth: int = 0) -> Any:
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which == "bool_value":
+        return value.bool_value
+    if which == "int_value":
+        return value.int_value
+    if which == "double_value":
+        number = value.double_value
+        return number if math.isfinite(number) else str(number)
+    if which == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    if depth >= _MAX_ATTR_DEPTH:
+        raise OtlpDecodeError("attribute value nested too deeply")
+    if which == "array_value":
+        return [_any(v, depth + 1) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return _attrs(value.kvlist_value.values, depth + 1)
+    return None
+
+
+def _attrs(items: Any, depth: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kv: KeyValue
+    for kv in items:
+        out[kv.key] = _any(kv.value, depth)
+    return out
+
+
+def _span_id(raw: bytes, where: str, *, required: bool) -> str | None:
+    if not raw:
+        if required:
+            raise OtlpDecodeError(f"{where}: missing")
+        return None
+    if len(raw) != 8:
+        raise OtlpDecodeError(f"{where}: {len(raw)} bytes, a span id has 8")
+    text = raw.hex()
+    if text == _ZERO_SPAN:
+        if required:
+            raise OtlpDecodeError(f"{where}: all-zero id is invalid")
+        return None
+    return text
+
+
+def _span_from_proto(span: Span, resource: dict[str, Any], service: str, scope: str, where: str) -> SpanRecord:
+    if len(span.trace_id) != 16 or not any(span.trace_id):
+        raise OtlpDecodeError(f"{where}.traceId: must be 16 bytes, not all zero")
+    span_id = _span_id(span.span_id, f"{where}.spanId", required=True)
+    assert span_id is not None
+    attrs = _attrs(span.attributes)
+    pending = attrs.pop(A.PENDING, False) is True
+    end: int | None = span.end_time_unix_nano or None
+    if pending:
+        end = None
+    status = STATUS_RUNNING
+    if end is not None:
+        status = STATUS_ERROR if span.status.code == 2 else STATUS_OK
+    return SpanRecord(
+        trace_id=span.trace_id.hex(),
+        span_id=span_id,
+        parent_span_id=_span_id(span.parent_span_id, f"{where}.parentSpanId", required=False),
+        name=span.name,
+        kind=kind_of(attrs),
+        span_kind=span.kind if 0 <= span.kind <= 5 else 1,
+        start_time_ns=span.start_time_unix_nano,
+        end_time_ns=end,
+        status=status,
+        status_message=span.status.message,
+        attributes=attrs,
+        events=tuple(EventRecord(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in span.events),
+        service=service,
+        resource=resource,
+        scope=scope,
+        phase=PHASE_UPDATE if end is None else PHASE_END,
+    )
+
+
+def decode_protobuf(body: bytes) -> Decoded:
+    """Decode an OTLP protobuf export request; raises :class:`BodyError` (400) when it cannot be parsed."""
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError (untyped module), RecursionError
+        raise BodyError(400, f"body is not a valid ExportTraceServiceRequest: {exc}") from None
+    out = Decoded()
+    for r, resource_spans in enumerate(request.resource_spans):
+        try:
+            resource = _attrs(resource_spans.resource.attributes)
+        except (OtlpDecodeError, RecursionError) as exc:
+            message = f"resourceSpans[{r}].resource: {exc}"
+            out.rejected.extend(message for ss in resource_spans.scope_spans for _ in ss.spans)
+            continue
+        worker = resource.get(A.WORKER_ID)
+        if isinstance(worker, str):
+            out.workers.add(worker)
+        service = str(resource.get("service.name", ""))
+        for s, scope_spans in enumerate(resource_spans.scope_spans):
+            scope = scope_spans.scope.name
+            for i, span in enumerate(scope_spans.spans):
+                where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]"
+                try:
+                    record = _span_from_proto(span, resource, service, scope, where)
+                except OtlpDecodeError as exc:
+                    out.rejected.append(str(exc))
+                    continue
+                converted = _pending_conventions(record, out.rejected)
+                if converted is not None:
+                    out.records.append(converted)
+    return out
+
+
+def _pending_conventions(record: SpanRecord, rejected: list[str]) -> SpanRecord | None:
+    """A Logfire pending span as a running snapshot of the real span (``None``, and a message, if unusable)."""
+    if record.attributes.get(A.LOGFIRE_SPAN_TYPE) != A.LOGFIRE_PENDING_SPAN:
+        return record
+    real_id = record.parent_span_id
+    if real_id is None:
+        rejected.append(f"span {record.span_id}: a Logfire pending span must have the real span as its parent")
+        return None
+    attrs = dict(record.attributes)
+    del attrs[A.LOGFIRE_SPAN_TYPE]
+    parent = attrs.pop(A.LOGFIRE_PENDING_PARENT_ID, None)
+    parent_id = parent.lower() if isinstance(parent, str) else None
+    if parent_id is not None and (
+        len(parent_id) != 16 or parent_id == _ZERO_SPAN or any(c not in "0123456789abcdef" for c in parent_id)
+    ):
+        parent_id = None
+    name = record.name.removesuffix(_PENDING_SUFFIX)
+    return replace(
+        record,
+        span_id=real_id,
+        parent_span_id=parent_id,
+        name=name,
+        kind=kind_of(attrs),
+        end_time_ns=None,
+        status=STATUS_RUNNING,
+        status_message="",
+        attributes=attrs,
+        phase=PHASE_UPDATE,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Responses
+# --------------------------------------------------------------------------------------------------
+
+
+def encode_response(content_type: str, rejected: list[str]) -> Response:
+    """A 200 ExportTraceServiceResponse in the request's encoding, with partial success when spans were rejected."""
+    message = "; ".join(rejected[:20])
+    if len(rejected) > 20:
+        message += f"; and {len(rejected) - 20} more"
+    if _media_type(content_type) == PROTOBUF:
+        response = ExportTraceServiceResponse()
+        if rejected:
+            response.partial_success.rejected_spans = len(rejected)
+            response.partial_success.error_message = message
+        return Response(response.SerializeToString(), media_type=PROTOBUF)
+    body: dict[str, Any] = {}
+    if rejected:
+        body["partialSuccess"] = {"rejectedSpans": str(len(rejected)), "errorMessage": message}
+    return Response(json.dumps(body).encode(), media_type=JSON)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _rpc_status(code: int, message: str) -> bytes:
+    """A serialized ``google.rpc.Status`` (field 1 code, field 2 message), written by hand: two fields do not
+    justify another dependency."""
+    text = message.encode()
+    return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
+
+
+def _error_response(content_type: str, status: int, message: str) -> Response:
+    """A failed export: a ``google.rpc.Status`` in the request's encoding (plain text for unknown types)."""
+    media = _media_type(content_type)
+    code = {400: 3, 413: 8, 415: 3}.get(status, 2)  # INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNKNOWN
+    if media == PROTOBUF:
+        return Response(_rpc_status(code, message), status, media_type=PROTOBUF)
+    if media == JSON:
+        return Response(json.dumps({"code": code, "message": message}).encode(), status, media_type=JSON)
+    return Response(message + "\n", status, media_type="text/plain")
+
+
+async def handle_traces(
+    request: Request,
+    ingest: Callable[[Decoded], None],
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Response:
+    """Serve ``POST /v1/traces``: read, decode, hand the result to ``ingest``, answer as OTLP says."""
+    content_type = request.headers.get("content-type", "")
+    media = _media_type(content_type)
+    if media not in (PROTOBUF, JSON):
+        return _error_response(
+            content_type, 415, f"Content-Type {content_type or '(none)'!r} is not supported; send {PROTOBUF} or {JSON}"
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        return _error_response(content_type, 413, f"request body is larger than the limit of {max_bytes} bytes")
+    try:
+        body = await read_body(request.stream(), request.headers.get("content-encoding", ""), max_bytes)
+        decoded = decode_body(body, content_type)
+    except BodyError as exc:
+        return _error_response(content_type, exc.status, exc.message)
+    ingest(decoded)
+    return encode_response(content_type, decoded.rejected)

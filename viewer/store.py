@@ -1,0 +1,517 @@
+"""SQLite history of runs, spans and events: written in batches by one thread, queried without blocking the loop.
+
+Contracts:
+
+- One connection, owned by one writer thread. Writes (:meth:`Store.put_span`, :meth:`Store.put_run`,
+  :meth:`Store.put_event`) only enqueue and never block; the thread commits whatever is queued in one
+  transaction. Queries run on the same thread after every write queued before them, so a query sees
+  everything published before it was asked (read-your-writes).
+- ``path`` ``":memory:"`` keeps everything in memory (tests); any other path uses WAL journaling.
+- A restart keeps every run and its spans and events (until retention removes them).
+- Retention: runs that ended more than ``retention_days`` ago, and the oldest ended runs beyond ``max_runs``,
+  are deleted with their spans and events (running runs are never deleted).
+- A file that is not an otelflow database, or that another process holds locked, raises :class:`StoreError`
+  with a message saying what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from otelflow.records import STATUS_ERROR, STATUS_RUNNING, EventRecord, SpanRecord
+
+if TYPE_CHECKING:
+    from viewer.hub import Event
+
+__all__ = ["Store", "StoreError", "default_db_path", "record_from_row", "record_to_row"]
+
+log = logging.getLogger("otelflow.viewer")
+
+T = TypeVar("T")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    trace_id TEXT PRIMARY KEY,
+    run_id TEXT,
+    name TEXT NOT NULL DEFAULT '',
+    service TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    start_ns INTEGER NOT NULL DEFAULT 0,
+    end_ns INTEGER,
+    updated REAL NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_run_id ON runs (run_id);
+CREATE INDEX IF NOT EXISTS runs_start ON runs (start_ns);
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER,
+    record TEXT NOT NULL,
+    PRIMARY KEY (trace_id, span_id)
+);
+CREATE INDEX IF NOT EXISTS spans_name ON spans (name, kind);
+CREATE TABLE IF NOT EXISTS events (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    trace_id TEXT,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_trace ON events (trace_id, n);
+CREATE INDEX IF NOT EXISTS events_id ON events (event_id);
+"""
+_SCHEMA_VERSION: Final = "1"
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says why and what to do."""
+
+
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/otelflow/otelflow.db``, else ``~/.local/share/otelflow/otelflow.db``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "otelflow" / "otelflow.db"
+
+
+def record_to_row(rec: SpanRecord) -> str:
+    """A record as JSON holding every field (``record_from_row`` gives it back)."""
+    return json.dumps(
+        {
+            "trace_id": rec.trace_id,
+            "span_id": rec.span_id,
+            "parent_span_id": rec.parent_span_id,
+            "name": rec.name,
+            "kind": rec.kind,
+            "span_kind": rec.span_kind,
+            "start_time_ns": rec.start_time_ns,
+            "end_time_ns": rec.end_time_ns,
+            "status": rec.status,
+            "status_message": rec.status_message,
+            "attributes": rec.attributes,
+            "events": [[e.name, e.time_ns, dict(e.attributes)] for e in rec.events],
+            "service": rec.service,
+            "resource": rec.resource,
+            "scope": rec.scope,
+            "phase": rec.phase,
+        },
+        separators=(",", ":"),
+        default=str,
+    )
+
+
+def record_from_row(text: str) -> SpanRecord:
+    data = json.loads(text)
+    data["events"] = tuple(EventRecord(n, t, a) for n, t, a in data["events"])
+    return SpanRecord(**data)
+
+
+def _text(value: str) -> str:
+    """SQLite wants valid UTF-8: lone surrogates (legal in JSON escapes) become U+FFFD."""
+    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
+
+
+class _Read:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: concurrent.futures.Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
+
+
+_STOP: Final = object()
+
+
+class Store:
+    """SQLite persistence and queries (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        retention_days: float | None = 30.0,
+        max_runs: int | None = 10_000,
+    ) -> None:
+        self.path = str(path)
+        self.retention_days = retention_days
+        self.max_runs = max_runs
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self.stats: dict[str, int] = {"spans": 0, "events": 0, "runs": 0, "errors": 0, "batches": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Open (creating if needed) and start the writer thread; raises :class:`StoreError`."""
+        memory = self.path == ":memory:"
+        if not memory:
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                self.path if memory else str(Path(self.path).expanduser()),
+                timeout=2.0,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the history database {self.path}: {exc}") from None
+        try:
+            if not memory:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executescript(_SCHEMA)  # commits the probe transaction first
+            row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            elif row[0] != _SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has otelflow schema {row[0]}, this viewer uses {_SCHEMA_VERSION}; "
+                    "pass --db with another path"
+                )
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreError(
+                    f"the history database {self.path} is locked by another process "
+                    "(is another `otelflow serve` using it?); stop it or pass --db with another path"
+                ) from None
+            raise StoreError(f"cannot use the history database {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(
+                f"{self.path} is not a usable otelflow database ({exc}); move it away or pass --db with another path"
+            ) from None
+        self._conn = conn
+        self._thread = threading.Thread(target=self._run, name="otelflow-store", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued, then stop the thread and close the database."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    # ------------------------------------------------------------------ writes (never block)
+
+    def put_span(self, rec: SpanRecord) -> None:
+        self._queue.put(
+            (
+                "span",
+                (
+                    rec.trace_id,
+                    rec.span_id,
+                    rec.parent_span_id,
+                    _text(rec.name),
+                    _text(rec.kind),
+                    rec.status,
+                    rec.start_time_ns,
+                    rec.end_time_ns,
+                    record_to_row(rec),
+                ),
+            )
+        )
+
+    def put_run(self, summary: Mapping[str, Any]) -> None:
+        self._queue.put(
+            (
+                "run",
+                (
+                    summary["trace_id"],
+                    _text(str(summary.get("otelflow_run_id"))) if summary.get("otelflow_run_id") else None,
+                    _text(str(summary.get("name") or "")),
+                    _text(str(summary.get("service") or "")),
+                    summary["status"],
+                    summary.get("start_time_ns") or 0,
+                    summary.get("end_time_ns"),
+                    time.time(),
+                    json.dumps(summary, separators=(",", ":"), default=str),
+                ),
+            )
+        )
+
+    def put_event(self, ev: Event) -> None:
+        self._queue.put(("event", (ev.id, ev.run_id, ev.type, ev.data.decode("ascii"))))
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        state = {"last_retention": 0.0}
+        while True:
+            try:
+                if self._step(conn, state):
+                    return
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("history writer failed on a batch")
+
+    def _step(self, conn: sqlite3.Connection, state: dict[str, float]) -> bool:
+        """Handle one batch; ``True`` when told to stop."""
+        item = self._queue.get()
+        batch = [item]
+        while len(batch) < 5000:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        stop = False
+        spans: list[tuple[Any, ...]] = []
+        runs: dict[str, tuple[Any, ...]] = {}
+        events: list[tuple[Any, ...]] = []
+        for op in batch:
+            if op is _STOP:
+                stop = True
+            elif isinstance(op, _Read):
+                self._write(conn, spans, runs, events)
+                spans, runs, events = [], {}, []
+                self._read(conn, op)
+            else:
+                kind, row = op
+                if kind == "span":
+                    spans.append(row)
+                elif kind == "run":
+                    runs[row[0]] = row
+                else:
+                    events.append(row)
+        self._write(conn, spans, runs, events)
+        now = time.monotonic()
+        if now - state["last_retention"] > 60.0:
+            state["last_retention"] = now
+            try:
+                self._retention(conn)
+            except sqlite3.Error:
+                self.stats["errors"] += 1
+                log.exception("retention failed")
+        if stop:
+            conn.close()
+            return True
+        return False
+
+    def _write(
+        self,
+        conn: sqlite3.Connection,
+        spans: list[tuple[Any, ...]],
+        runs: dict[str, tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
+    ) -> None:
+        if not (spans or runs or events):
+            return
+        try:
+            conn.execute("BEGIN")
+            if spans:
+                conn.executemany("INSERT OR REPLACE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", spans)
+            if runs:
+                conn.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", list(runs.values()))
+            if events:
+                conn.executemany("INSERT INTO events (event_id, trace_id, type, data) VALUES (?, ?, ?, ?)", events)
+            conn.execute("COMMIT")
+            self.stats["spans"] += len(spans)
+            self.stats["runs"] += len(runs)
+            self.stats["events"] += len(events)
+            self.stats["batches"] += 1
+        except (sqlite3.Error, ValueError):
+            self.stats["errors"] += 1
+            log.exception("could not write %d spans to the history database", len(spans))
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _read(self, conn: sqlite3.Connection, op: _Read) -> None:
+        if op.future.set_running_or_notify_cancel():
+            try:
+                op.future.set_result(op.fn(conn))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                op.future.set_exception(exc)
+
+    def _retention(self, conn: sqlite3.Connection) -> None:
+        doomed: set[str] = set()
+        if self.retention_days is not None:
+            cutoff = time.time_ns() - int(self.retention_days * 86400e9)
+            rows = conn.execute(
+                "SELECT trace_id FROM runs WHERE status != ? AND COALESCE(end_ns, start_ns) < ?",
+                (STATUS_RUNNING, cutoff),
+            )
+            doomed.update(r[0] for r in rows)
+        if self.max_runs is not None:
+            rows = conn.execute(
+                "SELECT trace_id FROM runs WHERE status != ? ORDER BY start_ns DESC LIMIT -1 OFFSET ?",
+                (STATUS_RUNNING, self.max_runs),
+            )
+            doomed.update(r[0] for r in rows)
+        if not doomed:
+            return
+        conn.execute("BEGIN")
+        for table in ("runs", "spans", "events"):
+            conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", [(t,) for t in doomed])  # noqa: S608
+        conn.execute("COMMIT")
+
+    def retention_now(self) -> None:
+        """Apply retention on the next batch (tests and the CLI call this; the thread also runs it each minute)."""
+        self._queue.put(_Read(self._retention, concurrent.futures.Future()))
+
+    # ------------------------------------------------------------------ queries
+
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the store thread after every write queued so far."""
+        if self._thread is None:
+            raise StoreError("the history database is not open")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Read(fn, future))
+        return await asyncio.wrap_future(future)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is written."""
+        await self.query(lambda conn: None)
+
+    async def load_live(self) -> tuple[list[dict[str, Any]], list[SpanRecord]]:
+        """Runs still running when the viewer last stopped, and their spans."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[SpanRecord]]:
+            runs = [
+                json.loads(r[0]) for r in conn.execute("SELECT summary FROM runs WHERE status = ?", (STATUS_RUNNING,))
+            ]
+            spans: list[SpanRecord] = []
+            for run in runs:
+                spans.extend(
+                    record_from_row(r[0])
+                    for r in conn.execute("SELECT record FROM spans WHERE trace_id = ?", (run["trace_id"],))
+                )
+            return runs, spans
+
+        return await self.query(fn)
+
+    async def resolve(self, key: str) -> str | None:
+        """The trace id of a stored run named by trace id or ``otelflow.run.id`` (the newest such run)."""
+
+        def fn(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT trace_id FROM runs WHERE trace_id = ? OR run_id = ? ORDER BY trace_id = ? DESC, "
+                "start_ns DESC LIMIT 1",
+                (key.lower(), key, key.lower()),
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self.query(fn)
+
+    async def list_runs(
+        self,
+        *,
+        status: Iterable[str] = (),
+        name: str | None = None,
+        service: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Run summaries, newest first, and the total count matching the filters."""
+        where: list[str] = []
+        args: list[Any] = []
+        statuses = list(status)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if name:
+            where.append("(name = ? OR run_id = ?)")
+            args.extend([name, name])
+        if service:
+            where.append("service = ?")
+            args.append(service)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+
+        def fn(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
+            total = conn.execute(f"SELECT COUNT(*) FROM runs {clause}", args).fetchone()[0]  # noqa: S608
+            rows = conn.execute(
+                f"SELECT summary FROM runs {clause} ORDER BY start_ns DESC, trace_id LIMIT ? OFFSET ?",  # noqa: S608
+                [*args, limit, offset],
+            ).fetchall()
+            return [json.loads(r[0]) for r in rows], int(total)
+
+        return await self.query(fn)
+
+    async def get_run(self, trace_id: str) -> tuple[dict[str, Any] | None, list[SpanRecord]]:
+        """A run's summary and its spans (by start time)."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, list[SpanRecord]]:
+            row = conn.execute("SELECT summary FROM runs WHERE trace_id = ?", (trace_id,)).fetchone()
+            spans = [
+                record_from_row(r[0])
+                for r in conn.execute(
+                    "SELECT record FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id", (trace_id,)
+                )
+            ]
+            return (json.loads(row[0]) if row else None), spans
+
+        return await self.query(fn)
+
+    async def events(self, trace_id: str, after: str | None, limit: int = 10_000) -> list[dict[str, Any]] | None:
+        """A run's stored events after the event ``after`` (all when ``None``); ``None`` if ``after`` is unknown."""
+
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]] | None:
+            start = 0
+            if after:
+                row = conn.execute("SELECT n FROM events WHERE event_id = ?", (after,)).fetchone()
+                if row is None:
+                    return None
+                start = int(row[0])
+            rows = conn.execute(
+                "SELECT data FROM events WHERE trace_id = ? AND n > ? ORDER BY n LIMIT ?", (trace_id, start, limit)
+            )
+            return [json.loads(r[0]) for r in rows]
+
+        return await self.query(fn)
+
+    async def stats_by_name(self, kinds: Iterable[str]) -> list[dict[str, Any]]:
+        """Per (kind, name) of ended spans: count, p50/p95 duration in ms, error rate."""
+        kind_list = list(kinds)
+
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            marks = ",".join("?" * len(kind_list))
+            sql = f"SELECT kind, name, status, end_ns - start_ns FROM spans WHERE end_ns IS NOT NULL AND kind IN ({marks})"  # noqa: S608, E501
+            args: list[Any] = list(kind_list)
+            groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
+            for kind, name, status, duration in conn.execute(sql, args):
+                groups.setdefault((kind, name), []).append((status, duration))
+            out = []
+            for (kind, name), items in sorted(groups.items()):
+                durations = sorted(d / 1e6 for _, d in items)
+                errors = sum(1 for s, _ in items if s == STATUS_ERROR)
+                out.append(
+                    {
+                        "kind": kind,
+                        "name": name,
+                        "count": len(items),
+                        "p50_ms": _percentile(durations, 0.50),
+                        "p95_ms": _percentile(durations, 0.95),
+                        "error_rate": errors / len(items),
+                    }
+                )
+            return out
+
+        return await self.query(fn)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of a sorted, non-empty list."""
+    rank = max(1, -(-int(q * len(sorted_values) * 1000) // 1000))  # ceil(q * n), robust to float error
+    return round(sorted_values[min(rank, len(sorted_values)) - 1], 3)
