@@ -14,7 +14,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otelflow._log import problems
-from otelflow.records import PHASE_END, PHASE_START, PHASE_UPDATE, SpanRecord, record_from_span
+from otelflow.records import PHASE_END, PHASE_START, PHASE_UPDATE, SpanRecord, record_from_span, started_copy
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span as ApiSpan
@@ -180,6 +180,7 @@ class LiveSpanProcessor(SpanProcessor):
         queue = self._queue
         wake = self._wake
         stopped = self._stopped
+        ended: dict[int, SpanRecord] = {}
         try:
             while True:
                 if not queue:
@@ -200,9 +201,20 @@ class LiveSpanProcessor(SpanProcessor):
                             if isinstance(item, _Update):
                                 batch.append(record_from_span(item.span, PHASE_UPDATE))
                             elif isinstance(item, Span):  # a live span object: queued by on_start
-                                batch.append(record_from_span(item, PHASE_START))
+                                if item.end_time is None:
+                                    batch.append(record_from_span(item, PHASE_START))
+                                else:
+                                    # Already ended (a short span in a burst): snapshot its end once and
+                                    # derive the start from it; the end item that follows reuses it.
+                                    end = record_from_span(item, PHASE_END)
+                                    if len(ended) > 65_536:
+                                        ended.clear()  # ends that were dropped from a full queue
+                                    ended[item.context.span_id] = end
+                                    batch.append(started_copy(end))
                             else:
-                                batch.append(record_from_span(item, PHASE_END))
+                                ctx = item.context
+                                known = ended.pop(ctx.span_id) if ctx is not None and ctx.span_id in ended else None
+                                batch.append(known if known is not None else record_from_span(item, PHASE_END))
                         except Exception:  # noqa: BLE001 - one odd span must not stop the stream
                             problems.warning("record", "otelflow: could not snapshot a span", exc_info=True)
                         continue

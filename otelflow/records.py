@@ -36,6 +36,7 @@ __all__ = [
     "kind_of",
     "otlp_resource",
     "record_from_span",
+    "started_copy",
     "to_otlp_json",
 ]
 
@@ -70,7 +71,7 @@ class EventRecord(NamedTuple):
 
 @dataclass(slots=True)
 class SpanRecord:
-    """A snapshot of one span.
+    """A snapshot of one span. Records are shared between consumers: treat them as read-only.
 
     ``phase`` says which moment the snapshot was taken at (``start``, ``update`` or ``end``); ``status`` is
     ``running`` until the span ends, then ``ok`` or ``error`` (the viewer may set ``abandoned``).
@@ -265,6 +266,31 @@ def record_from_span(span: ReadableSpan, phase: str) -> SpanRecord:
         resource_attrs,
         scope.name if scope is not None else "",
         phase,
+    )
+
+
+def started_copy(end: SpanRecord) -> SpanRecord:
+    """The start record of a span whose end record is already known: same span, running, no events yet.
+
+    Shares the attributes mapping with ``end`` (records are read-only by contract).
+    """
+    return SpanRecord(
+        end.trace_id,
+        end.span_id,
+        end.name,
+        end.parent_span_id,
+        end.kind,
+        end.span_kind,
+        end.start_time_ns,
+        None,
+        STATUS_RUNNING,
+        "",
+        end.attributes,
+        (),
+        end.service,
+        end.resource,
+        end.scope,
+        PHASE_START,
     )
 
 
