@@ -1,0 +1,480 @@
+"""``otelflow tail`` against a real viewer (uvicorn on loopback) and a real workflow in another process.
+
+The rich in-place view is tested in-process with rich's recording console; the subprocess tests use the
+non-TTY outputs (``--json`` and plain lines), which is what a pipe sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from fastapi import FastAPI
+from rich.console import Console
+
+from otelflow._tail import STATUS_GLYPH, Backoff, LiveView, SseEvent, Tail, clean, describe
+from tests.viewer.conftest import Viewer, wait_for
+from viewer.app import create_app, make_server
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+EVIL = "[bold]x</script><script>alert(1)</script>"
+
+# A workflow in its own process that waits for "go" on stdin at each checkpoint (no sleeps, no timing).
+WORKER = r"""
+import sys
+import otelflow
+
+url, run_id = sys.argv[1], sys.argv[2]
+telemetry = otelflow.configure(service_name="tail-worker", live=url, otlp=False)
+
+def checkpoint(tag):
+    print(tag, flush=True)
+    if sys.stdin.readline().strip() != "go":
+        sys.exit(3)
+
+with otelflow.workflow("pipeline", run_id=run_id):
+    otelflow.progress(10, "starting")
+    with otelflow.agent("research " + sys.argv[3]):
+        otelflow.log("warning", "looking at " + sys.argv[3])
+        checkpoint("a1")
+    with otelflow.agent("writer"):
+        with otelflow.tool("search"):
+            otelflow.progress(completed=1, total=2, message="half")
+        checkpoint("a2")
+    otelflow.progress(100, "done")
+telemetry.shutdown()
+print("done", flush=True)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PortViewer(Viewer):
+    """A viewer on a chosen port, so that a restart comes back at the same address."""
+
+    def __init__(self, app: FastAPI, port: int) -> None:
+        super().__init__(app)
+        self.server = make_server(app, "127.0.0.1", port, ready_callback=self._on_ready, graceful_s=2)
+        self.thread = threading.Thread(target=self.server.run, name="viewer", daemon=True)
+
+
+class Proc:
+    """A subprocess whose stdout and stderr lines are collected by threads; waits are on conditions."""
+
+    def __init__(self, args: list[str], stdin: bool = False) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "TERM": "dumb"}
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.lock = threading.Lock()
+        for stream, into in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._pump, args=(stream, into), daemon=True).start()
+
+    def _pump(self, stream: IO[str] | None, into: list[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            with self.lock:
+                into.append(line.rstrip("\n"))
+
+    def lines(self) -> list[str]:
+        with self.lock:
+            return list(self.out)
+
+    def wait_line(self, predicate: Callable[[str], bool], what: str, timeout: float = 15.0) -> str:
+        def found() -> str | None:
+            return next((line for line in self.lines() if predicate(line)), None)
+
+        try:
+            return wait_for(found, timeout, what)
+        except AssertionError:
+            raise AssertionError(f"{what}; stdout={self.lines()} stderr={self.err}") from None
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[Callable[..., Proc]]:
+    started: list[Proc] = []
+
+    def start(args: list[str], stdin: bool = False) -> Proc:
+        p = Proc(args, stdin)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def viewers() -> Iterator[Callable[..., Viewer]]:
+    """Start viewers (``create_app(**kwargs)``) on free ports; stops them at the end."""
+    started: list[Viewer] = []
+
+    def make(**kwargs: Any) -> Viewer:
+        started.append(Viewer(create_app(**kwargs)).start())
+        return started[-1]
+
+    yield make
+    for v in started:
+        if v.thread.is_alive():
+            v.stop()
+
+
+def tail_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "otelflow.cli", "tail", *args]
+
+
+def worker_cmd(url: str, run_id: str) -> list[str]:
+    return [sys.executable, "-c", WORKER, url, run_id, EVIL]
+
+
+def envelopes(p: Proc) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in p.lines() if line.startswith("{")]
+
+
+def span_name(env: dict[str, Any]) -> str:
+    return str((env.get("span") or {}).get("name") or env.get("span_name") or "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Subprocess tests against a real viewer
+# --------------------------------------------------------------------------------------------------
+
+
+def test_json_follows_a_run_across_a_viewer_restart_without_duplicates(
+    tmp_path: Path, procs: Callable[..., Proc]
+) -> None:
+    port, db = free_port(), tmp_path / "viewer.db"
+    first = PortViewer(create_app(db=db), port).start()
+    url = first.url
+    worker = procs(worker_cmd(url, "job-restart"), stdin=True)
+    worker.wait_line(lambda s: s == "a1", "the worker reached its first checkpoint")
+    tail = procs(tail_cmd("job-restart", "--viewer", url, "--json"))
+    tail.wait_line(lambda s: '"otelflow.log"' in s, "tail reported the research agent's log event")
+
+    first.stop()
+    tail.wait_line(lambda s: '"type":"shutdown"' in s, "tail saw the viewer shut down")
+    worker.send("go")  # research ends, writer and its tool run, while the viewer is away
+    worker.wait_line(lambda s: s == "a2", "the worker reached its second checkpoint")
+
+    second = PortViewer(create_app(db=db), port).start()
+    try:
+        tail.wait_line(lambda s: '"type":"reset"' in s, "tail resumed from a snapshot after the restart")
+        tail.wait_line(lambda s: '"type":"span.started"' in s and '"writer' in s, "writer reported", timeout=20)
+        worker.send("go")
+        assert tail.wait(20) == 0, tail.err  # `tail RUN` ends with its run
+        assert worker.wait(10) == 0
+    finally:
+        second.stop()
+
+    envs = envelopes(tail)
+    ids = [e["id"] for e in envs if e.get("id") is not None]
+    assert len(ids) == len(set(ids)), "an event was printed twice"
+    assert len({i.split(".")[0] for i in ids}) == 2, "events from both viewer processes"
+    started = Counter(e["span"]["span_id"] for e in envs if e["type"] == "span.started")
+    ended = Counter(e["span"]["span_id"] for e in envs if e["type"] in ("span.ended", "span.abandoned"))
+    assert max(started.values()) == 1, started
+    assert max(ended.values()) == 1, ended
+    names = {span_name(e) for e in envs if e["type"] == "span.ended"}
+    assert names == {
+        f"invoke_agent research {EVIL}",
+        "invoke_agent writer",
+        "execute_tool search",
+        "invoke_workflow pipeline",
+    }
+    events = Counter((e["span_id"], e["event"]["name"], e["event"]["time"]) for e in envs if e["type"] == "span.event")
+    assert max(events.values()) == 1
+    assert [e["type"] for e in envs].count("run.ended") == 1
+    assert envs[-1]["type"] == "run.ended"
+    assert envs[-1]["run"]["status"] == "ok"
+    # raw envelopes: the viewer's own JSON, one per line, with span data untouched
+    assert any(EVIL in span_name(e) for e in envs)
+
+
+def test_plain_lines_kind_filter_ended_run_and_ctrl_c(
+    viewers: Callable[..., Viewer], procs: Callable[..., Proc]
+) -> None:
+    viewer = viewers()
+    plain = procs(tail_cmd("--viewer", viewer.url))
+    tools = procs(tail_cmd("--viewer", viewer.url, "--all", "--kind", "tool", "--json"))
+    for p in (plain, tools):
+        wait_for(lambda p=p: any("following" in line for line in list(p.err)), 10, "tail connected")
+
+    worker = procs(worker_cmd(viewer.url, "job-plain"), stdin=True)
+    worker.wait_line(lambda s: s == "a1", "checkpoint 1")
+    plain.wait_line(lambda s: "span.started" in s and "research" in s, "research reported running")
+    worker.send("go")
+    worker.wait_line(lambda s: s == "a2", "checkpoint 2")
+    plain.wait_line(lambda s: "span.started" in s and "writer" in s, "writer reported running")
+    worker.send("go")
+    assert worker.wait(15) == 0
+    plain.wait_line(lambda s: "run.ended" in s, "plain output reported the run's end")
+    tools.wait_line(lambda s: '"run.ended"' in s, "--kind tool output reported the run's end")
+
+    lines = plain.lines()
+    assert all(not line.startswith("{") for line in lines)
+    starts = [line for line in lines if "span.started" in line]
+    assert len(starts) == 3, lines  # the tool started and ended within one batch: span.ended only
+    assert sum("span.ended" in line for line in lines) == 4, lines
+    assert any(f"invoke_agent research {EVIL}" in line for line in starts), "span data is printed literally"
+    assert any("log warning: looking at" in line for line in lines)
+    assert any("progress 50% half" in line for line in lines)
+    assert any("run.started" in line and "run job-plain" in line for line in lines)
+    assert any("run.ended" in line and " ok " in f"{line} " for line in lines)
+
+    kinds = {e["span"]["kind"] for e in envelopes(tools) if e["type"].startswith("span.") and "span" in e}
+    assert kinds == {"tool"}
+
+    # a run that has ended: its snapshot, then exit 0
+    done = procs(tail_cmd("job-plain", "--viewer", viewer.url, "--json"))
+    assert done.wait(15) == 0, done.err
+    snap = envelopes(done)
+    assert snap[0]["type"] == "run.started"
+    assert snap[-1]["type"] == "run.ended"
+    assert all(e["snapshot"] is True and e["id"] is None for e in snap)
+
+    for p in (plain, tools):
+        p.proc.send_signal(signal.SIGINT)
+        assert p.wait(10) == 0
+        assert not any("Traceback" in line for line in p.err), p.err
+
+
+def test_reconnects_while_the_viewer_is_down_and_ctrl_c_exits_cleanly(procs: Callable[..., Proc]) -> None:
+    port = free_port()
+    tail = procs(tail_cmd("--viewer", f"http://127.0.0.1:{port}", "--json"))
+    wait_for(lambda: sum("reconnecting" in line for line in list(tail.err)) >= 2, 10, "tail retried")
+    late = PortViewer(create_app(), port).start()
+    try:
+        wait_for(lambda: any("following" in line for line in list(tail.err)), 10, "tail connected")
+    finally:
+        late.stop()
+    tail.proc.send_signal(signal.SIGINT)
+    assert tail.wait(10) == 0
+    assert not any("Traceback" in line for line in tail.err), tail.err
+
+
+def test_a_refused_token_is_a_clear_error(viewers: Callable[..., Viewer], procs: Callable[..., Proc]) -> None:
+    viewer = viewers(token="s3cret")
+    tail = procs(tail_cmd("--viewer", viewer.url))
+    assert tail.wait(10) == 2
+    assert any("needs a token" in line for line in tail.err), tail.err
+    ok = procs(tail_cmd("--viewer", viewer.url, "--token", "s3cret"))
+    wait_for(lambda: any("following" in line for line in list(ok.err)), 10, "tail connected with the token")
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process: the follower's bookkeeping and the rich view
+# --------------------------------------------------------------------------------------------------
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+ERR = {"type": "E", "message": "[x]"}
+
+
+def span(span_id: str, name: str, status: str = "running", parent: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "trace_id": TRACE,
+        "span_id": span_id,
+        "parent_span_id": parent,
+        "name": name,
+        "kind": extra.pop("kind", "agent"),
+        "status": status,
+        "start_time": "2026-01-01T10:00:00.000000Z",
+        "end_time": None if status == "running" else "2026-01-01T10:00:01.500000Z",
+        "duration_ms": None if status == "running" else 1500.0,
+        "attributes": {},
+        "events": [],
+        "error": None,
+        **extra,
+    }
+
+
+def ev(seq: int, type_: str, **body: Any) -> SseEvent:
+    data = {"id": f"ep.{seq}", "type": type_, "run_id": TRACE, **body}
+    return SseEvent(f"ep.{seq}", type_, json.dumps(data), data)
+
+
+def run_summary(status: str = "running", percent: float | None = 40) -> dict[str, Any]:
+    progress = {"percent": percent, "message": "sections <b>"} if percent is not None else None
+    return {
+        "run_id": TRACE,
+        "trace_id": TRACE,
+        "otelflow_run_id": "job-[red]1",
+        "name": "invoke_workflow pipeline",
+        "status": status,
+        "start_time": "2026-01-01T10:00:00.000000Z",
+        "start_time_ns": 1,
+        "progress": progress,
+        "error_count": 1,
+    }
+
+
+def fed_tail() -> Tail:
+    tail = Tail(TRACE)
+    events = [
+        ev(1, "run.started", run=run_summary()),
+        ev(2, "span.started", span=span("a" * 16, "invoke_workflow pipeline", kind="workflow")),
+        ev(3, "span.started", span=span("b" * 16, EVIL, parent="a" * 16)),
+        ev(4, "span.started", span=span("c" * 16, "writer", parent="a" * 16)),
+        ev(5, "span.ended", span=span("c" * 16, "writer", "ok", parent="a" * 16)),
+        ev(
+            6,
+            "span.ended",
+            span=span(
+                "d" * 16,
+                "execute_tool search",
+                "error",
+                parent="b" * 16,
+                kind="tool",
+                error={"type": "E", "message": "[x]"},
+            ),
+        ),
+        ev(7, "run.updated", run=run_summary()),
+    ]
+    for e in events:
+        tail.on_event(e)
+    return tail
+
+
+def test_rich_view_shows_colours_spinners_progress_and_literal_span_data() -> None:
+    tail = fed_tail()
+    console = Console(record=True, width=120, force_terminal=True, color_system="truecolor")
+    view = LiveView(tail)
+    console.print(view)
+    text = console.export_text(clear=False)
+    assert EVIL in text, text  # markup-looking span data stays literal
+    assert "job-[red]1" in text
+    assert "sections <b>" in text
+    assert any(frame in text for frame in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"), "running spans spin"
+    assert STATUS_GLYPH["ok"] in text
+    assert STATUS_GLYPH["error"] in text
+    assert " 40%" in text, "a progress bar per run"
+    assert "━" in text
+    assert "E: [x]" in text
+    styled = {seg.text.strip(): seg.style for seg in console.render(view) if seg.text.strip() and seg.style}
+    assert styled[STATUS_GLYPH["ok"]].color is not None
+    assert styled[STATUS_GLYPH["ok"]].color.name == "green"
+    assert styled[STATUS_GLYPH["error"]].color is not None
+    assert styled[STATUS_GLYPH["error"]].color.name == "red"
+    html = console.export_html()
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_the_same_state_is_reported_once_across_a_reset() -> None:
+    tail = fed_tail()
+    reset = ev(8, "reset", reason="unknown event id", snapshot=f"/api/runs/{TRACE}")
+    assert [e["type"] for e in tail.on_event(reset)] == ["reset"]
+    detail = {
+        "run": run_summary("ok"),
+        "spans": [
+            span("a" * 16, "invoke_workflow pipeline", "ok", kind="workflow"),
+            span("b" * 16, EVIL, "ok", parent="a" * 16),
+            span("c" * 16, "writer", "ok", parent="a" * 16),
+            span("e" * 16, "late", "ok", parent="a" * 16),
+        ],
+        "last_event_id": "ep2.3",
+    }
+    reported = tail.on_snapshot(detail)
+    assert [(e["type"], span_name(e)) for e in reported] == [
+        ("span.ended", "invoke_workflow pipeline"),
+        ("span.ended", EVIL),
+        ("span.ended", "late"),
+        ("run.ended", ""),
+    ]
+    assert all(e["snapshot"] and e["id"] is None for e in reported)
+    assert tail.done
+    # the stream repeating any of it reports nothing more
+    again = ev(9, "span.ended", span=span("b" * 16, EVIL, "ok", parent="a" * 16))
+    assert tail.on_event(again) == []
+    assert tail.on_event(ev(10, "run.ended", run=run_summary("ok"))) == []
+    assert tail.on_snapshot(detail) == []
+
+
+def test_default_mode_follows_only_runs_that_start_after_it() -> None:
+    tail = Tail(started_ns=100)
+    old = {**run_summary(), "start_time_ns": 50}
+    assert tail.on_snapshot({"run": old, "spans": []}) == []
+    assert tail.on_event(ev(1, "span.started", span=span("b" * 16, "x"))) == []
+    other = "f" * 32
+    data = {"id": "ep.2", "type": "run.started", "run_id": other, "run": {**run_summary(), "trace_id": other}}
+    assert tail.on_event(SseEvent("ep.2", "run.started", json.dumps(data), data)) == [data]
+
+
+def test_plain_lines_escape_control_characters() -> None:
+    line = describe({"type": "span.started", "span": span("b" * 16, "evil\x1b[2J\nname")})
+    assert line is not None
+    assert "\x1b" not in line
+    assert "\n" not in line
+    assert "\\x1b[2J name" in line
+    assert clean("a" * 500, 10) == "a" * 9 + "…"
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    b = Backoff(first=1.0, cap=8.0)
+    delays = [b.next() for _ in range(8)]
+    for i, d in enumerate(delays):
+        bound = min(8.0, 2.0**i)
+        assert bound / 2 <= d <= bound
+    b.reset()
+    assert b.next() <= 1.0
+
+
+def test_sse_parser_reads_frames_from_a_real_stream(viewers: Callable[..., Viewer]) -> None:
+    viewer = viewers()
+    from otelflow._tail import SseStream
+    from tests.viewer.conftest import record, span_id, trace_id
+
+    t = trace_id()
+    viewer.post_json([record(t, span_id(), "invoke_workflow w", kind="workflow", run_id="job-sse")])
+    stream = SseStream(viewer.url, f"/api/runs/{t}/stream", None, None)
+    try:
+        it = stream.events()
+        first = next(it)
+        second = next(it)
+    finally:
+        stream.close()
+    assert (first.type, second.type) == ("run.started", "span.started")
+    assert first.id is not None
+    assert first.id.endswith(".1")
+    assert stream.retry_ms == 2000
