@@ -1,0 +1,398 @@
+"""The example workflows that ``otelflow demo`` keeps running and ``examples/01``–``03`` run once.
+
+Deterministic, offline and LLM-free: the "work" is a pause of ``pace`` seconds per unit (``pace=0`` in tests)
+and every result is computed from the inputs. Each ``run_*`` coroutine builds a fresh flow, runs it and
+returns the shared dict (or raises, for the failing scenario). Tracing comes from
+:class:`otelflow.instrumentor.EngineInstrumentor`; the nodes only add what the engine cannot know
+(``otelflow.progress`` of the batch items).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from otelflow.engine import AsyncBatchNode, AsyncFlow, AsyncNode, Parallel
+from otelflow.instrument import progress
+
+__all__ = [
+    "BRIEFS",
+    "SCENARIOS",
+    "Scenario",
+    "UpstreamError",
+    "content_pipeline",
+    "flaky_agent",
+    "parallel_research",
+    "run_cancelled",
+    "run_content_pipeline",
+    "run_failing",
+    "run_flaky",
+    "run_parallel_research",
+]
+
+Shared = dict[str, Any]
+
+BRIEFS: Final = (
+    "How small teams can watch their AI agents work, live",
+    "Tracing a retrieval pipeline from question to answer",
+    "Why retries and fallbacks belong in the trace",
+    "Reading a flame graph of a multi-agent system",
+)
+SOURCES: Final = ("web", "papers", "code")
+
+
+class UpstreamError(ConnectionError):
+    """The simulated upstream service failed (the flaky scenarios)."""
+
+
+async def _work(pace: float, units: float = 1.0) -> None:
+    if pace > 0:
+        await asyncio.sleep(pace * units)
+
+
+def _digest(*parts: object) -> str:
+    """A short stable fingerprint, standing in for the content a model or an API would return."""
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8]
+
+
+class _Paced(AsyncNode):
+    def __init__(self, pace: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pace = pace
+
+
+# --- 1. content pipeline: topic_identification → kb_ingestion → section_writer (batch) → reviewer ----------------
+
+
+class TopicIdentification(_Paced):
+    kind = "agent"
+    name = "topic_identification"
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared["brief"]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, 2)
+        brief: str = prep_result
+        topic = brief.split(",")[0].lower()
+        return {"topic": topic, "outline": ["Introduction", "Background", "How it works", "Conclusion"]}
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["topic"] = exec_result["topic"]
+        shared["outline"] = exec_result["outline"]
+        return None
+
+
+class KbIngestion(_Paced):
+    kind = "tool"
+    name = "kb_ingestion"
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared["topic"], shared["outline"]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        topic, outline = prep_result
+        await _work(self.pace, 1.5)
+        return {title: [f"doc-{_digest(topic, title, i)}" for i in range(3)] for title in outline}
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["knowledge"] = exec_result
+        return None
+
+
+class SectionWriter(AsyncBatchNode):
+    """One ``exec_async`` per section; reports ``otelflow.progress`` as sections are written."""
+
+    kind = "agent"
+    name = "section_writer"
+
+    def __init__(self, pace: float) -> None:
+        super().__init__()
+        self.pace = pace
+
+    async def prep_async(self, shared: Shared) -> Any:
+        outline: list[str] = shared["outline"]
+        return [(i, len(outline), title, shared["knowledge"][title]) for i, title in enumerate(outline)]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        index, total, title, docs = prep_result
+        await _work(self.pace, 1)
+        progress(completed=index + 1, total=total, message=f"wrote {title}")
+        return f"## {title}\n" + " ".join(f"Drawing on {doc}." for doc in docs)
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["sections"] = exec_result
+        return None
+
+
+class Reviewer(_Paced):
+    kind = "agent"
+    name = "reviewer"
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared["sections"]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, 1)
+        words = sum(len(section.split()) for section in prep_result)
+        return {"approved": words >= 20, "words": words}
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["review"] = exec_result
+        return "approve" if exec_result["approved"] else "reject"
+
+
+def content_pipeline(pace: float = 0.0) -> AsyncFlow:
+    """``topic_identification`` → ``kb_ingestion`` → ``section_writer`` (batch) → ``reviewer``."""
+    topics = TopicIdentification(pace)
+    topics >> KbIngestion(pace) >> SectionWriter(pace) >> Reviewer(pace)
+    return AsyncFlow(start=topics, name="content_pipeline")
+
+
+async def run_content_pipeline(pace: float = 0.0, n: int = 0) -> Shared:
+    shared: Shared = {"brief": BRIEFS[n % len(BRIEFS)]}
+    await content_pipeline(pace).run_async(shared)
+    return shared
+
+
+# --- 2. parallel research: planner → three researcher agents (each: search → read tools) → synthesizer --------
+
+
+class ResearchPlanner(_Paced):
+    kind = "agent"
+    name = "research_planner"
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared["question"]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, 1)
+        return {source: f"{prep_result} ({source})" for source in SOURCES}
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["queries"] = exec_result
+        shared["findings"] = {}
+        return None
+
+
+class Search(_Paced):
+    kind = "tool"
+    name = "search"
+
+    def __init__(self, pace: float, source: str, hits: int) -> None:
+        super().__init__(pace, node_id=f"{source}.search")
+        self.source = source
+        self.hits = hits
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared["queries"][self.source]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, 1 + self.hits / 2)  # the branches finish at different times
+        return [f"{self.source}://{_digest(prep_result, i)}" for i in range(self.hits)]
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared[f"{self.source}_hits"] = exec_result
+        return None
+
+
+class ReadSources(_Paced):
+    kind = "tool"
+    name = "read_sources"
+
+    def __init__(self, pace: float, source: str) -> None:
+        super().__init__(pace, node_id=f"{source}.read")
+        self.source = source
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared[f"{self.source}_hits"]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, len(prep_result) / 2)
+        return [f"summary of {url}" for url in prep_result]
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["findings"][self.source] = exec_result
+        return None
+
+
+def researcher(source: str, hits: int, pace: float = 0.0) -> AsyncFlow:
+    """An agent made of two tool calls: ``search`` → ``read_sources``."""
+    search = Search(pace, source, hits)
+    search >> ReadSources(pace, source)
+    return AsyncFlow(start=search, name=f"{source}_researcher", kind="agent")
+
+
+class Synthesizer(_Paced):
+    kind = "agent"
+    name = "synthesizer"
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared["findings"]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, 1)
+        return {"sources": sorted(prep_result), "notes": sum(len(v) for v in prep_result.values())}
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["report"] = exec_result
+        return None
+
+
+def parallel_research(pace: float = 0.0) -> AsyncFlow:
+    """``research_planner`` → fan-out to ``web``/``papers``/``code`` researchers → ``synthesizer``."""
+    planner = ResearchPlanner(pace)
+    branches = [researcher(source, hits, pace) for source, hits in zip(SOURCES, (3, 2, 4), strict=True)]
+    planner >> Parallel(*branches, name="fan_out") >> Synthesizer(pace)
+    return AsyncFlow(start=planner, name="parallel_research")
+
+
+async def run_parallel_research(pace: float = 0.0, n: int = 0) -> Shared:
+    shared: Shared = {"question": BRIEFS[n % len(BRIEFS)]}
+    await parallel_research(pace).run_async(shared)
+    return shared
+
+
+# --- 3. flaky agent: fetch_market_data (retried) → analyst (fallback) → publish ---------------------------------
+
+
+class FetchMarketData(_Paced):
+    """A tool whose upstream fails ``failures`` times before it answers; 3 attempts in total."""
+
+    kind = "tool"
+    name = "fetch_market_data"
+    max_retries = 3
+
+    def __init__(self, pace: float) -> None:
+        super().__init__(pace, wait=pace, backoff=2.0)
+
+    async def prep_async(self, shared: Shared) -> Any:
+        # The attempt counter lives in prep's result: one per run, shared by that run's attempts.
+        return {"symbol": shared["symbol"], "failures": shared.get("failures", 0), "attempts": [0]}
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        prep_result["attempts"][0] += 1
+        await _work(self.pace, 1)
+        if prep_result["attempts"][0] <= prep_result["failures"]:
+            raise UpstreamError(f"market data service timed out (attempt {prep_result['attempts'][0]})")
+        return {"symbol": prep_result["symbol"], "price": 100 + int(_digest(prep_result["symbol"]), 16) % 50}
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["quote"] = exec_result
+        return None
+
+
+class Analyst(_Paced):
+    """An agent whose model is overloaded (``model_down``: after 2 attempts it falls back to a rule) or hangs."""
+
+    kind = "agent"
+    name = "analyst"
+    max_retries = 2
+
+    def __init__(self, pace: float, started: asyncio.Event | None = None) -> None:
+        super().__init__(pace, wait=pace)
+        self.started = started
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared["quote"], shared.get("model_down", False), shared.get("model_hangs", False)
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        quote, model_down, model_hangs = prep_result
+        if self.started is not None:
+            self.started.set()
+        await _work(self.pace, 1)
+        if model_hangs:
+            await asyncio.Event().wait()  # until cancelled
+        if model_down:
+            raise RuntimeError("model overloaded, try again later")
+        return f"{quote['symbol']} at {quote['price']}: hold (model analysis)"
+
+    async def exec_fallback_async(self, prep_result: Any, exc: Exception) -> Any:
+        quote = prep_result[0]
+        return f"{quote['symbol']} at {quote['price']}: hold (rule-based fallback)"
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["analysis"] = exec_result
+        return None
+
+
+class Publish(_Paced):
+    name = "publish"
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared["analysis"]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, 0.5)
+        return f"published: {prep_result}"
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared["published"] = exec_result
+        return None
+
+
+def flaky_agent(pace: float = 0.0, started: asyncio.Event | None = None) -> AsyncFlow:
+    """``fetch_market_data`` (3 attempts) → ``analyst`` (2 attempts, then a fallback) → ``publish``.
+
+    ``started`` is set when the analyst begins an attempt (the cancelled scenario waits for it).
+    """
+    fetch = FetchMarketData(pace)
+    fetch >> Analyst(pace, started) >> Publish(pace)
+    return AsyncFlow(start=fetch, name="flaky_agent")
+
+
+async def run_flaky(pace: float = 0.0, n: int = 0) -> Shared:
+    """Recovers: the fetch succeeds on its third attempt, the analyst falls back."""
+    shared: Shared = {"symbol": ("ACME", "INITECH", "UMBRELLA")[n % 3], "failures": 2, "model_down": True}
+    await flaky_agent(pace).run_async(shared)
+    return shared
+
+
+async def run_failing(pace: float = 0.0, n: int = 0) -> Shared:
+    """Fails: the upstream is down for longer than the three attempts; raises :class:`UpstreamError`."""
+    shared: Shared = {"symbol": "GLOBEX", "failures": 5}
+    await flaky_agent(pace).run_async(shared)
+    return shared
+
+
+async def run_cancelled(pace: float = 0.0, n: int = 0) -> Shared:
+    """Cancelled: the run is cancelled while the analyst thinks (as a user stopping a job would)."""
+    started = asyncio.Event()
+    shared: Shared = {"symbol": "HOOLI", "model_hangs": True}
+    task = asyncio.create_task(flaky_agent(pace, started).run_async(shared))
+    waiter = asyncio.create_task(started.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        await _work(pace, 2)  # let the viewer show it thinking for a moment
+        task.cancel()
+        await asyncio.wait({task})  # raises only if this coroutine itself is cancelled meanwhile
+        shared["cancelled"] = task.cancelled()
+        return shared
+    finally:
+        waiter.cancel()
+        task.cancel()
+
+
+# --- the demo's rotation -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of demo run: ``run(pace, n)`` runs it once (the ``n``-th time)."""
+
+    name: str
+    run: Callable[[float, int], Awaitable[Shared]]
+
+
+SCENARIOS: Final = (
+    Scenario("content pipeline", run_content_pipeline),
+    Scenario("parallel research", run_parallel_research),
+    Scenario("flaky agent recovering", run_flaky),
+    Scenario("content pipeline", run_content_pipeline),
+    Scenario("parallel research", run_parallel_research),
+    Scenario("failing run", run_failing),
+    Scenario("cancelled run", run_cancelled),
+)
