@@ -1,0 +1,144 @@
+// The inspector: one span's status, error, input/output (collapsible JSON tree), attributes and events.
+
+import { STATUS_LABEL, clear, copyButton, formatClock, formatDuration, h, parseTime } from "./common.js";
+import { ATTR_GRAPH, displayName } from "./graph.js";
+
+const ATTR_INPUT = "input.value";
+const ATTR_OUTPUT = "output.value";
+const HIDDEN_ATTRS = new Set([ATTR_INPUT, ATTR_OUTPUT]);
+const TREE_OPEN_DEPTH = 2;
+
+function parseMaybeJSON(value) {
+  if (typeof value !== "string") return { ok: true, value };
+  const text = value.trim();
+  if (!text || !"{[\"".includes(text[0]) && !/^(-?\d|true|false|null)/.test(text)) return { ok: false, value };
+  try {
+    return { ok: true, value: JSON.parse(text) };
+  } catch {
+    return { ok: false, value };
+  }
+}
+
+function pretty(value) {
+  const parsed = parseMaybeJSON(value);
+  return parsed.ok ? JSON.stringify(parsed.value, null, 2) : String(value);
+}
+
+/** A collapsible, syntax-coloured tree of a JSON value, built from DOM nodes only. */
+export function jsonTree(value, depth = 0, key = null) {
+  const keyEl = key === null ? null : h("span", { class: "j-key", text: Array.isArray(key) ? key[0] : `${key}: ` });
+  if (value !== null && typeof value === "object") {
+    const isArray = Array.isArray(value);
+    const entries = isArray ? value.map((v, i) => [i, v]) : Object.entries(value);
+    const summary = h("summary", {}, keyEl, h("span", { class: "j-brace", text: isArray ? `[${entries.length}]` : `{${entries.length}}` }));
+    const details = h("details", { class: "j-node" }, summary);
+    if (depth < TREE_OPEN_DEPTH) details.open = true;
+    const list = h("div", { class: "j-children" });
+    for (const [k, v] of entries) list.append(jsonTree(v, depth + 1, isArray ? [`${k}: `] : k));
+    details.append(list);
+    return details;
+  }
+  let cls = "j-str";
+  let text = JSON.stringify(value);
+  if (typeof value === "number") cls = "j-num";
+  else if (typeof value === "boolean") cls = "j-bool";
+  else if (value === null) cls = "j-null";
+  else if (value === undefined) text = "undefined";
+  return h("div", { class: "j-leaf" }, keyEl, h("span", { class: cls, text }));
+}
+
+function valueBlock(title, value) {
+  const parsed = parseMaybeJSON(value);
+  const body = parsed.ok && parsed.value !== null && typeof parsed.value === "object"
+    ? h("div", { class: "json-tree" }, jsonTree(parsed.value))
+    : h("pre", { class: "value-text", text: String(value) });
+  return section(title, body, copyButton(() => pretty(value)));
+}
+
+function section(title, body, ...tools) {
+  return h("section", { class: "insp-section" },
+    h("header", { class: "insp-head" }, h("h3", { text: title }), ...tools), body);
+}
+
+function attrValue(key, value) {
+  if (key === ATTR_GRAPH) {
+    const parsed = parseMaybeJSON(value);
+    if (parsed.ok) return h("div", { class: "json-tree" }, jsonTree(parsed.value, TREE_OPEN_DEPTH));
+  }
+  if (value !== null && typeof value === "object") return h("div", { class: "json-tree" }, jsonTree(value, 1));
+  return h("span", { class: typeof value === "string" ? "j-str-plain" : "j-num", text: String(value) });
+}
+
+export class Inspector {
+  constructor(el) {
+    this.el = el;
+    this.spanId = null;
+    this.signature = "";
+  }
+
+  /** Shows `span` (or a hint when null); re-renders only when the span changed. */
+  show(span, now) {
+    const signature = span ? `${span.span_id}|${span.status}|${span.end_time}|${(span.events || []).length}|${Object.keys(span.attributes || {}).length}` : "";
+    this.spanId = span ? span.span_id : null;
+    if (signature === this.signature) {
+      this.tick(span, now);
+      return;
+    }
+    this.signature = signature;
+    clear(this.el);
+    if (!span) {
+      this.el.append(h("p", { class: "muted", text: "Select a node or a timeline row to inspect its span." }));
+      return;
+    }
+    const attrs = span.attributes || {};
+    this.durationEl = h("dd", { class: "num" });
+    this.el.append(
+      h("div", { class: "insp-title" },
+        h("span", { class: "kind-tag", "data-kind": span.kind, text: span.kind }),
+        h("h3", { class: "insp-name", text: displayName(span) }),
+        h("span", { class: "chip", "data-status": span.status, text: STATUS_LABEL[span.status] || span.status })),
+      h("dl", { class: "insp-facts" },
+        h("div", {}, h("dt", { text: "Span" }), h("dd", {}, h("code", { text: span.name }))),
+        h("div", {}, h("dt", { text: "Span id" }), h("dd", {}, h("code", { text: span.span_id }), copyButton(() => span.span_id))),
+        h("div", {}, h("dt", { text: "Started" }), h("dd", { class: "num", text: formatClock(parseTime(span.start_time)) })),
+        h("div", {}, h("dt", { text: "Duration" }), this.durationEl),
+        h("div", {}, h("dt", { text: "Service" }), h("dd", { text: span.service || "–" }))),
+    );
+    this.tick(span, now);
+    if (span.error) {
+      const err = span.error;
+      const stack = err.stack ? h("pre", { class: "stack", text: err.stack }) : null;
+      this.el.append(section("Error",
+        h("div", { class: "insp-error" },
+          h("div", { class: "err-type", text: err.type || "error" }),
+          h("div", { class: "err-message", text: err.message || "" }),
+          stack),
+        copyButton(() => [err.type, err.message, err.stack].filter(Boolean).join("\n"))));
+    }
+    if (ATTR_INPUT in attrs) this.el.append(valueBlock("Input", attrs[ATTR_INPUT]));
+    if (ATTR_OUTPUT in attrs) this.el.append(valueBlock("Output", attrs[ATTR_OUTPUT]));
+    const table = h("table", { class: "attr-table" });
+    for (const key of Object.keys(attrs).sort()) {
+      if (HIDDEN_ATTRS.has(key)) continue;
+      table.append(h("tr", {}, h("th", { scope: "row", text: key }), h("td", {}, attrValue(key, attrs[key]))));
+    }
+    this.el.append(section("Attributes", table, copyButton(() => JSON.stringify(attrs, null, 2))));
+    const events = span.events || [];
+    const list = h("ol", { class: "event-list" });
+    for (const ev of events) {
+      const attrEntries = Object.entries(ev.attributes || {});
+      list.append(h("li", { class: "event-item", "data-event": ev.name },
+        h("div", { class: "event-head" },
+          h("span", { class: "event-time num", text: formatClock(parseTime(ev.time)) }),
+          h("span", { class: "event-name", text: ev.name })),
+        attrEntries.length ? h("div", { class: "json-tree" }, jsonTree(ev.attributes, 1)) : null));
+    }
+    this.el.append(section(`Events (${events.length})`, events.length ? list : h("p", { class: "muted", text: "No events." })));
+  }
+
+  tick(span, now) {
+    if (!span || !this.durationEl) return;
+    const ms = span.end_time ? span.duration_ms : now - parseTime(span.start_time);
+    this.durationEl.textContent = span.status === "running" ? `${formatDuration(ms)} (running)` : formatDuration(ms);
+  }
+}

@@ -1,0 +1,504 @@
+// The run page: snapshot + live events into one state, drawn as graph, timeline, inspector and logs; replay.
+
+import {
+  LiveConnection, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED, SPAN_EVENT, SPAN_STARTED,
+  SPAN_UPDATED, STATUS_LABEL, apiUrl, clear, compareIds, every, formatClock, formatDuration, getJSON, h, parseTime,
+} from "./common.js";
+import { DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, GraphView, buildGraph, displayName, graphOwner } from "./graph.js";
+import { Inspector } from "./inspector.js";
+import { TimelineView } from "./timeline.js";
+
+const EVENT_LOG = "otelflow.log";
+const EVENT_EXCEPTION = "exception";
+const LOG_LEVEL = "otelflow.log.level";
+const LOG_MESSAGE = "otelflow.log.message";
+const LEVELS = { debug: 10, info: 20, warning: 30, warn: 30, error: 40, critical: 50 };
+const SPAN_TYPES = new Set([SPAN_STARTED, SPAN_UPDATED, SPAN_ENDED, SPAN_ABANDONED]);
+const RUN_TYPES = new Set([RUN_STARTED, RUN_UPDATED, RUN_ENDED]);
+const FINAL = new Set(["ok", "error"]);
+const WATCHDOG_MS = 8000;
+const REPLAY_TICKS = 1000;
+
+const $ = (id) => document.getElementById(id);
+const runKey = document.body.dataset.run;
+const jaegerUrl = document.body.dataset.jaegerUrl;
+
+// ------------------------------------------------------------------------------------------- state
+
+const live = { run: null, spans: new Map() };
+let connection = null;
+let resyncing = null; // buffered events while a snapshot is re-fetched
+let selectedSpanId = null;
+let replay = null; // {spansFinal, start, end, t, playing, speed, flows}
+
+function mergeSpan(spans, incoming) {
+  const current = spans.get(incoming.span_id);
+  if (current && FINAL.has(current.status) && !FINAL.has(incoming.status)) return; // ended spans are final
+  spans.set(incoming.span_id, incoming);
+}
+
+function addSpanEvent(spans, envelope) {
+  const span = spans.get(envelope.span_id);
+  const ev = envelope.event;
+  if (!span) {
+    // event before its span: keep a placeholder so the event is not lost
+    spans.set(envelope.span_id, {
+      trace_id: envelope.trace_id, span_id: envelope.span_id, parent_span_id: null, name: envelope.span_name,
+      kind: envelope.span_kind, status: "running", start_time: ev.time, end_time: null, duration_ms: null,
+      service: "", attributes: {}, events: [ev], error: null, placeholder: true,
+    });
+    return true;
+  }
+  const events = span.events || (span.events = []);
+  if (events.some((e) => e.name === ev.name && e.time === ev.time)) return false;
+  events.push(ev);
+  return true;
+}
+
+function applyEvent(envelope, { animate = true } = {}) {
+  if (RUN_TYPES.has(envelope.type)) {
+    live.run = envelope.run;
+  } else if (SPAN_TYPES.has(envelope.type)) {
+    const existing = live.spans.get(envelope.span.span_id);
+    if (existing && existing.placeholder) envelope.span.events = mergeEvents(envelope.span.events, existing.events);
+    mergeSpan(live.spans, envelope.span);
+  } else if (envelope.type === SPAN_EVENT) {
+    const added = addSpanEvent(live.spans, envelope);
+    if (added && animate && envelope.event.name === EVENT_DATA_FLOW) {
+      const a = envelope.event.attributes || {};
+      graph.particle(String(a[DATA_FLOW_FROM]), String(a[DATA_FLOW_TO]));
+    }
+  }
+}
+
+function mergeEvents(a = [], b = []) {
+  const out = [...a];
+  for (const ev of b) if (!out.some((e) => e.name === ev.name && e.time === ev.time)) out.push(ev);
+  return out;
+}
+
+function onEvent(envelope) {
+  if (resyncing) {
+    resyncing.push(envelope);
+    return;
+  }
+  applyEvent(envelope);
+  scheduleRender();
+}
+
+async function loadSnapshot() {
+  const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}`);
+  live.run = data.run;
+  live.spans = new Map();
+  for (const span of data.spans) live.spans.set(span.span_id, span);
+  return data;
+}
+
+async function resync() {
+  if (resyncing) return;
+  resyncing = [];
+  try {
+    const data = await loadSnapshot();
+    const buffered = resyncing;
+    resyncing = null;
+    let last = data.last_event_id;
+    for (const envelope of buffered) {
+      const order = compareIds(envelope.id, data.last_event_id);
+      if (order !== null && order <= 0) continue; // already in the snapshot
+      applyEvent(envelope, { animate: false });
+      last = envelope.id;
+    }
+    connection.setLastEventId(last);
+  } catch (err) {
+    resyncing = null;
+    showProblem(`Could not reload the run: ${err.message}`);
+  }
+  scheduleRender();
+}
+
+// ------------------------------------------------------------------------------------------- views
+
+const graph = new GraphView({
+  svgEl: $("graph"), viewEl: $("graph-view"), nodesEl: $("graph-nodes"), edgesEl: $("graph-edges"),
+  particlesEl: $("graph-particles"), wrapEl: $("graph-wrap"), emptyEl: $("graph-empty"), onSelect: select,
+});
+const timeline = new TimelineView({
+  container: $("timeline"), rowsEl: $("tl-rows"), nowEl: $("tl-now"), scaleEl: $("timeline-scale"), onSelect: select,
+});
+const inspector = new Inspector($("inspector"));
+const filterForm = $("span-filters");
+
+function select(spanId) {
+  selectedSpanId = spanId;
+  graph.select(spanId);
+  timeline.select(spanId);
+  scheduleRender();
+}
+
+function filters() {
+  const f = new FormData(filterForm);
+  return {
+    kind: String(f.get("kind") || ""),
+    status: String(f.get("status") || ""),
+    name: String(f.get("name") || "").trim().toLowerCase(),
+  };
+}
+
+function spanMatches(span, f) {
+  if (f.kind && span.kind !== f.kind) return false;
+  if (f.status && span.status !== f.status) return false;
+  if (f.name && !span.name.toLowerCase().includes(f.name)) return false;
+  return true;
+}
+
+function nodeMatches(node, f) {
+  if (f.kind && node.kind !== f.kind) return false;
+  if (f.status && node.status !== f.status) return false;
+  if (f.name && !`${node.label} ${node.key}`.toLowerCase().includes(f.name)) return false;
+  return true;
+}
+
+/** What the views show: the live state, or the replayed state at the scrubbed time. */
+function view() {
+  if (!replay) return { run: live.run, spans: live.spans, now: Date.now(), live: live.run?.status === "running" };
+  return { run: live.run, spans: replayState(replay.t), now: replay.t, live: false };
+}
+
+function rootOf(spans, run) {
+  let root = null;
+  for (const span of spans.values()) {
+    if (!span.parent_span_id || !spans.has(span.parent_span_id)) {
+      if (span.kind === "workflow" && (!root || parseTime(span.start_time) < parseTime(root.start_time))) root = span;
+    }
+  }
+  if (!root && run) {
+    for (const span of spans.values()) if (!span.parent_span_id) return span;
+  }
+  return root;
+}
+
+let renderScheduled = false;
+function scheduleRender() {
+  if (renderScheduled) return;
+  renderScheduled = true;
+  requestAnimationFrame(() => {
+    renderScheduled = false;
+    render();
+  });
+}
+
+function render() {
+  const v = view();
+  const f = filters();
+  const root = rootOf(v.spans, v.run);
+  const g = buildGraph(v.spans, root, graphOwner(v.spans, root));
+  graph.render(g, (node) => nodeMatches(node, f), v.now);
+  timeline.replaying = Boolean(replay);
+  timeline.render(v.spans, (span) => spanMatches(span, f), v.now, v.live);
+  inspector.show(selectedSpanId ? v.spans.get(selectedSpanId) || null : null, v.now);
+  renderHeader(v, root);
+  renderLogs(v.spans, f);
+  document.body.dataset.spanCount = String(v.spans.size);
+  document.body.dataset.runStatus = v.run ? v.run.status : "";
+}
+
+function renderHeader(v, root) {
+  const run = v.run;
+  if (!run) return;
+  const name = run.name ? displayName({ name: run.name, attributes: {} }) : runKey;
+  $("run-name").textContent = name;
+  document.title = `${name} · otelflow`;
+  const status = replay ? (replayStatus(v) || "running") : run.status;
+  const chip = $("run-status");
+  chip.dataset.status = status;
+  chip.textContent = replay ? `replay · ${STATUS_LABEL[status] || status}` : STATUS_LABEL[status] || status;
+  $("run-alias").textContent = run.otelflow_run_id || "–";
+  $("run-trace").textContent = run.trace_id;
+  $("run-service").textContent = run.service || "–";
+  $("run-spans").textContent = String(v.spans.size);
+  tickHeader(v);
+  let progress = run.progress;
+  if (replay) progress = replayProgress(v.spans);
+  let pct = null;
+  if (progress && typeof progress.percent === "number") pct = progress.percent;
+  else if (progress && progress.total) pct = (100 * (progress.completed || 0)) / progress.total;
+  if (pct === null && status === "ok") pct = 100;
+  pct = pct === null ? 0 : Math.max(0, Math.min(100, pct));
+  const bar = $("run-progress");
+  bar.dataset.status = status;
+  bar.setAttribute("aria-valuenow", String(Math.round(pct)));
+  bar.firstElementChild.style.width = `${pct}%`;
+  const message = progress && progress.message ? ` · ${progress.message}` : "";
+  $("run-progress-text").textContent = `${Math.round(pct)}%${message}`;
+  $("export").href = apiUrl(`/api/runs/${encodeURIComponent(run.trace_id)}/export`).href;
+  $("export").setAttribute("download", `${run.trace_id}.otlp.json`);
+  if (jaegerUrl) {
+    $("jaeger").hidden = false;
+    $("jaeger").href = `${jaegerUrl}/trace/${encodeURIComponent(run.trace_id)}`;
+  }
+  const toggle = $("replay-toggle");
+  toggle.disabled = run.status === "running";
+  toggle.title = run.status === "running" ? "Replay is available once the run has finished" : "Replay the recorded events";
+}
+
+function tickHeader(v) {
+  const run = v.run;
+  if (!run) return;
+  const start = run.start_time_ns ? run.start_time_ns / 1e6 : parseTime(run.start_time);
+  let ms = run.duration_ms;
+  if (replay) ms = v.now - replay.start;
+  else if (run.status === "running") ms = v.now - start;
+  $("run-duration").textContent = formatDuration(ms);
+}
+
+// ------------------------------------------------------------------------------------------- logs
+
+const logsEl = $("logs");
+const logKeys = new Set();
+let logEntries = [];
+let logsFollow = true;
+let logSignature = "";
+
+function logsOf(spans) {
+  const out = [];
+  for (const span of spans.values()) {
+    for (const ev of span.events || []) {
+      if (ev.name !== EVENT_LOG && ev.name !== EVENT_EXCEPTION) continue;
+      const a = ev.attributes || {};
+      const level = ev.name === EVENT_EXCEPTION ? "error" : String(a[LOG_LEVEL] || "info").toLowerCase();
+      const message = ev.name === EVENT_EXCEPTION
+        ? `${a["exception.type"] || "exception"}: ${a["exception.message"] || ""}`
+        : String(a[LOG_MESSAGE] ?? "");
+      out.push({ key: `${span.span_id}|${ev.name}|${ev.time}`, time: parseTime(ev.time), level, message, span });
+    }
+  }
+  return out.sort((a, b) => a.time - b.time || a.key.localeCompare(b.key));
+}
+
+function renderLogs(spans, f) {
+  const min = LEVELS[$("log-level").value] || 0;
+  const entries = logsOf(spans).filter((e) => (LEVELS[e.level] ?? 20) >= min && spanMatches(e.span, f));
+  const signature = `${min}|${f.kind}|${f.status}|${f.name}|${Boolean(replay)}`;
+  const appendOnly = signature === logSignature && entries.length >= logEntries.length
+    && logEntries.every((e, i) => entries[i].key === e.key);
+  if (!appendOnly) {
+    clear(logsEl);
+    logKeys.clear();
+    logEntries = [];
+    logSignature = signature;
+  }
+  for (const entry of entries.slice(logEntries.length)) {
+    if (logKeys.has(entry.key)) continue;
+    logKeys.add(entry.key);
+    logEntries.push(entry);
+    logsEl.append(h("li", { class: "log", "data-level": entry.level, "data-key": entry.key },
+      h("span", { class: "log-time num", text: formatClock(entry.time) }),
+      h("span", { class: "log-level", text: entry.level }),
+      h("button", { type: "button", class: "log-span", text: entry.span.name, onclick: () => select(entry.span.span_id) }),
+      h("span", { class: "log-msg", text: entry.message })));
+  }
+  $("log-count").textContent = `${logEntries.length} line${logEntries.length === 1 ? "" : "s"}`;
+  if (logsFollow) logsEl.scrollTop = logsEl.scrollHeight;
+}
+
+logsEl.addEventListener("scroll", () => {
+  const atBottom = logsEl.scrollTop + logsEl.clientHeight >= logsEl.scrollHeight - 24;
+  logsFollow = atBottom;
+  $("log-jump").hidden = atBottom;
+});
+$("log-jump").addEventListener("click", () => {
+  logsFollow = true;
+  logsEl.scrollTop = logsEl.scrollHeight;
+  $("log-jump").hidden = true;
+});
+$("log-level").addEventListener("change", scheduleRender);
+
+// ------------------------------------------------------------------------------------------- replay
+
+function replayState(t) {
+  const out = new Map();
+  for (const span of replay.spansFinal.values()) {
+    const start = parseTime(span.start_time);
+    if (start > t) continue;
+    const end = span.end_time ? parseTime(span.end_time) : replay.end;
+    const done = end <= t;
+    out.set(span.span_id, {
+      ...span,
+      status: done ? span.status : "running",
+      end_time: done ? span.end_time : null,
+      duration_ms: done ? span.duration_ms : null,
+      error: done ? span.error : null,
+      events: (span.events || []).filter((e) => parseTime(e.time) <= t),
+    });
+  }
+  return out;
+}
+
+function replayStatus(v) {
+  if (replay.t >= replay.end) return live.run.status;
+  return v.spans.size ? "running" : "pending";
+}
+
+function replayProgress(spans) {
+  let best = null;
+  for (const span of spans.values()) {
+    for (const ev of span.events || []) {
+      if (ev.name !== "otelflow.progress") continue;
+      const a = ev.attributes || {};
+      if (!best || ev.time > best.time) {
+        best = { time: ev.time, percent: a["otelflow.progress.percent"], message: a["otelflow.progress.message"], completed: a["otelflow.progress.completed"], total: a["otelflow.progress.total"] };
+      }
+    }
+  }
+  return best;
+}
+
+/** The final spans as the recorded events tell them (falls back to the snapshot without history). */
+async function recordedSpans() {
+  const spans = new Map();
+  try {
+    const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}/events`);
+    for (const envelope of data.events) {
+      if (SPAN_TYPES.has(envelope.type)) mergeSpan(spans, { ...envelope.span, events: mergeEvents(envelope.span.events, spans.get(envelope.span.span_id)?.events) });
+      else if (envelope.type === SPAN_EVENT) addSpanEvent(spans, envelope);
+    }
+  } catch {
+    /* no history: use the snapshot */
+  }
+  if (!spans.size) for (const [id, span] of live.spans) spans.set(id, span);
+  return spans;
+}
+
+async function startReplay() {
+  const spansFinal = await recordedSpans();
+  let start = Infinity;
+  let end = -Infinity;
+  const flows = [];
+  for (const span of spansFinal.values()) {
+    start = Math.min(start, parseTime(span.start_time));
+    end = Math.max(end, span.end_time ? parseTime(span.end_time) : parseTime(span.start_time));
+    for (const ev of span.events || []) {
+      if (ev.name === EVENT_DATA_FLOW) flows.push({ t: parseTime(ev.time), a: ev.attributes || {} });
+    }
+  }
+  if (!Number.isFinite(start)) return;
+  replay = { spansFinal, start, end: Math.max(end, start + 1), t: start, playing: true, speed: replay?.speed || 1, flows, last: null };
+  for (const id of ["replay-play", "replay-speed", "replay-scrub", "replay-time"]) $(id).hidden = false;
+  $("replay-toggle").textContent = "Back to live";
+  document.body.classList.add("replaying");
+  updateReplayControls();
+  requestAnimationFrame(replayFrame);
+}
+
+function stopReplay() {
+  replay = null;
+  for (const id of ["replay-play", "replay-speed", "replay-scrub", "replay-time"]) $(id).hidden = true;
+  $("replay-toggle").textContent = "Replay";
+  document.body.classList.remove("replaying");
+  document.body.dataset.replay = "";
+  scheduleRender();
+}
+
+function replayFrame(ts) {
+  if (!replay) return;
+  if (replay.playing) {
+    const dt = replay.last === null ? 0 : ts - replay.last;
+    const before = replay.t;
+    replay.t = Math.min(replay.end, replay.t + dt * replay.speed);
+    for (const flow of replay.flows) {
+      if (flow.t > before && flow.t <= replay.t) graph.particle(String(flow.a[DATA_FLOW_FROM]), String(flow.a[DATA_FLOW_TO]));
+    }
+    if (replay.t >= replay.end) replay.playing = false;
+    updateReplayControls();
+    render();
+  }
+  replay.last = ts;
+  requestAnimationFrame(replayFrame);
+}
+
+function updateReplayControls() {
+  const f = (replay.t - replay.start) / (replay.end - replay.start);
+  $("replay-scrub").value = String(Math.round(f * REPLAY_TICKS));
+  $("replay-time").textContent = `${formatDuration(replay.t - replay.start)} / ${formatDuration(replay.end - replay.start)}`;
+  const play = $("replay-play");
+  play.textContent = replay.playing ? "❚❚" : "▶";
+  play.setAttribute("aria-label", replay.playing ? "Pause" : "Play");
+  document.body.dataset.replay = replay.t >= replay.end ? "end" : replay.playing ? "playing" : "paused";
+}
+
+$("replay-toggle").addEventListener("click", () => (replay ? stopReplay() : startReplay()));
+$("replay-play").addEventListener("click", () => {
+  if (!replay) return;
+  if (replay.t >= replay.end) replay.t = replay.start;
+  replay.playing = !replay.playing;
+  updateReplayControls();
+});
+$("replay-speed").addEventListener("click", (e) => {
+  const btn = e.target.closest("[data-speed]");
+  if (!btn || !replay) return;
+  replay.speed = Number(btn.dataset.speed);
+  for (const b of $("replay-speed").querySelectorAll("[data-speed]")) b.setAttribute("aria-pressed", String(b === btn));
+});
+$("replay-scrub").addEventListener("input", (e) => {
+  if (!replay) return;
+  replay.t = replay.start + (Number(e.target.value) / REPLAY_TICKS) * (replay.end - replay.start);
+  updateReplayControls();
+  render();
+});
+
+// ------------------------------------------------------------------------------------------- wiring
+
+function showProblem(text) {
+  const el = $("run-status");
+  el.dataset.status = "error";
+  el.textContent = text;
+}
+
+$("zoom-in").addEventListener("click", () => graph.zoomBy(1.25));
+$("zoom-out").addEventListener("click", () => graph.zoomBy(1 / 1.25));
+$("zoom-fit").addEventListener("click", () => graph.fit());
+filterForm.addEventListener("input", scheduleRender);
+filterForm.addEventListener("submit", (e) => e.preventDefault());
+window.addEventListener("resize", () => {
+  if (!graph.userMoved) graph.fit();
+});
+
+/** SSE that is open but silent while the server has spans we never got means a buffering proxy. */
+async function watchdog() {
+  if (!connection || connection.transport !== "SSE" || connection.state !== "connected" || live.run?.status !== "running") return;
+  const receivedBefore = connection.received;
+  try {
+    const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}`);
+    if (connection.received === receivedBefore && data.spans.length > live.spans.size) {
+      connection.suspectBuffering();
+      await resync();
+    }
+  } catch { /* the connection badge reports outages */ }
+}
+
+async function main() {
+  const badge = $("conn");
+  let data = null;
+  try {
+    data = await loadSnapshot();
+  } catch (err) {
+    showProblem(err.status === 404 ? `No run ${runKey}` : `Could not load the run: ${err.message}`);
+  }
+  const traceId = data ? data.run.trace_id : runKey;
+  connection = new LiveConnection({
+    filters: { run: traceId }, onEvent, onReset: resync, lastEventId: data ? data.last_event_id : null, badge,
+  });
+  connection.start();
+  scheduleRender();
+  every(250, () => {
+    if (replay) return;
+    const v = view();
+    graph.tick(v.now);
+    timeline.tick(v.now, v.spans);
+    tickHeader(v);
+    inspector.tick(selectedSpanId ? v.spans.get(selectedSpanId) : null, v.now);
+  });
+  setInterval(watchdog, WATCHDOG_MS);
+}
+
+main();
