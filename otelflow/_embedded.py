@@ -32,19 +32,6 @@ def run_url(base_url: str, trace_id: int) -> str:
     return f"{base_url.rstrip('/')}/runs/{trace_id:032x}"
 
 
-def _untraced(app: object) -> None:
-    """Turn off FastAPI's own OpenTelemetry request spans (FastAPI >= 0.165) for the embedded viewer.
-
-    This process has an SDK tracer provider, so FastAPI would trace every viewer request into the viewer itself:
-    stream connections would show up as runs, and each ``POST /v1/traces`` from a script streaming here would
-    make a span that is posted again, for ever. The config dict is private to FastAPI, hence the care.
-    TODO(viewer): ``create_app`` should pass ``FastAPI(telemetry={"tracing": False, ...})`` itself.
-    """
-    config = getattr(app, "_telemetry", None)
-    if isinstance(config, dict):
-        config.update(tracing=False, metrics=False, logs=False, operation_spans=False)
-
-
 class EmbeddedViewer:
     """The viewer (``viewer.app``) on a uvicorn thread of this process, fed by an :class:`InProcessSink`.
 
@@ -111,7 +98,6 @@ class EmbeddedViewer:
             raise ViewerStartError(f"cannot open the viewer's database: {exc}") from None
         sock = self._bind()
         app = self._create_app(db=store)
-        _untraced(app)
         if sink is not None:
             self._unsubscribe = sink.subscribe(app.state.hub.ingest_threadsafe)
         self._server = server = make_server(app, self.host, self.port, ready_callback=self._on_ready)

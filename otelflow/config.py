@@ -154,6 +154,16 @@ class Telemetry:
 _state: Telemetry | None = None
 
 
+def _update_resource(provider: TracerProvider, resource: Resource) -> None:
+    """Merge ``resource`` into the provider's, for its cached tracers too (the SDK's own private helper when it
+    has one; older SDKs have none, and then only tracers created from now on see the change)."""
+    update = getattr(provider, "_update_resource", None)
+    if callable(update):
+        update(resource)
+    else:
+        provider._resource = provider.resource.merge(resource)
+
+
 def _switchboard(provider: TracerProvider) -> _Switchboard:
     board = getattr(provider, "_otelflow_switchboard", None)
     if not isinstance(board, _Switchboard):
@@ -294,7 +304,15 @@ def configure(
             if isinstance(current, TracerProvider):
                 provider = current
                 wanted = service_name or (resource_attributes or {}).get("service.name")
-                if wanted and current.resource.attributes.get("service.name") != wanted:
+                if getattr(current, "_otelflow_owned", False) and (service_name or resource_attributes):
+                    # otelflow made this provider (an earlier configure(), `otelflow run`,
+                    # `opentelemetry-instrument`): the program's own service name wins. Tracers made from
+                    # now on, otelflow's included, carry the updated resource.
+                    attrs = dict(resource_attributes or {})
+                    if service_name:
+                        attrs["service.name"] = service_name
+                    _update_resource(current, Resource(attrs))
+                elif wanted and current.resource.attributes.get("service.name") != wanted:
                     logger.warning(
                         "otelflow.configure: a tracer provider is already installed with service.name=%r; "
                         "%r is ignored (call configure() before anything else sets up tracing, or pass "
@@ -307,6 +325,7 @@ def configure(
                 if service_name:
                     attrs["service.name"] = service_name
                 provider = TracerProvider(resource=Resource.create(attrs))
+                provider._otelflow_owned = True  # type: ignore[attr-defined]
                 trace.set_tracer_provider(provider)
         elif not isinstance(provider, TracerProvider):
             raise TypeError("tracer_provider must be an opentelemetry.sdk.trace.TracerProvider")

@@ -202,3 +202,20 @@ def test_user_batch_settings_are_respected(receiver: HttpReceiver) -> None:
     assert done.returncode == 0, done.stderr
     assert "queue full" in done.stderr.lower()
     assert 0 < len(receiver.spans) < 20_000
+
+
+def test_later_service_name_wins_on_a_provider_otelflow_made(receiver: HttpReceiver) -> None:
+    # `otelflow run` and `opentelemetry-instrument` configure first; the program then names its service.
+    script = """
+        import otelflow
+        otelflow.configure()
+        t = otelflow.configure(service_name="content-pipeline")
+        with otelflow.node("n"):
+            pass
+        t.tracer_provider.shutdown()
+    """
+    done = _run(script, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
+    assert done.returncode == 0, done.stderr
+    assert "ignored" not in done.stderr
+    (span,) = receiver.wait_for(1)
+    assert span.resource["service.name"] == "content-pipeline"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import ipaddress
 import logging
 import os
@@ -195,7 +196,13 @@ def create_app(
             await hub.stop()
             store.close()
 
-    app = FastAPI(title="otelflow viewer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    extra: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        # FastAPI >= 0.165 traces its own requests through the global tracer provider. In a process that
+        # also streams to this viewer (otelflow run, otelflow demo) every POST /v1/traces would make a span
+        # that is posted again, for ever; and stream connections would show up as runs.
+        extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    app = FastAPI(title="otelflow viewer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, **extra)
     app.state.hub = hub
     app.state.store = store
     app.add_middleware(SecurityMiddleware, token=token, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)

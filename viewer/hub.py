@@ -329,8 +329,10 @@ class RunState:
     root_span_id: str | None = None
     progress: dict[str, Any] | None = None
     progress_time_ns: int = -1
+    progress_level: int = -1  # 2: the root span's, 1: a workflow span's, 0: any other span's
     spans: dict[str, SpanRecord] = field(default_factory=dict)
     error_count: int = 0
+    agent_count: int = 0
     announced: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -349,6 +351,7 @@ class RunState:
             "duration_ms": (self.end_ns - self.start_ns) / 1e6 if self.end_ns is not None else None,
             "progress": self.progress,
             "span_count": len(self.spans),
+            "agent_count": self.agent_count,
             "error_count": self.error_count,
         }
 
@@ -632,6 +635,8 @@ class Hub:
         run.spans[rec.span_id] = rec
         if rec.status == STATUS_ERROR and (prev is None or prev.status != STATUS_ERROR):
             run.error_count += 1
+        if prev is None and rec.kind == A.KIND_AGENT:
+            run.agent_count += 1
         if worker is not None:
             running = self._running_by_worker.setdefault(worker, set())
             if rec.ended:
@@ -703,12 +708,21 @@ class Hub:
             run.end_ns = None
             self._ended.pop(run.trace_id, None)
             changed = True
-        for event in rec.events:
-            if event.name == A.EVENT_PROGRESS and event.time_ns >= run.progress_time_ns:
-                if prev is not None and event in prev.events:
+        # The run's progress is the newest progress event of the most run-like span that reports any:
+        # the root span, else a workflow span, else any span (a node's own per-item progress does not
+        # move the run's bar once the workflow reports progress of its own).
+        level = 2 if rec.parent_span_id is None else 1 if rec.kind == A.KIND_WORKFLOW else 0
+        if level >= run.progress_level:
+            for event in rec.events:
+                if event.name != A.EVENT_PROGRESS:
+                    continue
+                if level == run.progress_level and event.time_ns < run.progress_time_ns:
+                    continue
+                if prev is not None and event in prev.events and level == run.progress_level:
                     continue
                 run.progress = _progress_of(event, rec)
                 run.progress_time_ns = event.time_ns
+                run.progress_level = level
                 changed = True
         return changed
 
@@ -815,6 +829,8 @@ class Hub:
                 owner.root_span_id = rec.span_id
             if rec.status == STATUS_ERROR:
                 owner.error_count += 1
+            if rec.kind == A.KIND_AGENT:
+                owner.agent_count += 1
             worker = rec.resource.get(A.WORKER_ID)
             if rec.status == STATUS_RUNNING and isinstance(worker, str):
                 self._workers.setdefault(worker, now)

@@ -139,3 +139,27 @@ def test_sigkilled_worker_is_abandoned_within_15s(viewer: Viewer) -> None:
     assert [e["event"] for e in events][-2:] == ["span.abandoned", "run.ended"]
     assert events[-1]["data"]["run"]["status"] == "abandoned"
     assert took <= 15.0, took
+
+
+def test_run_progress_comes_from_the_workflow_and_agents_are_counted(viewer: Viewer) -> None:
+    from otelflow import attributes as A
+    from otelflow.records import EventRecord
+
+    def progress(pct: float, at: int) -> EventRecord:
+        return EventRecord(A.EVENT_PROGRESS, at, {A.PROGRESS_PERCENT: pct})
+
+    t, root = trace_id(), span_id()
+    now = time.time_ns()
+    # a node reports its own per-item progress first: the run shows it until the workflow reports
+    viewer.post_json([record(t, root, "wf", kind="workflow")])
+    viewer.post_json([record(t, span_id(), "writer", parent=root, kind="agent", events=(progress(25.0, now),))])
+    run = httpx.get(f"{viewer.url}/api/runs/{t}", timeout=5).json()["run"]
+    assert run["progress"]["percent"] == 25.0
+    viewer.post_json([record(t, root, "wf", kind="workflow", events=(progress(50.0, now + 1),))])
+    # later per-item progress of an agent no longer moves the run's bar
+    viewer.post_json([record(t, span_id(), "reviewer", parent=root, kind="agent", events=(progress(100.0, now + 2),))])
+    viewer.post_json([record(t, span_id(), "search", parent=root, kind="tool")])
+    run = httpx.get(f"{viewer.url}/api/runs/{t}", timeout=5).json()["run"]
+    assert run["progress"]["percent"] == 50.0
+    assert run["agent_count"] == 2
+    assert run["span_count"] == 4

@@ -58,7 +58,7 @@ function buildRow(run) {
     h("td", { class: "col-progress" },
       h("div", { class: "progress progress-small", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100 }, fill),
       h("span", { class: "progress-text" })),
-    h("td", { class: "num col-steps" }),
+    h("td", { class: "num col-agents" }),
     h("td", { class: "num col-failures" }),
     h("td", { class: "col-started" }),
     h("td", { class: "num col-duration" }),
@@ -72,7 +72,7 @@ function buildRow(run) {
 }
 
 function updateRow(row, run) {
-  const [nameCell, serviceCell, statusCell, progressCell, stepsCell, failuresCell, startedCell] = row.children;
+  const [nameCell, serviceCell, statusCell, progressCell, agentsCell, failuresCell, startedCell] = row.children;
   const link = nameCell.querySelector("a");
   link.textContent = run.name ? displayName({ name: run.name, attributes: {} }) : run.trace_id;
   nameCell.querySelector(".run-sub").textContent = run.otelflow_run_id ? `${run.otelflow_run_id} · ${run.trace_id.slice(0, 12)}…` : `${run.trace_id.slice(0, 12)}…`;
@@ -88,7 +88,7 @@ function updateRow(row, run) {
   bar.firstChild.style.width = `${pct === null ? 0 : pct}%`;
   const message = run.progress && run.progress.message ? ` ${run.progress.message}` : "";
   progressCell.querySelector(".progress-text").textContent = pct === null ? "–" : `${Math.round(pct)}%${message}`;
-  stepsCell.textContent = String(Math.max(0, (run.span_count || 0) - 1));
+  agentsCell.textContent = String(run.agent_count || 0);
   failuresCell.textContent = String(run.error_count || 0);
   failuresCell.classList.toggle("has-errors", (run.error_count || 0) > 0);
   startedCell.textContent = formatWhen(startMs(run));
