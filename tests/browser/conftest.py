@@ -44,8 +44,8 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="package")  # not session: Playwright's sync API keeps an event loop running until it stops,
+def browser() -> Iterator[Any]:  # and the tests after this package call asyncio.run()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -1,0 +1,374 @@
+"""Viewer ingestion: OTLP protobuf spans from POST to stored (committed) and published, against baselines.
+
+An ``otelflow serve`` subprocess (loopback, free port, SQLite file in a temp dir) receives OTLP/HTTP
+protobuf requests of 500 ended spans each (traces of 10: a root and 9 children) from a few concurrent
+keep-alive clients (threads with ``http.client``), while one raw-socket SSE subscriber on ``/api/stream``
+receives every published event. A round is timed from its first POST until both hold:
+
+- stored: the store's writer has committed every span (``store.spans`` in ``GET /healthz`` — the
+  ``Store.stats`` counter, bumped after each ``COMMIT``);
+- published: the SSE subscriber has received every event (per trace: ``run.started``, 10 ``span.ended``,
+  ``run.ended``).
+
+Baselines, measured in the same run on the same payloads (in-process, without HTTP — which flatters them):
+
+- naive receiver: parse, then one ``INSERT`` and one ``COMMIT`` per span into a fresh SQLite file with
+  SQLite's defaults — the design behind "about 180 spans/s";
+- wire-decode ceiling: ``ExportTraceServiceRequest.ParseFromString`` alone (C upb), and the viewer's own
+  ``decode_protobuf`` (parse + SpanRecord building), to show how much of the budget decoding takes.
+
+Target: >= 20,000 spans/s. Run: ``python bench/bench_ingest.py [--spans 50000] [--rounds 3] [--clients 4]``.
+Prints figures and ratios (medians of the rounds), not a verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import queue
+import selectors
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+HOST = "127.0.0.1"
+SPANS_PER_REQUEST = 500
+SPANS_PER_TRACE = 10
+EVENTS_PER_TRACE = SPANS_PER_TRACE + 2  # span.ended each, run.started, run.ended
+
+
+# --------------------------------------------------------------------------------------------------
+# payloads
+# --------------------------------------------------------------------------------------------------
+
+
+def _kv(key: str, value: str | int) -> KeyValue:
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def build_payloads(n_spans: int) -> list[bytes]:
+    """``n_spans`` (a multiple of 500) new, ended spans as OTLP protobuf requests of 500."""
+    out = []
+    now = time.time_ns()
+    for _ in range(n_spans // SPANS_PER_REQUEST):
+        req = ExportTraceServiceRequest()
+        rs = req.resource_spans.add()
+        rs.resource.attributes.extend([_kv("service.name", "bench-ingest"), _kv("host.name", "bench")])
+        ss = rs.scope_spans.add()
+        ss.scope.name = "otelflow"
+        for _t in range(SPANS_PER_REQUEST // SPANS_PER_TRACE):
+            trace_id = os.urandom(16)
+            root_id = os.urandom(8)
+            for i in range(SPANS_PER_TRACE):
+                span = ss.spans.add()
+                span.trace_id = trace_id
+                span.span_id = root_id if i == 0 else os.urandom(8)
+                if i:
+                    span.parent_span_id = root_id
+                    span.name = f"step-{i}"
+                    span.attributes.extend(
+                        [_kv("otelflow.kind", "node"), _kv("otelflow.node.id", f"n{i}"), _kv("app.items", i)]
+                    )
+                else:
+                    span.name = "invoke_workflow bench"
+                    span.attributes.extend(
+                        [
+                            _kv("otelflow.kind", "workflow"),
+                            _kv("gen_ai.operation.name", "invoke_workflow"),
+                            _kv("gen_ai.workflow.name", "bench"),
+                        ]
+                    )
+                span.kind = Span.SPAN_KIND_INTERNAL
+                span.start_time_unix_nano = now + i * 1000
+                span.end_time_unix_nano = now + 1_000_000 - i * 1000
+                span.status.code = Status.STATUS_CODE_OK
+        out.append(req.SerializeToString())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the viewer under test
+# --------------------------------------------------------------------------------------------------
+
+
+def start_viewer(db: Path, timeout: float = 20.0) -> tuple[subprocess.Popen[str], int]:
+    """``otelflow serve --port 0 --db db`` as a subprocess; returns it and the port it listens on."""
+    cmd = [sys.executable, "-m", "otelflow.cli", "serve", "--host", HOST, "--port", "0", "--db", str(db)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if "listening on http://" in line:
+                return proc, int(line.rsplit(":", 1)[1].strip().strip("/"))
+    finally:
+        sel.close()
+    stop(proc)
+    raise RuntimeError("the viewer did not start (see its output above)")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def healthz(port: int) -> dict[str, object]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        data: dict[str, object] = json.loads(conn.getresponse().read())
+        return data
+    finally:
+        conn.close()
+
+
+class SseCounter(threading.Thread):
+    """One raw-socket SSE subscriber that counts the frames it receives (``data:`` lines)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True, name="sse-counter")
+        self.sock = socket.create_connection((HOST, port), timeout=10)
+        self.sock.sendall(
+            f"GET /api/stream HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        self.frames = 0
+        self.eof = False
+        self._halt = threading.Event()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("SSE stream closed before its headers")
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"SSE stream refused: {head[:80]!r}")
+        self._tail = head.split(b"\r\n\r\n", 1)[1]
+        self.sock.settimeout(0.2)
+
+    def run(self) -> None:
+        tail = self._tail
+        while not self._halt.is_set():
+            try:
+                chunk = self.sock.recv(1 << 18)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                self.eof = True
+                break
+            # chunked transfer framing does not contain "\ndata: ", so counting in the raw bytes is exact;
+            # keep a few bytes so that a marker split across two reads is counted once
+            data = tail + chunk
+            self.frames += data.count(b"\ndata: ")
+            tail = data[-6:]  # shorter than the marker: it cannot be counted twice
+
+    def close(self) -> None:
+        self._halt.set()
+        self.join(2)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def post_all(port: int, payloads: list[bytes], clients: int) -> list[str]:
+    """POST every payload over ``clients`` keep-alive connections; returns error messages (empty if none)."""
+    work: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    for p in payloads:
+        work.put(p)
+    for _ in range(clients):
+        work.put(None)
+    errors: list[str] = []
+    headers = {"Content-Type": "application/x-protobuf"}
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        try:
+            while (body := work.get()) is not None:
+                conn.request("POST", "/v1/traces", body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    errors.append(f"HTTP {resp.status}")
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(repr(exc))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return errors
+
+
+def ingest_round(port: int, sse: SseCounter, payloads: list[bytes], clients: int, timeout: float) -> float:
+    """Seconds from the first POST until every span is committed and every event reached the subscriber."""
+    n_spans = len(payloads) * SPANS_PER_REQUEST
+    store0 = healthz(port)["store"]
+    assert isinstance(store0, dict)
+    stored_goal = int(store0["spans"]) + n_spans
+    frames_goal = sse.frames + n_spans // SPANS_PER_TRACE * EVENTS_PER_TRACE
+    start = time.perf_counter()
+    errors = post_all(port, payloads, clients)
+    if errors:
+        raise RuntimeError(f"{len(errors)} POSTs failed, e.g. {errors[0]}")
+    stored = published = False
+    while time.perf_counter() - start < timeout:
+        if not published and sse.frames >= frames_goal:
+            published = True
+        if not stored:
+            store = healthz(port)["store"]
+            assert isinstance(store, dict)
+            stored = int(store["spans"]) >= stored_goal
+        if stored and published:
+            return time.perf_counter() - start
+        if sse.eof:
+            raise RuntimeError("the SSE subscriber was cut (fell behind?) — see hub.cut in /healthz")
+        time.sleep(0.005)
+    raise RuntimeError(f"round not complete after {timeout:.0f}s (stored={stored}, published={published})")
+
+
+# --------------------------------------------------------------------------------------------------
+# baselines
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_rate(payloads: list[bytes]) -> float:
+    """Spans/s of ExportTraceServiceRequest.ParseFromString alone."""
+    start = time.perf_counter()
+    for body in payloads:
+        ExportTraceServiceRequest().ParseFromString(body)
+    return len(payloads) * SPANS_PER_REQUEST / (time.perf_counter() - start)
+
+
+def decode_rate(payloads: list[bytes]) -> float:
+    """Spans/s of the viewer's decode_protobuf (parse + SpanRecords), no HTTP, hub or store."""
+    from viewer.otlp import decode_protobuf
+
+    start = time.perf_counter()
+    for body in payloads:
+        decode_protobuf(body)
+    return len(payloads) * SPANS_PER_REQUEST / (time.perf_counter() - start)
+
+
+def naive_rate(payloads: list[bytes], tmp: Path, budget_s: float) -> float:
+    """Spans/s of a naive receiver: parse, then INSERT + COMMIT per span (SQLite defaults), time-bounded."""
+    conn = sqlite3.connect(tmp / "naive.db", isolation_level=None)
+    conn.execute(
+        "CREATE TABLE spans (trace_id TEXT, span_id TEXT, parent TEXT, name TEXT, start INT, end INT, attrs TEXT)"
+    )
+    done = 0
+    start = time.perf_counter()
+    try:
+        for body in payloads:
+            req = ExportTraceServiceRequest()
+            req.ParseFromString(body)
+            for rs in req.resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        attrs = {kv.key: kv.value.string_value or kv.value.int_value for kv in span.attributes}
+                        conn.execute("BEGIN")
+                        conn.execute(
+                            "INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                span.trace_id.hex(),
+                                span.span_id.hex(),
+                                span.parent_span_id.hex(),
+                                span.name,
+                                span.start_time_unix_nano,
+                                span.end_time_unix_nano,
+                                json.dumps(attrs),
+                            ),
+                        )
+                        conn.execute("COMMIT")
+                        done += 1
+                        if time.perf_counter() - start > budget_s:
+                            return done / (time.perf_counter() - start)
+        return done / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--spans", type=int, default=50_000, help="spans per round (multiple of 500)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4, help="concurrent keep-alive POST connections")
+    parser.add_argument("--naive-seconds", type=float, default=3.0, help="time budget of the naive baseline")
+    args = parser.parse_args()
+    n_spans = max(SPANS_PER_REQUEST, args.spans // SPANS_PER_REQUEST * SPANS_PER_REQUEST)
+
+    print(f"building {args.rounds} x {n_spans} spans ({SPANS_PER_REQUEST}/request, traces of {SPANS_PER_TRACE})")
+    rounds = [build_payloads(n_spans) for _ in range(args.rounds)]
+    warmup = build_payloads(5 * SPANS_PER_REQUEST)
+    size = statistics.mean(len(p) for p in rounds[0])
+    print(f"request size: {size / 1024:.0f} KiB protobuf")
+
+    with tempfile.TemporaryDirectory(prefix="otelflow-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        proc, port = start_viewer(tmp / "viewer.db")
+        sse: SseCounter | None = None
+        try:
+            sse = SseCounter(port)
+            sse.start()
+            ingest_round(port, sse, warmup, args.clients, 60)
+            times = []
+            for i, payloads in enumerate(rounds):
+                t = ingest_round(port, sse, payloads, args.clients, 120)
+                times.append(t)
+                print(f"  round {i + 1}: {n_spans / t:,.0f} spans/s ({t:.2f} s)")
+            health = healthz(port)
+        finally:
+            try:
+                if sse is not None:
+                    sse.close()
+            finally:
+                stop(proc)
+        naive = naive_rate(rounds[0], tmp, args.naive_seconds)
+
+    parse = statistics.median(parse_rate(rounds[0]) for _ in range(3))
+    decode = statistics.median(decode_rate(rounds[0][:40]) for _ in range(3))
+    rate = n_spans / statistics.median(times)
+    hub = health["hub"]
+    assert isinstance(hub, dict)
+    print()
+    print(f"otelflow serve, POST -> stored + published : {rate:,.0f} spans/s  (target >= 20,000; median of rounds)")
+    print(f"baseline naive receiver (1 commit per span): {naive:,.0f} spans/s  ratio {rate / naive:,.1f}x")
+    print(f"viewer decode_protobuf alone (no HTTP)     : {decode:,.0f} spans/s  otelflow at {rate / decode:.0%} of it")
+    print(f"ParseFromString alone (wire ceiling)       : {parse:,.0f} spans/s  otelflow at {rate / parse:.1%} of it")
+    print(f"subscribers cut: {hub.get('cut')}, hub errors: {hub.get('errors')}, store: {health['store']}")
+
+
+if __name__ == "__main__":
+    main()
