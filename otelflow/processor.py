@@ -44,10 +44,11 @@ class _Update:
 class _Flush:
     """A marker in the queue; set once everything queued before it has been delivered."""
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "ok")
 
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.ok = True
 
 
 _STOP = object()
@@ -239,21 +240,25 @@ class LiveSpanProcessor(SpanProcessor):
 
     def _flush_sink(self, marker: _Flush) -> None:
         try:
-            self.sink.force_flush(1.0)
+            marker.ok = bool(self.sink.force_flush(1.0))
         except Exception:  # noqa: BLE001
+            marker.ok = False
             problems.warning("sink-flush", "otelflow: live sink failed to flush", exc_info=True)
         marker.done.set()
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Wait until everything queued so far has been handed to the sink; False on timeout."""
+        """Wait until everything queued so far has been handed to the sink and the sink has flushed.
+
+        False on timeout, or when the sink could not flush (e.g. its viewer is down).
+        """
         if self._shutdown or self._stopped.is_set():
             # after shutdown the worker only finishes what was queued before it
             return self._stopped.wait(timeout_millis / 1000)
         marker = _Flush()
         self._queue.append(marker)
         self._wake.set()
-        return marker.done.wait(timeout_millis / 1000)
+        return marker.done.wait(timeout_millis / 1000) and marker.ok
 
     def shutdown(self, timeout_millis: int = 5_000) -> None:
         """Deliver what is queued (bounded by the timeout), stop the worker and shut the sink down."""

@@ -74,10 +74,12 @@ class InProcessSink:
 class LiveExporter:
     """Streams records to an otelflow viewer in another process as OTLP/HTTP JSON (``POST /v1/traces``).
 
-    A background thread batches records (lingering ``linger_s`` to gather a burst) and posts them over one
-    keep-alive connection. Memory is bounded: the buffer keeps the newest snapshot of each span, up to
-    ``max_spans`` spans, and counts what it drops. While the viewer is down the thread backs off
-    exponentially (with jitter, up to ``max_backoff_s``); when it answers again, the snapshots of every
+    A background thread posts records over one keep-alive connection as soon as they arrive; whatever
+    arrives while a request is in flight goes in the next one, so bursts batch themselves (``linger_s``
+    adds a fixed wait before each post, for fewer, larger requests). Memory is bounded: the buffer keeps
+    the newest snapshot of each span, up to ``max_spans`` spans, and counts what it drops. While the viewer
+    is down the thread backs off exponentially (with jitter, up to ``max_backoff_s``) and makes no attempt
+    in between; ``force_flush`` then returns False at once. When the viewer answers again, the snapshots of every
     running span are re-sent so a restarted viewer knows them. A heartbeat is posted every
     ``heartbeat_s`` so the viewer can tell a live worker from a dead one. Nothing here ever blocks or
     raises into the workflow, and the OTLP export to other backends is separate and unaffected.
@@ -90,7 +92,7 @@ class LiveExporter:
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
         max_spans: int = 20_000,
-        linger_s: float = 0.002,
+        linger_s: float = 0.0,
         timeout_s: float = 2.0,
         heartbeat_s: float = A.HEARTBEAT_INTERVAL_S,
         max_backoff_s: float = 5.0,
@@ -137,6 +139,7 @@ class LiveExporter:
         self._idle.set()
         self._conn: http.client.HTTPConnection | None = None
         self._connected = False
+        self._circuit_open = False
         self._resource: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._run, name="otelflow-live-exporter", daemon=True)
         self._thread.start()
@@ -171,7 +174,9 @@ class LiveExporter:
             problems.warning("live-buffer", "otelflow: live buffer full; %d span snapshots dropped", self.dropped)
 
     def force_flush(self, timeout_s: float) -> bool:
-        """Wait until the buffer is empty or the viewer is known to be unreachable."""
+        """Wait until the buffer is posted; False at once while the viewer is known to be unreachable."""
+        if self._circuit_open:
+            return False
         self._wake.set()
         return self._idle.wait(timeout_s)
 
@@ -194,9 +199,12 @@ class LiveExporter:
         backoff = 0.0
         last_post = 0.0
         while not self._stop.is_set():
-            wait = backoff if backoff else max(0.0, self._heartbeat - (time.monotonic() - last_post))
-            if backoff or not self._pending:
-                self._wake.wait(wait)
+            if backoff:
+                # The circuit is open: no new attempt before the backoff ends, whatever arrives meanwhile
+                # (records keep merging into the bounded buffer).
+                self._stop.wait(backoff)
+            elif not self._pending:
+                self._wake.wait(max(0.0, self._heartbeat - (time.monotonic() - last_post)))
                 self._wake.clear()
             if self._stop.is_set() and not self._pending:
                 break
@@ -214,6 +222,7 @@ class LiveExporter:
             if self._post(batch):
                 last_post = time.monotonic()
                 backoff = 0.0
+                self._circuit_open = False
                 self.sent += len(batch)
                 with self._lock:
                     if not self._pending:
@@ -222,6 +231,7 @@ class LiveExporter:
                 self.failures += 1
                 self._requeue(batch)
                 backoff = min(self._max_backoff, max(0.1, backoff * 2)) * random.uniform(0.8, 1.2)
+                self._circuit_open = True
                 self._idle.set()  # flushing cannot make progress while the viewer is away
                 if self._stop.is_set():
                     break

@@ -6,6 +6,7 @@ import gzip
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -108,7 +109,7 @@ def test_viewer_down_then_up_resends_running_spans() -> None:
     telemetry = otelflow.configure(tracer_provider=TracerProvider(), otlp=False, live=exporter)
     try:
         with otelflow.workflow("long", run_id="job-down") as run:
-            assert telemetry.force_flush(5000)
+            telemetry.force_flush(5000)  # hands the start to the exporter, which cannot post it yet
             wait_for(lambda: exporter.failures >= 2, what="failed posts while the viewer is down")
             assert exporter.connected is False
             viewer = JsonViewer(port)  # the viewer comes up on the same port
@@ -137,7 +138,7 @@ def test_buffer_is_bounded_and_counts_drops() -> None:
         for i in range(200):
             with otelflow.node(f"n{i}"):
                 pass
-        assert telemetry.force_flush(5000)
+        assert telemetry.force_flush(5000) is False  # delivered to the exporter, which cannot post
         wait_for(lambda: exporter.dropped >= 150, what="drops counted")
         assert exporter.dropped <= 200 * 2
     finally:
@@ -147,3 +148,25 @@ def test_buffer_is_bounded_and_counts_drops() -> None:
 def test_bad_viewer_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="viewer URL must look like"):
         otelflow.LiveExporter("127.0.0.1:8080")
+
+
+def test_a_down_viewer_is_not_hammered_while_spans_keep_coming() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    exporter = otelflow.LiveExporter(f"http://127.0.0.1:{port}", heartbeat_s=60, max_backoff_s=5)
+    telemetry = otelflow.configure(tracer_provider=TracerProvider(), otlp=False, live=exporter)
+    try:
+        wait_for(lambda: exporter.failures >= 1, what="the first failed post")
+        assert telemetry.force_flush(5000) is False  # at once: the viewer is known to be down
+        started = time.monotonic()
+        spans = 0
+        while time.monotonic() - started < 0.5:  # spans keep coming; every batch wakes the exporter
+            with otelflow.node("busy"):
+                spans += 1
+        # the backoff starts at 0.1 s and doubles: half a second of traffic allows a handful of attempts,
+        # not one per batch
+        assert spans > 100
+        assert exporter.failures <= 6
+    finally:
+        telemetry.shutdown()
