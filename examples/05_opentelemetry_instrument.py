@@ -13,7 +13,8 @@ works the same and records nothing.
 
 A sync flow with a conditional route: ``validate_order`` → ``charge_payment`` (a tool that is retried) →
 ``ship_items`` (a batch node, one exec per item); an invalid order takes the ``reject`` action to
-``notify_rejection`` instead. Deterministic and offline.
+``notify_rejection`` instead. Each run is named by its order (``flow.run(shared, run_id="order-A-100")``),
+so the viewer also finds it at ``/runs/order-A-100``. Deterministic and offline.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def main(pace: float = 0.1) -> list[dict[str, Any]]:
     results = []
     for order in ORDERS:
         shared: dict[str, Any] = {"order": order}
-        order_flow(pace).run(shared)
+        order_flow(pace).run(shared, run_id=f"order-{order['id']}")  # the viewer finds it as /runs/order-A-100
         results.append(shared)
     return results
 

@@ -4,6 +4,8 @@ Deterministic, offline, no LLM: the workflows of :mod:`otelflow._demo_flows` wit
 new run starts every ``--interval`` seconds, cycling through a content pipeline, parallel research agents, a
 flaky agent that recovers through retries and a fallback, a run that fails and a run that is cancelled. The
 pauses scale with the interval (``--interval 0.1`` is a fast demo). ``--runs N`` stops once N runs finished.
+Each run has a readable run id, ``demo-0001``, ``demo-0002``..., printed in its run lines; the viewer finds the
+run by it too (``/runs/demo-0007``, ``/api/runs/demo-0007``).
 SIGINT (Ctrl-C) or SIGTERM cancels the runs in flight (their spans end as cancelled), tells the stream clients
 ``shutdown`` and exits with status 0 within about ten seconds; a second Ctrl-C exits at once (status 130).
 """
@@ -41,9 +43,14 @@ def _say(line: str = "") -> None:
     sys.stdout.flush()
 
 
-async def _run_one(scenario: Scenario, pace: float, n: int) -> None:
+def run_id_for(index: int) -> str:
+    """The run id of the demo's ``index``-th run (0-based): ``demo-0001``, ``demo-0002``..."""
+    return f"demo-{index + 1:04d}"
+
+
+async def _run_one(scenario: Scenario, pace: float, n: int, run_id: str) -> None:
     with contextlib.suppress(Exception):  # the failing scenario fails on purpose; its trace tells the story
-        await scenario.run(pace, n)
+        await scenario.run(pace, n, run_id)
 
 
 async def _schedule(runs: int, interval: float, pace: float, stop: asyncio.Event) -> int:
@@ -54,7 +61,7 @@ async def _schedule(runs: int, interval: float, pace: float, stop: asyncio.Event
     try:
         while not stop.is_set() and (runs <= 0 or started < runs):
             scenario = SCENARIOS[started % len(SCENARIOS)]
-            task = asyncio.create_task(_run_one(scenario, pace, started // len(SCENARIOS)))
+            task = asyncio.create_task(_run_one(scenario, pace, started // len(SCENARIOS), run_id_for(started)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             started += 1

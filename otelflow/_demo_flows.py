@@ -1,8 +1,8 @@
 """The example workflows that ``otelflow demo`` keeps running and ``examples/01``–``03`` run once.
 
 Deterministic, offline and LLM-free: the "work" is a pause of ``pace`` seconds per unit (``pace=0`` in tests)
-and every result is computed from the inputs. Each ``run_*`` coroutine builds a fresh flow, runs it and
-returns the shared dict (or raises, for the failing scenario). Tracing comes from
+and every result is computed from the inputs. Each ``run_*`` coroutine builds a fresh flow, runs it (as
+``run_id``, when given) and returns the shared dict (or raises, for the failing scenario). Tracing comes from
 :class:`otelflow.instrumentor.EngineInstrumentor`; the nodes only add what the engine cannot know
 (``otelflow.progress`` of the batch items).
 """
@@ -64,15 +64,32 @@ class _Paced(AsyncNode):
         self.pace = pace
 
 
+class _Step(_Paced):
+    """A paced node that reads ``shared[reads]`` and stores what ``exec_async`` returns in ``shared[writes]``."""
+
+    reads: str
+    writes: str
+
+    async def prep_async(self, shared: Shared) -> Any:
+        return shared[self.reads]
+
+    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+        shared[self.writes] = exec_result
+        return None
+
+
+async def _run(flow: AsyncFlow, shared: Shared, run_id: str | None) -> Shared:
+    await flow.run_async(shared, run_id=run_id)
+    return shared
+
+
 # --- 1. content pipeline: topic_identification → kb_ingestion → section_writer (batch) → reviewer ----------------
 
 
-class TopicIdentification(_Paced):
+class TopicIdentification(_Step):
     kind = "agent"
     name = "topic_identification"
-
-    async def prep_async(self, shared: Shared) -> Any:
-        return shared["brief"]
+    reads = "brief"
 
     async def exec_async(self, prep_result: Any) -> Any:
         await _work(self.pace, 2)
@@ -86,9 +103,10 @@ class TopicIdentification(_Paced):
         return None
 
 
-class KbIngestion(_Paced):
+class KbIngestion(_Step):
     kind = "tool"
     name = "kb_ingestion"
+    writes = "knowledge"
 
     async def prep_async(self, shared: Shared) -> Any:
         return shared["topic"], shared["outline"]
@@ -97,10 +115,6 @@ class KbIngestion(_Paced):
         topic, outline = prep_result
         await _work(self.pace, 1.5)
         return {title: [f"doc-{_digest(topic, title, i)}" for i in range(3)] for title in outline}
-
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
-        shared["knowledge"] = exec_result
-        return None
 
 
 class SectionWriter(AsyncBatchNode):
@@ -128,12 +142,10 @@ class SectionWriter(AsyncBatchNode):
         return None
 
 
-class Reviewer(_Paced):
+class Reviewer(_Step):
     kind = "agent"
     name = "reviewer"
-
-    async def prep_async(self, shared: Shared) -> Any:
-        return shared["sections"]
+    reads, writes = "sections", "review"
 
     async def exec_async(self, prep_result: Any) -> Any:
         await _work(self.pace, 1)
@@ -141,7 +153,7 @@ class Reviewer(_Paced):
         return {"approved": words >= 20, "words": words}
 
     async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
-        shared["review"] = exec_result
+        await super().post_async(shared, prep_result, exec_result)
         return "approve" if exec_result["approved"] else "reject"
 
 
@@ -152,21 +164,17 @@ def content_pipeline(pace: float = 0.0) -> AsyncFlow:
     return AsyncFlow(start=topics, name="content_pipeline")
 
 
-async def run_content_pipeline(pace: float = 0.0, n: int = 0) -> Shared:
-    shared: Shared = {"brief": BRIEFS[n % len(BRIEFS)]}
-    await content_pipeline(pace).run_async(shared)
-    return shared
+async def run_content_pipeline(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
+    return await _run(content_pipeline(pace), {"brief": BRIEFS[n % len(BRIEFS)]}, run_id)
 
 
 # --- 2. parallel research: planner → three researcher agents (each: search → read tools) → synthesizer --------
 
 
-class ResearchPlanner(_Paced):
+class ResearchPlanner(_Step):
     kind = "agent"
     name = "research_planner"
-
-    async def prep_async(self, shared: Shared) -> Any:
-        return shared["question"]
+    reads = "question"
 
     async def exec_async(self, prep_result: Any) -> Any:
         await _work(self.pace, 1)
@@ -178,7 +186,7 @@ class ResearchPlanner(_Paced):
         return None
 
 
-class Search(_Paced):
+class Search(_Step):
     kind = "tool"
     name = "search"
 
@@ -186,6 +194,7 @@ class Search(_Paced):
         super().__init__(pace, node_id=f"{source}.search")
         self.source = source
         self.hits = hits
+        self.writes = f"{source}_hits"
 
     async def prep_async(self, shared: Shared) -> Any:
         return shared["queries"][self.source]
@@ -194,21 +203,15 @@ class Search(_Paced):
         await _work(self.pace, 1 + self.hits / 2)  # the branches finish at different times
         return [f"{self.source}://{_digest(prep_result, i)}" for i in range(self.hits)]
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
-        shared[f"{self.source}_hits"] = exec_result
-        return None
 
-
-class ReadSources(_Paced):
+class ReadSources(_Step):
     kind = "tool"
     name = "read_sources"
 
     def __init__(self, pace: float, source: str) -> None:
         super().__init__(pace, node_id=f"{source}.read")
         self.source = source
-
-    async def prep_async(self, shared: Shared) -> Any:
-        return shared[f"{self.source}_hits"]
+        self.reads = f"{source}_hits"
 
     async def exec_async(self, prep_result: Any) -> Any:
         await _work(self.pace, len(prep_result) / 2)
@@ -226,20 +229,14 @@ def researcher(source: str, hits: int, pace: float = 0.0) -> AsyncFlow:
     return AsyncFlow(start=search, name=f"{source}_researcher", kind="agent")
 
 
-class Synthesizer(_Paced):
+class Synthesizer(_Step):
     kind = "agent"
     name = "synthesizer"
-
-    async def prep_async(self, shared: Shared) -> Any:
-        return shared["findings"]
+    reads, writes = "findings", "report"
 
     async def exec_async(self, prep_result: Any) -> Any:
         await _work(self.pace, 1)
         return {"sources": sorted(prep_result), "notes": sum(len(v) for v in prep_result.values())}
-
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
-        shared["report"] = exec_result
-        return None
 
 
 def parallel_research(pace: float = 0.0) -> AsyncFlow:
@@ -250,21 +247,20 @@ def parallel_research(pace: float = 0.0) -> AsyncFlow:
     return AsyncFlow(start=planner, name="parallel_research")
 
 
-async def run_parallel_research(pace: float = 0.0, n: int = 0) -> Shared:
-    shared: Shared = {"question": BRIEFS[n % len(BRIEFS)]}
-    await parallel_research(pace).run_async(shared)
-    return shared
+async def run_parallel_research(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
+    return await _run(parallel_research(pace), {"question": BRIEFS[n % len(BRIEFS)]}, run_id)
 
 
 # --- 3. flaky agent: fetch_market_data (retried) → analyst (fallback) → publish ---------------------------------
 
 
-class FetchMarketData(_Paced):
+class FetchMarketData(_Step):
     """A tool whose upstream fails ``failures`` times before it answers; 3 attempts in total."""
 
     kind = "tool"
     name = "fetch_market_data"
     max_retries = 3
+    writes = "quote"
 
     def __init__(self, pace: float) -> None:
         super().__init__(pace, wait=pace, backoff=2.0)
@@ -280,17 +276,14 @@ class FetchMarketData(_Paced):
             raise UpstreamError(f"market data service timed out (attempt {prep_result['attempts'][0]})")
         return {"symbol": prep_result["symbol"], "price": 100 + int(_digest(prep_result["symbol"]), 16) % 50}
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
-        shared["quote"] = exec_result
-        return None
 
-
-class Analyst(_Paced):
+class Analyst(_Step):
     """An agent whose model is overloaded (``model_down``: after 2 attempts it falls back to a rule) or hangs."""
 
     kind = "agent"
     name = "analyst"
     max_retries = 2
+    writes = "analysis"
 
     def __init__(self, pace: float, started: asyncio.Event | None = None) -> None:
         super().__init__(pace, wait=pace)
@@ -314,24 +307,14 @@ class Analyst(_Paced):
         quote = prep_result[0]
         return f"{quote['symbol']} at {quote['price']}: hold (rule-based fallback)"
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
-        shared["analysis"] = exec_result
-        return None
 
-
-class Publish(_Paced):
+class Publish(_Step):
     name = "publish"
-
-    async def prep_async(self, shared: Shared) -> Any:
-        return shared["analysis"]
+    reads, writes = "analysis", "published"
 
     async def exec_async(self, prep_result: Any) -> Any:
         await _work(self.pace, 0.5)
         return f"published: {prep_result}"
-
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
-        shared["published"] = exec_result
-        return None
 
 
 def flaky_agent(pace: float = 0.0, started: asyncio.Event | None = None) -> AsyncFlow:
@@ -344,25 +327,22 @@ def flaky_agent(pace: float = 0.0, started: asyncio.Event | None = None) -> Asyn
     return AsyncFlow(start=fetch, name="flaky_agent")
 
 
-async def run_flaky(pace: float = 0.0, n: int = 0) -> Shared:
+async def run_flaky(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
     """Recovers: the fetch succeeds on its third attempt, the analyst falls back."""
-    shared: Shared = {"symbol": ("ACME", "INITECH", "UMBRELLA")[n % 3], "failures": 2, "model_down": True}
-    await flaky_agent(pace).run_async(shared)
-    return shared
+    symbol = ("ACME", "INITECH", "UMBRELLA")[n % 3]
+    return await _run(flaky_agent(pace), {"symbol": symbol, "failures": 2, "model_down": True}, run_id)
 
 
-async def run_failing(pace: float = 0.0, n: int = 0) -> Shared:
+async def run_failing(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
     """Fails: the upstream is down for longer than the three attempts; raises :class:`UpstreamError`."""
-    shared: Shared = {"symbol": "GLOBEX", "failures": 5}
-    await flaky_agent(pace).run_async(shared)
-    return shared
+    return await _run(flaky_agent(pace), {"symbol": "GLOBEX", "failures": 5}, run_id)
 
 
-async def run_cancelled(pace: float = 0.0, n: int = 0) -> Shared:
+async def run_cancelled(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
     """Cancelled: the run is cancelled while the analyst thinks (as a user stopping a job would)."""
     started = asyncio.Event()
     shared: Shared = {"symbol": "HOOLI", "model_hangs": True}
-    task = asyncio.create_task(flaky_agent(pace, started).run_async(shared))
+    task = asyncio.create_task(flaky_agent(pace, started).run_async(shared, run_id=run_id))
     waiter = asyncio.create_task(started.wait())
     try:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -381,10 +361,10 @@ async def run_cancelled(pace: float = 0.0, n: int = 0) -> Shared:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One kind of demo run: ``run(pace, n)`` runs it once (the ``n``-th time)."""
+    """One kind of demo run: ``run(pace, n, run_id)`` runs it once (the ``n``-th time), named ``run_id``."""
 
     name: str
-    run: Callable[[float, int], Awaitable[Shared]]
+    run: Callable[[float, int, str | None], Awaitable[Shared]]
 
 
 SCENARIOS: Final = (

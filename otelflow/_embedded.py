@@ -14,6 +14,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
+from otelflow import attributes as A
 from otelflow._log import problems
 from otelflow.sinks import InProcessSink
 
@@ -136,6 +137,8 @@ class EmbeddedViewer:
 class RunAnnouncer(SpanProcessor):
     """Writes one line when a run (the root span of a trace) starts, with its viewer URL, and one when it ends.
 
+    Both lines show the run's ``otelflow.run.id`` after its name, when the root span has one.
+
     Added to the tracer provider directly, so it stays when a script calls ``otelflow.configure()`` again.
     Writing is a short formatted line per run; failures are logged (rate-limited), never raised.
     """
@@ -156,10 +159,16 @@ class RunAnnouncer(SpanProcessor):
     def _is_root(span: ReadableSpan) -> bool:
         return span.parent is None or span.parent.is_remote
 
+    @staticmethod
+    def _title(span: ReadableSpan) -> str:
+        """The span's name, padded, then its run id (if any) and a space."""
+        run_id = (span.attributes or {}).get(A.RUN_ID)
+        return f"{span.name:<40} " + (f"{run_id!s:<10} " if run_id else "")
+
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             if self._is_root(span) and span.context is not None:
-                self._write(f"run started   {span.name:<40} {run_url(self.base_url, span.context.trace_id)}")
+                self._write(f"run started   {self._title(span)}{run_url(self.base_url, span.context.trace_id)}")
         except Exception:  # noqa: BLE001 - telemetry never hurts the program
             problems.warning("announce", "otelflow: could not announce a run", exc_info=True)
 
@@ -173,7 +182,7 @@ class RunAnnouncer(SpanProcessor):
                 detail = f"  ({span.status.description})" if outcome == "error" and span.status.description else ""
             else:
                 outcome, detail = "ok", ""
-            self._write(f"run {outcome:<9} {span.name:<40} {seconds:6.2f} s{detail}")
+            self._write(f"run {outcome:<9} {self._title(span)}{seconds:6.2f} s{detail}")
         except Exception:  # noqa: BLE001
             problems.warning("announce", "otelflow: could not announce a run", exc_info=True)
 

@@ -47,6 +47,11 @@ cancelled and awaited (its ``finally`` blocks run) before the first error, or th
 Shared state is a plain ``dict``. Nodes keep no per-run state, so one flow object may run in several threads
 or tasks at once (concurrent runs on the *same* shared dict are the caller's business).
 
+Run ids: ``flow.run(shared, run_id="job-123")`` (``await flow.run_async(shared, run_id=...)``) names a run.
+:func:`current_run_id` returns the id anywhere inside that run (nodes, nested flows, hooks, timeout threads);
+concurrent runs in other threads or tasks see their own. Tracing records it as ``otelflow.run.id`` on the
+run's workflow span, so the viewer finds the run as ``/runs/job-123``.
+
 Graph
 -----
 :meth:`Flow.graph` describes the flow before it runs, as JSON-serialisable data::
@@ -99,14 +104,18 @@ size: int) -> None``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, ClassVar, Final, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, TypedDict, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_ACTION",
@@ -121,8 +130,10 @@ __all__ = [
     "FlowDefinitionError",
     "MaxStepsExceeded",
     "Node",
+    "NodeOptions",
     "NodeTimeoutError",
     "Parallel",
+    "current_run_id",
 ]
 
 DEFAULT_ACTION: Final = "default"
@@ -132,6 +143,9 @@ _NODE_KINDS: Final = frozenset({"node", "agent", "tool"})
 _FLOW_KINDS: Final = frozenset({"workflow", "node", "agent", "tool"})
 
 _logger = logging.getLogger(__name__)
+
+# The run id given to the ``run``/``run_async`` call whose flow is running in this context (thread or task).
+_RUN_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("otelflow_engine_run_id", default=None)
 
 # Guards lazy node-id assignment: flows sharing nodes may be described or run from several threads.
 _ID_LOCK = threading.Lock()
@@ -191,6 +205,42 @@ def _require_action(value: object, node: Node) -> None:
 def _require_shared(shared: object, who: Node) -> None:
     if not isinstance(shared, dict):
         raise TypeError(f"{who.name!r}: shared state must be a dict, got {type(shared).__name__}")
+
+
+def current_run_id() -> str | None:
+    """The ``run_id`` of the flow run this code is part of (``flow.run(shared, run_id="job-123")``), else None.
+
+    Set for the duration of ``Flow.run`` / ``AsyncFlow.run_async`` in the caller's context, so nodes, nested
+    flows and hooks of that run see it, while other threads and tasks see their own run's id. A run without a
+    ``run_id`` keeps the id of the run it is part of, if any.
+    """
+    return _RUN_ID.get()
+
+
+@contextlib.contextmanager
+def _run_id_scope(run_id: str | None, flow: Node) -> Iterator[None]:
+    """Make ``run_id`` (validated) the current run id while the body runs; ``None`` changes nothing."""
+    if run_id is None:
+        yield
+        return
+    if not isinstance(run_id, str):
+        raise TypeError(f"flow {flow.name!r}: run_id must be a str such as 'job-123' (or None), got {run_id!r}")
+    if not run_id.strip():
+        raise ValueError(f"flow {flow.name!r}: run_id must not be empty or blank, got {run_id!r}")
+    token = _RUN_ID.set(run_id)
+    try:
+        yield
+    finally:
+        _RUN_ID.reset(token)
+
+
+def _warn_if_successors(node: Node, method: str, container: str) -> None:
+    if node.successors:
+        warnings.warn(
+            f"node {node.name!r} has successors, which {method} does not follow; put the node in {container}",
+            EngineWarning,
+            stacklevel=3,
+        )
 
 
 def _as_action(value: object, node: Node) -> str:
@@ -333,6 +383,18 @@ class _ConditionalTransition:
         return f"<transition {self.source.name!r} - {self.action!r}>"
 
 
+class NodeOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Node` (for subclasses that add their own and pass these on)."""
+
+    name: str | None
+    node_id: str | None
+    kind: str | None
+    max_retries: int | None
+    wait: float | None
+    backoff: float | None
+    timeout: float | None
+
+
 class Node:
     """A unit of work: ``prep(shared)`` → ``exec(prep_result)`` (retried) → ``post(...)`` → action.
 
@@ -460,12 +522,7 @@ class Node:
     def run(self, shared: Shared) -> str:
         """Run this node alone (without its successors) on ``shared``; returns the action."""
         _require_shared(shared, self)
-        if self.successors:
-            warnings.warn(
-                f"node {self.name!r} has successors, which Node.run does not follow; put the node in a Flow",
-                EngineWarning,
-                stacklevel=2,
-            )
+        _warn_if_successors(self, "Node.run", "a Flow")
         return self._run_node(shared)
 
     def _run_node(self, shared: Shared) -> str:
@@ -488,6 +545,14 @@ class Node:
     def _has_fallback(self) -> bool:
         return type(self).exec_fallback is not Node.exec_fallback
 
+    def _attempt_failed(self, attempt: int, exc: Exception) -> float | None:
+        """Report failed ``attempt``; returns the wait before the next one, or None: the fallback takes over."""
+        wait_s = self._retry_wait(attempt)
+        self._on_attempt_failed(attempt, exc, wait_s)
+        if wait_s is None and self._has_fallback():
+            self._on_fallback(exc)
+        return wait_s
+
     def _exec_once(self, prep_result: Any) -> Any:
         if self.timeout is None:
             return self.exec(prep_result)
@@ -499,11 +564,8 @@ class Node:
             try:
                 return self._exec_once(prep_result)
             except Exception as exc:  # noqa: BLE001 - any error of user code is a failed attempt
-                wait_s = self._retry_wait(attempt)
-                self._on_attempt_failed(attempt, exc, wait_s)
+                wait_s = self._attempt_failed(attempt, exc)
                 if wait_s is None:
-                    if self._has_fallback():
-                        self._on_fallback(exc)
                     return self.exec_fallback(prep_result, exc)
             if wait_s > 0:
                 time.sleep(wait_s)
@@ -565,12 +627,7 @@ class AsyncNode(Node):
     async def run_async(self, shared: Shared) -> str:
         """Run this node alone (without its successors) on ``shared``; returns the action."""
         _require_shared(shared, self)
-        if self.successors:
-            warnings.warn(
-                f"node {self.name!r} has successors, which run_async does not follow; put it in an AsyncFlow",
-                EngineWarning,
-                stacklevel=2,
-            )
+        _warn_if_successors(self, "run_async", "an AsyncFlow")
         return await self._run_node_async(shared)
 
     def _run_node(self, shared: Shared) -> str:
@@ -598,11 +655,8 @@ class AsyncNode(Node):
             try:
                 return await _await_with_timeout(self.exec_async(prep_result), self.timeout, self)
             except Exception as exc:  # noqa: BLE001 - any error of user code is a failed attempt
-                wait_s = self._retry_wait(attempt)
-                self._on_attempt_failed(attempt, exc, wait_s)
+                wait_s = self._attempt_failed(attempt, exc)
                 if wait_s is None:
-                    if self._has_fallback():
-                        self._on_fallback(exc)
                     return await self.exec_fallback_async(prep_result, exc)
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
@@ -625,27 +679,8 @@ class AsyncParallelBatchNode(AsyncBatchNode):
 
     max_concurrency: int | None = None
 
-    def __init__(
-        self,
-        *,
-        name: str | None = None,
-        node_id: str | None = None,
-        kind: str | None = None,
-        max_retries: int | None = None,
-        wait: float | None = None,
-        backoff: float | None = None,
-        timeout: float | None = None,
-        max_concurrency: int | None = None,
-    ) -> None:
-        super().__init__(
-            name=name,
-            node_id=node_id,
-            kind=kind,
-            max_retries=max_retries,
-            wait=wait,
-            backoff=backoff,
-            timeout=timeout,
-        )
+    def __init__(self, *, max_concurrency: int | None = None, **options: Unpack[NodeOptions]) -> None:
+        super().__init__(**options)
         limit = type(self).max_concurrency if max_concurrency is None else max_concurrency
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"node {self.name!r}: max_concurrency must be an int >= 1 or None, got {limit!r}")
@@ -957,10 +992,15 @@ class Flow(Node):
             return exec_result
         return None
 
-    def run(self, shared: Shared) -> str:
-        """Run the flow on ``shared``; returns the flow's action."""
+    def run(self, shared: Shared, *, run_id: str | None = None) -> str:
+        """Run the flow on ``shared``; returns the flow's action.
+
+        ``run_id`` names this run (``"job-123"``): :func:`current_run_id` returns it while the flow runs, and
+        tracing puts it on the workflow span as ``otelflow.run.id``, by which the viewer finds the run.
+        """
         _require_shared(shared, self)
-        return self._run_flow(shared)
+        with _run_id_scope(run_id, self):
+            return self._run_flow(shared)
 
     def _run_node(self, shared: Shared) -> str:
         return self._run_flow(shared)
@@ -991,17 +1031,18 @@ class Flow(Node):
 class AsyncFlow(AsyncNode, Flow):
     """A flow that may contain async nodes, parallel branches and sync nodes; run with ``run_async``."""
 
-    def run(self, shared: Shared) -> str:
+    def run(self, shared: Shared, *, run_id: str | None = None) -> str:
         """Not available: use ``await flow.run_async(shared)``."""
         raise FlowDefinitionError(
             f"{self.name!r} is an AsyncFlow; use `await flow.run_async(shared)` "
             f"(or asyncio.run(flow.run_async(shared)))"
         )
 
-    async def run_async(self, shared: Shared) -> str:
-        """Run the flow on ``shared``; returns the flow's action."""
+    async def run_async(self, shared: Shared, *, run_id: str | None = None) -> str:
+        """Run the flow on ``shared``; returns the flow's action. ``run_id`` as for :meth:`Flow.run`."""
         _require_shared(shared, self)
-        return await self._run_flow_async(shared)
+        with _run_id_scope(run_id, self):
+            return await self._run_flow_async(shared)
 
     async def _run_node_async(self, shared: Shared) -> str:
         return await self._run_flow_async(shared)

@@ -7,7 +7,8 @@ have exactly the shape :mod:`otelflow.instrument` defines:
 
 - a flow run is a workflow span (``invoke_workflow {name}``) with ``otelflow.workflow.graph`` (the flow's
   :meth:`~otelflow.engine.Flow.graph`) and ``otelflow.node.id`` set at start, the shared dict as input and
-  output; a nested flow is a nested workflow span;
+  output; a nested flow is a nested workflow span. The outermost flow's span also carries ``otelflow.run.id``
+  when the run was given one (``flow.run(shared, run_id="job-123")``, :func:`otelflow.engine.current_run_id`);
 - a node run is an agent, node or tool span, by the node's ``kind``, with ``otelflow.node.id``; ``prep``'s
   result (unless None) is its input and the exec result (after retries or fallback) its output;
 - each failed attempt that is retried adds ``otelflow.retry`` (attempt, error, wait) to the node span, a
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import json
 from collections.abc import Awaitable, Callable, Collection
+from types import TracebackType
 from typing import Any, Final
 
 import wrapt
@@ -56,9 +58,9 @@ class _Active:
 _ACTIVE: contextvars.ContextVar[_Active | None] = contextvars.ContextVar("otelflow_engine_active", default=None)
 
 
-def _step(kind: str, name: str, node_id: str, graph_json: str | None = None) -> Step:
+def _step(kind: str, name: str, node_id: str, graph_json: str | None = None, run_id: str | None = None) -> Step:
     if kind == A.KIND_WORKFLOW:
-        return workflow(name, graph=graph_json, attributes={A.NODE_ID: node_id})
+        return workflow(name, run_id=run_id, graph=graph_json, attributes={A.NODE_ID: node_id})
     if kind == A.KIND_AGENT:
         return agent(name, agent_id=node_id, node_id=node_id)
     if kind == A.KIND_TOOL:
@@ -77,11 +79,16 @@ def _flow_step(instance: engine.Flow) -> Step:
         graph_json: str | None = json.dumps(instance.graph(), separators=(",", ":"))
     except engine.FlowDefinitionError:
         graph_json = None  # the run raises the same error; the span shows it
-    return _step(A.KIND_WORKFLOW, instance.name, instance.node_id, graph_json)
+    # The run id belongs to the outermost flow of the run; flows nested in it (below an engine span) get none.
+    run_id = engine.current_run_id() if _ACTIVE.get() is None else None
+    return _step(A.KIND_WORKFLOW, instance.name, instance.node_id, graph_json, run_id)
 
 
 class _Span:
-    """Enters a Step for one engine object, never letting a telemetry failure reach the workflow."""
+    """Enters a Step for one engine object, never letting a telemetry failure reach the workflow.
+
+    A context manager: the span ends when the ``with`` block does, with the exception that left it, if any.
+    """
 
     __slots__ = ("active", "step", "token")
 
@@ -98,12 +105,17 @@ class _Span:
         except Exception:  # noqa: BLE001 - telemetry must not break the run
             problems.warning("engine-span", "otelflow: could not start a span for %r", owner, exc_info=True)
 
-    def close(self, exc: BaseException | None) -> None:
+    def __enter__(self) -> _Span:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.token is not None:
             _ACTIVE.reset(self.token)
         if self.step is not None:
             try:
-                self.step.__exit__(None if exc is None else type(exc), exc, None if exc is None else exc.__traceback__)
+                self.step.__exit__(exc_type, exc, tb)
             except Exception:  # noqa: BLE001
                 problems.warning("engine-span", "otelflow: could not end a span", exc_info=True)
 
@@ -125,27 +137,15 @@ def _safely(what: str, func: Callable[..., None], *args: Any) -> None:
 
 
 def _run_node(wrapped: Callable[..., str], instance: engine.Node, args: Any, kwargs: Any) -> str:
-    span = _Span(instance, lambda: _node_step(instance))
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        span.close(exc)
-        raise
-    span.close(None)
-    return result
+    with _Span(instance, lambda: _node_step(instance)):
+        return wrapped(*args, **kwargs)
 
 
 async def _run_node_async(
     wrapped: Callable[..., Awaitable[str]], instance: engine.AsyncNode, args: Any, kwargs: Any
 ) -> str:
-    span = _Span(instance, lambda: _node_step(instance))
-    try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        span.close(exc)
-        raise
-    span.close(None)
-    return result
+    with _Span(instance, lambda: _node_step(instance)):
+        return await wrapped(*args, **kwargs)
 
 
 def _flow_started(span: _Span, shared: Any) -> None:
@@ -167,32 +167,22 @@ def _shared_arg(args: Any, kwargs: Any) -> Any:
 
 
 def _run_flow(wrapped: Callable[..., str], instance: engine.Flow, args: Any, kwargs: Any) -> str:
-    span = _Span(instance, lambda: _flow_step(instance))
     shared = _shared_arg(args, kwargs)
-    _safely("input", _flow_started, span, shared)
-    try:
+    with _Span(instance, lambda: _flow_step(instance)) as span:
+        _safely("input", _flow_started, span, shared)
         result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        span.close(exc)
-        raise
-    _safely("output", _flow_finished, span, shared)
-    span.close(None)
+        _safely("output", _flow_finished, span, shared)  # only when the run succeeded
     return result
 
 
 async def _run_flow_async(
     wrapped: Callable[..., Awaitable[str]], instance: engine.AsyncFlow, args: Any, kwargs: Any
 ) -> str:
-    span = _Span(instance, lambda: _flow_step(instance))
     shared = _shared_arg(args, kwargs)
-    _safely("input", _flow_started, span, shared)
-    try:
+    with _Span(instance, lambda: _flow_step(instance)) as span:
+        _safely("input", _flow_started, span, shared)
         result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        span.close(exc)
-        raise
-    _safely("output", _flow_finished, span, shared)
-    span.close(None)
+        _safely("output", _flow_finished, span, shared)
     return result
 
 

@@ -150,7 +150,13 @@ def test_demo_streams_every_kind_of_run_and_stops_on_sigint(procs: list[Proc]) -
     names = {e["span"]["name"] for e in sse.of_type("span.started")}
     assert {"invoke_agent section_writer", "execute_tool search", "invoke_agent analyst"} <= names
     assert any(e["span"]["status"] == "running" for e in sse.of_type("span.started"))
-    assert demo.find(r"run cancelled +invoke_workflow flaky_agent")
+    assert demo.find(r"run cancelled +invoke_workflow flaky_agent +demo-\d{4} ")
+    # every run has a readable run id, printed with its URL, by which the viewer finds it
+    trace_id = demo.find(r"run started +invoke_workflow content_pipeline +demo-0001 +\S+/runs/([0-9a-f]{32})$").group(1)
+    detail = httpx.get(f"{url}/api/runs/demo-0001", timeout=5)
+    assert detail.status_code == 200, detail.text
+    assert detail.json()["run"]["run_id"] == trace_id
+    assert {e["run"]["otelflow_run_id"] for e in sse.of_type("run.ended")} >= {f"demo-{i:04d}" for i in range(1, 8)}
     code, took = demo.interrupt()
     assert code == 0, demo.text()
     assert took < 12
@@ -163,8 +169,9 @@ def test_demo_runs_n_runs_and_exits(procs: list[Proc]) -> None:
     demo = Proc("demo", "--port", "0", "--interval", "0.01", "--runs", "7")
     procs.append(demo)
     assert demo.popen.wait(DEADLINE_S) == 0, demo.text()
-    outcomes = [line.split()[1] for line in demo.out if line.strip().startswith("run ") and "started" not in line]
-    assert sorted(outcomes) == ["cancelled", "error"] + ["ok"] * 5
+    ended = [line.split() for line in demo.out if line.strip().startswith("run ") and "started" not in line]
+    assert sorted(words[1] for words in ended) == ["cancelled", "error"] + ["ok"] * 5
+    assert sorted(words[4] for words in ended) == [f"demo-{i:04d}" for i in range(1, 8)]  # run, outcome, name (2)
     assert demo.out[-1] == "otelflow demo: stopped after 7 runs."
 
 

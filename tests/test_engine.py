@@ -6,9 +6,8 @@ import asyncio
 import contextvars
 import json
 import threading
-from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -26,20 +25,9 @@ from otelflow.engine import (
     Node,
     NodeTimeoutError,
     Parallel,
+    current_run_id,
 )
-
-T = TypeVar("T")
-GUARD_S = 5.0  # upper bound for waits that must succeed quickly; only reached when a test fails
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a fresh event loop, failing instead of hanging if it never finishes."""
-
-    async def guarded() -> T:
-        return await asyncio.wait_for(coro, GUARD_S)
-
-    return asyncio.run(guarded())
-
+from tests._engine_helpers import GUARD_S, Hang, Meet, cancel_once_started, run
 
 # --- small nodes used throughout ------------------------------------------------------------------------
 
@@ -380,24 +368,6 @@ def test_async_batch_runs_items_in_order() -> None:
 # --- parallel fan-out / fan-in --------------------------------------------------------------------------
 
 
-class Meet(AsyncNode):
-    """Sets its own event, then waits for the partner's: completes only if both run at the same time."""
-
-    def __init__(self, name: str, events: dict[str, asyncio.Event], partner: str) -> None:
-        super().__init__(name=name)
-        self.events = events
-        self.partner = partner
-
-    async def exec_async(self, prep_result: Any) -> Any:
-        self.events[self.name].set()
-        await self.events[self.partner].wait()
-        return self.name
-
-    async def post_async(self, shared: dict[str, Any], prep_result: Any, exec_result: Any) -> str | None:
-        shared[exec_result] = True
-        return None
-
-
 def test_parallel_branches_run_concurrently_then_join() -> None:
     async def scenario() -> dict[str, Any]:
         events = {"left": asyncio.Event(), "right": asyncio.Event()}
@@ -463,25 +433,6 @@ def test_parallel_batch_runs_items_concurrently_within_max_concurrency() -> None
     assert unlimited.peak == 6
 
 
-class Hang(AsyncNode):
-    """Signals that it started, then waits forever; records that its cleanup ran after cancellation."""
-
-    def __init__(self, name: str, started: asyncio.Event, log: list[str]) -> None:
-        super().__init__(name=name)
-        self.started = started
-        self.log = log
-
-    async def exec_async(self, prep_result: Any) -> Any:
-        self.started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.log.append(f"{self.name} cancelled")
-            raise
-        finally:
-            self.log.append(f"{self.name} cleanup")
-
-
 def test_failing_branch_cancels_the_others_and_waits_for_their_cleanup() -> None:
     log: list[str] = []
 
@@ -513,12 +464,7 @@ def test_cancelling_the_flow_task_cancels_running_branches() -> None:
     async def scenario() -> None:
         started = [asyncio.Event(), asyncio.Event()]
         flow = AsyncFlow(start=Parallel(Hang("h1", started[0], log), Hang("h2", started[1], log)))
-        task = asyncio.create_task(flow.run_async({}))
-        for event in started:
-            await event.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_once_started(flow, started)
         # both branches were cancelled and finished their cleanup before the flow task ended
         assert sorted(log) == ["h1 cancelled", "h1 cleanup", "h2 cancelled", "h2 cleanup"]
 
@@ -960,3 +906,136 @@ def test_a_node_reused_in_a_nested_flow_keeps_its_edges_at_both_levels() -> None
         ("inner", "shared_step"),
         ("shared_step", "tail"),
     }
+
+
+# --- run ids --------------------------------------------------------------------------------------------
+
+
+class SeeRunId(Node):
+    """Records the current run id in prep, exec (also in a timeout thread) and post."""
+
+    def prep(self, shared: dict[str, Any]) -> Any:
+        shared.setdefault("seen", []).append(("prep", current_run_id()))
+
+    def exec(self, prep_result: Any) -> Any:
+        return current_run_id()
+
+    def post(self, shared: dict[str, Any], prep_result: Any, exec_result: Any) -> str | None:
+        shared["seen"] += [("exec", exec_result), ("post", current_run_id())]
+        return None
+
+
+class AsyncSeeRunId(AsyncNode):
+    """Waits for ``gate`` between reading the run id twice, so that concurrent runs interleave."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        before = current_run_id()
+        await self.gate.wait()
+        return before, current_run_id()
+
+    async def post_async(self, shared: dict[str, Any], prep_result: Any, exec_result: Any) -> str | None:
+        shared["seen"] = exec_result
+        return None
+
+
+def test_run_id_is_visible_during_the_run_everywhere_and_reset_after() -> None:
+    inner = Flow(start=SeeRunId(name="inner_node", timeout=GUARD_S), name="inner")  # exec in a worker thread
+    outer_node = SeeRunId(name="outer_node")
+    outer_node >> inner
+    shared: dict[str, Any] = {}
+    assert current_run_id() is None
+    Flow(start=outer_node, name="outer").run(shared, run_id="job-123")
+    assert shared["seen"] == [(step, "job-123") for step in ("prep", "exec", "post")] * 2
+    assert current_run_id() is None
+
+
+def test_run_id_is_reset_when_the_run_fails_and_absent_without_one() -> None:
+    class Boom(Node):
+        def exec(self, prep_result: Any) -> Any:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        Flow(start=Boom()).run({}, run_id="job-1")
+    assert current_run_id() is None
+    shared: dict[str, Any] = {}
+    Flow(start=SeeRunId()).run(shared)
+    assert {run_id for _, run_id in shared["seen"]} == {None}
+
+
+def test_a_run_without_run_id_inside_a_run_keeps_the_outer_id_and_an_explicit_one_wins() -> None:
+    class RunsAnother(Node):
+        def exec(self, prep_result: Any) -> Any:
+            plain: dict[str, Any] = {}
+            Flow(start=SeeRunId()).run(plain)
+            named: dict[str, Any] = {}
+            Flow(start=SeeRunId()).run(named, run_id="inner-run")
+            return plain["seen"][0][1], named["seen"][0][1], current_run_id()
+
+        def post(self, shared: dict[str, Any], prep_result: Any, exec_result: Any) -> str | None:
+            shared["ids"] = exec_result
+            return None
+
+    shared: dict[str, Any] = {}
+    Flow(start=RunsAnother()).run(shared, run_id="outer-run")
+    assert shared["ids"] == ("outer-run", "inner-run", "outer-run")
+
+
+def test_run_ids_are_isolated_between_concurrent_runs_in_threads() -> None:
+    barrier = threading.Barrier(4, timeout=GUARD_S)
+
+    class Wait(Node):
+        def exec(self, prep_result: Any) -> Any:
+            before = current_run_id()
+            barrier.wait()  # every run is inside its flow at the same time
+            return before, current_run_id()
+
+        def post(self, shared: dict[str, Any], prep_result: Any, exec_result: Any) -> str | None:
+            shared["seen"] = exec_result
+            return None
+
+    flow = Flow(start=Wait(), name="shared_flow")  # one flow object, four concurrent runs
+
+    def one(index: int) -> Any:
+        shared: dict[str, Any] = {}
+        flow.run(shared, run_id=f"job-{index}")
+        return shared["seen"], current_run_id()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    assert results == [((f"job-{i}", f"job-{i}"), None) for i in range(4)]
+
+
+def test_run_ids_are_isolated_between_concurrent_runs_in_tasks() -> None:
+    async def scenario() -> list[Any]:
+        gate = asyncio.Event()
+        flow = AsyncFlow(start=AsyncSeeRunId(gate), name="shared_flow")
+        shares: list[dict[str, Any]] = [{} for _ in range(3)]
+        runs = [asyncio.create_task(flow.run_async(shared, run_id=f"task-{i}")) for i, shared in enumerate(shares)]
+        await asyncio.sleep(0.01)  # all three are waiting inside their runs
+        gate.set()
+        await asyncio.gather(*runs)
+        assert current_run_id() is None
+        return [shared["seen"] for shared in shares]
+
+    assert run(scenario()) == [(f"task-{i}", f"task-{i}") for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    ("run_id", "error", "message"),
+    [
+        ("", ValueError, "must not be empty"),
+        ("   ", ValueError, "must not be empty"),
+        (123, TypeError, "run_id must be a str such as 'job-123'"),
+    ],
+)
+def test_a_bad_run_id_is_a_clear_error_before_anything_runs(run_id: Any, error: type[Exception], message: str) -> None:
+    shared: dict[str, Any] = {}
+    with pytest.raises(error, match=message):
+        Flow(start=SeeRunId(), name="f").run(shared, run_id=run_id)
+    with pytest.raises(error, match=message):
+        run(AsyncFlow(start=SeeRunId(), name="f").run_async(shared, run_id=run_id))
+    assert shared == {}

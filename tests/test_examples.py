@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-import otelflow
 from otelflow import attributes as A
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow._demo import run_id_for
+from otelflow._demo_flows import SCENARIOS, UpstreamError
+from tests._engine_helpers import engine_instrumented, memory_exporter, opentelemetry_instrument, run
 from tests.viewer.conftest import Viewer, wait_for
 from viewer.app import create_app
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCENARIO_FLOWS = ("content_pipeline", "parallel_research", "flaky_agent")
 
 
 def load(stem: str) -> ModuleType:
@@ -39,16 +38,8 @@ def load(stem: str) -> ModuleType:
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """A real SDK provider and in-memory exporter through otelflow.configure, with the engine instrumented."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    telemetry = otelflow.configure(tracer_provider=provider, live=False, otlp=False)
-    instrumentor = EngineInstrumentor()
-    instrumentor.instrument()
-    yield memory
-    instrumentor.uninstrument()
-    telemetry.shutdown()
-    provider.shutdown()
+    with memory_exporter() as memory, engine_instrumented():
+        yield memory
 
 
 class Tree:
@@ -202,6 +193,7 @@ def test_05_engine_program(spans: InMemorySpanExporter) -> None:
     assert [e[A.RETRY_ATTEMPT] for e in events(charge, A.EVENT_RETRY)] == [1]
     edges = json.loads(attrs(shipped.root)[A.WORKFLOW_GRAPH])["edges"]
     assert {"from": "validate_order", "to": "notify_rejection", "action": "reject"} in edges
+    assert [attrs(t.root)[A.RUN_ID] for t in (shipped, rejected)] == ["order-A-100", "order-A-101"]
     assert rejected.children(rejected.root) == ["notify_rejection", "validate_order"]
     assert [f[A.DATA_FLOW_TO] for f in events(rejected.root, A.EVENT_DATA_FLOW)] == [
         "notify_rejection",
@@ -227,34 +219,29 @@ def test_05_under_opentelemetry_instrument_streams_to_a_viewer(tmp_path: Path) -
     """No otelflow code in the program: the entry points set up export and live streaming, and trace the engine."""
     viewer = Viewer(create_app()).start()
     try:
-        env = {
-            **os.environ,
-            "OTEL_SERVICE_NAME": "order-flow",
-            "OTEL_TRACES_EXPORTER": "console",
-            "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTELFLOW_VIEWER_URL": viewer.url,
-        }
-        result = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "opentelemetry-instrument"),
-                sys.executable,
-                str(EXAMPLES / "05_opentelemetry_instrument.py"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+        env = {"OTEL_SERVICE_NAME": "order-flow", "OTELFLOW_VIEWER_URL": viewer.url}
+        result = opentelemetry_instrument(EXAMPLES / "05_opentelemetry_instrument.py", env)
         assert result.stdout.startswith("A-100 shipped\nA-101 rejected\n")
         assert result.stdout.count('"name": "invoke_workflow order_fulfilment"') == 2  # the console exporter
 
         def ended_runs() -> list[Any]:
             return [r for r in viewer.call(viewer.hub.runs) if r.status != "running"]
 
-        runs = wait_for(lambda: len(ended_runs()) == 2 and ended_runs(), 20, "both runs in the viewer")
+        runs: list[Any] = wait_for(lambda: ended_runs() if len(ended_runs()) == 2 else [], 20, "both runs")
         assert {(r.name, r.service) for r in runs} == {("invoke_workflow order_fulfilment", "order-flow")}
+        assert sorted(r.alias for r in runs) == ["order-A-100", "order-A-101"]
     finally:
         viewer.stop()
+
+
+def test_the_demo_scenarios_name_their_runs(spans: InMemorySpanExporter) -> None:
+    async def every_scenario() -> None:
+        for index, scenario in enumerate(SCENARIOS):
+            with contextlib.suppress(UpstreamError):
+                await scenario.run(0.0, 0, run_id_for(index))
+
+    run(every_scenario())
+    runs = traces(spans)
+    assert [attrs(t.root)[A.RUN_ID] for t in runs] == [f"demo-{i:04d}" for i in range(1, len(SCENARIOS) + 1)]
+    assert [t.root.name for t in runs][:3] == [f"invoke_workflow {name}" for name in SCENARIO_FLOWS]
+    assert all(A.RUN_ID not in attrs(span) for t in runs for span in t.spans if span is not t.root)

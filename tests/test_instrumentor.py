@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -25,39 +21,30 @@ from otelflow import attributes as A
 from otelflow import engine
 from otelflow.engine import AsyncFlow, AsyncNode, Flow, Node, NodeTimeoutError, Parallel
 from otelflow.instrumentor import EngineInstrumentor
-
-T = TypeVar("T")
-GUARD_S = 5.0
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def guarded() -> T:
-        return await asyncio.wait_for(coro, GUARD_S)
-
-    return asyncio.run(guarded())
+from tests._engine_helpers import (
+    GUARD_S,
+    Hang,
+    Meet,
+    cancel_once_started,
+    engine_instrumented,
+    memory_exporter,
+    opentelemetry_instrument,
+    run,
+)
 
 
 @pytest.fixture
 def exporter() -> Iterator[InMemorySpanExporter]:
     """A real SDK provider with an in-memory exporter, set up through otelflow.configure; not instrumented."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    telemetry = otelflow.configure(tracer_provider=provider, live=False, otlp=False)
-    yield memory
-    telemetry.shutdown()
-    provider.shutdown()
+    with memory_exporter() as memory:
+        yield memory
 
 
 @pytest.fixture
 def spans(exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
     """The exporter, with the engine instrumented for the test."""
-    instrumentor = EngineInstrumentor()
-    instrumentor.instrument()
-    try:
+    with engine_instrumented():
         yield exporter
-    finally:
-        instrumentor.uninstrument()
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
@@ -276,29 +263,36 @@ def test_nested_flows_are_nested_workflow_spans(spans: InMemorySpanExporter) -> 
     assert [e[A.DATA_FLOW_TO] for e in events(named["invoke_workflow inner"], A.EVENT_DATA_FLOW)] == ["inner"]
 
 
+def test_the_outermost_workflow_span_carries_the_run_id_and_nested_flows_do_not(spans: InMemorySpanExporter) -> None:
+    inner = Flow(start=Search(), name="inner")
+    plan = Plan()
+    plan >> inner >> Write()
+    Flow(start=plan, name="outer").run({"topic": "x"}, run_id="job-123")
+    named = by_name(spans)
+    assert dict(named["invoke_workflow outer"].attributes or {})[A.RUN_ID] == "job-123"
+    without = [name for name, span in named.items() if A.RUN_ID not in (span.attributes or {})]
+    assert sorted(without) == ["Write", "execute_tool Search", "invoke_agent Plan", "invoke_workflow inner"]
+    spans.clear()
+    Flow(start=Write(), name="anonymous").run({})
+    assert A.RUN_ID not in (by_name(spans)["invoke_workflow anonymous"].attributes or {})
+
+
+def test_concurrent_async_runs_each_carry_their_own_run_id(spans: InMemorySpanExporter) -> None:
+    async def scenario() -> None:
+        events = {"a": asyncio.Event(), "b": asyncio.Event()}
+        flows = {
+            side: AsyncFlow(start=Meet(side, events, partner), name=f"wf_{side}")
+            for side, partner in (("a", "b"), ("b", "a"))
+        }
+        await asyncio.gather(*(flow.run_async({}, run_id=f"run-{side}") for side, flow in flows.items()))
+
+    run(scenario())
+    named = by_name(spans)
+    assert dict(named["invoke_workflow wf_a"].attributes or {})[A.RUN_ID] == "run-a"
+    assert dict(named["invoke_workflow wf_b"].attributes or {})[A.RUN_ID] == "run-b"
+
+
 # --- async, parallel, cancellation ----------------------------------------------------------------------
-
-
-class Meet(AsyncNode):
-    def __init__(self, name: str, events: dict[str, asyncio.Event], partner: str) -> None:
-        super().__init__(name=name)
-        self.events = events
-        self.partner = partner
-
-    async def exec_async(self, prep_result: Any) -> Any:
-        self.events[self.name].set()
-        await self.events[self.partner].wait()
-        return self.name
-
-
-class Hang(AsyncNode):
-    def __init__(self, name: str, started: asyncio.Event) -> None:
-        super().__init__(name=name)
-        self.started = started
-
-    async def exec_async(self, prep_result: Any) -> Any:
-        self.started.set()
-        await asyncio.Event().wait()
 
 
 def test_parallel_branches_are_concurrent_children_of_the_parallel_span(spans: InMemorySpanExporter) -> None:
@@ -353,12 +347,7 @@ def test_cancelling_the_flow_task_ends_every_span_as_cancelled(spans: InMemorySp
     async def scenario() -> None:
         started = [asyncio.Event(), asyncio.Event()]
         flow = AsyncFlow(start=Parallel(Hang("h1", started[0]), Hang("h2", started[1]), name="fan"), name="wf")
-        task = asyncio.create_task(flow.run_async({}))
-        for event in started:
-            await event.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_once_started(flow, started)
 
     run(scenario())
     named = by_name(spans)
@@ -473,23 +462,7 @@ def test_opentelemetry_instrument_traces_an_unchanged_engine_program(tmp_path: P
     """``opentelemetry-instrument python app.py`` finds the configurator and the instrumentor (real entry points)."""
     script = tmp_path / "app.py"
     script.write_text(textwrap.dedent(SCRIPT))
-    env = {
-        **os.environ,
-        "OTEL_TRACES_EXPORTER": "console",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "OTEL_SERVICE_NAME": "engine-app",
-    }
-    env.pop("OTELFLOW_VIEWER_URL", None)
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = opentelemetry_instrument(script, {"OTEL_SERVICE_NAME": "engine-app"})
     assert '"name": "invoke_workflow hello"' in result.stdout, result.stderr
     assert '"name": "invoke_agent Hello"' in result.stdout
     assert '"name": "otelflow.data_flow"' in result.stdout
