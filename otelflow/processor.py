@@ -23,7 +23,11 @@ __all__ = ["LiveSpanProcessor", "Sink", "notify_update"]
 
 
 class Sink(Protocol):
-    """Where the processor's worker thread delivers records, in order, in batches."""
+    """Where the processor's worker thread delivers records, in order, in batches.
+
+    A sink may also have a boolean ``active`` attribute: while it is false (nobody listens), the processor
+    skips spans entirely, so an idle in-process sink costs next to nothing.
+    """
 
     def export(self, records: Sequence[SpanRecord]) -> None: ...
 
@@ -81,6 +85,7 @@ class LiveSpanProcessor(SpanProcessor):
         if max_queue_size < 1 or max_batch_size < 1:
             raise ValueError("max_queue_size and max_batch_size must be at least 1")
         self.sink = sink
+        self._gate = sink if hasattr(sink, "active") else None
         self._max_queue = max_queue_size
         self._max_batch = max_batch_size
         self._linger = linger_s
@@ -126,7 +131,8 @@ class LiveSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             ctx = span.context
-            if self._shutdown or not ctx.trace_flags.sampled:
+            gate = self._gate
+            if self._shutdown or not ctx.trace_flags.sampled or (gate is not None and not gate.active):
                 return
             self._active[ctx.span_id] = span
             self._put(span)  # a live Span object in the queue means "started"
@@ -148,7 +154,8 @@ class LiveSpanProcessor(SpanProcessor):
             if ctx is None or not ctx.trace_flags.sampled:
                 return
             self._active.pop(ctx.span_id, None)
-            if not self._shutdown:
+            gate = self._gate
+            if not self._shutdown and (gate is None or gate.active):
                 self._put(span)  # the SDK hands on_end a ReadableSpan, never a Span: "ended"
         except Exception:  # noqa: BLE001
             problems.warning("on_end", "otelflow: live processor failed on span end", exc_info=True)

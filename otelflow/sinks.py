@@ -40,15 +40,21 @@ class InProcessSink:
     def __init__(self) -> None:
         self._subscribers: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
+        self.active = False  # nobody subscribed: the live processor skips spans altogether
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Add a subscriber; returns a function that removes it again."""
+        """Add a subscriber; returns a function that removes it again.
+
+        A span already running when the first subscriber arrives is delivered when it ends.
+        """
         with self._lock:
             self._subscribers += (subscriber,)
+            self.active = True
 
         def unsubscribe() -> None:
             with self._lock:
                 self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+                self.active = bool(self._subscribers)
 
         return unsubscribe
 
@@ -69,6 +75,7 @@ class InProcessSink:
     def shutdown(self, timeout_s: float) -> None:
         with self._lock:
             self._subscribers = ()
+            self.active = False
 
 
 class LiveExporter:
@@ -116,6 +123,7 @@ class LiveExporter:
         self._max_backoff = max_backoff_s
         self._compress_above = compress_above
         self._processor: weakref.ref[LiveSpanProcessor] | None = None
+        self.active = True  # a viewer may be listening at any time
         self.dropped = 0
         self.sent = 0
         self.failures = 0

@@ -36,6 +36,7 @@ class BlockingSink(InProcessSink):
 
     def __init__(self) -> None:
         super().__init__()
+        self.active = True  # listening, however slowly
         self.release = threading.Event()
         self.entered = threading.Event()
 
@@ -92,6 +93,10 @@ def test_records_of_each_span_arrive_in_order_across_threads() -> None:
 
 def test_a_failing_sink_never_reaches_the_workflow(caplog: pytest.LogCaptureFixture) -> None:
     class Broken(InProcessSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.active = True
+
         def export(self, records: Sequence[SpanRecord]) -> None:
             raise OSError("viewer exploded")
 
@@ -252,4 +257,32 @@ def test_child_process_after_fork_streams_its_own_spans() -> None:
     assert processor.force_flush(5000)
     wait_for(lambda: any(r.name == "parent after fork" and r.phase == "end" for r in got.records))
     assert not any(r.name == "in child" for r in got.records)
+    processor.shutdown()
+
+
+def test_an_in_process_sink_nobody_listens_to_costs_no_records() -> None:
+    sink = InProcessSink()
+    provider, processor = live_provider(sink)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("unheard"):
+        pass
+    assert processor.force_flush(5000)
+    assert processor.delivered == 0  # nothing was queued, nothing converted
+    got = Collector()
+    unsubscribe = sink.subscribe(got)
+    with tracer.start_as_current_span("heard"):
+        pass
+    long_span = tracer.start_span("started before the next subscriber")
+    assert processor.force_flush(5000)
+    unsubscribe()
+    assert [(r.name, r.phase) for r in got.records] == [
+        ("heard", "start"),
+        ("heard", "end"),
+        ("started before the next subscriber", "start"),
+    ]
+    late = Collector()
+    sink.subscribe(late)
+    long_span.end()
+    assert processor.force_flush(5000)
+    assert [(r.name, r.phase) for r in late.records] == [("started before the next subscriber", "end")]
     processor.shutdown()
