@@ -5,9 +5,11 @@ Without a browser the tests skip, except in CI (``$CI`` set), where they fail: C
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -180,3 +182,121 @@ def workflow() -> Iterator[Callable[[str], Workflow]]:
     yield start
     for wf in started:
         wf.close()
+
+
+class BufferingProxy:
+    """A reverse proxy on loopback in front of a viewer that buffers SSE, like nginx with ``proxy_buffering on``.
+
+    Every request is passed through (``Connection: close``, so each request gets a connection of its own and is
+    inspected); WebSocket upgrades are piped both ways. For an SSE stream the response head is forwarded at once
+    (the browser sees the stream open) but the body is held until ``BUFFER_BYTES`` have piled up: the page gets
+    no frames at all while the viewer sends them.
+    """
+
+    BUFFER_BYTES = 1 << 20
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sse_requests = 0
+        self.held_bytes = 0
+        self.closing = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, name="buffering-proxy", daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets.append(upstream)
+            request_line, _, rest = head.partition(b"\r\n")
+            path = request_line.split(b" ")[1]
+            if b"\r\nupgrade:" in b"\r\n" + rest.lower():
+                upstream.sendall(head)
+                threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+                self._pipe(client, upstream)
+                return
+            headers = [h for h in rest.split(b"\r\n") if not h.lower().startswith(b"connection:")]
+            upstream.sendall(request_line + b"\r\nConnection: close\r\n" + b"\r\n".join(headers))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            if path.startswith(b"/api/stream") or path.split(b"?")[0].endswith(b"/stream"):
+                self._buffer_sse(upstream, client)
+            else:
+                self._pipe(upstream, client)
+        except OSError:
+            pass
+        finally:
+            client.close()
+
+    def _buffer_sse(self, upstream: socket.socket, client: socket.socket) -> None:
+        self.sse_requests += 1
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = upstream.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        client.sendall(head + b"\r\n\r\n")  # the stream opens ...
+        held = [body]  # ... but its frames stay here
+        self.held_bytes += len(body)
+        while self.held_bytes < self.BUFFER_BYTES:
+            chunk = upstream.recv(65536)
+            if not chunk:
+                return
+            held.append(chunk)
+            self.held_bytes += len(chunk)
+        client.sendall(b"".join(held))
+        self._pipe(upstream, client)
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.fixture
+def buffering_proxy() -> Iterator[Callable[[int], BufferingProxy]]:
+    proxies: list[BufferingProxy] = []
+
+    def start(upstream_port: int) -> BufferingProxy:
+        proxy = BufferingProxy(upstream_port)
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()

@@ -322,7 +322,7 @@ def test_graph_with_200_nodes(viewer: Viewer, page: Any) -> None:
     now = time.time_ns()
     children = []
     for i in range(200):
-        events = ()
+        events: tuple[EventRecord, ...] = ()
         if i % 10:
             events = (EventRecord(A.EVENT_DATA_FLOW, now, {A.DATA_FLOW_FROM: f"n{i - 1}", A.DATA_FLOW_TO: f"n{i}"}),)
         children.append(

@@ -185,6 +185,7 @@ export class LiveConnection {
     this.openTimer = null;
     this.stopped = false;
     this.received = 0;
+    this.lastFrameAt = 0; // performance.now() of the last frame delivered, or of the stream's opening
     if (badge) {
       const retry = badge.querySelector(".conn-retry");
       retry.addEventListener("click", () => this.reconnect());
@@ -213,6 +214,11 @@ export class LiveConnection {
     this.lastEventId = id;
   }
 
+  /** Milliseconds the open stream has delivered nothing (Infinity when not connected). */
+  silentMs() {
+    return this.state === "connected" ? performance.now() - this.lastFrameAt : Infinity;
+  }
+
   /** The caller found data on the server that the open SSE stream never delivered: a buffering proxy. */
   suspectBuffering() {
     if (this.transport !== "SSE" || this.state !== "connected") return;
@@ -228,7 +234,8 @@ export class LiveConnection {
     badge.querySelector(".conn-text").textContent = state;
     const transport = this.transport === "WebSocket" && this.fallbackReason ? "WebSocket (SSE failed)" : this.transport;
     badge.querySelector(".conn-transport").textContent = transport;
-    badge.title = detail || `${state} via ${transport}`;
+    const reason = this.transport === "WebSocket" && this.fallbackReason ? ` (${this.fallbackReason})` : "";
+    badge.title = detail || `${state} via ${transport}${reason}`;
     badge.querySelector(".conn-retry").hidden = state === "connected" || state === "connecting";
   }
 
@@ -276,6 +283,7 @@ export class LiveConnection {
   deliver(envelope) {
     if (!envelope || !envelope.type) return;
     this.received++;
+    this.lastFrameAt = performance.now();
     if (envelope.type === RESET) {
       this.lastEventId = envelope.last_event_id || envelope.id || null;
       this.onReset(envelope);
@@ -301,6 +309,7 @@ export class LiveConnection {
       clearTimeout(this.openTimer);
       this.attempt = 0;
       this.sseFailures = 0;
+      this.lastFrameAt = performance.now();
       this.setState("connected");
     };
     const handler = (message) => {
@@ -349,6 +358,7 @@ export class LiveConnection {
     this.ws = ws;
     ws.onopen = () => {
       this.attempt = 0;
+      this.lastFrameAt = performance.now();
       this.setState("connected");
       this.pingTimer = setInterval(() => {
         if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "ping" }));

@@ -13,7 +13,7 @@ export const DATA_FLOW_TO = "otelflow.data_flow.to";
 
 const NODE_W = 176;
 const NODE_H = 48;
-const GAP_X = 72;
+const GAP_X = 60;
 const GAP_Y = 22;
 const NAME_PREFIXES = ["invoke_agent ", "execute_tool ", "invoke_workflow "];
 const GRAPH_KINDS = new Set(["agent", "node", "tool", "workflow"]);
@@ -231,6 +231,7 @@ export class GraphView {
     this.userMoved = false;
     this.selectedKey = null;
     this.graph = { nodes: new Map(), edges: new Map() };
+    this.queuedParticles = [];
     this.installPanZoom();
   }
 
@@ -301,7 +302,7 @@ export class GraphView {
     const rect = this.wrapEl.getBoundingClientRect();
     const { width, height } = this.size;
     if (!width || !rect.width) return;
-    const pad = 28;
+    const pad = 22;
     const k = Math.min(1.25, (rect.width - 2 * pad) / width, (rect.height - 2 * pad) / height);
     this.view.k = Math.max(0.08, k);
     this.view.x = (rect.width - width * this.view.k) / 2;
@@ -335,6 +336,10 @@ export class GraphView {
       el.classList.toggle("active", from.status === "ok" && to.status !== "pending");
       el.classList.toggle("dim", !(visible(from) && visible(to)));
     }
+    // particles wait for the render that draws their edge (a data_flow event may be what creates it)
+    const queued = this.queuedParticles;
+    this.queuedParticles = [];
+    for (const [from, to] of queued) this.launchParticle(from, to);
   }
 
   rebuild(graph) {
@@ -343,7 +348,7 @@ export class GraphView {
     for (const edge of graph.edges.values()) {
       let el = this.edgeEls.get(edge.key);
       if (!el) {
-        el = svg("path", { class: `gedge gedge-${edge.kind}`, "marker-end": "url(#arrow)" });
+        el = svg("path", { class: `gedge gedge-${edge.kind}`, "marker-end": "url(#arrow)", "data-from": edge.from, "data-to": edge.to });
         this.edgeEls.set(edge.key, el);
         this.edgesEl.append(el);
       }
@@ -425,13 +430,15 @@ export class GraphView {
     }
   }
 
-  /** A dot travelling along the edge from -> to (one per data_flow event). */
+  /** A dot travelling along the edge from -> to (one per data_flow event), launched by the next render. */
   particle(from, to) {
-    const edge = this.graph.edges.get(`${from}\u0000${to}`);
-    const el = edge && this.edgeEls.get(edge.key);
+    if (this.queuedParticles.length < 60) this.queuedParticles.push([from, to]);
+  }
+
+  launchParticle(from, to) {
+    const el = this.edgeEls.get(`${from}\u0000${to}`);
     if (!el || this.particlesEl.childElementCount > 60) return;
-    const dot = svg("circle", { class: "particle", r: 5 });
-    this.particlesEl.append(dot);
+    const dot = svg("circle", { class: "particle", r: 5, "data-from": from, "data-to": to });
     const length = el.getTotalLength();
     const started = performance.now();
     const step = (t) => {
@@ -443,6 +450,7 @@ export class GraphView {
       if (f < 1) requestAnimationFrame(step);
       else dot.remove();
     };
-    requestAnimationFrame(step);
+    step(started); // placed on the edge's start before it is first drawn
+    this.particlesEl.append(dot);
   }
 }

@@ -16,7 +16,7 @@ const LEVELS = { debug: 10, info: 20, warning: 30, warn: 30, error: 40, critical
 const SPAN_TYPES = new Set([SPAN_STARTED, SPAN_UPDATED, SPAN_ENDED, SPAN_ABANDONED]);
 const RUN_TYPES = new Set([RUN_STARTED, RUN_UPDATED, RUN_ENDED]);
 const FINAL = new Set(["ok", "error"]);
-const WATCHDOG_MS = 8000;
+const WATCHDOG_MS = 4000; // silence on an open SSE stream before the buffering check
 const REPLAY_TICKS = 1000;
 
 const $ = (id) => document.getElementById(id);
@@ -294,7 +294,7 @@ function renderLogs(spans, f) {
     logsEl.append(h("li", { class: "log", "data-level": entry.level, "data-key": entry.key },
       h("span", { class: "log-time num", text: formatClock(entry.time) }),
       h("span", { class: "log-level", text: entry.level }),
-      h("button", { type: "button", class: "log-span", text: entry.span.name, onclick: () => select(entry.span.span_id) }),
+      h("button", { type: "button", class: "log-span", text: displayName(entry.span), title: entry.span.name, onclick: () => select(entry.span.span_id) }),
       h("span", { class: "log-msg", text: entry.message })));
   }
   $("log-count").textContent = `${logEntries.length} line${logEntries.length === 1 ? "" : "s"}`;
@@ -463,13 +463,20 @@ window.addEventListener("resize", () => {
   if (!graph.userMoved) graph.fit();
 });
 
-/** SSE that is open but silent while the server has spans we never got means a buffering proxy. */
+/**
+ * SSE that is open but has been silent for a whole watchdog period while the server has spans we never got
+ * means a proxy buffers the stream: switch to the WebSocket. (A short silence is not enough: a healthy stream
+ * may simply not have delivered a span that is a few milliseconds old.)
+ */
+let lastWatchdogCheck = -Infinity;
 async function watchdog() {
-  if (!connection || connection.transport !== "SSE" || connection.state !== "connected" || live.run?.status !== "running") return;
-  const receivedBefore = connection.received;
+  const silent = () => connection && connection.transport === "SSE" && connection.silentMs() >= WATCHDOG_MS;
+  if (!silent() || live.run?.status !== "running" || resyncing) return;
+  if (performance.now() - lastWatchdogCheck < WATCHDOG_MS) return; // an idle run is checked once per period
+  lastWatchdogCheck = performance.now();
   try {
     const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}`);
-    if (connection.received === receivedBefore && data.spans.length > live.spans.size) {
+    if (silent() && data.spans.some((s) => !live.spans.has(s.span_id))) {
       connection.suspectBuffering();
       await resync();
     }
@@ -498,7 +505,7 @@ async function main() {
     tickHeader(v);
     inspector.tick(selectedSpanId ? v.spans.get(selectedSpanId) : null, v.now);
   });
-  setInterval(watchdog, WATCHDOG_MS);
+  setInterval(watchdog, WATCHDOG_MS / 2);
 }
 
 main();
