@@ -28,9 +28,7 @@ import contextlib
 import http.client
 import json
 import os
-import queue
 import re
-import resource
 import selectors
 import socket
 import statistics
@@ -43,11 +41,24 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from _common import (
+    HOST,
+    cpu_seconds,
+    healthz,
+    open_streams,
+    post_many,
+    raise_nofile,
+    recv_some,
+    start_server,
+    start_viewer,
+    stop,
+    take_head,
+    whole_frames,
+)
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-HOST = "127.0.0.1"
 SPANS_PER_REQUEST = 500
 SPANS_PER_TRACE = 10
 EVENTS_PER_TRACE = SPANS_PER_TRACE + 2
@@ -58,47 +69,8 @@ EVENTS_PER_TRACE = SPANS_PER_TRACE + 2
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_port(proc: subprocess.Popen[str], marker: str, timeout: float) -> int:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if marker in line:
-                return int(line.rsplit(":", 1)[1].strip().strip("/"))
-    finally:
-        sel.close()
-    stop(proc)
-    raise RuntimeError("the server did not start (see its output above)")
-
-
-def start_viewer(db: Path) -> tuple[subprocess.Popen[str], int]:
-    """``otelflow serve --port 0 --db db`` as a subprocess; returns it and its port."""
-    cmd = [sys.executable, "-m", "otelflow.cli", "serve", "--host", HOST, "--port", "0", "--db", str(db)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    return proc, _read_port(proc, "listening on http://", 20)
-
-
 def start_naive() -> tuple[subprocess.Popen[str], int]:
-    cmd = [sys.executable, __file__, "--_naive-server"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    return proc, _read_port(proc, "naive listening on port:", 20)
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    return start_server([sys.executable, __file__, "--_naive-server"], "naive listening on port:")
 
 
 def naive_server() -> None:
@@ -140,31 +112,9 @@ def naive_server() -> None:
     server.run(sockets=[sock])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def healthz(port: int) -> dict[str, Any]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
-    try:
-        conn.request("GET", "/healthz")
-        data: dict[str, Any] = json.loads(conn.getresponse().read())
-        return data
-    finally:
-        conn.close()
-
-
 # --------------------------------------------------------------------------------------------------
 # the SSE clients (a separate process: ``--_clients``)
 # --------------------------------------------------------------------------------------------------
-
-
-def raise_nofile(want: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
 
 def clients_main(args: argparse.Namespace) -> None:
@@ -179,15 +129,11 @@ def clients_main(args: argparse.Namespace) -> None:
     )
     marker = b"\ndata: "
     sel = selectors.DefaultSelector()
-    request = f"GET {args.path} HTTP/1.1\r\nHost: {HOST}:{args.port}\r\nAccept: text/event-stream\r\n\r\n".encode()
-    states = []
-    for i in range(args.n):
-        s = socket.create_connection((HOST, args.port), timeout=10)
-        s.sendall(request)
-        s.setblocking(False)
-        st = {"i": i, "sock": s, "head": b"", "ok": False, "rem": b"", "frames": 0, "bytes": 0, "first": 0, "last": 0}
-        states.append(st)
-        sel.register(s, selectors.EVENT_READ, st)
+
+    def state(i: int, s: socket.socket) -> dict[str, Any]:
+        return {"i": i, "sock": s, "head": b"", "ok": False, "rem": b"", "frames": 0, "bytes": 0, "first": 0, "last": 0}
+
+    states = open_streams(sel, args.port, args.path, args.n, state)
     sel.register(sys.stdin, selectors.EVENT_READ, None)
     latencies: list[int] = []
     started = time.monotonic()
@@ -209,12 +155,9 @@ def clients_main(args: argparse.Namespace) -> None:
                     open_count = 0
                     break
                 continue
-            try:
-                chunk = st["sock"].recv(1 << 18)
-            except BlockingIOError:
+            chunk = recv_some(st["sock"])
+            if chunk is None:
                 continue
-            except OSError:
-                chunk = b""
             recv_ns = time.time_ns()
             if not chunk:
                 sel.unregister(st["sock"])
@@ -223,22 +166,17 @@ def clients_main(args: argparse.Namespace) -> None:
                 eof += 1
                 continue
             if not st["ok"]:
-                st["head"] += chunk
-                if b"\r\n\r\n" not in st["head"]:
+                st["head"], body = take_head(st["head"], chunk)
+                if body is None:
                     continue
-                head, chunk = st["head"].split(b"\r\n\r\n", 1)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError(f"stream refused: {head[:100]!r}")
+                chunk = body
                 st["ok"] = True
                 if all(x["ok"] for x in states) and not ready:
                     ready = True
                     print("ready", flush=True)
-            data = st["rem"] + chunk
-            cut = max(data.rfind(b"\n\n"), data.rfind(b"\n\r\n"))
-            if cut < 0:
-                st["rem"] = data
+            whole, st["rem"] = whole_frames(st["rem"], chunk)
+            if not whole:
                 continue
-            whole, st["rem"] = data[: cut + 1], data[cut + 1 :]
             n = whole.count(marker)
             if n:
                 if not st["frames"]:
@@ -412,32 +350,7 @@ def naive_body(otlp: bytes) -> bytes:
 
 
 def post_all(port: int, path: str, content_type: str, bodies: list[bytes], clients: int = 2) -> None:
-    work: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-    for b in bodies:
-        work.put(b)
-    for _ in range(clients):
-        work.put(None)
-    errors: list[str] = []
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection(HOST, port, timeout=60)
-        try:
-            while (body := work.get()) is not None:
-                conn.request("POST", path, body=body, headers={"Content-Type": content_type})
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    errors.append(f"HTTP {resp.status}")
-        except (OSError, http.client.HTTPException) as exc:
-            errors.append(repr(exc))
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors = post_many(port, path, content_type, bodies, clients)
     if errors:
         raise RuntimeError(f"{len(errors)} POSTs failed, e.g. {errors[0]}")
 

@@ -25,26 +25,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
-import queue
-import selectors
 import socket
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from _common import HOST, healthz, post_many, sse_request, start_viewer, stop, take_head
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-HOST = "127.0.0.1"
 SPANS_PER_REQUEST = 500
 SPANS_PER_TRACE = 10
 EVENTS_PER_TRACE = SPANS_PER_TRACE + 2  # span.ended each, run.started, run.ended
@@ -106,70 +101,24 @@ def build_payloads(n_spans: int) -> list[bytes]:
 # --------------------------------------------------------------------------------------------------
 
 
-def start_viewer(db: Path, timeout: float = 20.0) -> tuple[subprocess.Popen[str], int]:
-    """``otelflow serve --port 0 --db db`` as a subprocess; returns it and the port it listens on."""
-    cmd = [sys.executable, "-m", "otelflow.cli", "serve", "--host", HOST, "--port", "0", "--db", str(db)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "listening on http://" in line:
-                return proc, int(line.rsplit(":", 1)[1].strip().strip("/"))
-    finally:
-        sel.close()
-    stop(proc)
-    raise RuntimeError("the viewer did not start (see its output above)")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def healthz(port: int) -> dict[str, object]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
-    try:
-        conn.request("GET", "/healthz")
-        data: dict[str, object] = json.loads(conn.getresponse().read())
-        return data
-    finally:
-        conn.close()
-
-
 class SseCounter(threading.Thread):
     """One raw-socket SSE subscriber that counts the frames it receives (``data:`` lines)."""
 
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True, name="sse-counter")
         self.sock = socket.create_connection((HOST, port), timeout=10)
-        self.sock.sendall(
-            f"GET /api/stream HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
-        )
+        self.sock.sendall(sse_request(port))
         self.frames = 0
         self.eof = False
         self._halt = threading.Event()
-        head = b""
-        while b"\r\n\r\n" not in head:
+        head: bytes = b""
+        body: bytes | None = None
+        while body is None:
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise RuntimeError("SSE stream closed before its headers")
-            head += chunk
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"SSE stream refused: {head[:80]!r}")
-        self._tail = head.split(b"\r\n\r\n", 1)[1]
+            head, body = take_head(head, chunk)
+        self._tail = body
         self.sock.settimeout(0.2)
 
     def run(self) -> None:
@@ -199,34 +148,7 @@ class SseCounter(threading.Thread):
 
 def post_all(port: int, payloads: list[bytes], clients: int) -> list[str]:
     """POST every payload over ``clients`` keep-alive connections; returns error messages (empty if none)."""
-    work: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-    for p in payloads:
-        work.put(p)
-    for _ in range(clients):
-        work.put(None)
-    errors: list[str] = []
-    headers = {"Content-Type": "application/x-protobuf"}
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection(HOST, port, timeout=60)
-        try:
-            while (body := work.get()) is not None:
-                conn.request("POST", "/v1/traces", body=body, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    errors.append(f"HTTP {resp.status}")
-        except (OSError, http.client.HTTPException) as exc:
-            errors.append(repr(exc))
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return errors
+    return post_many(port, "/v1/traces", "application/x-protobuf", payloads, clients)
 
 
 def ingest_round(port: int, sse: SseCounter, payloads: list[bytes], clients: int, timeout: float) -> float:

@@ -35,60 +35,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
-
+from _common import HOST, open_streams, recv_some, start_viewer, stop, take_head, whole_frames
 
 # --------------------------------------------------------------------------------------------------
 # processes
 # --------------------------------------------------------------------------------------------------
 
 
-def start_viewer(db: Path) -> tuple[subprocess.Popen[str], int]:
-    """``otelflow serve --port 0 --db db`` as a subprocess; returns it and its port."""
-    cmd = [sys.executable, "-m", "otelflow.cli", "serve", "--host", HOST, "--port", "0", "--db", str(db)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 20
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if "listening on http://" in line:
-                return proc, int(line.rsplit(":", 1)[1].strip().strip("/"))
-    finally:
-        sel.close()
-    stop(proc)
-    raise RuntimeError("the viewer did not start (see its output above)")
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def clients_main(port: int, n: int, event: str, max_s: float) -> None:
     """Hold ``n`` SSE connections; latencies of ``event`` frames carrying bench.sent_ns, until ``stop``."""
     pattern = re.compile(rb"event: " + re.escape(event.encode()) + rb"\r?\ndata: [^\n]*?\"bench\.sent_ns\":\"?(\d+)")
-    request = f"GET /api/stream HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
     sel = selectors.DefaultSelector()
-    states = []
-    for _ in range(n):
-        s = socket.create_connection((HOST, port), timeout=10)
-        s.sendall(request)
-        s.setblocking(False)
-        st: dict[str, Any] = {"sock": s, "head": b"", "ok": False, "rem": b"", "frames": 0}
-        states.append(st)
-        sel.register(s, selectors.EVENT_READ, st)
+
+    def state(_i: int, s: socket.socket) -> dict[str, Any]:
+        return {"sock": s, "head": b"", "ok": False, "rem": b"", "frames": 0}
+
+    states = open_streams(sel, port, "/api/stream", n, state)
     sel.register(sys.stdin, selectors.EVENT_READ, None)
     latencies: list[int] = []
     started = time.monotonic()
@@ -103,34 +65,26 @@ def clients_main(port: int, n: int, event: str, max_s: float) -> None:
                 if not line or line.strip() == "stop":
                     running = False
                 continue
-            try:
-                chunk = st["sock"].recv(1 << 18)
-            except BlockingIOError:
+            chunk = recv_some(st["sock"])
+            if chunk is None:
                 continue
-            except OSError:
-                chunk = b""
             recv_ns = time.time_ns()
             if not chunk:
                 sel.unregister(st["sock"])
                 eof += 1
                 continue
             if not st["ok"]:
-                st["head"] += chunk
-                if b"\r\n\r\n" not in st["head"]:
+                st["head"], body = take_head(st["head"], chunk)
+                if body is None:
                     continue
-                head, chunk = st["head"].split(b"\r\n\r\n", 1)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError(f"stream refused: {head[:100]!r}")
+                chunk = body
                 st["ok"] = True
                 if not ready and all(x["ok"] for x in states):
                     ready = True
                     print("ready", flush=True)
-            data = st["rem"] + chunk
-            cut = data.rfind(b"\n\n")
-            if cut < 0:
-                st["rem"] = data
+            whole, st["rem"] = whole_frames(st["rem"], chunk)
+            if not whole:
                 continue
-            whole, st["rem"] = data[: cut + 1], data[cut + 1 :]
             st["frames"] += whole.count(b"\ndata: ")
             latencies.extend(recv_ns - int(m) for m in pattern.findall(whole))
     for st in states:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
-import resource
 import selectors
 import socket
 import subprocess
@@ -28,16 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
+from _common import HOST, get, open_streams, raise_nofile, start_server, start_viewer, stop, take_head
+
 KIB = 1024
-
-
-def raise_nofile(want: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < want:
-        if hard < want:
-            raise SystemExit(f"need {want} open files, the hard limit is {hard}: lower --connections")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def rss_kib(pid: int) -> int:
@@ -60,45 +51,8 @@ def settled_rss(pid: int, seconds: float = 1.0) -> int:
     return last
 
 
-def _wait_port_line(proc: subprocess.Popen[str], marker: str) -> int:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 20
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if marker in line:
-                return int(line.rsplit(":", 1)[1].strip().strip("/"))
-    finally:
-        sel.close()
-    stop(proc)
-    raise RuntimeError("the server did not start (see its output above)")
-
-
-def start_viewer(db: Path) -> tuple[subprocess.Popen[str], int]:
-    cmd = [sys.executable, "-m", "otelflow.cli", "serve", "--host", HOST, "--port", "0", "--db", str(db)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    return proc, _wait_port_line(proc, "listening on http://")
-
-
 def start_hello() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, __file__, "--_hello"], stdout=subprocess.PIPE, text=True)
-    return proc, _wait_port_line(proc, "hello listening on port:")
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    return start_server([sys.executable, __file__, "--_hello"], "hello listening on port:")
 
 
 def hello_server() -> None:
@@ -130,31 +84,18 @@ def hello_server() -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def get(port: int, path: str) -> bytes:
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().read()
-    finally:
-        conn.close()
-
-
 def clients_main(port: int, n: int, path: str, max_s: float) -> None:
     """Open ``n`` SSE streams, print ``ready`` once each answered 200, hold them until ``stop`` or ``max_s``."""
-    raise_nofile(n + 64)
-    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    raise_nofile(n + 64, required=True)
     sel = selectors.DefaultSelector()
-    socks = []
-    pending = 0
-    for i in range(n):
-        s = socket.create_connection((HOST, port), timeout=10)
-        s.sendall(request)
-        s.setblocking(False)
+    socks: list[socket.socket] = []
+
+    def state(_i: int, s: socket.socket) -> list[Any]:
         socks.append(s)
-        sel.register(s, selectors.EVENT_READ, [b"", False])
-        pending += 1
-        if i % 50 == 49:  # do not flood the accept backlog
-            time.sleep(0.01)
+        return [b"", False]
+
+    open_streams(sel, port, path, n, state, pace_every=50)
+    pending = n
     sel.register(sys.stdin, selectors.EVENT_READ, None)
     started = time.monotonic()
     while time.monotonic() - started < max_s:
@@ -171,12 +112,9 @@ def clients_main(port: int, n: int, path: str, max_s: float) -> None:
             if not chunk:
                 raise RuntimeError("a stream closed while idle")
             if not st[1]:
-                st[0] += chunk
-                if b"\r\n\r\n" in st[0]:
-                    if not st[0].startswith(b"HTTP/1.1 200"):
-                        raise RuntimeError(f"stream refused: {st[0][:100]!r}")
+                st[0], body = take_head(st[0], chunk)
+                if body is not None:
                     st[1] = True
-                    st[0] = b""
                     pending -= 1
                     if not pending:
                         print("ready", flush=True)
@@ -226,7 +164,7 @@ def main() -> None:
         return
 
     n = args.connections
-    raise_nofile(n + 256)  # inherited by the servers
+    raise_nofile(n + 256, required=True)  # inherited by the servers
     with tempfile.TemporaryDirectory(prefix="otelflow-bench-") as tmpdir:
         proc, port = start_viewer(Path(tmpdir) / "viewer.db")
         try:

@@ -147,10 +147,22 @@ class SpanRecord:
         }
 
 
+_SECOND_PREFIXES: dict[int, str] = {}
+
+
 def format_time(time_ns: int) -> str:
-    """ISO 8601 UTC with microseconds, e.g. ``2026-11-21T22:05:57.123456Z``."""
+    """ISO 8601 UTC with microseconds, e.g. ``2026-11-21T22:05:57.123456Z``.
+
+    Spans of one moment share their second, so the ``YYYY-MM-DDTHH:MM:SS`` prefix is cached per second
+    (a bounded dict; safe across threads: a lost race only formats a prefix twice).
+    """
     seconds, ns = divmod(time_ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = _SECOND_PREFIXES.get(seconds)
+    if stamp is None:
+        stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        if len(_SECOND_PREFIXES) >= 4096:
+            _SECOND_PREFIXES.clear()
+        _SECOND_PREFIXES[seconds] = stamp
     return f"{stamp}.{ns // 1000:06d}Z"
 
 

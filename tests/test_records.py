@@ -114,3 +114,23 @@ def test_kind_is_understood_from_other_conventions(attrs: dict[str, str], kind: 
 
 def test_time_format_is_iso_utc_with_microseconds() -> None:
     assert format_time(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456Z"
+
+
+def test_time_format_matches_datetime_for_many_random_times() -> None:
+    """The cached per-second prefix gives exactly what datetime.strftime gives, for any time."""
+    import random
+    from datetime import datetime, timezone
+
+    def reference(time_ns: int) -> str:
+        seconds, ns = divmod(time_ns, 1_000_000_000)
+        stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{stamp}.{ns // 1000:06d}Z"
+
+    rng = random.Random(1234)
+    base = 1_700_000_000 * 10**9
+    times = [rng.randrange(0, 4_102_444_800 * 10**9) for _ in range(20_000)]  # 1970 .. 2100
+    times += [base + rng.randrange(0, 5 * 10**9) for _ in range(20_000)]  # many within the same seconds
+    times += [0, 1, 999, 999_999_999, 10**9, 10**9 - 1, base, base + 999_999_999]
+    for t in times:
+        assert format_time(t) == reference(t), t
+        assert format_time(t) == reference(t), t  # second call: from the cache

@@ -15,29 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import inspect
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 from urllib.parse import parse_qs
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, QueryParams
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otelflow import attributes as A
 from otelflow.records import STATUS_RUNNING, SpanRecord, to_otlp_json
 from viewer.hub import Filters, Hub
 from viewer.otlp import DEFAULT_MAX_BYTES, Decoded, handle_traces
-from viewer.pages import install_pages, jaeger_url_from_env
+from viewer.pages import PageHeaders, install_pages, jaeger_url_from_env
 from viewer.store import Store, StoreError, default_db_path
-from viewer.streams import CLOSE_POLICY, LiveFlowSession, SseResponse, WsSession
+from viewer.streams import CLOSE_POLICY, SSE_RAW_HEADERS, LiveFlowSession, SseResponse, WsSession, sse_stream
 
 __all__ = [
     "LOOPBACK_HOSTS",
@@ -141,6 +142,49 @@ class SecurityMiddleware:
 # --------------------------------------------------------------------------------------------------
 
 
+_RUNS_PREFIX: Final = "/api/runs/"
+_STREAM_SUFFIX: Final = "/stream"
+
+
+class ViewerApp(FastAPI):
+    """FastAPI, but the SSE stream routes (``GET /api/stream``, ``GET /api/runs/{run}/stream``) that pass the
+    security checks are served as raw ASGI ahead of the framework: an idle stream then holds no routing,
+    exception-wrapper or request objects, which is most of what a thousand open streams would cost.
+    Everything else, including a stream request the checks refuse, goes through FastAPI as usual (the same
+    routes exist there, so behaviour is one and the same)."""
+
+    sse_handler: Callable[[Scope, Receive, Send], Awaitable[bool]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.sse_handler
+        if handler is not None and scope["type"] == "http" and await handler(scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _headers_after(middleware: Callable[[ASGIApp], ASGIApp], headers: list[tuple[bytes, bytes]]) -> Any:
+    """The response headers ``middleware`` turns ``headers`` into, found by running it once on a response that
+    needs no I/O; ``None`` if it did not finish at once (then it must wrap each stream instead)."""
+    sent: list[Message] = []
+
+    async def inner(_scope: Scope, _receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
+
+    async def record(message: Message) -> None:
+        sent.append(message)
+
+    async def nothing() -> Message:
+        return {"type": "http.disconnect"}
+
+    coro = middleware(inner)({"type": "http", "headers": []}, nothing, record)
+    try:
+        coro.send(None)  # type: ignore[attr-defined]
+    except StopIteration:
+        return list(sent[0]["headers"]) if sent else None
+    coro.close()  # type: ignore[attr-defined]
+    return None
+
+
 def _span_tree(spans: list[SpanRecord]) -> list[dict[str, Any]]:
     """Nested ``{"span_id", "children"}`` nodes; spans whose parent is unknown are roots."""
     nodes: dict[str, dict[str, Any]] = {s.span_id: {"span_id": s.span_id, "children": []} for s in spans}
@@ -202,7 +246,9 @@ def create_app(
         # also streams to this viewer (otelflow run, otelflow demo) every POST /v1/traces would make a span
         # that is posted again, for ever; and stream connections would show up as runs.
         extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-    app = FastAPI(title="otelflow viewer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, **extra)
+    app = ViewerApp(
+        title="otelflow viewer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, **extra
+    )
     app.state.hub = hub
     app.state.store = store
     app.add_middleware(SecurityMiddleware, token=token, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
@@ -354,6 +400,70 @@ def create_app(
         )
 
     install_pages(app, jaeger_url=jaeger_url if jaeger_url is not None else jaeger_url_from_env())
+
+    # The raw SSE routes (see ViewerApp): the same checks, filters, resume and headers as the routes above.
+    security = SecurityMiddleware(app, token=token, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
+    sse_headers: list[tuple[bytes, bytes]] = SSE_RAW_HEADERS
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None
+    if any(getattr(m, "cls", None) is PageHeaders for m in app.user_middleware):
+        found = _headers_after(PageHeaders, SSE_RAW_HEADERS)
+        if found is not None:
+            sse_headers = found
+        else:
+            wrap = PageHeaders
+
+    async def sse_handler(scope: Scope, receive: Receive, send: Send) -> bool:
+        if scope["method"] != "GET":
+            return False
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        run: str | None = None
+        if path != "/api/stream":
+            if not (path.startswith(_RUNS_PREFIX) and path.endswith(_STREAM_SUFFIX)):
+                return False
+            run = path[len(_RUNS_PREFIX) : -len(_STREAM_SUFFIX)]
+            if not run or "/" in run:
+                return False
+        if security._problem(scope) is not None:
+            return False  # FastAPI answers it, exactly as for any other route
+        q = QueryParams(scope["query_string"])
+        filters = Filters.parse(
+            run=run if run is not None else (q.getlist("run") or None),
+            kind=q.getlist("kind") or None,
+            type=q.getlist("type") or None,
+            name=q.getlist("name") or None,
+            status=q.getlist("status") or None,
+        )
+        last = Headers(scope=scope).get("last-event-id") or q.get("last_event_id") or None
+        closed_run = False
+        if run is not None and hub.resolve(run) is None:
+            trace = await store.resolve(run)
+            if trace is not None:
+                summary, _ = await store.get_run(trace)
+                closed_run = summary is not None and summary["status"] != STATUS_RUNNING
+        del q
+
+        async def stream(_scope: Scope, receive: Receive, send: Send) -> None:
+            await sse_stream(
+                receive,
+                send,
+                hub,
+                filters,
+                last,
+                until_run_end=run is not None,
+                replay_run=run is not None,
+                closed_run=closed_run,
+                heartbeat_s=heartbeat_s,
+                send_deadline_s=send_deadline_s,
+                headers=sse_headers,
+            )
+
+        await (wrap(stream) if wrap is not None else stream)(scope, receive, send)
+        return True
+
+    app.sse_handler = sse_handler
     return app
 
 
@@ -455,6 +565,9 @@ def serve(
         hosts = allowed_hosts
     store = Store(db if db is not None else default_db_path(), retention_days=retention_days, max_runs=max_runs)
     store.open()
+    # This process is the viewer alone. Ingestion makes several short-lived dicts per span; CPython's default
+    # young generation (700 objects) makes the collector run every few spans, about 15% of the loop's time.
+    gc.set_threshold(20_000, 20, 20)
     app = create_app(db=store, token=token, allowed_hosts=hosts, allowed_origins=allowed_origins)
     server = make_server(app, host, port, ready_callback=ready_callback, log_level=log_level)
     try:

@@ -53,6 +53,8 @@ __all__ = [
     "RunState",
     "Subscription",
     "dumps",
+    "encode_exact",
+    "encode_span",
 ]
 
 log = logging.getLogger("otelflow.viewer")
@@ -93,13 +95,73 @@ def _finite(value: Any) -> Any:
     return value
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str)
+_quote: Final = json.encoder.encode_basestring_ascii
+
+
+def _make_json() -> Callable[[Any], str]:
+    """``_ENCODER.encode``, without building a new C encoder on every call (that is most of the cost of
+    encoding a small object). No circular-reference bookkeeping: a cycle raises ``RecursionError``."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    c_encode = make(None, str, _quote, None, ":", ",", False, False, False)
+
+    def encode(obj: Any) -> str:
+        return "".join(c_encode(obj, 0))
+
+    return encode
+
+
+to_json: Final = _make_json()
+
+
 def dumps(obj: Any) -> bytes:
     """Compact ASCII JSON: safe for SSE (no raw newlines) and for any span data (lone surrogates, NaN)."""
     try:
-        text = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str)
+        text = to_json(obj)
     except ValueError:
-        text = json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=str)
+        text = to_json(_finite(obj))
     return text.encode("ascii")
+
+
+def encode_exact(obj: Any) -> tuple[bytes, bool]:
+    """``dumps(obj)``, and whether it is exact (no non-finite number had to become a string)."""
+    try:
+        return to_json(obj).encode("ascii"), True
+    except ValueError:
+        return to_json(_finite(obj)).encode("ascii"), False
+
+
+def _opt(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def encode_span(rec: SpanRecord) -> tuple[bytes, bool]:
+    """``dumps(rec.to_dict())`` (the envelope's ``span`` object), and whether it is exact (see
+    :func:`encode_exact`), so that the store may keep these bytes instead of encoding the span again.
+
+    The hot path of ingestion: the fixed fields are written here, the open-ended ones by the C encoder; any
+    value this does not expect falls back to encoding ``to_dict()`` (the tests hold the two equal).
+    """
+    start, end = rec.start_time_ns, rec.end_time_ns
+    if type(start) is int and (end is None or type(end) is int):
+        try:
+            attributes = rec.attributes if type(rec.attributes) is dict else dict(rec.attributes)
+            text = (
+                f'{{"trace_id":{_quote(rec.trace_id)},"span_id":{_quote(rec.span_id)},'
+                f'"parent_span_id":{_opt(rec.parent_span_id)},"name":{_quote(rec.name)},"kind":{_quote(rec.kind)},'
+                f'"status":{_quote(rec.status)},"start_time":"{format_time(start)}",'
+                f'"end_time":{"null" if end is None else chr(34) + format_time(end) + chr(34)},'
+                f'"duration_ms":{"null" if end is None else float.__repr__((end - start) / 1e6)},'
+                f'"service":{_quote(rec.service)},"attributes":{to_json(attributes)},'
+                f'"events":{to_json([e.to_dict() for e in rec.events]) if rec.events else "[]"},'
+                f'"error":{"null" if rec.status != STATUS_ERROR else to_json(rec.error())}}}'
+            )
+            return text.encode("ascii"), True
+        except (TypeError, ValueError):
+            pass
+    return encode_exact(rec.to_dict())
 
 
 @dataclass(slots=True, eq=False)
@@ -127,11 +189,25 @@ class Event:
 
 
 def _make_event(
-    seq: int, event_id: str, type_: str, run: RunState | None, body: dict[str, Any], **meta: str | None
+    seq: int,
+    event_id: str,
+    type_: str,
+    run: RunState | None,
+    body: dict[str, Any] | None,
+    raw: bytes | None = None,
+    raw_key: str = "span",
+    **meta: str | None,
 ) -> Event:
-    envelope: dict[str, Any] = {"id": event_id, "type": type_, "run_id": run.trace_id if run else None}
-    envelope.update(body)
-    data = dumps(envelope)
+    """``raw`` (already encoded by :func:`dumps`) stands for a body of just ``{raw_key: ...}``: same bytes."""
+    if raw is not None:
+        run_id = _quote(run.trace_id) if run else "null"
+        head = f'{{"id":{_quote(event_id)},"type":{_quote(type_)},"run_id":{run_id},"{raw_key}":'
+        data = b"".join((head.encode("ascii"), raw, b"}"))
+    else:
+        envelope: dict[str, Any] = {"id": event_id, "type": type_, "run_id": run.trace_id if run else None}
+        if body:
+            envelope.update(body)
+        data = dumps(envelope)
     frame = b"".join((b"id: ", event_id.encode(), b"\nevent: ", type_.encode(), b"\ndata: ", data, b"\n\n"))
     return Event(
         seq=seq,
@@ -221,7 +297,7 @@ class Subscription:
     still delivered; an ``overflow`` close drops them.
     """
 
-    __slots__ = ("_hub", "_on_cut", "_queue", "_wake", "closed", "filters", "limit", "run_key", "until_run_end")
+    __slots__ = ("_hub", "_on_cut", "_queue", "_waiter", "_wake", "closed", "filters", "limit", "until_run_end")
 
     def __init__(
         self,
@@ -232,18 +308,28 @@ class Subscription:
         until_run_end: bool = False,
         wake: asyncio.Event | None = None,
     ) -> None:
+        # Thousands of idle subscribers are normal: keep each small (a list, and a future only while waiting).
         self._hub = hub
         self.filters = filters
         self.limit = limit
         self.until_run_end = until_run_end
-        self._queue: deque[Event] = deque()
-        self._wake = wake if wake is not None else asyncio.Event()
+        self._queue: list[Event] = []
+        self._wake = wake  # a shared event to set (WebSocket sessions), else ``_waiter`` is resolved
+        self._waiter: asyncio.Future[bool] | None = None
         self._on_cut: Callable[[], None] | None = None
         self.closed: str | None = None
 
     def on_cut(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` (on the loop) when this subscriber is cut for falling behind."""
         self._on_cut = callback
+
+    def _signal(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     def _offer(self, ev: Event) -> None:
         if self.closed is not None:
@@ -256,7 +342,7 @@ class Subscription:
                     self._on_cut()
                 return
             self._queue.append(ev)
-            self._wake.set()
+            self._signal()
         run = self.filters.run
         if self.until_run_end and ev.type == RUN_ENDED and run is not None and (ev.run_id in run or ev.alias in run):
             self._close("run_ended")
@@ -264,12 +350,12 @@ class Subscription:
     def _put(self, ev: Event) -> None:
         """Queue without filtering or limits (replay and per-client reset)."""
         self._queue.append(ev)
-        self._wake.set()
+        self._signal()
 
     def _close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason
-        self._wake.set()
+        self._signal()
 
     def close(self, reason: str = "released") -> None:
         """Stop receiving; queued events stay readable."""
@@ -286,10 +372,10 @@ class Subscription:
 
     def drain(self) -> list[Event]:
         """Every queued event, oldest first; empties the queue."""
-        if not self._queue:
+        events = self._queue
+        if not events:
             return []
-        events = list(self._queue)
-        self._queue.clear()
+        self._queue = []
         return events
 
     @property
@@ -299,19 +385,38 @@ class Subscription:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until events are queued or the subscription closes; ``False`` if ``timeout`` passed first."""
+        wake = self._wake
+        if wake is not None:
+            wake.clear()
         if self._queue or self.closed is not None:
-            self._wake.clear()
             return True
-        self._wake.clear()
+        loop = asyncio.get_running_loop()
         handle = None
-        if timeout is not None:
-            handle = asyncio.get_running_loop().call_later(timeout, self._wake.set)
-        try:
-            await self._wake.wait()
-        finally:
-            if handle is not None:
-                handle.cancel()
+        if wake is not None:
+            if timeout is not None:
+                handle = loop.call_later(timeout, wake.set)
+            try:
+                await wake.wait()
+            finally:
+                if handle is not None:
+                    handle.cancel()
+        else:
+            waiter: asyncio.Future[bool] = loop.create_future()
+            self._waiter = waiter
+            if timeout is not None:
+                handle = loop.call_later(timeout, _time_up, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if handle is not None:
+                    handle.cancel()
         return bool(self._queue) or self.closed is not None
+
+
+def _time_up(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 @dataclass(slots=True)
@@ -603,6 +708,10 @@ class Hub:
     def ingest(self, records: Iterable[SpanRecord], workers: Iterable[str] = (), *, local: bool = False) -> None:
         """Merge snapshots into the live state, publish the resulting events, queue them for the store."""
         self.touch(workers)
+        with self.store.batch() if self.store is not None else contextlib.nullcontext():
+            self._ingest_all(records, local)
+
+    def _ingest_all(self, records: Iterable[SpanRecord], local: bool) -> None:
         for record in records:
             try:
                 self._ingest_one(record, local)
@@ -650,17 +759,19 @@ class Hub:
             run_changed = False
             self._publish_run(RUN_STARTED, run)
 
-        span_meta = {"kind": rec.kind, "name": rec.name}
+        # The span object is encoded once: the event carries it, and the store keeps it only there.
+        span_event: str | None = None  # id of the event whose span object is exactly this record's
         if prev is None and not rec.ended:
-            self._publish(SPAN_STARTED, run, {"span": rec.to_dict()}, status=rec.status, **span_meta)
+            span_event = self._publish_span(SPAN_STARTED, run, rec)
         elif (
             prev is not None
             and not rec.ended
             and (prev.attributes != rec.attributes or prev.name != rec.name or prev.status != rec.status)
         ):
-            self._publish(SPAN_UPDATED, run, {"span": rec.to_dict()}, status=rec.status, **span_meta)
-        seen = {(e.name, e.time_ns) for e in prev.events} if prev is not None else set()
-        for event in rec.events:
+            span_event = self._publish_span(SPAN_UPDATED, run, rec)
+        events = rec.events
+        seen = {(e.name, e.time_ns) for e in prev.events} if events and prev is not None else ()
+        for event in events:
             if (event.name, event.time_ns) in seen:
                 continue
             body = {
@@ -670,11 +781,11 @@ class Hub:
                 "span_kind": rec.kind,
                 "event": event.to_dict(),
             }
-            self._publish(SPAN_EVENT, run, body, status=STATUS_RUNNING, **span_meta)
+            self._publish(SPAN_EVENT, run, body, status=STATUS_RUNNING, kind=rec.kind, name=rec.name)
         if rec.ended:
-            self._publish(SPAN_ENDED, run, {"span": rec.to_dict()}, status=rec.status, **span_meta)
+            span_event = self._publish_span(SPAN_ENDED, run, rec)
         if self.store is not None:
-            self.store.put_span(rec)
+            self.store.put_span(rec, span_event)
         if rec.ended and rec.span_id == run.root_span_id and run.status == STATUS_RUNNING:
             run.status = rec.status
             run.end_ns = rec.end_time_ns
@@ -684,6 +795,12 @@ class Hub:
             self._publish_run(RUN_UPDATED, run)
         elif run_changed and self.store is not None:
             self.store.put_run(run.to_dict())
+
+    def _publish_span(self, type_: str, run: RunState, rec: SpanRecord) -> str | None:
+        """Publish a ``span.*`` event of ``rec``; its id when its span object is exact (see :func:`encode_span`)."""
+        span_json, exact = encode_span(rec)
+        ev = self._publish(type_, run, None, span_json, status=rec.status, kind=rec.kind, name=rec.name)
+        return ev.id if exact else None
 
     def _update_run(self, run: RunState, rec: SpanRecord, prev: SpanRecord | None) -> bool:
         """Fold one snapshot into its run's summary; ``True`` when status, name, alias or progress changed."""
@@ -728,9 +845,10 @@ class Hub:
 
     def _publish_run(self, type_: str, run: RunState) -> None:
         summary = run.to_dict()
-        self._publish(type_, run, {"run": summary}, status=run.status, name=run.name, kind=A.KIND_WORKFLOW)
+        raw, exact = encode_exact(summary)  # once, for the event and the store row
+        self._publish(type_, run, None, raw, raw_key="run", status=run.status, name=run.name, kind=A.KIND_WORKFLOW)
         if self.store is not None:
-            self.store.put_run(summary)
+            self.store.put_run(summary, raw.decode("ascii") if exact else None)
 
     def _run_ended(self, run: RunState) -> None:
         self._ended[run.trace_id] = None
@@ -741,9 +859,17 @@ class Hub:
             if old is not None and old.alias and self._aliases.get(old.alias) == trace:
                 del self._aliases[old.alias]
 
-    def _publish(self, type_: str, run: RunState | None, body: dict[str, Any], **meta: str | None) -> Event:
+    def _publish(
+        self,
+        type_: str,
+        run: RunState | None,
+        body: dict[str, Any] | None,
+        raw: bytes | None = None,
+        raw_key: str = "span",
+        **meta: str | None,
+    ) -> Event:
         self._seq += 1
-        ev = _make_event(self._seq, f"{self.epoch}.{self._seq}", type_, run, body, **meta)
+        ev = _make_event(self._seq, f"{self.epoch}.{self._seq}", type_, run, body, raw, raw_key, **meta)
         self._ring.append(ev)
         self.stats["events"] += 1
         for sub in tuple(self._subs):

@@ -202,29 +202,40 @@ def _attrs(items: Any, depth: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     kv: KeyValue
     for kv in items:
-        out[kv.key] = _any(kv.value, depth)
+        value = kv.value
+        if value.WhichOneof("value") == "string_value":  # the common case, without a call
+            out[kv.key] = value.string_value
+        else:
+            out[kv.key] = _any(value, depth)
     return out
 
 
-def _span_id(raw: bytes, where: str, *, required: bool) -> str | None:
+_Where = tuple[int, int, int]  # resource, scope and span index: formatted only for an error message
+
+
+def _at(where: _Where, field: str) -> str:
+    return f"resourceSpans[{where[0]}].scopeSpans[{where[1]}].spans[{where[2]}].{field}"
+
+
+def _span_id(raw: bytes, where: _Where, field: str, *, required: bool) -> str | None:
     if not raw:
         if required:
-            raise OtlpDecodeError(f"{where}: missing")
+            raise OtlpDecodeError(f"{_at(where, field)}: missing")
         return None
     if len(raw) != 8:
-        raise OtlpDecodeError(f"{where}: {len(raw)} bytes, a span id has 8")
+        raise OtlpDecodeError(f"{_at(where, field)}: {len(raw)} bytes, a span id has 8")
     text = raw.hex()
     if text == _ZERO_SPAN:
         if required:
-            raise OtlpDecodeError(f"{where}: all-zero id is invalid")
+            raise OtlpDecodeError(f"{_at(where, field)}: all-zero id is invalid")
         return None
     return text
 
 
-def _span_from_proto(span: Span, resource: dict[str, Any], service: str, scope: str, where: str) -> SpanRecord:
+def _span_from_proto(span: Span, resource: dict[str, Any], service: str, scope: str, where: _Where) -> SpanRecord:
     if len(span.trace_id) != 16 or not any(span.trace_id):
-        raise OtlpDecodeError(f"{where}.traceId: must be 16 bytes, not all zero")
-    span_id = _span_id(span.span_id, f"{where}.spanId", required=True)
+        raise OtlpDecodeError(f"{_at(where, 'traceId')}: must be 16 bytes, not all zero")
+    span_id = _span_id(span.span_id, where, "spanId", required=True)
     assert span_id is not None
     attrs = _attrs(span.attributes)
     pending = attrs.pop(A.PENDING, False) is True
@@ -237,7 +248,7 @@ def _span_from_proto(span: Span, resource: dict[str, Any], service: str, scope: 
     return SpanRecord(
         trace_id=span.trace_id.hex(),
         span_id=span_id,
-        parent_span_id=_span_id(span.parent_span_id, f"{where}.parentSpanId", required=False),
+        parent_span_id=_span_id(span.parent_span_id, where, "parentSpanId", required=False),
         name=span.name,
         kind=kind_of(attrs),
         span_kind=span.kind if 0 <= span.kind <= 5 else 1,
@@ -246,7 +257,9 @@ def _span_from_proto(span: Span, resource: dict[str, Any], service: str, scope: 
         status=status,
         status_message=span.status.message,
         attributes=attrs,
-        events=tuple(EventRecord(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in span.events),
+        events=tuple([EventRecord(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in span.events])
+        if span.events
+        else (),
         service=service,
         resource=resource,
         scope=scope,
@@ -276,9 +289,8 @@ def decode_protobuf(body: bytes) -> Decoded:
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             scope = scope_spans.scope.name
             for i, span in enumerate(scope_spans.spans):
-                where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]"
                 try:
-                    record = _span_from_proto(span, resource, service, scope, where)
+                    record = _span_from_proto(span, resource, service, scope, (r, s, i))
                 except OtlpDecodeError as exc:
                     out.rejected.append(str(exc))
                     continue

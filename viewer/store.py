@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,11 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from otelflow.records import STATUS_ERROR, STATUS_RUNNING, EventRecord, SpanRecord
+from viewer.hub import to_json
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from viewer.hub import Event
 
-__all__ = ["Store", "StoreError", "default_db_path", "record_from_row", "record_to_row"]
+__all__ = ["Store", "StoreError", "default_db_path", "record_from_row", "record_to_row", "span_row"]
 
 log = logging.getLogger("otelflow.viewer")
 
@@ -66,6 +70,7 @@ CREATE TABLE IF NOT EXISTS spans (
     start_ns INTEGER NOT NULL,
     end_ns INTEGER,
     record TEXT NOT NULL,
+    event_id TEXT,
     PRIMARY KEY (trace_id, span_id)
 );
 CREATE INDEX IF NOT EXISTS spans_name ON spans (name, kind);
@@ -79,7 +84,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_trace ON events (trace_id, n);
 CREATE INDEX IF NOT EXISTS events_id ON events (event_id);
 """
-_SCHEMA_VERSION: Final = "1"
+_SPANS_OF_TRACE: Final = (
+    "SELECT s.record, e.data FROM spans s LEFT JOIN events e ON e.event_id = s.event_id AND e.trace_id = s.trace_id "
+    "WHERE s.trace_id = ?"
+)
+_SCHEMA_VERSION: Final = "2"  # 2: spans.event_id (schema 1 databases are upgraded in place)
 
 
 class StoreError(RuntimeError):
@@ -118,8 +127,75 @@ def record_to_row(rec: SpanRecord) -> str:
     )
 
 
-def record_from_row(text: str) -> SpanRecord:
+_quote: Final = json.encoder.encode_basestring_ascii
+
+
+class _ResourceCache:
+    """The JSON of the last resource seen: the spans of one export request share one resource dict."""
+
+    __slots__ = ("json", "resource")
+
+    def __init__(self) -> None:
+        self.resource: object = None
+        self.json = ""
+
+
+def span_row(rec: SpanRecord, cache: _ResourceCache | None = None) -> str | None:
+    """What a record's envelope ``span`` object leaves out, as JSON: the row of a span whose ``span`` object
+    is stored once, in the event that published it (``spans.event_id``); :func:`record_from_row` joins the
+    two. ``None`` when it cannot be exact (then store :func:`record_to_row`)."""
+    start, end, times = rec.start_time_ns, rec.end_time_ns, [e.time_ns for e in rec.events]
+    if (
+        type(start) is not int
+        or not (end is None or type(end) is int)
+        or type(rec.span_kind) is not int
+        or not all(type(t) is int for t in times)
+    ):
+        return None
+    try:
+        if cache is not None and cache.resource is rec.resource:
+            resource = cache.json
+        else:
+            resource = to_json(rec.resource)
+            if cache is not None:
+                cache.resource, cache.json = rec.resource, resource
+        # [start, end, span kind, status message, scope, phase, [event times]], written as json.dumps would
+        text = ",".join([str(t) for t in times])
+        return (
+            f'{{"x":[{start},{"null" if end is None else end},{rec.span_kind},{_quote(rec.status_message)},'
+            f'{_quote(rec.scope)},{_quote(rec.phase)},[{text}]],"resource":{resource}}}'
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+def record_from_row(text: str, event: str | None = None) -> SpanRecord:
+    """A record from a row written by :func:`record_to_row`, or by :func:`span_row` with the stored ``event``
+    whose ``span`` object it is."""
     data = json.loads(text)
+    if "x" in data:
+        if event is None:
+            raise ValueError("this span row needs the event that carries its span object")
+        s = json.loads(event)["span"]
+        start, end, span_kind, status_message, scope, phase, times = data["x"]
+        return SpanRecord(
+            trace_id=s["trace_id"],
+            span_id=s["span_id"],
+            name=s["name"],
+            parent_span_id=s["parent_span_id"],
+            kind=s["kind"],
+            span_kind=span_kind,
+            start_time_ns=start,
+            end_time_ns=end,
+            status=s["status"],
+            status_message=status_message,
+            attributes=s["attributes"],
+            events=tuple(EventRecord(e["name"], t, e["attributes"]) for e, t in zip(s["events"], times, strict=True)),
+            service=s["service"],
+            resource=data["resource"],
+            scope=scope,
+            phase=phase,
+        )
     data["events"] = tuple(EventRecord(n, t, a) for n, t, a in data["events"])
     return SpanRecord(**data)
 
@@ -127,6 +203,55 @@ def record_from_row(text: str) -> SpanRecord:
 def _text(value: str) -> str:
     """SQLite wants valid UTF-8: lone surrogates (legal in JSON escapes) become U+FFFD."""
     return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(head: str, width: int, rows: int) -> str:
+    """``head VALUES (?, ...), (?, ...)``: ``rows`` rows of ``width`` parameters in one statement."""
+    one = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([one] * rows)}"
+
+
+def _insert_many(conn: sqlite3.Connection, head: str, values: list[Any], width: int, max_vars: int) -> None:
+    """Insert rows of ``width`` values, given flat, with multi-row ``VALUES`` statements (not ``executemany``).
+
+    Each SQLite step releases the GIL and must take it back; row by row, a busy event loop thread makes the
+    writer wait for the GIL once per row. Chunk sizes are powers of two (besides the full chunk) so that few
+    distinct statements exist and the statement cache keeps them prepared.
+    """
+    rows = len(values) // width
+    full = max(1, max_vars // width)
+    i = 0
+    while i < rows:
+        left = rows - i
+        n = full if left >= full else 1 << (left.bit_length() - 1)
+        conn.execute(_values_sql(head, width, n), values[i * width : (i + n) * width])
+        i += n
+
+
+class _Rows:
+    """Rows for the writer, kept flat (one list of values per table, not a tuple per row): the hub queues a
+    request's worth at once (:meth:`Store.batch`) and the writer binds them in multi-row statements."""
+
+    __slots__ = ("events", "runs", "spans")
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.events: list[Any] = []
+        self.runs: dict[str, tuple[Any, ...]] = {}
+
+    def __len__(self) -> int:
+        return (len(self.spans) // _SPAN_WIDTH) + (len(self.events) // _EVENT_WIDTH) + len(self.runs)
+
+    def merge(self, other: _Rows) -> None:
+        self.spans += other.spans
+        self.events += other.events
+        self.runs.update(other.runs)
+
+
+_SPAN_WIDTH: Final = 10
+_EVENT_WIDTH: Final = 4
+_RUN_WIDTH: Final = 9
 
 
 class _Read:
@@ -156,6 +281,9 @@ class Store:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._resource_cache = _ResourceCache()
+        self._batch: _Rows | None = None
+        self._max_vars = 999
         self.stats: dict[str, int] = {"spans": 0, "events": 0, "runs": 0, "errors": 0, "batches": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,12 +305,20 @@ class Store:
         try:
             if not memory:
                 conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash may lose the last commits, never corrupts
+            # span and event keys are random (trace ids): a page cache larger than the default 2 MiB keeps the
+            # index pages that inserts touch in memory as the history grows (it fills only as it is used)
+            conn.execute("PRAGMA cache_size=-32768")
             conn.execute("BEGIN IMMEDIATE")
             conn.executescript(_SCHEMA)  # commits the probe transaction first
             row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+            elif row[0] == "1":
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ALTER TABLE spans ADD COLUMN event_id TEXT")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
+                conn.execute("COMMIT")
             elif row[0] != _SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} has otelflow schema {row[0]}, this viewer uses {_SCHEMA_VERSION}; "
@@ -201,6 +337,8 @@ class Store:
             raise StoreError(
                 f"{self.path} is not a usable otelflow database ({exc}); move it away or pass --db with another path"
             ) from None
+        limit = getattr(conn, "getlimit", None)  # Python >= 3.11
+        self._max_vars = min(32766, int(limit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))) if limit else 999  # type: ignore[attr-defined]
         self._conn = conn
         self._thread = threading.Thread(target=self._run, name="otelflow-store", daemon=True)
         self._thread.start()
@@ -215,44 +353,71 @@ class Store:
 
     # ------------------------------------------------------------------ writes (never block)
 
-    def put_span(self, rec: SpanRecord) -> None:
-        self._queue.put(
-            (
-                "span",
-                (
-                    rec.trace_id,
-                    rec.span_id,
-                    rec.parent_span_id,
-                    _text(rec.name),
-                    _text(rec.kind),
-                    rec.status,
-                    rec.start_time_ns,
-                    rec.end_time_ns,
-                    record_to_row(rec),
-                ),
-            )
-        )
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Writes inside go to the writer thread as one item at the end (one wake-up, not one per row).
+        Call from one thread (the hub's loop); nested batches join the outer one."""
+        if self._batch is not None:
+            yield
+            return
+        self._batch = rows = _Rows()
+        try:
+            yield
+        finally:
+            self._batch = None
+            if len(rows):
+                self._queue.put(rows)
 
-    def put_run(self, summary: Mapping[str, Any]) -> None:
-        self._queue.put(
-            (
-                "run",
-                (
-                    summary["trace_id"],
-                    _text(str(summary.get("otelflow_run_id"))) if summary.get("otelflow_run_id") else None,
-                    _text(str(summary.get("name") or "")),
-                    _text(str(summary.get("service") or "")),
-                    summary["status"],
-                    summary.get("start_time_ns") or 0,
-                    summary.get("end_time_ns"),
-                    time.time(),
-                    json.dumps(summary, separators=(",", ":"), default=str),
-                ),
-            )
+    def _rows(self) -> tuple[_Rows, bool]:
+        """Where to add rows, and whether to queue them at once (outside :meth:`batch`)."""
+        if self._batch is not None:
+            return self._batch, False
+        return _Rows(), True
+
+    def put_span(self, rec: SpanRecord, event_id: str | None = None) -> None:
+        """Queue a span. ``event_id``: a stored event (:meth:`put_event`, queued before) whose ``span`` object
+        is exactly this record's envelope object; the row then keeps only the rest (no second copy)."""
+        row = span_row(rec, self._resource_cache) if event_id is not None else None
+        if row is None:
+            row, event_id = record_to_row(rec), None
+        rows, alone = self._rows()
+        rows.spans += (
+            rec.trace_id,
+            rec.span_id,
+            rec.parent_span_id,
+            _text(rec.name),
+            _text(rec.kind),
+            rec.status,
+            rec.start_time_ns,
+            rec.end_time_ns,
+            row,
+            event_id,
         )
+        if alone:
+            self._queue.put(rows)
+
+    def put_run(self, summary: Mapping[str, Any], summary_json: str | None = None) -> None:
+        """Queue a run summary; ``summary_json`` is its JSON when the caller has it (the same text)."""
+        rows, alone = self._rows()
+        rows.runs[summary["trace_id"]] = (
+            summary["trace_id"],
+            _text(str(summary.get("otelflow_run_id"))) if summary.get("otelflow_run_id") else None,
+            _text(str(summary.get("name") or "")),
+            _text(str(summary.get("service") or "")),
+            summary["status"],
+            summary.get("start_time_ns") or 0,
+            summary.get("end_time_ns"),
+            time.time(),
+            summary_json if summary_json is not None else json.dumps(summary, separators=(",", ":"), default=str),
+        )
+        if alone:
+            self._queue.put(rows)
 
     def put_event(self, ev: Event) -> None:
-        self._queue.put(("event", (ev.id, ev.run_id, ev.type, ev.data.decode("ascii"))))
+        rows, alone = self._rows()
+        rows.events += (ev.id, ev.run_id, ev.type, ev.data.decode("ascii"))
+        if alone:
+            self._queue.put(rows)
 
     # ------------------------------------------------------------------ the thread
 
@@ -271,32 +436,24 @@ class Store:
     def _step(self, conn: sqlite3.Connection, state: dict[str, float]) -> bool:
         """Handle one batch; ``True`` when told to stop."""
         item = self._queue.get()
-        batch = [item]
-        while len(batch) < 5000:
+        rows = _Rows()
+        stop = False
+        while True:  # take what is queued, up to about 5000 rows, in order (reads see the writes before them)
+            if isinstance(item, _Rows):
+                rows.merge(item)
+            elif isinstance(item, _Read):
+                self._write(conn, rows)
+                rows = _Rows()
+                self._read(conn, item)
+            elif item is _STOP:
+                stop = True
+            if stop or len(rows) >= 5000:
+                break
             try:
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
-        stop = False
-        spans: list[tuple[Any, ...]] = []
-        runs: dict[str, tuple[Any, ...]] = {}
-        events: list[tuple[Any, ...]] = []
-        for op in batch:
-            if op is _STOP:
-                stop = True
-            elif isinstance(op, _Read):
-                self._write(conn, spans, runs, events)
-                spans, runs, events = [], {}, []
-                self._read(conn, op)
-            else:
-                kind, row = op
-                if kind == "span":
-                    spans.append(row)
-                elif kind == "run":
-                    runs[row[0]] = row
-                else:
-                    events.append(row)
-        self._write(conn, spans, runs, events)
+        self._write(conn, rows)
         now = time.monotonic()
         if now - state["last_retention"] > 60.0:
             state["last_retention"] = now
@@ -310,31 +467,25 @@ class Store:
             return True
         return False
 
-    def _write(
-        self,
-        conn: sqlite3.Connection,
-        spans: list[tuple[Any, ...]],
-        runs: dict[str, tuple[Any, ...]],
-        events: list[tuple[Any, ...]],
-    ) -> None:
+    def _write(self, conn: sqlite3.Connection, rows: _Rows) -> None:
+        spans, runs, events = rows.spans, rows.runs, rows.events
         if not (spans or runs or events):
             return
         try:
             conn.execute("BEGIN")
-            if spans:
-                conn.executemany("INSERT OR REPLACE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", spans)
-            if runs:
-                conn.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", list(runs.values()))
-            if events:
-                conn.executemany("INSERT INTO events (event_id, trace_id, type, data) VALUES (?, ?, ?, ?)", events)
+            max_vars = self._max_vars
+            _insert_many(conn, "INSERT OR REPLACE INTO spans", spans, _SPAN_WIDTH, max_vars)
+            run_values = [v for row in runs.values() for v in row]
+            _insert_many(conn, "INSERT OR REPLACE INTO runs", run_values, _RUN_WIDTH, max_vars)
+            _insert_many(conn, "INSERT INTO events (event_id, trace_id, type, data)", events, _EVENT_WIDTH, max_vars)
             conn.execute("COMMIT")
-            self.stats["spans"] += len(spans)
+            self.stats["spans"] += len(spans) // _SPAN_WIDTH
             self.stats["runs"] += len(runs)
-            self.stats["events"] += len(events)
+            self.stats["events"] += len(events) // _EVENT_WIDTH
             self.stats["batches"] += 1
         except (sqlite3.Error, ValueError):
             self.stats["errors"] += 1
-            log.exception("could not write %d spans to the history database", len(spans))
+            log.exception("could not write %d spans to the history database", len(spans) // _SPAN_WIDTH)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
@@ -394,10 +545,7 @@ class Store:
             ]
             spans: list[SpanRecord] = []
             for run in runs:
-                spans.extend(
-                    record_from_row(r[0])
-                    for r in conn.execute("SELECT record FROM spans WHERE trace_id = ?", (run["trace_id"],))
-                )
+                spans.extend(record_from_row(*r) for r in conn.execute(_SPANS_OF_TRACE, (run["trace_id"],)))
             return runs, spans
 
         return await self.query(fn)
@@ -455,10 +603,8 @@ class Store:
         def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, list[SpanRecord]]:
             row = conn.execute("SELECT summary FROM runs WHERE trace_id = ?", (trace_id,)).fetchone()
             spans = [
-                record_from_row(r[0])
-                for r in conn.execute(
-                    "SELECT record FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id", (trace_id,)
-                )
+                record_from_row(*r)
+                for r in conn.execute(_SPANS_OF_TRACE + " ORDER BY s.start_ns, s.span_id", (trace_id,))
             ]
             return (json.loads(row[0]) if row else None), spans
 

@@ -49,6 +49,7 @@ __all__ = [
     "LiveFlowSession",
     "SseResponse",
     "WsSession",
+    "sse_stream",
 ]
 
 log = logging.getLogger("otelflow.viewer")
@@ -70,6 +71,8 @@ SSE_HEADERS: Final = {
 
 class _Deadline:
     """Cancels the current task when a send takes longer than allowed, or when the client is cut."""
+
+    __slots__ = ("deadline_s", "fired", "in_send", "loop", "task")
 
     def __init__(self, deadline_s: float) -> None:
         self.deadline_s = deadline_s
@@ -105,8 +108,71 @@ class _Deadline:
         return True
 
 
+SSE_RAW_HEADERS: Final = [
+    *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SSE_HEADERS.items()),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
+
+
+async def sse_stream(
+    receive: Receive,
+    send: Send,
+    hub: Hub,
+    filters: Filters,
+    last_event_id: str | None = None,
+    *,
+    until_run_end: bool = False,
+    replay_run: bool = False,
+    closed_run: bool = False,
+    heartbeat_s: float = 10.0,
+    retry_ms: int = 2000,
+    send_deadline_s: float = 10.0,
+    headers: list[tuple[bytes, bytes]] = SSE_RAW_HEADERS,
+) -> None:
+    """Serve one SSE stream on a raw ASGI connection (see the module docstring); ``headers`` are sent as given.
+
+    Kept lean on purpose: an idle stream holds only its subscription, this coroutine, one disconnect watcher
+    and one heartbeat timer.
+    """
+    deadline = _Deadline(send_deadline_s)
+    if closed_run and not last_event_id:
+        sub = Subscription(hub, filters, 1)
+        sub._put(hub.reset_event(filters, "run ended before the replay ring"))
+        sub.close("run_ended")
+    else:
+        sub = hub.open(filters, last_event_id, until_run_end=until_run_end, replay_run=replay_run)
+    sub.on_cut(deadline.cut)
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, sub))
+    try:
+        await deadline.send(send, {"type": "http.response.start", "status": 200, "headers": headers})
+        chunks = [f"retry: {retry_ms}\n: otelflow {hub.epoch}\n\n".encode()]
+        while True:
+            chunks.extend(ev.frame for ev in sub.drain())
+            if sub.closed in ("overflow", "client"):
+                break
+            if chunks:
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks = []
+                await deadline.send(send, {"type": "http.response.body", "body": body, "more_body": True})
+            if sub.finished:
+                break
+            if not await sub.wait(heartbeat_s):
+                chunks.append(b": keep-alive\n\n")
+        if sub.closed != "client":
+            await deadline.send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not deadline.absorb():
+            raise
+        # the client stopped reading: returning leaves the response open, so uvicorn closes the socket
+    except OSError:
+        pass  # the client went away mid-write
+    finally:
+        hub.release(sub)
+        watcher.cancel()
+
+
 class SseResponse(Response):
-    """An endless ``text/event-stream`` of one subscription (see the module docstring)."""
+    """An endless ``text/event-stream`` of one subscription (see the module docstring and :func:`sse_stream`)."""
 
     media_type = "text/event-stream"
 
@@ -137,46 +203,20 @@ class SseResponse(Response):
         self.init_headers({**SSE_HEADERS, "Content-Type": "text/event-stream; charset=utf-8"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        deadline = _Deadline(self.send_deadline_s)
-        if self.closed_run and not self.last_event_id:
-            sub = Subscription(self.hub, self.filters, 1)
-            sub._put(self.hub.reset_event(self.filters, "run ended before the replay ring"))
-            sub.close("run_ended")
-        else:
-            sub = self.hub.open(
-                self.filters,
-                self.last_event_id,
-                until_run_end=self.until_run_end,
-                replay_run=self.replay_run,
-            )
-        sub.on_cut(deadline.cut)
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, sub))
-        try:
-            await deadline.send(send, {"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            chunks = [f"retry: {self.retry_ms}\n: otelflow {self.hub.epoch}\n\n".encode()]
-            while True:
-                chunks.extend(ev.frame for ev in sub.drain())
-                if sub.closed in ("overflow", "client"):
-                    break
-                if chunks:
-                    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                    chunks = []
-                    await deadline.send(send, {"type": "http.response.body", "body": body, "more_body": True})
-                if sub.finished:
-                    break
-                if not await sub.wait(self.heartbeat_s):
-                    chunks.append(b": keep-alive\n\n")
-            if sub.closed != "client":
-                await deadline.send(send, {"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not deadline.absorb():
-                raise
-            # the client stopped reading: returning leaves the response open, so uvicorn closes the socket
-        except OSError:
-            pass  # the client went away mid-write
-        finally:
-            self.hub.release(sub)
-            watcher.cancel()
+        await sse_stream(
+            receive,
+            send,
+            self.hub,
+            self.filters,
+            self.last_event_id,
+            until_run_end=self.until_run_end,
+            replay_run=self.replay_run,
+            closed_run=self.closed_run,
+            heartbeat_s=self.heartbeat_s,
+            retry_ms=self.retry_ms,
+            send_deadline_s=self.send_deadline_s,
+            headers=self.raw_headers,
+        )
 
 
 async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
