@@ -186,6 +186,9 @@ def test_killed_worker_becomes_abandoned_within_15_seconds(serve: Serve) -> None
     run = httpx.get(f"{serve.url}/api/runs/job-kill", timeout=5).json()
     assert run["run"]["status"] == "abandoned"
     assert {s["status"] for s in run["spans"]} == {"abandoned"}
+    # they ran at least until the worker was last heard from: bars and the run's duration stop there
+    assert all(s["end_time"] is not None and s["duration_ms"] >= 0 for s in run["spans"])
+    assert run["run"]["end_time"] is not None
 
 
 @pytest.mark.slow

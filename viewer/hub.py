@@ -900,6 +900,9 @@ class Hub:
             w for w, seen in self._workers.items() if now - seen > self.abandon_after_s and w not in self._local_workers
         ]
         for worker in silent:
+            # The worker was last heard from at this wall-clock time: its spans ran at least until then,
+            # so that is where their bars (and the run's duration) stop.
+            last_heard_ns = time.time_ns() - int((now - self._workers[worker]) * 1e9)
             del self._workers[worker]
             keys = self._running_by_worker.pop(worker, set())
             touched: dict[str, RunState] = {}
@@ -908,7 +911,9 @@ class Hub:
                 rec = run.spans.get(span_id) if run is not None else None
                 if run is None or rec is None or rec.status != STATUS_RUNNING:
                     continue
-                abandoned = replace(rec, status=STATUS_ABANDONED)
+                abandoned = replace(
+                    rec, status=STATUS_ABANDONED, end_time_ns=max(rec.start_time_ns, last_heard_ns)
+                )
                 run.spans[span_id] = abandoned
                 self._publish(
                     SPAN_ABANDONED,
@@ -924,6 +929,7 @@ class Hub:
             for run in touched.values():
                 if run.status == STATUS_RUNNING and not any(s.status == STATUS_RUNNING for s in run.spans.values()):
                     run.status = STATUS_ABANDONED
+                    run.end_ns = max(s.end_time_ns or s.start_time_ns for s in run.spans.values())
                     self._publish_run(RUN_ENDED, run)
                     self._run_ended(run)
 
