@@ -46,3 +46,11 @@ def test_readme_lists_every_lifecycle_event() -> None:
 
     for name in A.LIFECYCLE_EVENTS:
         assert re.search(rf"`{re.escape(name)}`", README), name
+
+
+def test_every_environment_variable_the_code_reads_is_documented() -> None:
+    sources = [p for d in ("otelflow", "viewer") for p in (ROOT / d).rglob("*.py")]
+    names = {m for p in sources for m in re.findall(r"OTELFLOW_[A-Z_]+", p.read_text(encoding="utf-8"))}
+    assert len(names) >= 8
+    missing = sorted(n for n in names if f"`{n}" not in README and f"{n}=" not in README)
+    assert missing == []
