@@ -229,12 +229,11 @@ def _copy_attrs(attrs: Any) -> dict[str, Any]:
     return dict(attrs)
 
 
-_trace_hex: dict[int, str] = {}
-_span_hex: dict[int, str] = {}
+_trace_hex: dict[int, str] = {}  # a run's spans share their trace id: format it once
+_new_event = tuple.__new__  # EventRecord without the NamedTuple constructor's Python frame
 
 
 def _hex(value: int, cache: dict[int, str], digits: str) -> str:
-    # A span's id is formatted for its start, its end and each child's parent id: cache recent ones.
     text = cache.get(value)
     if text is None:
         if len(cache) >= 8192:
@@ -259,13 +258,21 @@ def record_from_span(span: ReadableSpan, phase: str) -> SpanRecord:
     events: tuple[EventRecord, ...] = ()
     if phase != PHASE_START:
         # Event attributes are immutable in the SDK: shared, not copied.
-        events = tuple([EventRecord(e.name, e.timestamp, e.attributes or _EMPTY) for e in span.events])
+        sdk_events = span.events
+        if sdk_events:
+            make = _new_event
+            events = tuple(
+                [
+                    make(EventRecord, (e.name, e.timestamp, _EMPTY if (a := e.attributes) is None else a))
+                    for e in sdk_events
+                ]
+            )
     scope = span.instrumentation_scope
     return SpanRecord(
         _hex(ctx.trace_id, _trace_hex, "032x") if ctx else "0" * 32,
-        _hex(ctx.span_id, _span_hex, "016x") if ctx else "0" * 16,
+        format(ctx.span_id, "016x") if ctx else "0" * 16,
         span.name,
-        _hex(parent.span_id, _span_hex, "016x") if parent is not None else None,
+        format(parent.span_id, "016x") if parent is not None else None,
         kind_of(attrs),
         span.kind.value + 1,
         span.start_time or 0,
