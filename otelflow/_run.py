@@ -6,8 +6,8 @@ The viewer is ``--viewer`` (or ``OTELFLOW_VIEWER_URL``); without one, a viewer i
 standard error with its URL as it starts. The exit status is the script's (130 when Ctrl-C interrupted it).
 
 With an embedded viewer the process keeps serving after the script ended, until Ctrl-C (or SIGTERM), when
-standard input is a terminal; otherwise it exits once the script's spans are delivered. ``OTELFLOW_RUN_EXIT=1``
-always exits, ``OTELFLOW_RUN_EXIT=0`` always keeps serving.
+standard input is a terminal; otherwise it exits once the script's spans are delivered. ``--exit`` (or
+``OTELFLOW_RUN_EXIT=1``) always exits, ``--keep-serving`` (or ``OTELFLOW_RUN_EXIT=0``) always keeps serving.
 """
 
 from __future__ import annotations
@@ -84,7 +84,10 @@ def _run_script(path: str, argv: list[str]) -> int:
     return 0
 
 
-def _keep_serving() -> bool:
+def _keep_serving(choice: str | None = None) -> bool:
+    """``--keep-serving`` / ``--exit`` when given, else ``OTELFLOW_RUN_EXIT``, else: when stdin is a terminal."""
+    if choice is not None:
+        return choice == "serve"
     raw = os.environ.get(ENV_RUN_EXIT, "").strip().lower()
     if raw in _TRUE:
         return False
@@ -150,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
         current.force_flush(5_000)  # the script's last spans reach the viewer
     if viewer is None:
         return code
-    if code != 130 and _keep_serving():
+    if code != 130 and _keep_serving(getattr(args, "after", None)):
         _say(f"{path} exited with status {code}; the viewer keeps serving at {url} (Ctrl-C to stop)")
         _wait_for_stop(viewer)
     viewer.stop(8.0)

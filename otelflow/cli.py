@@ -108,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a Python script with tracing and live streaming")
     run.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL"), help="viewer URL (default: embedded)")
     run.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the embedded viewer")
+    after = run.add_mutually_exclusive_group()
+    after.add_argument(
+        "--exit",
+        dest="after",
+        action="store_const",
+        const="exit",
+        help="with an embedded viewer, exit when the script ends",
+    )
+    after.add_argument(
+        "--keep-serving",
+        dest="after",
+        action="store_const",
+        const="serve",
+        help="with an embedded viewer, keep serving after the script ends until Ctrl-C "
+        "(default: only when standard input is a terminal; OTELFLOW_RUN_EXIT)",
+    )
     run.add_argument("script", help="the Python script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     run.set_defaults(func=_cmd_run)

@@ -225,7 +225,8 @@ def script(tmp_path: Path) -> Path:
 
 def test_run_streams_live_then_keeps_serving_until_sigint(procs: list[Proc], script: Path, tmp_path: Path) -> None:
     go = tmp_path / "go"
-    run = Proc("run", "--port", "0", str(script), str(go), "3", env={"OTELFLOW_RUN_EXIT": "0"})
+    # stdin is not a terminal, so only the flag keeps the viewer serving after the script
+    run = Proc("run", "--keep-serving", "--port", "0", str(script), str(go), "3")
     procs.append(run)
     url = run.find(r"viewer at (http://127\.0\.0\.1:\d+)").group(1)
     sse = SseClient(url)
@@ -276,3 +277,11 @@ def test_run_streams_to_a_separate_viewer_and_exits_with_the_script(procs: list[
         assert [(r.name, r.service) for r in runs] == [("invoke_workflow scripted", "script")]
     finally:
         viewer.stop()
+
+
+def test_run_exit_flag_beats_the_environment(procs: list[Proc], script: Path) -> None:
+    go = script.parent / "go"
+    go.touch()
+    run = Proc("run", "--exit", "--port", "0", str(script), str(go), "0", env={"OTELFLOW_RUN_EXIT": "0"})
+    procs.append(run)
+    assert run.popen.wait(DEADLINE_S) == 0, run.text()
