@@ -911,9 +911,7 @@ class Hub:
                 rec = run.spans.get(span_id) if run is not None else None
                 if run is None or rec is None or rec.status != STATUS_RUNNING:
                     continue
-                abandoned = replace(
-                    rec, status=STATUS_ABANDONED, end_time_ns=max(rec.start_time_ns, last_heard_ns)
-                )
+                abandoned = replace(rec, status=STATUS_ABANDONED, end_time_ns=max(rec.start_time_ns, last_heard_ns))
                 run.spans[span_id] = abandoned
                 self._publish(
                     SPAN_ABANDONED,
