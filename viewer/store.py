@@ -424,7 +424,14 @@ class Store:
     def _run(self) -> None:
         conn = self._conn
         assert conn is not None
-        state = {"last_retention": 0.0}
+        # Retention sweeps once when the store opens, then at most once a minute after a batch. (A first sweep
+        # right after the first batch could remove what that batch just wrote, when it carries old timestamps.)
+        try:
+            self._retention(conn)
+        except sqlite3.Error:
+            self.stats["errors"] += 1
+            log.exception("retention failed")
+        state = {"last_retention": time.monotonic()}
         while True:
             try:
                 if self._step(conn, state):
