@@ -384,6 +384,16 @@ class Step:
                 handle.set_input(self._input)
         return handle
 
+    def _captured_output(self, active: _Active, value: Any) -> None:
+        """Record ``value`` as the output, unless capture is off or the user already set one."""
+        if self._capture() and not active.handle._has_output():
+            active.handle.set_output(value)
+
+    def _returned(self, active: _Active, result: Any) -> None:
+        """The decorated call returned ``result``: record it and end the span."""
+        self._captured_output(active, result)
+        active.finish(None)
+
     def _start(self, name: str, call_input: Any = None, has_input: bool = False) -> _Active:
         handle = self._open(name, call_input, has_input)
         return _Active(handle, otel_context.attach(trace.set_span_in_context(handle.span)))
@@ -449,9 +459,7 @@ class Step:
                 except BaseException as exc:
                     active.finish(exc)
                     raise
-                if step._capture() and not active.handle._has_output():
-                    active.handle.set_output(result)
-                active.finish(None)
+                step._returned(active, result)
                 return result
 
             return cast(F, async_wrapper)
@@ -464,9 +472,7 @@ class Step:
             except BaseException as exc:
                 active.finish(exc)
                 raise
-            if step._capture() and not active.handle._has_output():
-                active.handle.set_output(result)
-            active.finish(None)
+            step._returned(active, result)
             return result
 
         return cast(F, sync_wrapper)
@@ -534,8 +540,7 @@ def _traced_gen(
                 else:
                     item = gen.send(to_send)
             except StopIteration as stop:
-                if step._capture() and not active.handle._has_output():
-                    active.handle.set_output(stop.value if stop.value is not None else items)
+                step._captured_output(active, stop.value if stop.value is not None else items)
                 active.handle.span.set_attribute(A.GENERATOR_ITEMS, count)
                 return stop.value
             finally:
@@ -591,8 +596,7 @@ async def _traced_agen(
                 else:
                     item = await agen.asend(to_send)
             except StopAsyncIteration:
-                if step._capture() and not active.handle._has_output():
-                    active.handle.set_output(items)
+                step._captured_output(active, items)
                 active.handle.span.set_attribute(A.GENERATOR_ITEMS, count)
                 return
             finally:

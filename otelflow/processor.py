@@ -8,7 +8,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -56,6 +56,7 @@ class _Flush:
 
 
 _STOP = object()
+_SPAN_ITEMS: Final = (ReadableSpan, _Update)  # queue items that become records (the rest are markers)
 _live_processors: weakref.WeakSet[LiveSpanProcessor] = weakref.WeakSet()
 
 
@@ -204,7 +205,7 @@ class LiveSpanProcessor(SpanProcessor):
                     continue
                 batch: list[SpanRecord] = []
                 for item in self._take():
-                    if isinstance(item, ReadableSpan | _Update):
+                    if isinstance(item, _SPAN_ITEMS):
                         try:
                             if isinstance(item, _Update):
                                 batch.append(record_from_span(item.span, PHASE_UPDATE))

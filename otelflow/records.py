@@ -351,16 +351,21 @@ def otlp_resource(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {"attributes": _key_values(attrs)}
 
 
-def to_otlp_json(records: Iterable[SpanRecord]) -> dict[str, Any]:
+def to_otlp_json(records: Iterable[SpanRecord], resource_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Encode records as an OTLP ``ExportTraceServiceRequest`` in JSON form.
 
     Running records are encoded with no end time and ``otelflow.pending=true``, the live-only marker.
+    ``resource_extra`` is added to every resource (the live exporter's worker id).
     """
     groups: dict[tuple[tuple[tuple[str, str], ...], str], list[dict[str, Any]]] = {}
     resources: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    key_of: dict[int, tuple[tuple[str, str], ...]] = {}  # records of one process share their resource dict
     for rec in records:
-        res_key = tuple(sorted((k, repr(v)) for k, v in rec.resource.items()))
-        resources.setdefault(res_key, rec.resource or {"service.name": rec.service})
+        res_key = key_of.get(id(rec.resource))
+        if res_key is None:
+            res_key = key_of[id(rec.resource)] = tuple(sorted((k, repr(v)) for k, v in rec.resource.items()))
+        if res_key not in resources:
+            resources[res_key] = {**(rec.resource or {"service.name": rec.service}), **(resource_extra or {})}
         attrs = rec.attributes
         if rec.end_time_ns is None:
             attrs = {**attrs, A.PENDING: True}

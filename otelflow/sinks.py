@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import http.client
 import json
@@ -272,12 +271,12 @@ class LiveExporter:
             self._pending = merged
 
     def _body(self, batch: list[SpanRecord]) -> bytes:
-        resource = {**(self._resource or {}), A.WORKER_ID: self.worker_id}
+        worker = {A.WORKER_ID: self.worker_id}
         if batch:
-            records = [_with_resource(r, resource) for r in batch]
-            payload = to_otlp_json(records)
+            payload = to_otlp_json(batch, resource_extra=worker)
         else:
             # a heartbeat: the worker's resource and no spans
+            resource = {**(self._resource or {}), **worker}
             payload = {"resourceSpans": [{"resource": otlp_resource(resource), "scopeSpans": []}]}
         return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
@@ -329,9 +328,3 @@ class LiveExporter:
                 self._conn.close()
             finally:
                 self._conn = None
-
-
-def _with_resource(record: SpanRecord, resource: dict[str, Any]) -> SpanRecord:
-    if record.resource.get(A.WORKER_ID) == resource[A.WORKER_ID]:
-        return record
-    return dataclasses.replace(record, resource={**record.resource, A.WORKER_ID: resource[A.WORKER_ID]})

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -15,6 +16,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otelflow
 from otelflow.records import SpanRecord
+
+if TYPE_CHECKING:
+    from tests.viewer.conftest import Viewer
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -69,3 +73,22 @@ def traced() -> Iterator[Traced]:
     yield result
     telemetry.shutdown()
     provider.shutdown()
+
+
+@pytest.fixture
+def make_viewer() -> Iterator[Callable[..., Viewer]]:
+    """Start viewers (``create_app(**kwargs)``, real uvicorn on a free loopback port); stopped at the end."""
+    from tests.viewer.conftest import Viewer
+    from viewer.app import create_app
+
+    started: list[Viewer] = []
+
+    def make(**kwargs: Any) -> Viewer:
+        viewer = Viewer(create_app(**kwargs)).start()
+        started.append(viewer)
+        return viewer
+
+    yield make
+    for viewer in started:
+        if viewer.thread.is_alive():
+            viewer.stop()

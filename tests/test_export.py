@@ -5,34 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from otelflow import attributes as A
 from otelflow.records import EventRecord
 from tests.test_tail import free_port
 from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
-from viewer.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def viewers() -> Iterator[Callable[..., Viewer]]:
-    started: list[Viewer] = []
-
-    def make(**kwargs: Any) -> Viewer:
-        started.append(Viewer(create_app(**kwargs)).start())
-        return started[-1]
-
-    yield make
-    for v in started:
-        if v.thread.is_alive():
-            v.stop()
 
 
 def export(*args: str) -> subprocess.CompletedProcess[str]:
@@ -84,9 +68,9 @@ def comparable(detail: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 def test_otlp_json_export_posted_to_another_viewer_reproduces_the_run(
-    viewers: Callable[..., Viewer], tmp_path: Path
+    make_viewer: Callable[..., Viewer], tmp_path: Path
 ) -> None:
-    source, target = viewers(token="tok"), viewers()
+    source, target = make_viewer(token="tok"), make_viewer()
     t, _ = a_run(source, authorization="Bearer tok")
     out = tmp_path / "run.otlp.json"
     result = export("job-exp", "--viewer", source.url, "--token", "tok", "-o", str(out))
@@ -107,8 +91,8 @@ def test_otlp_json_export_posted_to_another_viewer_reproduces_the_run(
     assert reproduced["run"]["trace_id"] == t
 
 
-def test_jsonl_to_stdout_is_one_span_per_line(viewers: Callable[..., Viewer]) -> None:
-    viewer = viewers()
+def test_jsonl_to_stdout_is_one_span_per_line(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer()
     t, ids = a_run(viewer)
     result = export(t, "--viewer", viewer.url, "--format", "jsonl")
     assert result.returncode == 0, result.stderr
@@ -119,8 +103,8 @@ def test_jsonl_to_stdout_is_one_span_per_line(viewers: Callable[..., Viewer]) ->
     assert {s["status"] for s in spans} == {"ok", "error"}
 
 
-def test_unknown_run_is_exit_1_and_writes_no_file(viewers: Callable[..., Viewer], tmp_path: Path) -> None:
-    viewer = viewers()
+def test_unknown_run_is_exit_1_and_writes_no_file(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
+    viewer = make_viewer()
     out = tmp_path / "nothing.json"
     result = export("job-nope", "--viewer", viewer.url, "-o", str(out))
     assert result.returncode == 1
@@ -128,15 +112,15 @@ def test_unknown_run_is_exit_1_and_writes_no_file(viewers: Callable[..., Viewer]
     assert not out.exists()
 
 
-def test_unreachable_viewer_is_exit_2(viewers: Callable[..., Viewer]) -> None:
+def test_unreachable_viewer_is_exit_2(make_viewer: Callable[..., Viewer]) -> None:
     result = export("job-x", "--viewer", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2
     assert "cannot reach the viewer" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_missing_token_says_so(viewers: Callable[..., Viewer]) -> None:
-    viewer = viewers(token="tok")
+def test_missing_token_says_so(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer(token="tok")
     result = export("job-x", "--viewer", viewer.url)
     assert result.returncode == 1
     assert "needs a token" in result.stderr

@@ -146,21 +146,6 @@ def procs() -> Iterator[Callable[..., Proc]]:
         p.stop()
 
 
-@pytest.fixture
-def viewers() -> Iterator[Callable[..., Viewer]]:
-    """Start viewers (``create_app(**kwargs)``) on free ports; stops them at the end."""
-    started: list[Viewer] = []
-
-    def make(**kwargs: Any) -> Viewer:
-        started.append(Viewer(create_app(**kwargs)).start())
-        return started[-1]
-
-    yield make
-    for v in started:
-        if v.thread.is_alive():
-            v.stop()
-
-
 def tail_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "otelflow.cli", "tail", *args]
 
@@ -233,9 +218,9 @@ def test_json_follows_a_run_across_a_viewer_restart_without_duplicates(
 
 
 def test_plain_lines_kind_filter_ended_run_and_ctrl_c(
-    viewers: Callable[..., Viewer], procs: Callable[..., Proc]
+    make_viewer: Callable[..., Viewer], procs: Callable[..., Proc]
 ) -> None:
-    viewer = viewers()
+    viewer = make_viewer()
     plain = procs(tail_cmd("--viewer", viewer.url))
     tools = procs(tail_cmd("--viewer", viewer.url, "--all", "--kind", "tool", "--json"))
     for p in (plain, tools):
@@ -294,8 +279,8 @@ def test_reconnects_while_the_viewer_is_down_and_ctrl_c_exits_cleanly(procs: Cal
     assert not any("Traceback" in line for line in tail.err), tail.err
 
 
-def test_a_refused_token_is_a_clear_error(viewers: Callable[..., Viewer], procs: Callable[..., Proc]) -> None:
-    viewer = viewers(token="s3cret")
+def test_a_refused_token_is_a_clear_error(make_viewer: Callable[..., Viewer], procs: Callable[..., Proc]) -> None:
+    viewer = make_viewer(token="s3cret")
     tail = procs(tail_cmd("--viewer", viewer.url))
     assert tail.wait(10) == 2
     assert any("needs a token" in line for line in tail.err), tail.err
@@ -460,8 +445,8 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
     assert b.next() <= 1.0
 
 
-def test_sse_parser_reads_frames_from_a_real_stream(viewers: Callable[..., Viewer]) -> None:
-    viewer = viewers()
+def test_sse_parser_reads_frames_from_a_real_stream(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer()
     from otelflow._tail import SseStream
     from tests.viewer.conftest import record, span_id, trace_id
 

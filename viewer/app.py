@@ -162,6 +162,22 @@ class ViewerApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def _query_filters(q: QueryParams, run: str | None = None) -> Filters:
+    """A stream's filters from its query string; ``run`` (from the path) replaces ``?run=``."""
+    return Filters.parse(
+        run=run if run is not None else (q.getlist("run") or None),
+        kind=q.getlist("kind") or None,
+        type=q.getlist("type") or None,
+        name=q.getlist("name") or None,
+        status=q.getlist("status") or None,
+    )
+
+
+def _last_event_id(headers: Headers, q: QueryParams) -> str | None:
+    """Where a stream resumes: the ``Last-Event-ID`` header, else ``?last_event_id=`` (EventSource cannot set it)."""
+    return headers.get("last-event-id") or q.get("last_event_id") or None
+
+
 def _headers_after(middleware: Callable[[ASGIApp], ASGIApp], headers: list[tuple[bytes, bytes]]) -> Any:
     """The response headers ``middleware`` turns ``headers`` into, found by running it once on a response that
     needs no I/O; ``None`` if it did not finish at once (then it must wrap each stream instead)."""
@@ -260,40 +276,37 @@ def create_app(
     async def traces(request: Request) -> Response:
         return await handle_traces(request, ingest, max_body_bytes)
 
-    def filters_of(request: Request, run: str | None = None) -> Filters:
-        q = request.query_params
-        return Filters.parse(
-            run=run if run is not None else (q.getlist("run") or None),
-            kind=q.getlist("kind") or None,
-            type=q.getlist("type") or None,
-            name=q.getlist("name") or None,
-            status=q.getlist("status") or None,
-        )
-
-    def last_event_id(request: Request) -> str | None:
-        return request.headers.get("last-event-id") or request.query_params.get("last_event_id") or None
+    async def run_has_ended(run: str) -> bool:
+        """Whether ``run`` is only in the history, ended: its stream then replays what is stored and closes."""
+        if hub.resolve(run) is not None:
+            return False
+        trace = await store.resolve(run)
+        if trace is None:
+            return False
+        summary, _ = await store.get_run(trace)
+        return summary is not None and summary["status"] != STATUS_RUNNING
 
     @app.get("/api/stream")
     async def stream(request: Request) -> Response:
+        q = request.query_params
         return SseResponse(
-            hub, filters_of(request), last_event_id(request), heartbeat_s=heartbeat_s, send_deadline_s=send_deadline_s
+            hub,
+            _query_filters(q),
+            _last_event_id(request.headers, q),
+            heartbeat_s=heartbeat_s,
+            send_deadline_s=send_deadline_s,
         )
 
     @app.get("/api/runs/{run}/stream")
     async def run_stream(request: Request, run: str) -> Response:
-        closed_run = False
-        if hub.resolve(run) is None:
-            trace = await store.resolve(run)
-            if trace is not None:
-                summary, _ = await store.get_run(trace)
-                closed_run = summary is not None and summary["status"] != STATUS_RUNNING
+        q = request.query_params
         return SseResponse(
             hub,
-            filters_of(request, run),
-            last_event_id(request),
+            _query_filters(q, run),
+            _last_event_id(request.headers, q),
             until_run_end=True,
             replay_run=True,
-            closed_run=closed_run,
+            closed_run=await run_has_ended(run),
             heartbeat_s=heartbeat_s,
             send_deadline_s=send_deadline_s,
         )
@@ -301,13 +314,7 @@ def create_app(
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
         q = websocket.query_params
-        filters = Filters.parse(
-            run=q.getlist("run") or None,
-            kind=q.getlist("kind") or None,
-            type=q.getlist("type") or None,
-            name=q.getlist("name") or None,
-            status=q.getlist("status") or None,
-        )
+        filters = _query_filters(q)
         await WsSession(websocket, hub, filters, q.get("last_event_id") or None, send_deadline_s=send_deadline_s).run()
 
     @app.websocket("/ws/live-flow/{job_id}")
@@ -429,20 +436,9 @@ def create_app(
         if security._problem(scope) is not None:
             return False  # FastAPI answers it, exactly as for any other route
         q = QueryParams(scope["query_string"])
-        filters = Filters.parse(
-            run=run if run is not None else (q.getlist("run") or None),
-            kind=q.getlist("kind") or None,
-            type=q.getlist("type") or None,
-            name=q.getlist("name") or None,
-            status=q.getlist("status") or None,
-        )
-        last = Headers(scope=scope).get("last-event-id") or q.get("last_event_id") or None
-        closed_run = False
-        if run is not None and hub.resolve(run) is None:
-            trace = await store.resolve(run)
-            if trace is not None:
-                summary, _ = await store.get_run(trace)
-                closed_run = summary is not None and summary["status"] != STATUS_RUNNING
+        filters = _query_filters(q, run)
+        last = _last_event_id(Headers(scope=scope), q)
+        closed_run = run is not None and await run_has_ended(run)
         del q
 
         async def stream(_scope: Scope, receive: Receive, send: Send) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.viewer.conftest import Viewer, make_viewer, viewer  # noqa: F401 - fixtures re-exported
+from tests.viewer.conftest import Viewer, viewer  # noqa: F401 - fixture re-exported
 from viewer.app import create_app, make_server
 
 CHROMIUM = os.environ.get("OTELFLOW_CHROMIUM", "/usr/bin/chromium")

@@ -49,6 +49,17 @@ def server_span_ids(viewer: Viewer, trace: str) -> list[str]:
     return sorted(s["span_id"] for s in data["spans"])
 
 
+def assert_exactly_the_gated_run(page: Any, viewer: Viewer, trace: str) -> None:
+    """The page shows the finished gated run with exactly the server's spans and no log line twice."""
+    expected = server_span_ids(viewer, trace)
+    assert len(expected) == 5
+    expect(page.locator(".tl-row")).to_have_count(5)
+    assert sorted(span_rows(page)) == expected
+    expect_statuses(page, dict.fromkeys(NODE_ORDER, "ok"))
+    keys = page.locator(".log").evaluate_all("els => els.map(e => e.dataset.key)")
+    assert len(keys) == len(set(keys)) == 4
+
+
 def post(viewer: Viewer, records: list[SpanRecord]) -> None:
     assert viewer.post_json(records).status_code == 200
 
@@ -164,13 +175,7 @@ def test_viewer_restart_mid_run_ends_with_exactly_the_runs_spans(
         wf.send("go")
         wf.finish()
         expect(page.locator("#run-status")).to_have_attribute("data-status", "ok", timeout=20_000)
-        expected = server_span_ids(second, wf.trace_id)
-        assert len(expected) == 5
-        expect(page.locator(".tl-row")).to_have_count(5)
-        assert sorted(span_rows(page)) == expected
-        expect_statuses(page, dict.fromkeys(NODE_ORDER, "ok"))
-        keys = page.locator(".log").evaluate_all("els => els.map(e => e.dataset.key)")
-        assert len(keys) == len(set(keys)) == 4
+        assert_exactly_the_gated_run(page, second, wf.trace_id)
     finally:
         second.stop()
 

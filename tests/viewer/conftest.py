@@ -7,7 +7,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from otelflow import attributes as A
 from otelflow.records import EventRecord, SpanRecord, to_otlp_json
-from viewer.app import create_app, make_server
+from viewer.app import make_server
 from viewer.hub import Hub
 
 T = TypeVar("T")
@@ -83,21 +83,6 @@ class Viewer:
             headers={"content-type": "application/json", **headers},
             timeout=10,
         )
-
-
-@pytest.fixture
-def make_viewer() -> Iterator[Callable[..., Viewer]]:
-    started: list[Viewer] = []
-
-    def make(**kwargs: Any) -> Viewer:
-        viewer = Viewer(create_app(**kwargs)).start()
-        started.append(viewer)
-        return viewer
-
-    yield make
-    for viewer in started:
-        if viewer.thread.is_alive():
-            viewer.stop()
 
 
 @pytest.fixture
