@@ -10,7 +10,9 @@ compared with the baseline (an SDK TracerProvider with no processor) measured in
   the worker thread costs the caller indirectly (spans kept alive until converted, the interpreter lock,
   the garbage collector); and the same for a sink nobody subscribed to, where the processor skips spans;
 - delivery: wall time from the first span until an in-process subscriber has received every start and
-  end record — target <= 1.5x.
+  end record — target <= 1.5x. Records arrive deferred (formatted when first read), so the same is also
+  measured with a subscriber that reads every record in full (``to_dict()``), which is what the viewer's
+  hub does with them.
 
 Run: ``python bench/bench_processor.py [--spans 20000] [--repeats 7]``. Prints ratios, not a verdict.
 """
@@ -73,6 +75,38 @@ def timed(fn: Callable[[], None], clock: Callable[[], float]) -> float:
     return clock() - start
 
 
+def delivery_wall(n: int, *, read: bool) -> float:
+    """Wall time from the first span until a subscriber has every start and end record (and, with ``read``,
+    has read each record in full: records come deferred, and reading them is what formats them)."""
+    provider = TracerProvider()
+    sink = InProcessSink()
+    got = [0]
+    done = threading.Event()
+
+    def subscriber(records: Sequence[SpanRecord]) -> None:
+        if read:
+            for record in records:
+                record.to_dict()
+        got[0] += len(records)
+        if got[0] >= 2 * n:
+            done.set()
+
+    sink.subscribe(subscriber)
+    proc = LiveSpanProcessor(sink, max_queue_size=4 * n)
+    provider.add_span_processor(proc)
+
+    def produce_and_wait() -> None:
+        make_spans(provider, n)
+        if not done.wait(60):
+            raise RuntimeError("subscriber did not receive every record")
+
+    wall = timed(produce_and_wait, time.perf_counter)
+    if proc.dropped:
+        raise RuntimeError(f"{proc.dropped} records dropped")
+    proc.shutdown()
+    return wall
+
+
 def run(n: int, repeats: int) -> dict[str, float]:
     base_cpu: list[float] = []
     hook_cpu: list[float] = []
@@ -80,6 +114,7 @@ def run(n: int, repeats: int) -> dict[str, float]:
     hook_time: list[float] = []
     base_wall: list[float] = []
     deliver_wall: list[float] = []
+    read_wall: list[float] = []
     for _ in range(repeats):
         # interleave the variants so that machine noise hits all of them alike
         bare = TracerProvider()
@@ -106,29 +141,8 @@ def run(n: int, repeats: int) -> dict[str, float]:
         idle_cpu.append(timed(lambda p=unheard: make_spans(p, n), time.thread_time))
         idle.shutdown()
 
-        delivered = TracerProvider()
-        sink = InProcessSink()
-        got = [0]
-        done = threading.Event()
-
-        def subscriber(records: Sequence[SpanRecord], got: list[int] = got, done: threading.Event = done) -> None:
-            got[0] += len(records)
-            if got[0] >= 2 * n:
-                done.set()
-
-        sink.subscribe(subscriber)
-        proc = LiveSpanProcessor(sink, max_queue_size=4 * n)
-        delivered.add_span_processor(proc)
-
-        def produce_and_wait(p: TracerProvider = delivered, done: threading.Event = done) -> None:
-            make_spans(p, n)
-            if not done.wait(60):
-                raise RuntimeError("subscriber did not receive every record")
-
-        deliver_wall.append(timed(produce_and_wait, time.perf_counter))
-        if proc.dropped:
-            raise RuntimeError(f"{proc.dropped} records dropped")
-        proc.shutdown()
+        deliver_wall.append(delivery_wall(n, read=False))
+        read_wall.append(delivery_wall(n, read=True))
     med = statistics.median
     return {
         "baseline_us_per_span_cpu": med(base_cpu) / n * 1e6,
@@ -140,6 +154,8 @@ def run(n: int, repeats: int) -> dict[str, float]:
         "baseline_us_per_span_wall": med(base_wall) / n * 1e6,
         "delivery_us_per_span_wall": med(deliver_wall) / n * 1e6,
         "delivery_ratio": med(deliver_wall) / med(base_wall),
+        "read_us_per_span_wall": med(read_wall) / n * 1e6,
+        "read_ratio": med(read_wall) / med(base_wall),
     }
 
 
@@ -164,6 +180,7 @@ def main() -> None:
         f"start+end delivered       : {r['delivery_us_per_span_wall']:.2f} us/span  ratio {r['delivery_ratio']:.3f}x "
         "(target <= 1.5x)"
     )
+    print(f"... and read in full       : {r['read_us_per_span_wall']:.2f} us/span  ratio {r['read_ratio']:.3f}x")
 
 
 if __name__ == "__main__":

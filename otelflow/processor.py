@@ -7,14 +7,23 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otelflow._log import problems
-from otelflow.records import PHASE_END, PHASE_START, PHASE_UPDATE, SpanRecord, record_from_span, started_copy
+from otelflow.records import (
+    PHASE_END,
+    PHASE_START,
+    PHASE_UPDATE,
+    SpanRecord,
+    capture,
+    deferred_pair,
+    deferred_record,
+    record_from_span,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span as ApiSpan
@@ -23,10 +32,12 @@ __all__ = ["LiveSpanProcessor", "Sink", "notify_update"]
 
 
 class Sink(Protocol):
-    """Where the processor's worker thread delivers records, in order, in batches.
+    """Where the processor delivers records, in order, in batches (from its worker thread unless ``inline``).
 
     A sink may also have a boolean ``active`` attribute: while it is false (nobody listens), the processor
-    skips spans entirely, so an idle in-process sink costs next to nothing.
+    skips spans entirely, so an idle in-process sink costs next to nothing. A sink whose ``inline``
+    attribute is true promises that ``export`` is quick and never blocks, so the processor may call it
+    from ``on_end`` on the application's thread (one call at a time, in order).
     """
 
     def export(self, records: Sequence[SpanRecord]) -> None: ...
@@ -37,7 +48,7 @@ class Sink(Protocol):
 
 
 class _Update:
-    """A mid-span update in the queue (starts and ends are queued as the bare span objects)."""
+    """A mid-span update in the queue (a start is queued as the span id, an end as the span's capture)."""
 
     __slots__ = ("span",)
 
@@ -56,7 +67,11 @@ class _Flush:
 
 
 _STOP = object()
-_SPAN_ITEMS: Final = (ReadableSpan, _Update)  # queue items that become records (the rest are markers)
+_SAMPLED: Final = 0x01  # the W3C sampled flag; TraceFlags is an int, and its .sampled property costs a call
+# Inline delivery is turned off for good once this many deliveries from on_end took longer than this
+# (a pause of the whole process, such as a long garbage collection, can make one look slow).
+_INLINE_SLOW_S: Final = 0.02
+_INLINE_STRIKES: Final = 3
 _live_processors: weakref.WeakSet[LiveSpanProcessor] = weakref.WeakSet()
 
 
@@ -73,20 +88,35 @@ def notify_update(span: ApiSpan) -> None:
 class LiveSpanProcessor(SpanProcessor):
     """A span processor that streams span starts, updates and ends to a sink while the spans run.
 
-    Contract: the hooks run in O(1) on the caller's thread, never block and never raise. Work is handed to
-    one worker thread through a bounded queue; when it is full the record is dropped and counted
+    Contract: the hooks run in O(1) on the caller's thread, never block and never raise. Records go to the
+    sink in order through a bounded queue; when it is full the record is dropped and counted
     (:attr:`dropped`). Only sampled spans are streamed. Records of one span are delivered in order:
     start, then updates, then end. :meth:`shutdown` and :meth:`force_flush` are idempotent and bounded by
     their timeouts. After ``fork()`` the child starts with an empty queue and its own worker.
+
+    Who delivers: one worker thread, always; and, for a sink whose ``inline`` attribute is true (the
+    in-process sink), ``on_end`` too, when it can take the delivery lock without waiting and the queue
+    holds at most ``inline_limit`` items. Delivering where the span ended keeps spans from piling up
+    between threads, which is what makes a hand-over to a worker thread expensive in Python (see
+    :func:`otelflow.records.capture`). A span that starts and ends with nothing queued in between is
+    delivered by its ``on_end`` at once, start and end together, as deferred records.
     """
 
     def __init__(
-        self, sink: Sink, *, max_queue_size: int = 65_536, max_batch_size: int = 512, linger_s: float = 0.001
+        self,
+        sink: Sink,
+        *,
+        max_queue_size: int = 65_536,
+        max_batch_size: int = 512,
+        linger_s: float = 0.001,
+        inline_limit: int = 16,
     ) -> None:
-        if max_queue_size < 1 or max_batch_size < 1:
-            raise ValueError("max_queue_size and max_batch_size must be at least 1")
+        if max_queue_size < 1 or max_batch_size < 1 or inline_limit < 0:
+            raise ValueError("max_queue_size and max_batch_size must be at least 1, inline_limit at least 0")
         self.sink = sink
         self._gate = sink if hasattr(sink, "active") else None
+        self._inline = inline_limit if getattr(sink, "inline", False) else 0
+        self._slow_inline = 0
         self._max_queue = max_queue_size
         self._max_batch = max_batch_size
         self._linger = linger_s
@@ -106,7 +136,13 @@ class LiveSpanProcessor(SpanProcessor):
 
     def _init_worker(self) -> None:
         self._queue: deque[object] = deque()
-        self._active: dict[int, Span] = {}
+        self._active: dict[int, Span] = {}  # started, not ended
+        self._pending: dict[int, Span] = {}  # started, start not yet taken by a delivery nor by on_end
+        self._captures: dict[int, tuple[object, ...]] = {}  # ended before a delivery took the start
+        self._whole: set[int] = set()  # of those, the ones with no end item: start and end go out together
+        self._ended: dict[int, SpanRecord] = {}  # end records made early, waiting for their end item
+        self._last_start: int | None = None  # the span id, if the last item queued was a start
+        self._delivering = threading.Lock()  # held while taking items from the queue and exporting them
         self._wake = threading.Event()
         self._idle = True
         self._stopped = threading.Event()
@@ -129,14 +165,25 @@ class LiveSpanProcessor(SpanProcessor):
         return list(self._active.values())
 
     # --- hooks (caller's thread) ------------------------------------------------------------------
+    # How a span travels: on_start queues its span id (a plain int, which the garbage collector ignores)
+    # and notes the span in _pending. Whichever comes first then takes the span out of _pending: a delivery,
+    # which snapshots the running span as its start record, or on_end, which leaves the span's capture in
+    # _captures for the delivery to derive the start record from. on_end also queues the capture for the
+    # end record, unless nothing was queued since the start: then the delivery emits start and end together
+    # when it reaches the start. No SDK span object is held once it has ended.
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             ctx = span.context
             gate = self._gate
-            if self._shutdown or not ctx.trace_flags.sampled or (gate is not None and not gate.active):
+            if self._shutdown or not ctx.trace_flags & _SAMPLED or (gate is not None and not gate.active):
                 return
-            self._active[ctx.span_id] = span
-            self._put(span)  # a live Span object in the queue means "started"
+            span_id = ctx.span_id
+            self._active[span_id] = span
+            self._pending[span_id] = span
+            if self._put(span_id):
+                self._last_start = span_id
+            else:
+                self._pending.pop(span_id, None)
         except Exception:  # noqa: BLE001 - a hook must never raise into user code
             problems.warning("on_start", "otelflow: live processor failed on span start", exc_info=True)
 
@@ -152,16 +199,64 @@ class LiveSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         try:
             ctx = span.context
-            if ctx is None or not ctx.trace_flags.sampled:
+            if ctx is None or not ctx.trace_flags & _SAMPLED:
                 return
-            self._active.pop(ctx.span_id, None)
+            span_id = ctx.span_id
+            self._active.pop(span_id, None)
             gate = self._gate
-            if not self._shutdown and (gate is None or gate.active):
-                self._put(span)  # the SDK hands on_end a ReadableSpan, never a Span: "ended"
+            if self._shutdown or (gate is not None and not gate.active):
+                self._pending.pop(span_id, None)
+                return
+            cap = capture(span, PHASE_END)
+            queue = self._queue
+            if not self._inline or len(queue) > self._inline or not self._delivering.acquire(False):
+                self._queue_end(span_id, cap)
+                return
+            began = time.perf_counter()
+            try:
+                if (
+                    self._last_start == span_id
+                    and len(queue) == 1
+                    and queue[0] == span_id
+                    and self._pending.pop(span_id, None) is not None
+                ):
+                    # The common case in a burst: this span's start is all there is. Deliver both now.
+                    queue.popleft()
+                    self._last_start = None
+                    self._deliver(deferred_pair(cap))
+                else:
+                    self._queue_end(span_id, cap)
+                    self._take(self._inline, markers=False)
+            finally:
+                self._delivering.release()
+            took = time.perf_counter() - began
+            if took > _INLINE_SLOW_S:
+                self._slow_inline += 1
+                if self._slow_inline >= _INLINE_STRIKES:
+                    # The sink breaks its promise to be quick: stop making the application wait for it.
+                    self._inline = 0
+                    problems.warning(
+                        "inline-slow",
+                        "otelflow: live subscribers took up to %.0f ms; delivering from the worker thread from now on",
+                        took * 1000,
+                    )
         except Exception:  # noqa: BLE001
             problems.warning("on_end", "otelflow: live processor failed on span end", exc_info=True)
 
-    def _put(self, item: object) -> None:
+    def _queue_end(self, span_id: int, cap: tuple[object, ...]) -> None:
+        captures = self._captures
+        captures[span_id] = cap
+        whole = self._last_start == span_id  # nothing queued since its start: the end can travel with it
+        if whole:
+            self._whole.add(span_id)
+        if self._pending.pop(span_id, None) is None:  # a delivery took the start already (or never got it)
+            captures.pop(span_id, None)
+            self._whole.discard(span_id)
+            whole = False
+        if not whole:
+            self._put(cap)
+
+    def _put(self, item: object) -> bool:
         queue = self._queue
         if len(queue) >= self._max_queue:
             self._dropped += 1
@@ -171,25 +266,76 @@ class LiveSpanProcessor(SpanProcessor):
                 self._max_queue,
                 self._dropped,
             )
-            return
+            return False
         queue.append(item)
+        self._last_start = None
         if self._idle:
+            # Claim the wake-up, so the hooks that run before the worker gets the interpreter lock do not
+            # each set the event again (Event.set takes a lock and notifies every time).
+            self._idle = False
             self._wake.set()
+        return True
 
-    # --- worker thread ----------------------------------------------------------------------------
-    def _take(self) -> Iterator[object]:
+    # --- delivery (the worker, or on_end inline; always under self._delivering) ---------------------
+    def _take(self, limit: int, *, markers: bool) -> bool:
+        """Turn up to ``limit`` queued items into records and deliver them; True once the stop marker is met.
+
+        With ``markers`` false (inline), stops before a flush or stop marker and leaves it to the worker.
+        """
         queue = self._queue
-        for _ in range(self._max_batch):
+        pending = self._pending
+        captures = self._captures
+        whole = self._whole
+        ended = self._ended
+        batch: list[SpanRecord] = []
+        for _ in range(limit):
             try:
-                yield queue.popleft()
+                item = queue[0]
             except IndexError:
-                return
+                break
+            if not markers and (item is _STOP or isinstance(item, _Flush)):
+                break
+            queue.popleft()
+            try:
+                if isinstance(item, int):  # a start
+                    span = pending.pop(item, None)
+                    if span is not None:  # still running (or only just ended): snapshot it now
+                        batch.append(record_from_span(span, PHASE_START))
+                        continue
+                    cap = captures.pop(item, None)
+                    if cap is not None:  # ended: derive the start from the end (shared, deferred)
+                        start, end = deferred_pair(cap)
+                        batch.append(start)
+                        if item in whole:
+                            whole.discard(item)
+                            batch.append(end)
+                        else:
+                            if len(ended) > 65_536:
+                                ended.clear()  # ends that were dropped from a full queue
+                            ended[item] = end
+                    continue  # neither: withdrawn (shut down, or nobody listens any more)
+                if isinstance(item, tuple):  # an end capture
+                    known = ended.pop(item[0].span_id, None)
+                    batch.append(known if known is not None else deferred_record(item, PHASE_END))
+                    continue
+                if isinstance(item, _Update):
+                    batch.append(record_from_span(item.span, PHASE_UPDATE))
+                    continue
+            except Exception:  # noqa: BLE001 - one odd span must not stop the stream
+                problems.warning("record", "otelflow: could not snapshot a span", exc_info=True)
+                continue
+            self._deliver(batch)
+            batch = []
+            if isinstance(item, _Flush):
+                self._flush_sink(item)
+            elif item is _STOP:
+                return True
+        self._deliver(batch)
+        return False
 
     def _run(self) -> None:
         queue = self._queue
         wake = self._wake
-        stopped = self._stopped
-        ended: dict[int, SpanRecord] = {}
         try:
             while True:
                 if not queue:
@@ -203,39 +349,11 @@ class LiveSpanProcessor(SpanProcessor):
                         # (each wake-up costs the producing thread a GIL hand-over).
                         time.sleep(self._linger)
                     continue
-                batch: list[SpanRecord] = []
-                for item in self._take():
-                    if isinstance(item, _SPAN_ITEMS):
-                        try:
-                            if isinstance(item, _Update):
-                                batch.append(record_from_span(item.span, PHASE_UPDATE))
-                            elif isinstance(item, Span):  # a live span object: queued by on_start
-                                if item.end_time is None:
-                                    batch.append(record_from_span(item, PHASE_START))
-                                else:
-                                    # Already ended (a short span in a burst): snapshot its end once and
-                                    # derive the start from it; the end item that follows reuses it.
-                                    end = record_from_span(item, PHASE_END)
-                                    if len(ended) > 65_536:
-                                        ended.clear()  # ends that were dropped from a full queue
-                                    ended[item.context.span_id] = end
-                                    batch.append(started_copy(end))
-                            else:
-                                ctx = item.context
-                                known = ended.pop(ctx.span_id) if ctx is not None and ctx.span_id in ended else None
-                                batch.append(known if known is not None else record_from_span(item, PHASE_END))
-                        except Exception:  # noqa: BLE001 - one odd span must not stop the stream
-                            problems.warning("record", "otelflow: could not snapshot a span", exc_info=True)
-                        continue
-                    self._deliver(batch)
-                    batch = []
-                    if isinstance(item, _Flush):
-                        self._flush_sink(item)
-                    elif item is _STOP:
+                with self._delivering:
+                    if self._take(self._max_batch, markers=True):
                         return
-                self._deliver(batch)
         finally:
-            stopped.set()
+            self._stopped.set()
 
     def _deliver(self, batch: list[SpanRecord]) -> None:
         if not batch:

@@ -12,12 +12,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from otelflow import attributes as A
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = [
@@ -31,12 +33,14 @@ __all__ = [
     "EventRecord",
     "OtlpDecodeError",
     "SpanRecord",
+    "capture",
+    "deferred_pair",
+    "deferred_record",
     "format_time",
     "from_otlp_json",
     "kind_of",
     "otlp_resource",
     "record_from_span",
-    "started_copy",
     "to_otlp_json",
 ]
 
@@ -94,6 +98,19 @@ class SpanRecord:
     resource: dict[str, AttributeValue] = field(default_factory=dict)
     scope: str = ""
     phase: str = PHASE_END
+    # What a deferred record (see deferred_record) fills its fields from on first read; None once filled.
+    _source: Any = field(default=None, init=False, repr=False, compare=False)
+
+    if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise accept any attribute name
+
+        def __getattr__(self, name: str) -> Any:
+            # Only called for an unset slot: a deferred record's field read for the first time.
+            if name in _DEFERRED_FIELDS:
+                source = object.__getattribute__(self, "_source")
+                if source is not None:
+                    _fill(self, source)
+                return object.__getattribute__(self, name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def ended(self) -> bool:
@@ -201,9 +218,8 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
 _resource_cache: dict[int, tuple[object, dict[str, Any], str]] = {}
 
 
-def _resource_of(span: ReadableSpan) -> tuple[dict[str, Any], str]:
+def _resource_of(resource: Resource) -> tuple[dict[str, Any], str]:
     """The resource's attributes and service name, computed once per Resource object (they are immutable)."""
-    resource = span.resource
     hit = _resource_cache.get(id(resource))
     if hit is not None and hit[0] is resource:
         return hit[1], hit[2]
@@ -242,40 +258,95 @@ def _hex(value: int, cache: dict[int, str], digits: str) -> str:
     return text
 
 
-def record_from_span(span: ReadableSpan, phase: str) -> SpanRecord:
-    """Snapshot an SDK span. For ``start`` and ``update`` the record is running whatever happened since."""
-    ctx = span.context
-    parent = span.parent
-    attrs = _copy_attrs(span.attributes)
-    resource_attrs, service = _resource_of(span)
-    end = span.end_time if phase == PHASE_END else None
+# The SDK's ReadableSpan keeps its state in these fields (since 1.0); reading them in one C call costs a
+# fraction of going through its properties, which matters in on_end. The properties are the fallback.
+_read_fields = attrgetter(
+    "_context",
+    "_parent",
+    "_name",
+    "_kind",
+    "_start_time",
+    "_end_time",
+    "_status",
+    "_resource",
+    "_instrumentation_scope",
+    "_attributes",
+    "_events",
+)
+_read_properties = attrgetter(
+    "context",
+    "parent",
+    "name",
+    "kind",
+    "start_time",
+    "end_time",
+    "status",
+    "resource",
+    "instrumentation_scope",
+    "attributes",
+    "events",
+)
+
+
+def capture(span: ReadableSpan, phase: str) -> tuple[Any, ...]:
+    """What a record of ``span`` at ``phase`` is made from: the span's context, parent, name, kind, start,
+    end, status, resource, scope, attributes and events, in one tuple.
+
+    For ``end`` these are references, taken in one C call: an ended span can no longer change (the SDK
+    ignores changes to it), so the formatting can wait. A live processor keeps captures, not spans, while
+    records wait for its worker thread. That matters: a span kept alive across threads holds about 20
+    objects that the garbage collector traverses again and again until the worker lets go of them, and
+    the producer pays for it. For ``start`` and ``update`` (a running span) attributes and events are
+    copied, and there is no end or status yet.
+    """
+    try:
+        fields = _read_fields(span)
+    except AttributeError:  # not laid out like the SDK's own ReadableSpan: go through its properties
+        fields = _read_properties(span)
+    if phase == PHASE_END:
+        return fields
+    ctx, parent, name, kind, start, _, _, resource, scope, attrs, events = fields
+    return (
+        ctx,
+        parent,
+        name,
+        kind,
+        start,
+        None,
+        None,
+        resource,
+        scope,
+        _copy_attrs(attrs),
+        tuple(events) if phase == PHASE_UPDATE and events else (),
+    )
+
+
+def _values_from_capture(cap: tuple[Any, ...], phase: str) -> tuple[Any, ...]:
+    """The field values of a SpanRecord (in field order, ``phase`` last) from a :func:`capture`."""
+    ctx, parent, name, span_kind, start, end, span_status, resource, scope, attrs, sdk_events = cap
+    if type(attrs) is not dict:
+        attrs = _copy_attrs(attrs)
+    resource_attrs, service = _resource_of(resource)
     status = STATUS_RUNNING
     message = ""
-    if end is not None:
-        span_status = span.status
+    if end is not None and span_status is not None:
         status = STATUS_ERROR if span_status.status_code.value == _OTLP_STATUS_ERROR else STATUS_OK
         message = span_status.description or ""
     events: tuple[EventRecord, ...] = ()
-    if phase != PHASE_START:
+    if sdk_events:
         # Event attributes are immutable in the SDK: shared, not copied.
-        sdk_events = span.events
-        if sdk_events:
-            make = _new_event
-            events = tuple(
-                [
-                    make(EventRecord, (e.name, e.timestamp, _EMPTY if (a := e.attributes) is None else a))
-                    for e in sdk_events
-                ]
-            )
-    scope = span.instrumentation_scope
-    return SpanRecord(
-        _hex(ctx.trace_id, _trace_hex, "032x") if ctx else "0" * 32,
-        format(ctx.span_id, "016x") if ctx else "0" * 16,
-        span.name,
+        make = _new_event
+        events = tuple(
+            [make(EventRecord, (e.name, e.timestamp, _EMPTY if (a := e.attributes) is None else a)) for e in sdk_events]
+        )
+    return (
+        _hex(ctx.trace_id, _trace_hex, "032x") if ctx is not None else "0" * 32,
+        format(ctx.span_id, "016x") if ctx is not None else "0" * 16,
+        name,
         format(parent.span_id, "016x") if parent is not None else None,
         kind_of(attrs),
-        span.kind.value + 1,
-        span.start_time or 0,
+        span_kind.value + 1,
+        start or 0,
         end,
         status,
         message,
@@ -288,12 +359,8 @@ def record_from_span(span: ReadableSpan, phase: str) -> SpanRecord:
     )
 
 
-def started_copy(end: SpanRecord) -> SpanRecord:
-    """The start record of a span whose end record is already known: same span, running, no events yet.
-
-    Shares the attributes mapping with ``end`` (records are read-only by contract).
-    """
-    return SpanRecord(
+def _started_values(end: SpanRecord) -> tuple[Any, ...]:
+    return (
         end.trace_id,
         end.span_id,
         end.name,
@@ -311,6 +378,48 @@ def started_copy(end: SpanRecord) -> SpanRecord:
         end.scope,
         PHASE_START,
     )
+
+
+def record_from_span(span: ReadableSpan, phase: str) -> SpanRecord:
+    """Snapshot an SDK span. For ``start`` and ``update`` the record is running whatever happened since."""
+    return SpanRecord(*_values_from_capture(capture(span, phase), phase))
+
+
+_DEFERRED_FIELDS: Final = frozenset(f for f in SpanRecord.__dataclass_fields__ if f not in ("phase", "_source"))
+_new_record = object.__new__
+
+
+def _fill(record: SpanRecord, source: Any) -> None:
+    # Re-running __init__ sets every field, _source (None) last. Two threads filling one record at once
+    # compute the same values, so either may win.
+    # the source is a capture, or the end record a start record is derived from
+    if isinstance(source, SpanRecord):
+        SpanRecord.__init__(record, *_started_values(source))
+    else:
+        SpanRecord.__init__(record, *_values_from_capture(source, record.phase))
+
+
+def deferred_record(cap: tuple[Any, ...], phase: str) -> SpanRecord:
+    """A record of a :func:`capture`, whose fields are computed when one is first read, on the reader's thread.
+
+    ``phase`` can be read without that. Until then the record costs one small object, so records that
+    nobody reads cost next to nothing; reading one costs what :func:`record_from_span` does.
+    """
+    record: SpanRecord = _new_record(SpanRecord)
+    record.phase = phase
+    record._source = cap
+    return record
+
+
+def deferred_pair(cap: tuple[Any, ...]) -> list[SpanRecord]:
+    """``[start, end]`` records of an ended span's capture, both deferred, the start derived from the end."""
+    end: SpanRecord = _new_record(SpanRecord)
+    end.phase = PHASE_END
+    end._source = cap
+    start: SpanRecord = _new_record(SpanRecord)
+    start.phase = PHASE_START
+    start._source = end
+    return [start, end]
 
 
 # --------------------------------------------------------------------------------------------------

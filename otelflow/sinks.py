@@ -30,11 +30,17 @@ Subscriber = Callable[[Sequence[SpanRecord]], None]
 
 
 class InProcessSink:
-    """Delivers records to any number of subscribers in this process, in order, on the processor's thread.
+    """Delivers records to any number of subscribers in this process, in order.
 
-    A subscriber is a callable taking a batch of records; it must be quick (hand the batch to a queue or an
-    event loop). A subscriber that raises is logged (rate-limited) and the others still get the batch.
+    A subscriber is a callable taking a batch of records. It is called on the processor's worker thread
+    or, since this sink is ``inline``, on the thread that ended a span, never on two threads at once. So it
+    must be quick and must not block: hand the batch to a queue or an event loop. Records may be deferred
+    (see :func:`otelflow.records.deferred_record`): reading their fields is what formats them, so do that
+    on the consumer's side. A subscriber that raises is logged (rate-limited) and the others still get the
+    batch.
     """
+
+    inline = True  # the processor may deliver from on_end (see LiveSpanProcessor)
 
     def __init__(self) -> None:
         self._subscribers: tuple[Subscriber, ...] = ()

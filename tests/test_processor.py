@@ -34,6 +34,8 @@ class Collector:
 class BlockingSink(InProcessSink):
     """A sink whose export waits until released: a viewer that has stopped reading."""
 
+    inline = False  # it blocks, so the processor must only call it from its worker thread
+
     def __init__(self) -> None:
         super().__init__()
         self.active = True  # listening, however slowly
@@ -285,4 +287,100 @@ def test_an_in_process_sink_nobody_listens_to_costs_no_records() -> None:
     long_span.end()
     assert processor.force_flush(5000)
     assert [(r.name, r.phase) for r in late.records] == [("started before the next subscriber", "end")]
+    processor.shutdown()
+
+
+class ThreadRecorder(Collector):
+    """Also notes which thread delivered each batch."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+        self.delay_s = delay_s
+
+    def __call__(self, batch: Sequence[SpanRecord]) -> None:
+        self.threads.append(threading.get_ident())
+        if self.delay_s:
+            time.sleep(self.delay_s)  # a subscriber that breaks the promise to be quick
+        super().__call__(batch)
+
+
+def test_a_short_span_reaches_an_in_process_subscriber_before_its_with_block_is_left() -> None:
+    sink = InProcessSink()
+    got = ThreadRecorder()
+    sink.subscribe(got)
+    provider, processor = live_provider(sink)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("workflow") as parent:
+        for i in range(3):
+            with tracer.start_as_current_span(f"tool-{i}"):
+                pass
+            # no flush, no waiting: on_end delivered it on this thread
+            assert [(r.name, r.phase) for r in got.records[-2:]] == [(f"tool-{i}", "start"), (f"tool-{i}", "end")]
+    assert processor.force_flush(5000)
+    names = [(r.name, r.phase) for r in got.records]
+    # the parent's start, queued before its children, still comes first
+    assert names[0] == ("workflow", "start")
+    assert names[-1] == ("workflow", "end")
+    assert threading.get_ident() in got.threads
+    ends = {r.name: r for r in got.records if r.phase == "end"}
+    assert ends["tool-0"].parent_span_id == format(parent.get_span_context().span_id, "016x")
+    assert ends["tool-0"].status == "ok"
+    assert ends["tool-0"].end_time_ns is not None
+    processor.shutdown()
+
+
+def test_a_slow_subscriber_is_moved_off_the_application_thread_and_loses_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = InProcessSink()
+    got = ThreadRecorder(delay_s=0.03)
+    sink.subscribe(got)
+    provider, processor = live_provider(sink)
+    tracer = provider.get_tracer("t")
+    me = threading.get_ident()
+    names: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="otelflow"):
+        # Slow deliveries made on this thread count as strikes (the worker may deliver some in between).
+        while "delivering from the worker thread" not in caplog.text:
+            assert len(names) < 200, "inline delivery was never turned off"
+            names.append(f"s{len(names)}")
+            with tracer.start_as_current_span(names[-1]):
+                pass
+    on_this_thread = got.threads.count(me)
+    assert on_this_thread == 3
+    for _ in range(5):
+        names.append(f"s{len(names)}")
+        with tracer.start_as_current_span(names[-1]):
+            pass
+    assert processor.force_flush(10_000)
+    assert got.threads.count(me) == on_this_thread  # from now on the worker thread waits for it
+    assert [(r.name, r.phase) for r in got.records] == [(n, p) for n in names for p in ("start", "end")]
+    processor.shutdown()
+
+
+def test_queued_records_do_not_keep_ended_spans_alive() -> None:
+    import gc
+    import weakref
+
+    sink = BlockingSink()  # its worker is stuck, so records stay queued
+    got = Collector()
+    sink.subscribe(got)
+    provider, processor = live_provider(sink)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("first"):
+        pass
+    assert sink.entered.wait(5)
+    span = tracer.start_span("queued", attributes={"k": "v"})
+    span.add_event("otelflow.log", {"otelflow.log.message": "hi"})
+    span.end()
+    ref = weakref.ref(span)
+    del span
+    gc.collect()
+    assert ref() is None  # the queue holds what the record needs, not the SDK span
+    sink.release.set()
+    assert processor.force_flush(10_000)
+    end = next(r for r in got.records if r.name == "queued" and r.phase == "end")
+    assert end.attributes == {"k": "v"}
+    assert [(e.name, dict(e.attributes)) for e in end.events] == [("otelflow.log", {"otelflow.log.message": "hi"})]
     processor.shutdown()

@@ -134,3 +134,44 @@ def test_time_format_matches_datetime_for_many_random_times() -> None:
     for t in times:
         assert format_time(t) == reference(t), t
         assert format_time(t) == reference(t), t  # second call: from the cache
+
+
+def test_a_deferred_record_reads_the_same_as_an_eager_one_from_any_thread() -> None:
+    import threading
+
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+    from opentelemetry.trace import Status, StatusCode
+
+    from otelflow.records import PHASE_END, capture, deferred_pair, record_from_span
+
+    ended: list[ReadableSpan] = []
+
+    class Keep(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            ended.append(span)
+
+    provider = TracerProvider()
+    provider.add_span_processor(Keep())
+    tracer = provider.get_tracer("t")
+    with (
+        tracer.start_as_current_span("outer"),
+        tracer.start_as_current_span("inner", attributes={"otelflow.kind": "tool"}) as span,
+    ):
+        span.add_event("otelflow.progress", {"otelflow.progress.percent": 50.0})
+        span.set_status(Status(StatusCode.ERROR, "boom"))
+    sdk_span = ended[0]
+    eager = record_from_span(sdk_span, PHASE_END)
+    start, deferred = deferred_pair(capture(sdk_span, PHASE_END))
+    assert deferred.phase == "end"
+    assert start.phase == "start"
+    seen: list[dict[str, object]] = []
+    reader = threading.Thread(target=lambda: seen.append(deferred.to_dict()))
+    reader.start()
+    reader.join()
+    assert seen == [eager.to_dict()]
+    assert deferred == eager
+    assert (deferred.kind, deferred.status, deferred.status_message) == ("tool", "error", "boom")
+    assert start.to_dict() | {"status": "running"} == start.to_dict()
+    assert (start.end_time_ns, start.events, start.span_id) == (None, (), eager.span_id)
+    with pytest.raises(AttributeError, match="no_such_field"):
+        deferred.no_such_field  # noqa: B018 - an unknown name stays an AttributeError

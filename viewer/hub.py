@@ -507,6 +507,8 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._early: list[list[SpanRecord]] = []
         self._early_lock = threading.Lock()
+        self._inbox: deque[list[SpanRecord]] = deque()  # batches from other threads, for the loop to ingest
+        self._inbox_scheduled = False
         self._task: asyncio.Task[None] | None = None
         self.shutting_down = False
         self.stats: dict[str, int] = {"spans": 0, "events": 0, "cut": 0, "errors": 0, "dropped_early": 0, "checks": 0}
@@ -696,14 +698,26 @@ class Hub:
                     else:
                         self.stats["dropped_early"] += len(batch)
                 return
-            loop.call_soon_threadsafe(self._ingest_local, batch)
+            # Coalesce wake-ups: the in-process sink may call this once per span, and each
+            # call_soon_threadsafe writes to the loop's self-pipe. One scheduled drain takes every batch
+            # that arrived in the meantime.
+            self._inbox.append(batch)
+            if not self._inbox_scheduled:
+                self._inbox_scheduled = True
+                loop.call_soon_threadsafe(self._drain_inbox)
         except RuntimeError:  # loop closed: the viewer is gone, the workflow must not notice
             self.stats["dropped_early"] += len(records)
         except Exception:  # noqa: BLE001 - never raise into the instrumented program
             self._log_error("ingest_threadsafe failed")
 
-    def _ingest_local(self, records: list[SpanRecord]) -> None:
-        self.ingest(records, local=True)
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False  # first: a batch appended from now on schedules another drain
+        inbox = self._inbox
+        records: list[SpanRecord] = []
+        while inbox:
+            records += inbox.popleft()
+        if records:
+            self.ingest(records, local=True)
 
     def ingest(self, records: Iterable[SpanRecord], workers: Iterable[str] = (), *, local: bool = False) -> None:
         """Merge snapshots into the live state, publish the resulting events, queue them for the store."""
