@@ -800,7 +800,9 @@ class Hub:
             span_event = self._publish_span(SPAN_ENDED, run, rec)
         if self.store is not None:
             self.store.put_span(rec, span_event)
-        if rec.ended and rec.span_id == run.root_span_id and run.status == STATUS_RUNNING:
+        # A root that ends after its run was declared abandoned (its worker was only cut off, e.g. while
+        # a restarted viewer waited for it) settles the run with its real status.
+        if rec.ended and rec.span_id == run.root_span_id and run.status in (STATUS_RUNNING, STATUS_ABANDONED):
             run.status = rec.status
             run.end_ns = rec.end_time_ns
             self._publish_run(RUN_ENDED, run)

@@ -60,10 +60,15 @@ def test_silent_worker_is_abandoned_healthy_worker_is_not(make_viewer: Callable[
     assert alive["spans"][0]["status"] == "running"
     dead = httpx.get(f"{viewer.url}/api/runs/{dead_trace}", timeout=5).json()
     assert {s["status"] for s in dead["spans"]} == {"abandoned"}
-    # an abandoned span that ends after all (the worker was only partitioned) tells the truth
-    viewer.post_json([record(dead_trace, dead_root, "wf", kind="workflow", worker="dead", ended=True)])
+    # an abandoned span that ends after all (the worker was only partitioned) tells the truth, and so
+    # does its run when that span is the root
+    with SseClient(f"{viewer.url}/api/stream?type=run.ended") as late:
+        viewer.post_json([record(dead_trace, dead_root, "wf", kind="workflow", worker="dead", ended=True)])
+        late.read_until(lambda e: e["event"] == "run.ended")
+    assert late.events[-1]["data"]["run"]["status"] == "ok"
     again = httpx.get(f"{viewer.url}/api/runs/{dead_trace}", timeout=5).json()
     assert next(s for s in again["spans"] if s["span_id"] == dead_root)["status"] == "ok"
+    assert again["run"]["status"] == "ok"
 
 
 def test_in_process_ingestion_from_a_thread_is_never_abandoned(make_viewer: Callable[..., Viewer]) -> None:
