@@ -88,7 +88,8 @@ def notify_update(span: ApiSpan) -> None:
 class LiveSpanProcessor(SpanProcessor):
     """A span processor that streams span starts, updates and ends to a sink while the spans run.
 
-    Contract: the hooks run in O(1) on the caller's thread, never block and never raise. Records go to the
+    Contract: the hooks run in O(1) on the caller's thread, never block (inline delivery, below, relies on
+    the sink's promise that ``export`` is quick) and never raise. Records go to the
     sink in order through a bounded queue; when it is full the record is dropped and counted
     (:attr:`dropped`). Only sampled spans are streamed. Records of one span are delivered in order:
     start, then updates, then end. :meth:`shutdown` and :meth:`force_flush` are idempotent and bounded by
