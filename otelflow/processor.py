@@ -140,9 +140,7 @@ class LiveSpanProcessor(SpanProcessor):
         self._active: dict[int, Span] = {}  # started, not ended
         self._pending: dict[int, Span] = {}  # started, start not yet taken by a delivery nor by on_end
         self._captures: dict[int, tuple[object, ...]] = {}  # ended before a delivery took the start
-        self._whole: set[int] = set()  # of those, the ones with no end item: start and end go out together
         self._ended: dict[int, SpanRecord] = {}  # end records made early, waiting for their end item
-        self._last_start: int | None = None  # the span id, if the last item queued was a start
         self._delivering = threading.Lock()  # held while taking items from the queue and exporting them
         self._wake = threading.Event()
         self._idle = True
@@ -170,8 +168,7 @@ class LiveSpanProcessor(SpanProcessor):
     # and notes the span in _pending. Whichever comes first then takes the span out of _pending: a delivery,
     # which snapshots the running span as its start record, or on_end, which leaves the span's capture in
     # _captures for the delivery to derive the start record from. on_end also queues the capture for the
-    # end record, unless nothing was queued since the start: then the delivery emits start and end together
-    # when it reaches the start. No SDK span object is held once it has ended.
+    # end record. No SDK span object is held once it has ended.
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             ctx = span.context
@@ -181,9 +178,7 @@ class LiveSpanProcessor(SpanProcessor):
             span_id = ctx.span_id
             self._active[span_id] = span
             self._pending[span_id] = span
-            if self._put(span_id):
-                self._last_start = span_id
-            else:
+            if not self._put(span_id):
                 self._pending.pop(span_id, None)
         except Exception:  # noqa: BLE001 - a hook must never raise into user code
             problems.warning("on_start", "otelflow: live processor failed on span start", exc_info=True)
@@ -215,15 +210,9 @@ class LiveSpanProcessor(SpanProcessor):
                 return
             began = time.perf_counter()
             try:
-                if (
-                    self._last_start == span_id
-                    and len(queue) == 1
-                    and queue[0] == span_id
-                    and self._pending.pop(span_id, None) is not None
-                ):
+                if len(queue) == 1 and queue[0] == span_id and self._pending.pop(span_id, None) is not None:
                     # The common case in a burst: this span's start is all there is. Deliver both now.
                     queue.popleft()
-                    self._last_start = None
                     self._deliver(deferred_pair(cap))
                 else:
                     self._queue_end(span_id, cap)
@@ -246,16 +235,10 @@ class LiveSpanProcessor(SpanProcessor):
 
     def _queue_end(self, span_id: int, cap: tuple[object, ...]) -> None:
         captures = self._captures
-        captures[span_id] = cap
-        whole = self._last_start == span_id  # nothing queued since its start: the end can travel with it
-        if whole:
-            self._whole.add(span_id)
+        captures[span_id] = cap  # before taking the start from _pending, so a delivery finds one or the other
         if self._pending.pop(span_id, None) is None:  # a delivery took the start already (or never got it)
             captures.pop(span_id, None)
-            self._whole.discard(span_id)
-            whole = False
-        if not whole:
-            self._put(cap)
+        self._put(cap)
 
     def _put(self, item: object) -> bool:
         queue = self._queue
@@ -269,7 +252,6 @@ class LiveSpanProcessor(SpanProcessor):
             )
             return False
         queue.append(item)
-        self._last_start = None
         if self._idle:
             # Claim the wake-up, so the hooks that run before the worker gets the interpreter lock do not
             # each set the event again (Event.set takes a lock and notifies every time).
@@ -286,7 +268,6 @@ class LiveSpanProcessor(SpanProcessor):
         queue = self._queue
         pending = self._pending
         captures = self._captures
-        whole = self._whole
         ended = self._ended
         batch: list[SpanRecord] = []
         for _ in range(limit):
@@ -307,13 +288,9 @@ class LiveSpanProcessor(SpanProcessor):
                     if cap is not None:  # ended: derive the start from the end (shared, deferred)
                         start, end = deferred_pair(cap)
                         batch.append(start)
-                        if item in whole:
-                            whole.discard(item)
-                            batch.append(end)
-                        else:
-                            if len(ended) > 65_536:
-                                ended.clear()  # ends that were dropped from a full queue
-                            ended[item] = end
+                        if len(ended) > 65_536:
+                            ended.clear()  # ends that were dropped from a full queue
+                        ended[item] = end  # its end item, queued after this start, reuses it
                     continue  # neither: withdrawn (shut down, or nobody listens any more)
                 if isinstance(item, tuple):  # an end capture
                     known = ended.pop(item[0].span_id, None)

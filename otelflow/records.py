@@ -390,9 +390,8 @@ _new_record = object.__new__
 
 
 def _fill(record: SpanRecord, source: Any) -> None:
-    # Re-running __init__ sets every field, _source (None) last. Two threads filling one record at once
-    # compute the same values, so either may win.
-    # the source is a capture, or the end record a start record is derived from
+    # The source is a capture, or the end record a start record is derived from. Re-running __init__ sets
+    # every field, _source (None) last; two threads filling one record at once compute the same values.
     if isinstance(source, SpanRecord):
         SpanRecord.__init__(record, *_started_values(source))
     else:
