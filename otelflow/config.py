@@ -11,12 +11,14 @@ from typing import Any, Final
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from otelflow import attributes as A
 from otelflow._log import logger
 from otelflow.processor import LiveSpanProcessor, Sink
+from otelflow.records import set_value_limit
+from otelflow.scrub import DEFAULT_VALUE_LIMIT, CleanExporter
 from otelflow.sinks import InProcessSink, LiveExporter
 
 __all__ = ["Configurator", "Settings", "Telemetry", "configure", "get_tracer", "settings"]
@@ -26,6 +28,8 @@ ENV_TOKEN: Final = "OTELFLOW_TOKEN"  # noqa: S105 - the variable's name, not a s
 ENV_CAPTURE_IO: Final = "OTELFLOW_CAPTURE_IO"
 ENV_MAX_VALUE_BYTES: Final = "OTELFLOW_MAX_VALUE_BYTES"
 ENV_LIVE: Final = "OTELFLOW_LIVE"
+# The standard knobs for attribute value length (the span-specific one wins, as in the SDK).
+_ENV_VALUE_LENGTH: Final = ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
 
 # Batch settings used unless the user set the matching OTEL_BSP_* variable. The SDK's defaults
 # (queue 2048, batch 512, delay 5 s) drop about a third of a 20,000-span burst.
@@ -63,18 +67,31 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _value_length_limit() -> int | None:
+    """Longest attribute value in characters: as the SDK reads ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` /
+    ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` (``unset``: none) when either is set, else otelflow's default."""
+    if not any(os.environ.get(name, "").strip() for name in _ENV_VALUE_LENGTH):
+        return DEFAULT_VALUE_LIMIT
+    try:
+        return SpanLimits().max_span_attribute_length
+    except ValueError as exc:
+        raise ValueError(f"{exc}; use a whole number of characters, or unset") from None
+
+
 @dataclass
 class Settings:
     """What the instrumentation captures. Read from the environment on first use; configure() overrides."""
 
     capture_io: bool = True
     max_value_bytes: int = 4096
+    max_value_length: int | None = DEFAULT_VALUE_LIMIT  # characters of any attribute value (None: no limit)
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
             capture_io=_env_bool(ENV_CAPTURE_IO, True),
             max_value_bytes=_env_int(ENV_MAX_VALUE_BYTES, 4096, 64),
+            max_value_length=_value_length_limit(),
         )
 
 
@@ -173,7 +190,14 @@ def _switchboard(provider: TracerProvider) -> _Switchboard:
     return board
 
 
-def _otlp_exporter(endpoint: str | None, protocol: str | None, headers: Mapping[str, str] | None) -> SpanExporter:
+def _otlp_exporter(
+    endpoint: str | None, protocol: str | None, headers: Mapping[str, str] | None, limit: int | None
+) -> SpanExporter:
+    """The stock OTLP exporter for ``protocol``, wrapped so that what it sends is cleaned (secrets, UTF-8)."""
+    return CleanExporter(_stock_otlp_exporter(endpoint, protocol, headers), limit)
+
+
+def _stock_otlp_exporter(endpoint: str | None, protocol: str | None, headers: Mapping[str, str] | None) -> SpanExporter:
     proto = (
         protocol
         or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -324,7 +348,14 @@ def configure(
                 attrs = dict(resource_attributes or {})
                 if service_name:
                     attrs["service.name"] = service_name
-                provider = TracerProvider(resource=Resource.create(attrs))
+                # Attribute values are bounded by default (the SDK's own default is no limit); the standard
+                # OTEL_*ATTRIBUTE_VALUE_LENGTH_LIMIT variables, when set, are the SDK's to read.
+                limits = (
+                    None
+                    if any(os.environ.get(n, "").strip() for n in _ENV_VALUE_LENGTH)
+                    else SpanLimits(max_attribute_length=DEFAULT_VALUE_LIMIT)
+                )
+                provider = TracerProvider(resource=Resource.create(attrs), span_limits=limits)
                 provider._otelflow_owned = True  # type: ignore[attr-defined]
                 trace.set_tracer_provider(provider)
         elif not isinstance(provider, TracerProvider):
@@ -337,12 +368,13 @@ def configure(
 
         processors: list[SpanProcessor] = []
         otlp_processor: SpanProcessor | None = None
+        limit = new_settings.max_value_length
         for name in exporters:
             if name == "otlp":
-                otlp_processor = _batch_processor(_otlp_exporter(otlp_endpoint, otlp_protocol, otlp_headers))
+                otlp_processor = _batch_processor(_otlp_exporter(otlp_endpoint, otlp_protocol, otlp_headers, limit))
                 processors.append(otlp_processor)
             else:
-                processors.append(_batch_processor(ConsoleSpanExporter()))
+                processors.append(_batch_processor(CleanExporter(ConsoleSpanExporter(), limit)))
         sink = _live_sink(live, token)
         live_processor: LiveSpanProcessor | None = None
         if sink is not None:
@@ -354,6 +386,7 @@ def configure(
         board.processors = (*board.processors, *processors)
 
         _settings = new_settings
+        set_value_limit(limit)
         _state = Telemetry(
             tracer_provider=provider,
             tracer=provider.get_tracer(A.SCOPE_NAME),

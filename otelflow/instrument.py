@@ -18,6 +18,7 @@ import functools
 import inspect
 import json
 import logging
+import traceback
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast, overload
@@ -30,7 +31,7 @@ from otelflow import attributes as A
 from otelflow._log import problems
 from otelflow.config import get_tracer, settings
 from otelflow.processor import notify_update
-from otelflow.scrub import REDACTED, capture, is_secret_key, scrub, scrub_text
+from otelflow.scrub import NAME_LIMIT, REDACTED, capture, clean_attributes, clean_text, is_secret_key, scrub
 
 __all__ = [
     "LogHandler",
@@ -61,16 +62,21 @@ _PRIMITIVES: Final = (str, bool, int, float)
 # --------------------------------------------------------------------------------------------------
 
 
+def _text(value: str) -> str:
+    """Text set through otelflow: cleaned (secrets, UTF-8) and cut at the attribute length limit, marked."""
+    return clean_text(value, settings().max_value_length)
+
+
 def _attr_value(key: str, value: Any) -> Any:
     """A value OTel accepts as an attribute: primitives and homogeneous lists as they are, else JSON."""
     if is_secret_key(key):
         return REDACTED
     if isinstance(value, str):
-        return scrub_text(value)
+        return _text(value)
     if isinstance(value, _PRIMITIVES):
         return value
     if isinstance(value, Sequence) and value and all(isinstance(v, str) for v in value):
-        return [scrub_text(v) for v in value]
+        return [_text(v) for v in value]
     if (
         isinstance(value, Sequence)
         and value
@@ -79,13 +85,17 @@ def _attr_value(key: str, value: Any) -> Any:
     ):
         return list(value)
     text = json.dumps(scrub(value), ensure_ascii=False, separators=(",", ":"), default=str)
-    return text
+    return _text(text)
 
 
 def _clean(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     if not attributes:
         return {}
-    return {str(k): _attr_value(str(k), v) for k, v in attributes.items() if v is not None}
+    return {_key(k): _attr_value(str(k), v) for k, v in attributes.items() if v is not None}
+
+
+def _key(key: Any) -> str:
+    return clean_text(str(key), NAME_LIMIT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,8 +210,8 @@ class SpanHandle:
 
 def _error_text(error: BaseException | str) -> str:
     if isinstance(error, BaseException):
-        return scrub_text(f"{type(error).__name__}: {error}")
-    return scrub_text(str(error))
+        return _text(f"{type(error).__name__}: {error}")
+    return _text(str(error))
 
 
 def _set_value(span: Span, value: Any, key: str, mime_key: str, truncated_key: str) -> None:
@@ -247,7 +257,7 @@ def _progress_attrs(
         raise ValueError(f"progress(): percent must be between 0 and 100, got {percent}")
     attrs[A.PROGRESS_PERCENT] = float(percent)
     if message is not None:
-        attrs[A.PROGRESS_MESSAGE] = scrub_text(str(message))
+        attrs[A.PROGRESS_MESSAGE] = _text(str(message))
     return attrs
 
 
@@ -277,7 +287,7 @@ def _log_attrs(level: str, message: str, extra: Mapping[str, Any]) -> dict[str, 
         raise ValueError(f"log(): level must be one of {', '.join(A.LOG_LEVELS)}, got {level!r}")
     attrs = _clean(extra)
     attrs[A.LOG_LEVEL] = lvl
-    attrs[A.LOG_MESSAGE] = scrub_text(str(message))
+    attrs[A.LOG_MESSAGE] = _text(str(message))
     return attrs
 
 
@@ -292,11 +302,12 @@ def _record_error(span: Span, exc: BaseException) -> None:
         if not span.is_recording():
             return
         span.set_attribute(A.ERROR_TYPE, _qualified_name(exc))
-        span.record_exception(exc, escaped=True)
-        if isinstance(exc, asyncio.CancelledError):
-            description = "cancelled"
-        else:
-            description = scrub_text(f"{type(exc).__name__}: {exc}")
+        # The exception's text and stack trace are cleaned like any other value: a connection string or a
+        # token in an error message must not reach the viewer or the OTLP backends.
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        cleaned = {A.EXCEPTION_MESSAGE: _text(str(exc)), A.EXCEPTION_STACKTRACE: _text(stack)}
+        span.record_exception(exc, attributes=cleaned, escaped=True)
+        description = "cancelled" if isinstance(exc, asyncio.CancelledError) else _text(f"{type(exc).__name__}: {exc}")
         span.set_status(Status(StatusCode.ERROR, description))
     except Exception:  # noqa: BLE001
         problems.warning("record_exception", "otelflow: could not record an exception", exc_info=True)
@@ -373,9 +384,10 @@ class Step:
 
     def _open(self, name: str, call_input: Any = None, has_input: bool = False, parent: Any = None) -> SpanHandle:
         """Start the span (a child of ``parent`` or of the current context) without making it current."""
-        attrs = self._attributes(name)
+        attrs = dict(clean_attributes(self._attributes(name), settings().max_value_length))
         attrs.update(self._extra)
-        span = get_tracer().start_span(self._span_name(name), context=parent, attributes=attrs)
+        span_name = clean_text(self._span_name(name), NAME_LIMIT)
+        span = get_tracer().start_span(span_name, context=parent, attributes=attrs)
         handle = SpanHandle(span, self.kind, name)
         if self._capture():
             if has_input:
@@ -933,7 +945,7 @@ class LogHandler(logging.Handler):
             level = _LEVELS.get(record.levelno) or ("debug" if record.levelno < logging.INFO else "error")
             attrs = {
                 A.LOG_LEVEL: level,
-                A.LOG_MESSAGE: scrub_text(record.getMessage()),
+                A.LOG_MESSAGE: _text(record.getMessage()),
                 "code.function": record.funcName,
                 "code.lineno": record.lineno,
                 "log.logger": record.name,

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from otelflow import attributes as A
+from otelflow.scrub import DEFAULT_VALUE_LIMIT, NAME_LIMIT, clean_attributes, clean_text
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -34,13 +35,16 @@ __all__ = [
     "OtlpDecodeError",
     "SpanRecord",
     "capture",
+    "clean_record",
     "deferred_pair",
     "deferred_record",
     "format_time",
     "from_otlp_json",
+    "iter_otlp_json",
     "kind_of",
     "otlp_resource",
     "record_from_span",
+    "set_value_limit",
     "to_otlp_json",
 ]
 
@@ -57,6 +61,7 @@ PHASE_END: Final = "end"
 _OTLP_STATUS_UNSET: Final = 0
 _OTLP_STATUS_OK: Final = 1
 _OTLP_STATUS_ERROR: Final = 2
+MAX_TIME_NS: Final = 2**63 - 1  # OTLP times are fixed64, but past this (the year 2262) nothing can store them
 
 AttributeValue = Any  # str | bool | int | float | list of those (OTel AnyValue, decoded)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -176,6 +181,8 @@ def format_time(time_ns: int) -> str:
     seconds, ns = divmod(time_ns, 1_000_000_000)
     stamp = _SECOND_PREFIXES.get(seconds)
     if stamp is None:
+        # decoders reject times past MAX_TIME_NS; a record built by hand is clamped rather than failing here
+        seconds = min(max(seconds, 0), MAX_TIME_NS // 1_000_000_000)
         stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         if len(_SECOND_PREFIXES) >= 4096:
             _SECOND_PREFIXES.clear()
@@ -216,6 +223,14 @@ def kind_of(attributes: Mapping[str, Any]) -> str:
 
 
 _resource_cache: dict[int, tuple[object, dict[str, Any], str]] = {}
+_value_limit: list[int | None] = [DEFAULT_VALUE_LIMIT]
+
+
+def set_value_limit(limit: int | None) -> None:
+    """The longest attribute value (in characters) that records built from SDK spans keep (``None``: no
+    limit); longer ones are cut with a marker. ``configure()`` sets it from OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT."""
+    _value_limit[0] = limit
+    _resource_cache.clear()
 
 
 def _resource_of(resource: Resource) -> tuple[dict[str, Any], str]:
@@ -223,8 +238,8 @@ def _resource_of(resource: Resource) -> tuple[dict[str, Any], str]:
     hit = _resource_cache.get(id(resource))
     if hit is not None and hit[0] is resource:
         return hit[1], hit[2]
-    attrs = dict(resource.attributes)
-    service = str(attrs.get("service.name", ""))
+    attrs = dict(clean_attributes(resource.attributes, _value_limit[0]))
+    service = clean_text(str(attrs.get("service.name", "")), NAME_LIMIT)
     if len(_resource_cache) > 64:
         _resource_cache.clear()
     _resource_cache[id(resource)] = (resource, attrs, service)
@@ -324,25 +339,39 @@ def capture(span: ReadableSpan, phase: str) -> tuple[Any, ...]:
 def _values_from_capture(cap: tuple[Any, ...], phase: str) -> tuple[Any, ...]:
     """The field values of a SpanRecord (in field order, ``phase`` last) from a :func:`capture`."""
     ctx, parent, name, span_kind, start, end, span_status, resource, scope, attrs, sdk_events = cap
+    limit = _value_limit[0]
     if type(attrs) is not dict:
         attrs = _copy_attrs(attrs)
+    cleaned = clean_attributes(attrs, limit)
+    if cleaned is not attrs:
+        attrs = dict(cleaned)
     resource_attrs, service = _resource_of(resource)
     status = STATUS_RUNNING
     message = ""
     if end is not None and span_status is not None:
         status = STATUS_ERROR if span_status.status_code.value == _OTLP_STATUS_ERROR else STATUS_OK
-        message = span_status.description or ""
+        message = clean_text(span_status.description or "", limit)
     events: tuple[EventRecord, ...] = ()
     if sdk_events:
-        # Event attributes are immutable in the SDK: shared, not copied.
+        # Event attributes are immutable in the SDK: shared, not copied (unless cleaning changes them).
         make = _new_event
         events = tuple(
-            [make(EventRecord, (e.name, e.timestamp, _EMPTY if (a := e.attributes) is None else a)) for e in sdk_events]
+            [
+                make(
+                    EventRecord,
+                    (
+                        clean_text(e.name, NAME_LIMIT),
+                        e.timestamp,
+                        _EMPTY if (a := e.attributes) is None else clean_attributes(a, limit),
+                    ),
+                )
+                for e in sdk_events
+            ]
         )
     return (
         _hex(ctx.trace_id, _trace_hex, "032x") if ctx is not None else "0" * 32,
         format(ctx.span_id, "016x") if ctx is not None else "0" * 16,
-        name,
+        clean_text(name, NAME_LIMIT),
         format(parent.span_id, "016x") if parent is not None else None,
         kind_of(attrs),
         span_kind.value + 1,
@@ -354,7 +383,7 @@ def _values_from_capture(cap: tuple[Any, ...], phase: str) -> tuple[Any, ...]:
         events,
         service,
         resource_attrs,
-        scope.name if scope is not None else "",
+        clean_text(scope.name, NAME_LIMIT) if scope is not None else "",
         phase,
     )
 
@@ -377,6 +406,41 @@ def _started_values(end: SpanRecord) -> tuple[Any, ...]:
         end.resource,
         end.scope,
         PHASE_START,
+    )
+
+
+def clean_record(rec: SpanRecord, limit: int | None = DEFAULT_VALUE_LIMIT) -> SpanRecord:
+    """``rec`` with every text cleaned as at the edges (:func:`otelflow.scrub.clean_text`): names, attributes,
+    events, status message, resource. ``rec`` itself when nothing had to change."""
+    name = clean_text(rec.name, NAME_LIMIT)
+    attrs = clean_attributes(rec.attributes, limit)
+    message = clean_text(rec.status_message, limit)
+    resource = clean_attributes(rec.resource, limit)
+    service = clean_text(rec.service, NAME_LIMIT)
+    events = tuple(
+        [
+            EventRecord(clean_text(e.name, NAME_LIMIT), e.time_ns, clean_attributes(e.attributes, limit))
+            for e in rec.events
+        ]
+    )
+    same = all(a.name is b.name and a.attributes is b.attributes for a, b in zip(events, rec.events, strict=True))
+    if (
+        same
+        and name is rec.name
+        and attrs is rec.attributes
+        and message is rec.status_message
+        and resource is rec.resource
+        and service is rec.service
+    ):
+        return rec
+    return replace(
+        rec,
+        name=name,
+        attributes=dict(attrs),
+        status_message=message,
+        resource=dict(resource),
+        service=service,
+        events=rec.events if same else events,
     )
 
 
@@ -514,7 +578,7 @@ def _decode_any(value: Any, where: str) -> Any:
         return None
     ((tag, inner),) = list(value.items())[:1]
     if tag == "stringValue":
-        return str(inner)
+        return inner if type(inner) is str else str(inner)
     if tag == "boolValue":
         return bool(inner)
     if tag == "intValue":
@@ -524,9 +588,10 @@ def _decode_any(value: Any, where: str) -> Any:
             raise OtlpDecodeError(f"{where}: intValue {inner!r} is not an integer") from None
     if tag == "doubleValue":
         try:
-            return float(inner)
+            number = float(inner)
         except (TypeError, ValueError):
             raise OtlpDecodeError(f"{where}: doubleValue {inner!r} is not a number") from None
+        return number if math.isfinite(number) else str(number)  # "NaN" and "Infinity" are legal OTLP/JSON
     if tag == "bytesValue":
         return str(inner)
     if tag == "arrayValue":
@@ -581,17 +646,28 @@ def _nanos(value: Any, where: str) -> int:
         raise OtlpDecodeError(f"{where}: {value!r} is not a time in nanoseconds") from None
     if nanos < 0:
         raise OtlpDecodeError(f"{where}: negative time")
+    if nanos > MAX_TIME_NS:
+        raise OtlpDecodeError(f"{where}: {nanos} is out of range (after the year 2262)")
     return nanos
 
 
-def decode_otlp_span(span: Mapping[str, Any], resource: dict[str, Any], scope: str, where: str) -> SpanRecord:
-    """One OTLP/JSON span object as a record; raises :class:`OtlpDecodeError` when it cannot be read."""
+def decode_otlp_span(
+    span: Mapping[str, Any],
+    resource: dict[str, Any],
+    scope: str,
+    where: str,
+    limit: int | None = DEFAULT_VALUE_LIMIT,
+) -> SpanRecord:
+    """One OTLP/JSON span object as a record, its texts cleaned (:func:`otelflow.scrub.clean_text`, values cut
+    at ``limit`` characters); raises :class:`OtlpDecodeError` when it cannot be read. ``resource`` and ``scope``
+    are taken as they are (clean them once per request)."""
     if not isinstance(span, Mapping):
         raise OtlpDecodeError(f"{where}: a span must be an object")
     name = span.get("name", "")
     if not isinstance(name, str):
         raise OtlpDecodeError(f"{where}.name: must be a string")
-    attrs = _decode_attrs(span.get("attributes"), f"{where}.attributes")
+    name = clean_text(name, NAME_LIMIT)
+    attrs = dict(clean_attributes(_decode_attrs(span.get("attributes"), f"{where}.attributes"), limit))
     events_in = span.get("events") or []
     if not isinstance(events_in, list):
         raise OtlpDecodeError(f"{where}.events: must be a list")
@@ -601,9 +677,11 @@ def decode_otlp_span(span: Mapping[str, Any], resource: dict[str, Any], scope: s
             raise OtlpDecodeError(f"{where}.events[{i}]: must be an object")
         events.append(
             EventRecord(
-                name=str(ev.get("name", "")),
+                name=clean_text(str(ev.get("name", "")), NAME_LIMIT),
                 time_ns=_nanos(ev.get("timeUnixNano"), f"{where}.events[{i}].timeUnixNano"),
-                attributes=_decode_attrs(ev.get("attributes"), f"{where}.events[{i}].attributes"),
+                attributes=clean_attributes(
+                    _decode_attrs(ev.get("attributes"), f"{where}.events[{i}].attributes"), limit
+                ),
             )
         )
     start = _nanos(span.get("startTimeUnixNano"), f"{where}.startTimeUnixNano")
@@ -643,7 +721,7 @@ def decode_otlp_span(span: Mapping[str, Any], resource: dict[str, Any], scope: s
         start_time_ns=start,
         end_time_ns=end,
         status=status,
-        status_message=str(status_obj.get("message", "") or ""),
+        status_message=clean_text(str(status_obj.get("message", "") or ""), limit),
         attributes=attrs,
         events=tuple(events),
         service=str(resource.get("service.name", "")),
@@ -653,19 +731,32 @@ def decode_otlp_span(span: Mapping[str, Any], resource: dict[str, Any], scope: s
     )
 
 
-def from_otlp_json(payload: Any) -> tuple[list[SpanRecord], list[str]]:
-    """Decode an OTLP/JSON ``ExportTraceServiceRequest``.
+def from_otlp_json(payload: Any, limit: int | None = DEFAULT_VALUE_LIMIT) -> tuple[list[SpanRecord], list[str]]:
+    """Decode an OTLP/JSON ``ExportTraceServiceRequest``, every text cleaned (see :func:`decode_otlp_span`).
 
     Returns the records that could be read and one message per span that could not (for OTLP partial
     success). Raises :class:`OtlpDecodeError` when the payload's shape itself is wrong.
     """
+    rejected: list[str] = []
+    records = list(iter_otlp_json(payload, rejected, limit))
+    return records, rejected
+
+
+def iter_otlp_json(payload: Any, rejected: list[str], limit: int | None = DEFAULT_VALUE_LIMIT) -> Iterator[SpanRecord]:
+    """:func:`from_otlp_json`, one record at a time. The payload's shape is checked before the first record
+    comes (:class:`OtlpDecodeError`); a span that cannot be read adds its message to ``rejected``."""
+    groups = _json_groups(payload, limit)
+    return _iter_json_spans(groups, rejected, limit)
+
+
+def _json_groups(payload: Any, limit: int | None) -> list[tuple[dict[str, Any], str, list[Any], str]]:
+    """``(resource, scope, spans, where)`` of every scopeSpans, resources and scopes cleaned once."""
     if not isinstance(payload, Mapping):
         raise OtlpDecodeError("body: expected a JSON object with resourceSpans")
     resource_spans = payload.get("resourceSpans", [])
     if not isinstance(resource_spans, list):
         raise OtlpDecodeError("resourceSpans: must be a list")
-    records: list[SpanRecord] = []
-    rejected: list[str] = []
+    groups = []
     for r, rs in enumerate(resource_spans):
         where = f"resourceSpans[{r}]"
         if not isinstance(rs, Mapping):
@@ -673,7 +764,9 @@ def from_otlp_json(payload: Any) -> tuple[list[SpanRecord], list[str]]:
         res = rs.get("resource") or {}
         if not isinstance(res, Mapping):
             raise OtlpDecodeError(f"{where}.resource: must be an object")
-        resource = _decode_attrs(res.get("attributes"), f"{where}.resource.attributes")
+        resource = dict(clean_attributes(_decode_attrs(res.get("attributes"), f"{where}.resource.attributes"), limit))
+        if "service.name" in resource:
+            resource["service.name"] = clean_text(str(resource["service.name"]), NAME_LIMIT)
         scope_spans = rs.get("scopeSpans", [])
         if not isinstance(scope_spans, list):
             raise OtlpDecodeError(f"{where}.scopeSpans: must be a list")
@@ -682,13 +775,28 @@ def from_otlp_json(payload: Any) -> tuple[list[SpanRecord], list[str]]:
             if not isinstance(ss, Mapping):
                 raise OtlpDecodeError(f"{swhere}: must be an object")
             scope_obj = ss.get("scope") or {}
-            scope = str(scope_obj.get("name", "")) if isinstance(scope_obj, Mapping) else ""
+            scope = clean_text(str(scope_obj.get("name", "")), NAME_LIMIT) if isinstance(scope_obj, Mapping) else ""
             spans = ss.get("spans", [])
             if not isinstance(spans, list):
                 raise OtlpDecodeError(f"{swhere}.spans: must be a list")
-            for i, span in enumerate(spans):
-                try:
-                    records.append(decode_otlp_span(span, resource, scope, f"{swhere}.spans[{i}]"))
-                except OtlpDecodeError as exc:
-                    rejected.append(str(exc))
-    return records, rejected
+            groups.append((resource, scope, spans, swhere))
+    return groups
+
+
+def _iter_json_spans(
+    groups: list[tuple[dict[str, Any], str, list[Any], str]], rejected: list[str], limit: int | None
+) -> Iterator[SpanRecord]:
+    for resource, scope, spans, swhere in groups:
+        for i, span in enumerate(spans):
+            try:
+                record = decode_otlp_span(span, resource, scope, f"{swhere}.spans[{i}]", limit)
+            except OtlpDecodeError as exc:
+                rejected.append(str(exc))
+                continue
+            except RecursionError:
+                rejected.append(f"{swhere}.spans[{i}]: attributes nested too deeply")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a shape the checks did not foresee rejects this span alone
+                rejected.append(f"{swhere}.spans[{i}]: {type(exc).__name__}: {exc}")
+                continue
+            yield record

@@ -29,6 +29,9 @@ class ReceivedSpan:
         self.events = [e.name for e in span.events]
         self.resource = resource
         self.end_time: int = span.end_time_unix_nano
+        self.status_message: str = span.status.message
+        self.event_attributes = [{kv.key: _value(kv.value) for kv in e.attributes} for e in span.events]
+        self.dump = f"{span}\n{resource}"  # everything the exporter sent of it, as text
 
 
 class _Store:

@@ -219,3 +219,86 @@ def test_later_service_name_wins_on_a_provider_otelflow_made(receiver: HttpRecei
     assert "ignored" not in done.stderr
     (span,) = receiver.wait_for(1)
     assert span.resource["service.name"] == "content-pipeline"
+
+
+# --------------------------------------------------------------------------------------------------
+# What leaves the SDK: cleaned (secrets, UTF-8) and bounded, also for spans otelflow did not make
+# --------------------------------------------------------------------------------------------------
+
+LEAKY = """
+    import os
+    import otelflow
+    from opentelemetry import trace
+    t = otelflow.configure(service_name="leaky", resource_attributes={"db.password": "dbpassw0rd"})
+    try:
+        with otelflow.workflow("sync token=tok3nvalue", run_id="job password=s3cretpw"):
+            with otelflow.tool(os.fsdecode(b"report-\\xff.csv")):
+                raise ConnectionError(
+                    "connect postgres://app:s3cretpw@db/x?api_key=abc123key with Bearer tok3nvalue "
+                    "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX AKIAIOSFODNN7EXAMPLE "
+                    "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+                )
+    except ConnectionError:
+        pass
+    tracer = trace.get_tracer("another-library")  # spans otelflow did not make: cleaned on the way out too
+    with tracer.start_as_current_span("GET /x?token=tok3nvalue") as span:
+        span.set_attribute("url.full", "https://api.example.com/v1?api_key=abc123key")
+        span.set_attribute("blob", "b" * 1_000_000)
+        try:
+            raise ValueError("password=s3cretpw")
+        except ValueError as exc:
+            span.record_exception(exc)
+    t.tracer_provider.shutdown()
+"""
+LEAKED = (
+    "dbpassw0rd",
+    "tok3nvalue",
+    "s3cretpw",
+    "abc123key",
+    "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX",
+    "AKIAIOSFODNN7EXAMPLE",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+)
+
+
+def test_secrets_never_leave_the_sdk_and_odd_names_do_not_lose_a_batch(receiver: HttpReceiver) -> None:
+    done = _run(LEAKY, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
+    assert done.returncode == 0, done.stderr
+    spans = {s.name: s for s in receiver.wait_for(3)}
+    assert set(spans) == {
+        "invoke_workflow sync token=[REDACTED]",
+        "execute_tool report-\ufffd.csv",  # undecodable bytes: the batch is not lost to the protobuf encoder
+        "GET /x?token=[REDACTED]",
+    }
+    tool = spans["execute_tool report-\ufffd.csv"]
+    (exception,) = tool.event_attributes
+    assert exception["exception.type"] == "ConnectionError"
+    assert "postgres://app:[REDACTED]@db" in exception["exception.message"]
+    assert exception["exception.stacktrace"].startswith("Traceback (most recent call last)")
+    assert "[REDACTED]" in tool.status_message
+    other = spans["GET /x?token=[REDACTED]"]
+    assert other.attributes["blob"] == "b" * 65_536  # the default attribute length limit
+    for span in spans.values():
+        for secret in LEAKED:
+            assert secret not in span.dump
+
+
+def test_attribute_length_limit_follows_the_standard_variable(receiver: HttpReceiver) -> None:
+    script = """
+        import otelflow
+        from opentelemetry import trace
+        t = otelflow.configure(service_name="limits")
+        with otelflow.node("n") as node:
+            node.set_attribute("mine", "m" * 1000)
+            trace.get_current_span().set_attribute("theirs", "t" * 1000)
+        t.tracer_provider.shutdown()
+    """
+    done = _run(script, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "100"})
+    assert done.returncode == 0, done.stderr
+    (span,) = receiver.wait_for(1)
+    assert span.attributes["theirs"] == "t" * 100  # the SDK cuts what others set, as the standard says
+    assert len(span.attributes["mine"]) == 100  # what otelflow sets is cut with a visible marker
+    assert span.attributes["mine"].endswith("…[truncated, 1000 chars]")
+    done = _run(script, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "lots"})
+    assert done.returncode == 1
+    assert "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT" in done.stderr

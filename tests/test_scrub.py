@@ -173,3 +173,36 @@ def test_bad_settings_are_clear_errors(monkeypatch: pytest.MonkeyPatch, traced: 
     monkeypatch.setenv("OTELFLOW_CAPTURE_IO", "maybe")
     with pytest.raises(ValueError, match="OTELFLOW_CAPTURE_IO='maybe' is not a boolean"):
         otelflow.configure(tracer_provider=traced.provider, otlp=False, live=False)
+
+
+def test_live_records_are_cleaned_like_exports(traced: Traced) -> None:
+    tracer = traced.provider.get_tracer("another-library")
+    with tracer.start_as_current_span("fetch \udcff token=tok3nvalue") as span:
+        span.set_attribute("db.password", "dbpassw0rd")
+        span.set_attribute("url.full", "https://x.io/a?api_key=abc123key")
+        span.set_attribute("blob", "z" * 100_000)
+        span.add_event("note", {"text": "Bearer abcdefghijklmnop"})
+    (end,) = [r for r in traced.live() if r.phase == "end"]
+    assert end.name == f"fetch \ufffd token={REDACTED}"
+    assert end.attributes["db.password"] == REDACTED
+    assert end.attributes["url.full"] == f"https://x.io/a?api_key={REDACTED}"
+    assert len(end.attributes["blob"]) == 65_536
+    assert end.attributes["blob"].endswith("…[truncated, 100000 chars]")
+    assert end.events[0].attributes["text"] == REDACTED
+    for secret in ("tok3nvalue", "dbpassw0rd", "abc123key", "abcdefghijklmnop"):
+        assert secret not in repr(end.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"password": "correct horse", "max_tokens": 5}', f'{{"password": "{REDACTED}", "max_tokens": 5}}'),
+        ("aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", f"aws_secret_access_key={REDACTED}"),
+        ("key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY here", f"key {REDACTED} here"),
+        ("commit 0123456789abcdef0123456789abcdef01234567", "commit 0123456789abcdef0123456789abcdef01234567"),
+        ("max_tokens: 512, token: abc", f"max_tokens: 512, token: {REDACTED}"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA", REDACTED),
+    ],
+)
+def test_more_secrets_inside_text(text: str, expected: str) -> None:
+    assert scrub_text(text) == expected
