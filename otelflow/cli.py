@@ -44,6 +44,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             allowed_origins=args.allow_origin or (),
             ready_callback=ready,
             log_level=args.log_level,
+            idle_run_s=args.idle_run_timeout,
+            max_backlog_bytes=args.history_backlog_mb * 1024 * 1024,
         )
     except (ViewerConfigError, StoreError) as exc:
         print(f"otelflow serve: {exc}", file=sys.stderr)
@@ -81,6 +83,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return export_main(args)
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otelflow", description="Watch workflows of agents and nodes run live.")
     parser.add_argument("--version", action="version", version=f"otelflow {__version__}")
@@ -94,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--retention-days", type=float, default=30.0, help="drop runs older than this (0: keep)")
     serve.add_argument("--max-runs", type=int, default=10_000, help="keep at most this many runs (0: no limit)")
     serve.add_argument("--allow-origin", action="append", help="extra Origin allowed (repeatable)")
+    serve.add_argument(
+        "--idle-run-timeout",
+        type=_non_negative,
+        default=300.0,
+        metavar="SECONDS",
+        help="end as abandoned a run nothing was heard of for this long, with no live worker (0: never)",
+    )
+    serve.add_argument(
+        "--history-backlog-mb",
+        type=_positive_int,
+        default=128,
+        metavar="MB",
+        help="rows waiting for the history database beyond this: new spans get 503 (default 128)",
+    )
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_cmd_serve)
 

@@ -19,6 +19,7 @@ import gc
 import hmac
 import inspect
 import ipaddress
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -34,8 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otelflow import attributes as A
 from otelflow.records import STATUS_RUNNING, SpanRecord, to_otlp_json
-from viewer.hub import Filters, Hub
-from viewer.otlp import DEFAULT_MAX_BYTES, Decoded, handle_traces
+from otelflow.scrub import DEFAULT_VALUE_LIMIT, fix_surrogates
+from viewer.hub import INGEST_SLICE, Filters, Hub, _finite
+from viewer.otlp import DEFAULT_MAX_BYTES, Decoded, Unavailable, handle_traces
 from viewer.pages import PageHeaders, install_pages, jaeger_url_from_env
 from viewer.store import Store, StoreError, default_db_path
 from viewer.streams import CLOSE_POLICY, SSE_RAW_HEADERS, LiveFlowSession, SseResponse, WsSession, sse_stream
@@ -214,8 +216,20 @@ def _span_tree(spans: list[SpanRecord]) -> list[dict[str, Any]]:
     return roots
 
 
+class ApiResponse(JSONResponse):
+    """JSON that always renders: text stored before it was cleaned (lone surrogates) becomes U+FFFD and
+    non-finite numbers strings, rather than the whole answer failing."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except (UnicodeEncodeError, ValueError):
+            text = json.dumps(_finite(content), ensure_ascii=False, separators=(",", ":"), default=str)
+            return fix_surrogates(text).encode("utf-8")
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status)
+    return ApiResponse({"error": message}, status)
 
 
 def create_app(
@@ -231,6 +245,9 @@ def create_app(
     send_deadline_s: float = 10.0,
     hub: Hub | None = None,
     jaeger_url: str | None = None,
+    max_value_length: int | None = DEFAULT_VALUE_LIMIT,
+    ack_timeout_s: float = 2.0,
+    idle_run_s: float = 300.0,
 ) -> FastAPI:
     """The viewer as an ASGI app. ``app.state.hub`` and ``app.state.store`` are its hub and store.
 
@@ -239,9 +256,15 @@ def create_app(
 
     ``db`` is a path, ``":memory:"``, or an opened :class:`Store`. The lifespan opens the store (unless open),
     starts the hub, and on shutdown publishes ``shutdown``, closes streams and flushes the store.
+
+    ``POST /v1/traces`` answers 2xx once the spans are committed to the history; when that does not happen
+    within ``ack_timeout_s`` (the database is locked, full or read-only) it answers 503 with ``Retry-After``
+    and the spans stay queued; while the store's backlog is full it answers 503 at once. Attribute values
+    longer than ``max_value_length`` characters are cut (marked). Runs nothing was heard of for ``idle_run_s``
+    and no live worker runs end as abandoned (0: never).
     """
     store = db if isinstance(db, Store) else Store(db, retention_days=retention_days, max_runs=max_runs)
-    hub = hub or Hub(store=store)
+    hub = hub or Hub(store=store, idle_run_s=idle_run_s)
     hub.store = store
 
     @contextlib.asynccontextmanager
@@ -263,18 +286,39 @@ def create_app(
         # that is posted again, for ever; and stream connections would show up as runs.
         extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
     app = ViewerApp(
-        title="otelflow viewer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, **extra
+        title="otelflow viewer",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        default_response_class=ApiResponse,
+        **extra,
     )
     app.state.hub = hub
     app.state.store = store
     app.add_middleware(SecurityMiddleware, token=token, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
 
-    def ingest(decoded: Decoded) -> None:
-        hub.ingest(decoded.records, decoded.workers)
+    def admit() -> None:
+        if store.full:
+            raise Unavailable(f"the viewer's history is behind ({store.health()[1]}); retry later", 2)
+
+    async def ingest(decoded: Decoded) -> None:
+        hub.touch(decoded.workers)
+        first = True
+        for batch in decoded.batches(INGEST_SLICE):
+            if not first:
+                await asyncio.sleep(0)  # let streams write, and other requests in, between slices
+            first = False
+            hub.ingest(batch)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(store.committed()), ack_timeout_s)
+        except asyncio.TimeoutError:
+            reason = store.health()[1] or "the history database is slow"
+            raise Unavailable(f"spans received but not yet stored ({reason}); send them again later", 1) from None
 
     @app.post("/v1/traces")
     async def traces(request: Request) -> Response:
-        return await handle_traces(request, ingest, max_body_bytes)
+        return await handle_traces(request, ingest, max_body_bytes, limit=max_value_length, admit=admit)
 
     async def run_has_ended(run: str) -> bool:
         """Whether ``run`` is only in the history, ended: its stream then replays what is stored and closes."""
@@ -340,7 +384,7 @@ def create_app(
             live = hub.run(item["trace_id"])
             if live is not None:
                 items[i] = live.to_dict()
-        return JSONResponse({"runs": items, "total": total, "limit": limit, "offset": offset})
+        return ApiResponse({"runs": items, "total": total, "limit": limit, "offset": offset})
 
     @app.get("/api/runs/{run}")
     async def run_detail(run: str) -> Response:
@@ -357,7 +401,7 @@ def create_app(
             summary, spans = await store.get_run(trace)
             if summary is None:
                 return _error(404, f"no run {run!r}")
-        return JSONResponse(
+        return ApiResponse(
             {
                 "run": summary,
                 "spans": [s.to_dict() for s in spans],
@@ -375,7 +419,7 @@ def create_app(
         events = await store.events(trace, after, max(1, min(limit, 10_000)))
         if events is None:
             return _error(404, f"event {after!r} is not in the history; fetch /api/runs/{run} instead")
-        return JSONResponse({"run_id": trace, "events": events})
+        return ApiResponse({"run_id": trace, "events": events})
 
     @app.get("/api/runs/{run}/export")
     async def run_export(run: str) -> Response:
@@ -385,24 +429,26 @@ def create_app(
         live = hub.run(trace)
         spans = list(live.spans.values()) if live is not None else (await store.get_run(trace))[1]
         headers = {"Content-Disposition": f'attachment; filename="{trace}.otlp.json"'}
-        return JSONResponse(to_otlp_json(spans), headers=headers)
+        return ApiResponse(to_otlp_json(spans), headers=headers)
 
     @app.get("/api/stats")
     async def stats(kind: str | None = None) -> Response:
         kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else list(_DEFAULT_KINDS)
-        return JSONResponse({"stats": await store.stats_by_name(kinds)})
+        return ApiResponse({"stats": await store.stats_by_name(kinds)})
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return JSONResponse(
+        status, reason = store.health()
+        return ApiResponse(
             {
-                "status": "shutting_down" if hub.shutting_down else "ok",
+                "status": "shutting_down" if hub.shutting_down else status,
+                "reason": reason,
                 "epoch": hub.epoch,
                 "last_event_id": hub.last_id,
                 "subscribers": hub.subscriber_count,
                 "live_runs": sum(1 for r in hub.runs() if r.status == STATUS_RUNNING),
-                "hub": hub.stats,
-                "store": store.stats,
+                "hub": {**hub.stats, "ring_bytes": hub.ring_nbytes, "live_bytes": hub.live_nbytes},
+                "store": {**store.stats, "backlog_rows": store.backlog_rows, "backlog_bytes": store.backlog_bytes},
             }
         )
 
@@ -537,6 +583,8 @@ def serve(
     allowed_origins: Iterable[str] = (),
     ready_callback: Callable[[str, int], None] | None = None,
     log_level: str = "info",
+    idle_run_s: float = 300.0,
+    max_backlog_bytes: int = 128 * 1024 * 1024,
 ) -> None:
     """Run the viewer until SIGINT/SIGTERM (what ``otelflow serve`` calls).
 
@@ -559,12 +607,17 @@ def serve(
             hosts = LOOPBACK_HOSTS | {host.lower().strip("[]")}
     else:
         hosts = allowed_hosts
-    store = Store(db if db is not None else default_db_path(), retention_days=retention_days, max_runs=max_runs)
+    store = Store(
+        db if db is not None else default_db_path(),
+        retention_days=retention_days,
+        max_runs=max_runs,
+        max_backlog_bytes=max_backlog_bytes,
+    )
     store.open()
     # This process is the viewer alone. Ingestion makes several short-lived dicts per span; CPython's default
     # young generation (700 objects) makes the collector run every few spans, about 15% of the loop's time.
     gc.set_threshold(20_000, 20, 20)
-    app = create_app(db=store, token=token, allowed_hosts=hosts, allowed_origins=allowed_origins)
+    app = create_app(db=store, token=token, allowed_hosts=hosts, allowed_origins=allowed_origins, idle_run_s=idle_run_s)
     server = make_server(app, host, port, ready_callback=ready_callback, log_level=log_level)
     try:
         server.run()

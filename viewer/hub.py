@@ -4,13 +4,17 @@ Contracts:
 
 - A run is a trace (``run_id`` = 32-hex trace id); it is also found by its ``otelflow.run.id``. A run is
   ``running`` until its root span (the span with no parent) ends, then ``ok`` or ``error``; it is
-  ``abandoned`` when every running span it had belonged to workers that stopped sending heartbeats.
+  ``abandoned`` when every running span it had belonged to workers that stopped sending heartbeats, or when
+  nothing was heard of it for ``idle_run_s`` while no live worker holds a running span of it (a trace whose
+  root never arrives, from senders without heartbeats).
 - Spans are merged by (trace id, span id): a later snapshot replaces an earlier one; an ended span never goes
   back to running. A span arriving already ended gets ``span.ended`` only (no ``span.started``).
 - Event ids are ``<epoch>.<seq>``: epoch is random per hub, seq starts at 1 and has no gaps. Every event is
   encoded once (JSON and SSE frame) and the same bytes go to every subscriber.
-- The last ``ring_size`` events are kept for resume: :meth:`Hub.subscribe` with a ``last_event_id`` inside the
-  ring replays every later event exactly once, else the subscription starts with a ``reset`` event.
+- The last ``ring_size`` events (at most ``ring_bytes`` of them) are kept for resume: :meth:`Hub.subscribe`
+  with a ``last_event_id`` inside the ring replays every later event exactly once, else the subscription
+  starts with a ``reset`` event. Ended runs stay in memory while there are at most ``max_ended_runs`` of them
+  and the live state holds at most ``max_live_bytes``; older ones are served from the store.
 - Each subscriber has one bounded queue; one that overflows is cut (``closed == "overflow"``) and must resume
   by id. Publishing never waits for a subscriber.
 - All methods except :meth:`Hub.ingest_threadsafe` must be called on the hub's event loop.
@@ -83,6 +87,7 @@ EVENT_TYPES: Final = (
 )
 
 _ENDED: Final = (STATUS_OK, STATUS_ERROR)
+INGEST_SLICE: Final = 512  # records published between two yields to the event loop
 
 
 def _finite(value: Any) -> Any:
@@ -297,7 +302,18 @@ class Subscription:
     still delivered; an ``overflow`` close drops them.
     """
 
-    __slots__ = ("_hub", "_on_cut", "_queue", "_waiter", "_wake", "closed", "filters", "limit", "until_run_end")
+    __slots__ = (
+        "_hub",
+        "_on_cut",
+        "_queue",
+        "_waiter",
+        "_wake",
+        "closed",
+        "filters",
+        "limit",
+        "start_id",
+        "until_run_end",
+    )
 
     def __init__(
         self,
@@ -318,6 +334,9 @@ class Subscription:
         self._waiter: asyncio.Future[bool] | None = None
         self._on_cut: Callable[[], None] | None = None
         self.closed: str | None = None
+        # Where this subscription starts: it receives the (matching) events after this id. A stream says it
+        # first, so that a client cut before its first event can still resume.
+        self.start_id: str = hub.last_id
 
     def on_cut(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` (on the loop) when this subscriber is cut for falling behind."""
@@ -343,6 +362,14 @@ class Subscription:
                 return
             self._queue.append(ev)
             self._signal()
+        run = self.filters.run
+        if self.until_run_end and ev.type == RUN_ENDED and run is not None and (ev.run_id in run or ev.alias in run):
+            self._close("run_ended")
+
+    def _replay(self, ev: Event) -> None:
+        """Queue an event from the replay ring: filtered, without the queue limit."""
+        if self.closed is None and self.filters.matches(ev):
+            self._put(ev)
         run = self.filters.run
         if self.until_run_end and ev.type == RUN_ENDED and run is not None and (ev.run_id in run or ev.alias in run):
             self._close("run_ended")
@@ -439,6 +466,8 @@ class RunState:
     error_count: int = 0
     agent_count: int = 0
     announced: bool = False
+    sizes: dict[str, int] = field(default_factory=dict)  # span id -> bytes of its latest span object
+    nbytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The ``run`` object of run events and of the REST API."""
@@ -481,22 +510,31 @@ class Hub:
         *,
         store: Store | None = None,
         ring_size: int = 10_000,
-        queue_limit: int = 4096,
+        ring_bytes: int = 64 * 1024 * 1024,
+        queue_limit: int = 16_384,
         abandon_after_s: float = A.ABANDON_AFTER_S,
+        idle_run_s: float = 300.0,
         check_interval_s: float = 1.0,
         max_ended_runs: int = 500,
+        max_live_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.epoch = secrets.token_hex(4)
         self.store = store
         self.ring_size = ring_size
+        self.ring_bytes = ring_bytes
         self.queue_limit = queue_limit
         self.abandon_after_s = abandon_after_s
+        self.idle_run_s = idle_run_s
         self.check_interval_s = check_interval_s
         self.max_ended_runs = max_ended_runs
+        self.max_live_bytes = max_live_bytes
         self._clock = clock
         self._seq = 0
-        self._ring: deque[Event] = deque(maxlen=ring_size)
+        self._ring: deque[Event] = deque()
+        self._ring_nbytes = 0
+        self._live_nbytes = 0
+        self._activity: OrderedDict[str, float] = OrderedDict()  # running runs, least recently heard from first
         self._subs: set[Subscription] = set()
         self._runs: dict[str, RunState] = {}
         self._aliases: dict[str, str] = {}
@@ -555,6 +593,16 @@ class Hub:
     @property
     def subscriber_count(self) -> int:
         return len(self._subs)
+
+    @property
+    def ring_nbytes(self) -> int:
+        """About how many bytes the replay ring holds (bounded by ``ring_bytes``)."""
+        return self._ring_nbytes
+
+    @property
+    def live_nbytes(self) -> int:
+        """About how many bytes the spans of the runs in memory take (ended runs leave past ``max_live_bytes``)."""
+        return self._live_nbytes
 
     def _parse_id(self, event_id: str | None) -> int | None:
         """The seq of an id of this epoch, or ``None`` (another epoch or unreadable)."""
@@ -616,15 +664,14 @@ class Hub:
                     sub._put(self.reset_event(filters, "run started before the replay ring"))
                     if all(r.status != STATUS_RUNNING for r in runs):
                         sub.close("run_ended")
+        if start is not None:
+            sub.start_id = f"{self.epoch}.{start}"
         if start is not None and start < self._seq:
             for ev in self._ring:
                 if ev.seq > start:
-                    sub._offer(ev)
-        if sub.closed == "overflow":
-            # the replay alone was longer than the queue: say so rather than cut in a loop
-            sub.closed = None
-            sub._queue.clear()
-            sub._put(self.reset_event(filters, "replay longer than the client queue"))
+                    sub._replay(ev)
+            # the replay is the ring's to bound; the queue limit is about keeping pace from here on
+            sub.limit += len(sub._queue)
         if sub.closed is None:
             self._subs.add(sub)
         return sub
@@ -714,15 +761,30 @@ class Hub:
         self._inbox_scheduled = False  # first: a batch appended from now on schedules another drain
         inbox = self._inbox
         records: list[SpanRecord] = []
-        while inbox:
-            records += inbox.popleft()
+        while inbox and len(records) < INGEST_SLICE:
+            batch = inbox[0]
+            room = INGEST_SLICE - len(records)
+            if len(batch) <= room:
+                records += inbox.popleft()
+            else:
+                records += batch[:room]
+                inbox[0] = batch[room:]
+        if inbox and not self._inbox_scheduled and self._loop is not None:
+            # a burst: ingest it a slice at a time, letting the streams write in between
+            self._inbox_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
         if records:
             self.ingest(records, local=True)
 
     def ingest(self, records: Iterable[SpanRecord], workers: Iterable[str] = (), *, local: bool = False) -> None:
-        """Merge snapshots into the live state, publish the resulting events, queue them for the store."""
+        """Merge snapshots into the live state, publish the resulting events, queue them for the store.
+
+        Publishing is synchronous: give it at most :data:`INGEST_SLICE` records at a time and yield to the loop
+        in between, so that streams write while a large request is ingested. ``local`` records come from this
+        process: their rows are dropped (and counted) rather than queued when the store's backlog is full.
+        """
         self.touch(workers)
-        with self.store.batch() if self.store is not None else contextlib.nullcontext():
+        with self.store.batch(droppable=local) if self.store is not None else contextlib.nullcontext():
             self._ingest_all(records, local)
 
     def _ingest_all(self, records: Iterable[SpanRecord], local: bool) -> None:
@@ -749,6 +811,9 @@ class Hub:
         prev = run.spans.get(rec.span_id)
         if prev is not None and prev.status in _ENDED:
             return  # ended spans are final: duplicates and late running snapshots change nothing
+        activity = self._activity
+        activity[rec.trace_id] = self._clock()
+        activity.move_to_end(rec.trace_id)
         worker = rec.resource.get(A.WORKER_ID)
         worker = worker if isinstance(worker, str) else None
         if worker is not None:
@@ -816,7 +881,16 @@ class Hub:
         """Publish a ``span.*`` event of ``rec``; its id when its span object is exact (see :func:`encode_span`)."""
         span_json, exact = encode_span(rec)
         ev = self._publish(type_, run, None, span_json, status=rec.status, kind=rec.kind, name=rec.name)
+        self._sized(run, rec.span_id, len(span_json))
         return ev.id if exact else None
+
+    def _sized(self, run: RunState, span_id: str, nbytes: int) -> None:
+        """Account the live state's memory: ``span_id``'s latest snapshot takes about ``nbytes``."""
+        delta = nbytes - run.sizes.get(span_id, 0)
+        run.sizes[span_id] = nbytes
+        run.nbytes += delta
+        if run.trace_id in self._runs:
+            self._live_nbytes += delta
 
     def _update_run(self, run: RunState, rec: SpanRecord, prev: SpanRecord | None) -> bool:
         """Fold one snapshot into its run's summary; ``True`` when status, name, alias or progress changed."""
@@ -867,13 +941,21 @@ class Hub:
             self.store.put_run(summary, raw.decode("ascii") if exact else None)
 
     def _run_ended(self, run: RunState) -> None:
+        self._activity.pop(run.trace_id, None)
         self._ended[run.trace_id] = None
         self._ended.move_to_end(run.trace_id)
-        while len(self._ended) > self.max_ended_runs:
+        self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest ended runs beyond ``max_ended_runs``, or while the live state is over
+        ``max_live_bytes`` (the store serves them from then on)."""
+        while self._ended and (len(self._ended) > self.max_ended_runs or self._live_nbytes > self.max_live_bytes):
             trace, _ = self._ended.popitem(last=False)
             old = self._runs.pop(trace, None)
-            if old is not None and old.alias and self._aliases.get(old.alias) == trace:
-                del self._aliases[old.alias]
+            if old is not None:
+                self._live_nbytes -= old.nbytes
+                if old.alias and self._aliases.get(old.alias) == trace:
+                    del self._aliases[old.alias]
 
     def _publish(
         self,
@@ -886,7 +968,12 @@ class Hub:
     ) -> Event:
         self._seq += 1
         ev = _make_event(self._seq, f"{self.epoch}.{self._seq}", type_, run, body, raw, raw_key, **meta)
-        self._ring.append(ev)
+        ring = self._ring
+        ring.append(ev)
+        self._ring_nbytes += len(ev.frame) + len(ev.data)
+        while len(ring) > self.ring_size or (self._ring_nbytes > self.ring_bytes and len(ring) > 1):
+            old = ring.popleft()
+            self._ring_nbytes -= len(old.frame) + len(old.data)
         self.stats["events"] += 1
         for sub in tuple(self._subs):
             sub._offer(ev)
@@ -904,7 +991,9 @@ class Hub:
         while True:
             await asyncio.sleep(self.check_interval_s)
             try:
-                self.check_workers()
+                with self.store.batch() if self.store is not None else contextlib.nullcontext():
+                    self.check_workers()
+                    self.check_idle_runs()
             except Exception:  # noqa: BLE001 - the checker must outlive any bug
                 self._log_error("heartbeat check failed")
 
@@ -927,25 +1016,54 @@ class Hub:
                 rec = run.spans.get(span_id) if run is not None else None
                 if run is None or rec is None or rec.status != STATUS_RUNNING:
                     continue
-                abandoned = replace(rec, status=STATUS_ABANDONED, end_time_ns=max(rec.start_time_ns, last_heard_ns))
-                run.spans[span_id] = abandoned
-                self._publish(
-                    SPAN_ABANDONED,
-                    run,
-                    {"span": abandoned.to_dict(), "worker_id": worker},
-                    status=STATUS_ABANDONED,
-                    kind=rec.kind,
-                    name=rec.name,
-                )
-                if self.store is not None:
-                    self.store.put_span(abandoned)
+                self._abandon_span(run, rec, last_heard_ns, worker)
                 touched[trace] = run
             for run in touched.values():
                 if run.status == STATUS_RUNNING and not any(s.status == STATUS_RUNNING for s in run.spans.values()):
-                    run.status = STATUS_ABANDONED
-                    run.end_ns = max(s.end_time_ns or s.start_time_ns for s in run.spans.values())
-                    self._publish_run(RUN_ENDED, run)
-                    self._run_ended(run)
+                    self._abandon_run(run)
+
+    def check_idle_runs(self) -> None:
+        """End as ``abandoned`` the running runs nothing was heard of for ``idle_run_s`` and of which no live
+        worker holds a running span: traces whose root never arrives, from senders without heartbeats."""
+        if self.idle_run_s <= 0:
+            return
+        now = self._clock()
+        activity = self._activity
+        while activity:
+            trace, seen = next(iter(activity.items()))
+            if now - seen <= self.idle_run_s:
+                break
+            run = self._runs.get(trace)
+            if run is None or run.status != STATUS_RUNNING:
+                del activity[trace]
+                continue
+            running = [r for r in run.spans.values() if r.status == STATUS_RUNNING]
+            if any(self._worker_alive(r) for r in running):
+                activity[trace] = now  # a live worker still runs it: look again after another quiet spell
+                activity.move_to_end(trace)
+                continue
+            last_heard_ns = time.time_ns() - int((now - seen) * 1e9)
+            for rec in running:
+                self._abandon_span(run, rec, last_heard_ns, None)
+            self._abandon_run(run)
+
+    def _worker_alive(self, rec: SpanRecord) -> bool:
+        worker = rec.resource.get(A.WORKER_ID)
+        return isinstance(worker, str) and (worker in self._workers or worker in self._local_workers)
+
+    def _abandon_span(self, run: RunState, rec: SpanRecord, last_heard_ns: int, worker: str | None) -> None:
+        abandoned = replace(rec, status=STATUS_ABANDONED, end_time_ns=max(rec.start_time_ns, last_heard_ns))
+        run.spans[rec.span_id] = abandoned
+        body: dict[str, Any] = {"span": abandoned.to_dict(), "worker_id": worker}
+        self._publish(SPAN_ABANDONED, run, body, status=STATUS_ABANDONED, kind=rec.kind, name=rec.name)
+        if self.store is not None:
+            self.store.put_span(abandoned)
+
+    def _abandon_run(self, run: RunState) -> None:
+        run.status = STATUS_ABANDONED
+        run.end_ns = max((s.end_time_ns or s.start_time_ns for s in run.spans.values()), default=run.start_ns)
+        self._publish_run(RUN_ENDED, run)
+        self._run_ended(run)
 
     def _restore(self, runs: Iterable[Mapping[str, Any]], spans: Iterable[SpanRecord]) -> None:
         """Load runs that were live when the viewer stopped; their workers get ``abandon_after_s`` to speak."""
@@ -964,6 +1082,7 @@ class Hub:
                 announced=True,
             )
             self._runs[trace] = run
+            self._activity[trace] = now
             if run.alias:
                 self._aliases[run.alias] = trace
         for rec in spans:

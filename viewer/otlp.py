@@ -19,8 +19,9 @@ import base64
 import json
 import math
 import zlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import replace
+from itertools import islice
 from typing import Any, Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -34,6 +35,7 @@ from starlette.responses import Response
 
 from otelflow import attributes as A
 from otelflow.records import (
+    MAX_TIME_NS,
     PHASE_END,
     PHASE_UPDATE,
     STATUS_ERROR,
@@ -42,9 +44,10 @@ from otelflow.records import (
     EventRecord,
     OtlpDecodeError,
     SpanRecord,
-    from_otlp_json,
+    iter_otlp_json,
     kind_of,
 )
+from otelflow.scrub import DEFAULT_VALUE_LIMIT, NAME_LIMIT, clean_attributes, clean_text, fix_surrogates
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -52,6 +55,7 @@ __all__ = [
     "PROTOBUF",
     "BodyError",
     "Decoded",
+    "Unavailable",
     "decode_body",
     "decode_json",
     "decode_protobuf",
@@ -77,13 +81,30 @@ class BodyError(Exception):
         self.message = message
 
 
-@dataclass(slots=True)
 class Decoded:
-    """What one export request carried: readable records, one message per rejected span, worker ids seen."""
+    """What one export request carries: its records, decoded lazily (:meth:`batches`) so that a large request
+    can be ingested a slice at a time; one message per rejected span (complete once every record was taken);
+    the worker ids of its resources (known at once, heartbeats included)."""
 
-    records: list[SpanRecord] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    workers: set[str] = field(default_factory=set)
+    def __init__(self, items: Iterable[SpanRecord] = (), rejected: list[str] | None = None) -> None:
+        self.rejected: list[str] = rejected if rejected is not None else []
+        self.workers: set[str] = set()
+        self._items: Iterator[SpanRecord] = iter(items)
+        self._records: list[SpanRecord] | None = None
+
+    def batches(self, size: int) -> Iterator[list[SpanRecord]]:
+        """The records, ``size`` at a time, decoded as they are taken."""
+        items = self._items
+        while batch := list(islice(items, size)):
+            yield batch
+
+    @property
+    def records(self) -> list[SpanRecord]:
+        """Every record (decodes what is left)."""
+        if self._records is None:
+            self._records = list(self._items)
+            self._items = iter(())
+        return self._records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,42 +159,51 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-def decode_body(body: bytes, content_type: str) -> Decoded:
-    """Decode an export request by its content type; raises :class:`BodyError` (415 or 400)."""
+def decode_body(body: bytes, content_type: str, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded:
+    """Decode an export request by its content type; raises :class:`BodyError` (415 or 400).
+
+    The body is parsed here (a body that cannot be read fails whole); its spans are turned into records as
+    :meth:`Decoded.batches` takes them. Every text is cleaned (:func:`otelflow.scrub.clean_text`, attribute
+    values cut at ``limit`` characters); a span with a time past :data:`MAX_TIME_NS` is rejected alone.
+    """
     media = _media_type(content_type)
     if media == PROTOBUF:
-        return decode_protobuf(body)
+        return decode_protobuf(body, limit)
     if media == JSON:
-        return decode_json(body)
+        return decode_json(body, limit)
     raise BodyError(415, f"Content-Type {content_type or '(none)'!r} is not supported; send {PROTOBUF} or {JSON}")
 
 
-def decode_json(body: bytes) -> Decoded:
+def decode_json(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded:
     """Decode an OTLP/JSON export request; raises :class:`BodyError` (400) when its shape is wrong."""
+    rejected: list[str] = []
     try:
         payload = json.loads(body)
-        records, rejected = from_otlp_json(payload)
+        items = iter_otlp_json(payload, rejected, limit)
     except RecursionError:
         raise BodyError(400, "body is nested too deeply") from None
     except OtlpDecodeError as exc:
         raise BodyError(400, f"malformed OTLP/JSON: {exc}") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - a shape from_otlp_json did not foresee is the client's problem
+    except Exception as exc:  # noqa: BLE001 - a shape the decoder did not foresee is the client's problem
         raise BodyError(400, f"malformed OTLP/JSON: {type(exc).__name__}: {exc}") from None
-    out = Decoded(rejected=rejected)
+    out = Decoded(_with_pending_conventions(items, rejected), rejected)
     for resource_spans in payload.get("resourceSpans") or []:
         resource = resource_spans.get("resource") or {}
         for item in resource.get("attributes") or []:
             if isinstance(item, dict) and item.get("key") == A.WORKER_ID:
                 value = item.get("value")
                 if isinstance(value, dict) and isinstance(value.get("stringValue"), str):
-                    out.workers.add(value["stringValue"])
-    for record in records:
-        converted = _pending_conventions(record, out.rejected)
-        if converted is not None:
-            out.records.append(converted)
+                    out.workers.add(fix_surrogates(value["stringValue"]))
     return out
+
+
+def _with_pending_conventions(items: Iterable[SpanRecord], rejected: list[str]) -> Iterator[SpanRecord]:
+    for record in items:
+        converted = _pending_conventions(record, rejected)
+        if converted is not None:
+            yield converted
 
 
 def _any(value: AnyValue, depth: int = 0) -> Any:
@@ -232,34 +262,56 @@ def _span_id(raw: bytes, where: _Where, field: str, *, required: bool) -> str | 
     return text
 
 
-def _span_from_proto(span: Span, resource: dict[str, Any], service: str, scope: str, where: _Where) -> SpanRecord:
+def _time(value: int, where: _Where, field: str) -> int:
+    if value > MAX_TIME_NS:
+        raise OtlpDecodeError(f"{_at(where, field)}: {value} is out of range (after the year 2262)")
+    return value
+
+
+def _span_from_proto(
+    span: Span, resource: dict[str, Any], service: str, scope: str, where: _Where, limit: int | None
+) -> SpanRecord:
     if len(span.trace_id) != 16 or not any(span.trace_id):
         raise OtlpDecodeError(f"{_at(where, 'traceId')}: must be 16 bytes, not all zero")
     span_id = _span_id(span.span_id, where, "spanId", required=True)
     assert span_id is not None
     attrs = _attrs(span.attributes)
+    cleaned = clean_attributes(attrs, limit)
+    if cleaned is not attrs:
+        attrs = dict(cleaned)
     pending = attrs.pop(A.PENDING, False) is True
-    end: int | None = span.end_time_unix_nano or None
+    start = _time(span.start_time_unix_nano, where, "startTimeUnixNano")
+    end: int | None = _time(span.end_time_unix_nano, where, "endTimeUnixNano") or None
     if pending:
         end = None
     status = STATUS_RUNNING
     if end is not None:
         status = STATUS_ERROR if span.status.code == 2 else STATUS_OK
+    events: tuple[EventRecord, ...] = ()
+    if span.events:
+        events = tuple(
+            [
+                EventRecord(
+                    clean_text(e.name, NAME_LIMIT),
+                    _time(e.time_unix_nano, where, f"events[{i}].timeUnixNano"),
+                    clean_attributes(_attrs(e.attributes), limit),
+                )
+                for i, e in enumerate(span.events)
+            ]
+        )
     return SpanRecord(
         trace_id=span.trace_id.hex(),
         span_id=span_id,
         parent_span_id=_span_id(span.parent_span_id, where, "parentSpanId", required=False),
-        name=span.name,
+        name=clean_text(span.name, NAME_LIMIT),
         kind=kind_of(attrs),
         span_kind=span.kind if 0 <= span.kind <= 5 else 1,
-        start_time_ns=span.start_time_unix_nano,
+        start_time_ns=start,
         end_time_ns=end,
         status=status,
-        status_message=span.status.message,
+        status_message=clean_text(span.status.message, limit) if span.status.message else "",
         attributes=attrs,
-        events=tuple([EventRecord(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in span.events])
-        if span.events
-        else (),
+        events=events,
         service=service,
         resource=resource,
         scope=scope,
@@ -267,37 +319,47 @@ def _span_from_proto(span: Span, resource: dict[str, Any], service: str, scope: 
     )
 
 
-def decode_protobuf(body: bytes) -> Decoded:
+def decode_protobuf(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded:
     """Decode an OTLP protobuf export request; raises :class:`BodyError` (400) when it cannot be parsed."""
     request = ExportTraceServiceRequest()
     try:
         request.ParseFromString(body)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError (untyped module), RecursionError
         raise BodyError(400, f"body is not a valid ExportTraceServiceRequest: {exc}") from None
-    out = Decoded()
+    rejected: list[str] = []
+    groups = []
     for r, resource_spans in enumerate(request.resource_spans):
         try:
-            resource = _attrs(resource_spans.resource.attributes)
+            resource = dict(clean_attributes(_attrs(resource_spans.resource.attributes), limit))
         except (OtlpDecodeError, RecursionError) as exc:
             message = f"resourceSpans[{r}].resource: {exc}"
-            out.rejected.extend(message for ss in resource_spans.scope_spans for _ in ss.spans)
+            rejected.extend(message for ss in resource_spans.scope_spans for _ in ss.spans)
             continue
+        service = clean_text(str(resource.get("service.name", "")), NAME_LIMIT)
+        if "service.name" in resource:
+            resource["service.name"] = service
+        groups.append((r, resource, service, resource_spans))
+    out = Decoded(_with_pending_conventions(_proto_spans(groups, rejected, limit), rejected), rejected)
+    for _, resource, _, _ in groups:
         worker = resource.get(A.WORKER_ID)
         if isinstance(worker, str):
             out.workers.add(worker)
-        service = str(resource.get("service.name", ""))
+    return out
+
+
+def _proto_spans(
+    groups: list[tuple[int, dict[str, Any], str, Any]], rejected: list[str], limit: int | None
+) -> Iterator[SpanRecord]:
+    for r, resource, service, resource_spans in groups:
         for s, scope_spans in enumerate(resource_spans.scope_spans):
-            scope = scope_spans.scope.name
+            scope = clean_text(scope_spans.scope.name, NAME_LIMIT)
             for i, span in enumerate(scope_spans.spans):
                 try:
-                    record = _span_from_proto(span, resource, service, scope, (r, s, i))
+                    yield _span_from_proto(span, resource, service, scope, (r, s, i), limit)
                 except OtlpDecodeError as exc:
-                    out.rejected.append(str(exc))
-                    continue
-                converted = _pending_conventions(record, out.rejected)
-                if converted is not None:
-                    out.records.append(converted)
-    return out
+                    rejected.append(str(exc))
+                except RecursionError:
+                    rejected.append(f"{_at((r, s, i), 'attributes')}: nested too deeply")
 
 
 def _pending_conventions(record: SpanRecord, rejected: list[str]) -> SpanRecord | None:
@@ -372,7 +434,7 @@ def _rpc_status(code: int, message: str) -> bytes:
 def _error_response(content_type: str, status: int, message: str) -> Response:
     """A failed export: a ``google.rpc.Status`` in the request's encoding (plain text for unknown types)."""
     media = _media_type(content_type)
-    code = {400: 3, 413: 8, 415: 3}.get(status, 2)  # INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNKNOWN
+    code = {400: 3, 413: 8, 415: 3, 503: 14}.get(status, 2)  # INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE
     if media == PROTOBUF:
         return Response(_rpc_status(code, message), status, media_type=PROTOBUF)
     if media == JSON:
@@ -380,12 +442,34 @@ def _error_response(content_type: str, status: int, message: str) -> Response:
     return Response(message + "\n", status, media_type="text/plain")
 
 
+class Unavailable(Exception):
+    """The viewer cannot take spans now (its history is failing or full): answer 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+def _unavailable(content_type: str, exc: Unavailable) -> Response:
+    response = _error_response(content_type, 503, exc.message)
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
 async def handle_traces(
     request: Request,
-    ingest: Callable[[Decoded], None],
+    ingest: Callable[[Decoded], Awaitable[None]],
     max_bytes: int = DEFAULT_MAX_BYTES,
+    *,
+    limit: int | None = DEFAULT_VALUE_LIMIT,
+    admit: Callable[[], None] | None = None,
 ) -> Response:
-    """Serve ``POST /v1/traces``: read, decode, hand the result to ``ingest``, answer as OTLP says."""
+    """Serve ``POST /v1/traces``: read, decode, hand the result to ``ingest``, answer as OTLP says.
+
+    ``admit`` (called first) and ``ingest`` raise :class:`Unavailable` for a 503 with ``Retry-After`` (the
+    OTLP exporters retry on it); ``ingest`` returns once the spans are safe (the 2xx promises it).
+    """
     content_type = request.headers.get("content-type", "")
     media = _media_type(content_type)
     if media not in (PROTOBUF, JSON):
@@ -396,9 +480,14 @@ async def handle_traces(
     if declared.isdigit() and int(declared) > max_bytes:
         return _error_response(content_type, 413, f"request body is larger than the limit of {max_bytes} bytes")
     try:
+        if admit is not None:
+            admit()
         body = await read_body(request.stream(), request.headers.get("content-encoding", ""), max_bytes)
-        decoded = decode_body(body, content_type)
+        decoded = decode_body(body, content_type, limit)
+        del body
+        await ingest(decoded)
     except BodyError as exc:
         return _error_response(content_type, exc.status, exc.message)
-    ingest(decoded)
+    except Unavailable as exc:
+        return _unavailable(content_type, exc)
     return encode_response(content_type, decoded.rejected)

@@ -4,8 +4,16 @@ Contracts:
 
 - One connection, owned by one writer thread. Writes (:meth:`Store.put_span`, :meth:`Store.put_run`,
   :meth:`Store.put_event`) only enqueue and never block; the thread commits whatever is queued in one
-  transaction. Queries run on the same thread after every write queued before them, so a query sees
-  everything published before it was asked (read-your-writes).
+  transaction. Queries run on the same thread after the writes queued before them were tried, so while the
+  database works a query sees everything published before it was asked (read-your-writes).
+- Nothing is dropped when a write fails (a lock held elsewhere, a full disk, a read-only file): the rows stay
+  in a backlog, in order, retried with backoff (50 ms doubling to 2 s) until they commit; :meth:`Store.health`
+  then says ``degraded`` and why. :meth:`Store.committed` is a future that completes once every row queued
+  so far is committed: the OTLP receiver answers 2xx only then. The backlog is counted in rows and bytes;
+  past ``max_backlog_bytes`` :attr:`Store.full` is true (the receiver answers 503) and batches that may be
+  dropped (spans from this process, which cannot be asked to retry) are dropped and counted.
+- A row that can never be written (a value SQLite cannot hold) is dropped alone, counted and logged; it
+  never holds up the others, and no transaction is left open after any error.
 - ``path`` ``":memory:"`` keeps everything in memory (tests); any other path uses WAL journaling.
 - A restart keeps every run and its spans and events (until retention removes them).
 - Retention: runs that ended more than ``retention_days`` ago, and the oldest ended runs beyond ``max_runs``,
@@ -17,6 +25,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -200,6 +209,17 @@ def record_from_row(text: str, event: str | None = None) -> SpanRecord:
     return SpanRecord(**data)
 
 
+_last_logged: dict[str, float] = {}
+
+
+def _rate_limited(emit: Callable[..., None], message: str, *args: Any) -> None:
+    """Log ``message`` at most once every 10 s."""
+    now = time.monotonic()
+    if now - _last_logged.get(message, -1e9) >= 10.0:
+        _last_logged[message] = now
+        emit(message, *args)
+
+
 def _text(value: str) -> str:
     """SQLite wants valid UTF-8: lone surrogates (legal in JSON escapes) become U+FFFD."""
     return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
@@ -231,14 +251,17 @@ def _insert_many(conn: sqlite3.Connection, head: str, values: list[Any], width: 
 
 class _Rows:
     """Rows for the writer, kept flat (one list of values per table, not a tuple per row): the hub queues a
-    request's worth at once (:meth:`Store.batch`) and the writer binds them in multi-row statements."""
+    request's worth at once (:meth:`Store.batch`) and the writer binds them in multi-row statements.
+    ``seq`` numbers queued batches (1, 2, ...); ``nbytes`` is about what their text takes."""
 
-    __slots__ = ("events", "runs", "spans")
+    __slots__ = ("events", "nbytes", "runs", "seq", "spans")
 
     def __init__(self) -> None:
         self.spans: list[Any] = []
         self.events: list[Any] = []
         self.runs: dict[str, tuple[Any, ...]] = {}
+        self.seq = 0
+        self.nbytes = 0
 
     def __len__(self) -> int:
         return (len(self.spans) // _SPAN_WIDTH) + (len(self.events) // _EVENT_WIDTH) + len(self.runs)
@@ -247,6 +270,8 @@ class _Rows:
         self.spans += other.spans
         self.events += other.events
         self.runs.update(other.runs)
+        self.seq = max(self.seq, other.seq)
+        self.nbytes += other.nbytes
 
 
 _SPAN_WIDTH: Final = 10
@@ -263,6 +288,20 @@ class _Read:
 
 
 _STOP: Final = object()
+_CHUNK_ROWS: Final = 20_000  # rows per transaction when a backlog is written
+_RETRY_FIRST_S: Final = 0.05
+_RETRY_MAX_S: Final = 2.0
+# Errors of the data, not of the database: retrying cannot help, so the offending rows are written one by
+# one and those that still fail are dropped. Everything else (locked, full, read-only, I/O) is retried.
+_DATA_ERRORS: Final = (
+    OverflowError,
+    ValueError,
+    TypeError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+)
 
 
 class Store:
@@ -274,17 +313,40 @@ class Store:
         *,
         retention_days: float | None = 30.0,
         max_runs: int | None = 10_000,
+        max_backlog_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.path = str(path)
         self.retention_days = retention_days
         self.max_runs = max_runs
+        self.max_backlog_bytes = max_backlog_bytes
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._resource_cache = _ResourceCache()
         self._batch: _Rows | None = None
+        self._batch_droppable = False
         self._max_vars = 999
-        self.stats: dict[str, int] = {"spans": 0, "events": 0, "runs": 0, "errors": 0, "batches": 0}
+        # Queued (loop thread) and done (writer thread: committed, or dropped as unwritable) batches, rows and
+        # bytes; each counter is written by one thread only. What is queued and not done is the backlog.
+        self._queued_seq = 0
+        self._queued_rows = 0
+        self._queued_bytes = 0
+        self._done_seq = 0
+        self._done_rows = 0
+        self._done_bytes = 0
+        self._waiters: list[tuple[int, concurrent.futures.Future[None]]] = []
+        self._waiters_lock = threading.Lock()
+        self.failure: str | None = None  # why the last write failed, while the backlog waits; None when healthy
+        self.failing_since: float | None = None  # time.time() of the first failure of the current outage
+        self.stats: dict[str, int] = {
+            "spans": 0,
+            "events": 0,
+            "runs": 0,
+            "errors": 0,
+            "batches": 0,
+            "retries": 0,
+            "dropped_rows": 0,
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -296,7 +358,7 @@ class Store:
         try:
             conn = sqlite3.connect(
                 self.path if memory else str(Path(self.path).expanduser()),
-                timeout=2.0,
+                timeout=0.5,  # a write that finds the database locked waits this long, then retries later
                 check_same_thread=False,
                 isolation_level=None,
             )
@@ -354,25 +416,92 @@ class Store:
     # ------------------------------------------------------------------ writes (never block)
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, droppable: bool = False) -> Iterator[None]:
         """Writes inside go to the writer thread as one item at the end (one wake-up, not one per row).
-        Call from one thread (the hub's loop); nested batches join the outer one."""
+        Call from one thread (the hub's loop); nested batches join the outer one. A ``droppable`` batch
+        (rows nobody can be asked to send again) is dropped and counted instead when the backlog is full."""
         if self._batch is not None:
             yield
             return
         self._batch = rows = _Rows()
+        self._batch_droppable = droppable
         try:
             yield
         finally:
             self._batch = None
             if len(rows):
-                self._queue.put(rows)
+                self._enqueue(rows, droppable=self._batch_droppable)
 
     def _rows(self) -> tuple[_Rows, bool]:
         """Where to add rows, and whether to queue them at once (outside :meth:`batch`)."""
         if self._batch is not None:
             return self._batch, False
         return _Rows(), True
+
+    def _enqueue(self, rows: _Rows, *, droppable: bool = False) -> None:
+        if droppable and self.full:
+            self.stats["dropped_rows"] += len(rows)
+            _rate_limited(log.error, "history backlog full: %d rows from this process dropped", len(rows))
+            return
+        self._queued_seq += 1
+        rows.seq = self._queued_seq
+        self._queued_rows += len(rows)
+        self._queued_bytes += rows.nbytes
+        self._queue.put(rows)
+
+    # ------------------------------------------------------------------ backlog and health
+
+    @property
+    def backlog_rows(self) -> int:
+        """Rows queued and not yet committed."""
+        return self._queued_rows - self._done_rows
+
+    @property
+    def backlog_bytes(self) -> int:
+        """About how many bytes of text the rows queued and not yet committed hold."""
+        return self._queued_bytes - self._done_bytes
+
+    @property
+    def full(self) -> bool:
+        """The backlog has reached ``max_backlog_bytes``: new spans must wait (503) until it drains."""
+        return self.backlog_bytes >= self.max_backlog_bytes
+
+    def health(self) -> tuple[str, str | None]:
+        """``("ok", None)``, or ``("degraded", why)`` while writes fail or the backlog is full."""
+        failure = self.failure
+        if failure is None and not self.full:
+            return "ok", None
+        waiting = f"{self.backlog_rows} rows ({self.backlog_bytes / 1048576:.1f} MiB) waiting"
+        if failure is None:
+            return "degraded", f"history backlog full: {waiting}; new spans are refused with 503 until it drains"
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.failing_since or time.time()))
+        full = "; the backlog is full, new spans are refused with 503" if self.full else ""
+        return "degraded", f"history writes failing since {since}: {failure}; {waiting}{full}"
+
+    def committed(self) -> concurrent.futures.Future[None]:
+        """A future that completes once every row queued so far is committed (rows that can never be
+        written count as done once dropped). Call on the thread that queues (the hub's loop)."""
+        target = self._queued_seq
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._waiters_lock:
+            if self._done_seq >= target:
+                future.set_result(None)
+            else:
+                self._waiters.append((target, future))
+        return future
+
+    def _done(self, rows: _Rows) -> None:
+        """``rows`` (a whole number of queued batches, in order) are committed or given up."""
+        with self._waiters_lock:
+            self._done_seq = max(self._done_seq, rows.seq)
+            self._done_rows += len(rows)
+            self._done_bytes += rows.nbytes
+            ready = [f for seq, f in self._waiters if seq <= self._done_seq]
+            if ready:
+                self._waiters = [(seq, f) for seq, f in self._waiters if seq > self._done_seq]
+        for future in ready:
+            if not future.done():
+                future.set_result(None)
 
     def put_span(self, rec: SpanRecord, event_id: str | None = None) -> None:
         """Queue a span. ``event_id``: a stored event (:meth:`put_event`, queued before) whose ``span`` object
@@ -393,13 +522,14 @@ class Store:
             row,
             event_id,
         )
+        rows.nbytes += len(row) + len(rec.name) + 100
         if alone:
-            self._queue.put(rows)
+            self._enqueue(rows)
 
     def put_run(self, summary: Mapping[str, Any], summary_json: str | None = None) -> None:
         """Queue a run summary; ``summary_json`` is its JSON when the caller has it (the same text)."""
         rows, alone = self._rows()
-        rows.runs[summary["trace_id"]] = (
+        row = rows.runs[summary["trace_id"]] = (
             summary["trace_id"],
             _text(str(summary.get("otelflow_run_id"))) if summary.get("otelflow_run_id") else None,
             _text(str(summary.get("name") or "")),
@@ -410,59 +540,80 @@ class Store:
             time.time(),
             summary_json if summary_json is not None else json.dumps(summary, separators=(",", ":"), default=str),
         )
+        rows.nbytes += len(row[-1]) + 100
         if alone:
-            self._queue.put(rows)
+            self._enqueue(rows)
 
     def put_event(self, ev: Event) -> None:
         rows, alone = self._rows()
         rows.events += (ev.id, ev.run_id, ev.type, ev.data.decode("ascii"))
+        rows.nbytes += len(ev.data) + 60
         if alone:
-            self._queue.put(rows)
+            self._enqueue(rows)
 
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
         conn = self._conn
         assert conn is not None
-        # Retention sweeps once when the store opens, then at most once a minute after a batch. (A first sweep
-        # right after the first batch could remove what that batch just wrote, when it carries old timestamps.)
+        # Retention sweeps once when the store opens, then at most once a minute while writes succeed. (A first
+        # sweep right after the first batch could remove what that batch just wrote, when it has old timestamps.)
         try:
             self._retention(conn)
         except sqlite3.Error:
             self.stats["errors"] += 1
             log.exception("retention failed")
-        state = {"last_retention": time.monotonic()}
+        backlog: collections.deque[_Rows] = collections.deque()  # taken from the queue, not yet committed
+        state = {"last_retention": time.monotonic(), "retry_at": 0.0, "delay": 0.0}
         while True:
             try:
-                if self._step(conn, state):
+                if self._step(conn, backlog, state):
                     return
-            except Exception:
+            except Exception:  # the writer must outlive any bug; its rows stay in the backlog
                 self.stats["errors"] += 1
-                log.exception("history writer failed on a batch")
+                log.exception("history writer failed")
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
 
-    def _step(self, conn: sqlite3.Connection, state: dict[str, float]) -> bool:
-        """Handle one batch; ``True`` when told to stop."""
-        item = self._queue.get()
-        rows = _Rows()
+    def _step(self, conn: sqlite3.Connection, backlog: collections.deque[_Rows], state: dict[str, float]) -> bool:
+        """Take what is queued (up to about 5000 rows), try to write the backlog, answer the reads taken;
+        ``True`` when told to stop."""
+        timeout = None if not backlog else max(0.0, state["retry_at"] - time.monotonic())
+        try:
+            item: Any = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            item = None
+        reads: list[_Read] = []
         stop = False
-        while True:  # take what is queued, up to about 5000 rows, in order (reads see the writes before them)
+        taken = 0
+        while item is not None:
             if isinstance(item, _Rows):
-                rows.merge(item)
+                backlog.append(item)
+                taken += len(item)
             elif isinstance(item, _Read):
-                self._write(conn, rows)
-                rows = _Rows()
-                self._read(conn, item)
+                reads.append(item)
             elif item is _STOP:
                 stop = True
-            if stop or len(rows) >= 5000:
+                break
+            if taken >= 5000:
                 break
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-        self._write(conn, rows)
+        try:
+            if backlog and (stop or time.monotonic() >= state["retry_at"]):
+                if self._write_backlog(conn, backlog):
+                    state["delay"] = 0.0
+                else:
+                    state["delay"] = min(_RETRY_MAX_S, max(_RETRY_FIRST_S, state["delay"] * 2))
+                    state["retry_at"] = time.monotonic() + state["delay"]
+        finally:
+            for op in reads:  # after the writes queued before them were tried: read-your-writes while healthy
+                self._read(conn, op)
         now = time.monotonic()
-        if now - state["last_retention"] > 60.0:
+        if not backlog and now - state["last_retention"] > 60.0:
             state["last_retention"] = now
             try:
                 self._retention(conn)
@@ -470,31 +621,100 @@ class Store:
                 self.stats["errors"] += 1
                 log.exception("retention failed")
         if stop:
+            if backlog:
+                lost = sum(len(r) for r in backlog)
+                log.error("history database unusable at shutdown (%s): %d rows not written", self.failure, lost)
             conn.close()
             return True
         return False
 
+    def _write_backlog(self, conn: sqlite3.Connection, backlog: collections.deque[_Rows]) -> bool:
+        """Write the backlog in order, in transactions of about ``_CHUNK_ROWS`` rows; ``False`` (the rest kept)
+        when the database refuses."""
+        while backlog:
+            chunk = _Rows()
+            count = 0
+            while backlog and (count == 0 or count + len(backlog[0]) <= _CHUNK_ROWS):
+                count += len(backlog[0])
+                chunk.merge(backlog[0])
+                backlog.popleft()
+            try:
+                try:
+                    self._write(conn, chunk)
+                except _DATA_ERRORS:
+                    self._write_one_by_one(conn, chunk)
+            except Exception as exc:  # noqa: BLE001 - the database refused (locked, full, read-only, I/O): retry later
+                backlog.appendleft(chunk)
+                self._failed(conn, exc)
+                return False
+            self._done(chunk)
+        if self.failure is not None:
+            log.warning("history writes work again; the backlog is written")
+        self.failure = None
+        self.failing_since = None
+        return True
+
+    def _failed(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        self._rollback(conn)
+        self.stats["errors"] += 1
+        self.stats["retries"] += 1
+        if self.failure is None:
+            self.failing_since = time.time()
+            log.error("history writes fail (%s); keeping the rows and retrying", exc)
+        self.failure = str(exc) or type(exc).__name__
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
     def _write(self, conn: sqlite3.Connection, rows: _Rows) -> None:
+        """One transaction with every row; raises what SQLite (or binding a value) raises, nothing left open."""
         spans, runs, events = rows.spans, rows.runs, rows.events
         if not (spans or runs or events):
             return
+        conn.execute("BEGIN")
         try:
-            conn.execute("BEGIN")
             max_vars = self._max_vars
             _insert_many(conn, "INSERT OR REPLACE INTO spans", spans, _SPAN_WIDTH, max_vars)
             run_values = [v for row in runs.values() for v in row]
             _insert_many(conn, "INSERT OR REPLACE INTO runs", run_values, _RUN_WIDTH, max_vars)
             _insert_many(conn, "INSERT INTO events (event_id, trace_id, type, data)", events, _EVENT_WIDTH, max_vars)
             conn.execute("COMMIT")
-            self.stats["spans"] += len(spans) // _SPAN_WIDTH
-            self.stats["runs"] += len(runs)
-            self.stats["events"] += len(events) // _EVENT_WIDTH
-            self.stats["batches"] += 1
-        except (sqlite3.Error, ValueError):
-            self.stats["errors"] += 1
-            log.exception("could not write %d spans to the history database", len(spans) // _SPAN_WIDTH)
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        self.stats["spans"] += len(spans) // _SPAN_WIDTH
+        self.stats["runs"] += len(runs)
+        self.stats["events"] += len(events) // _EVENT_WIDTH
+        self.stats["batches"] += 1
+
+    def _write_one_by_one(self, conn: sqlite3.Connection, rows: _Rows) -> None:
+        """Write row by row in one transaction, dropping (and counting) the rows that cannot be written;
+        raises ``sqlite3.Error`` when the database itself refuses."""
+        tables = (
+            ("INSERT OR REPLACE INTO spans", rows.spans, _SPAN_WIDTH, "spans"),
+            ("INSERT OR REPLACE INTO runs", [v for row in rows.runs.values() for v in row], _RUN_WIDTH, "runs"),
+            ("INSERT INTO events (event_id, trace_id, type, data)", rows.events, _EVENT_WIDTH, "events"),
+        )
+        conn.execute("BEGIN")
+        dropped = 0
+        try:
+            for head, values, width, stat in tables:
+                for i in range(0, len(values), width):
+                    try:
+                        conn.execute(_values_sql(head, width, 1), values[i : i + width])
+                        self.stats[stat] += 1
+                    except _DATA_ERRORS as exc:
+                        dropped += 1
+                        _rate_limited(log.error, "a history row cannot be written and is dropped: %s", exc)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        self.stats["dropped_rows"] += dropped
+        self.stats["errors"] += 1 if dropped else 0
 
     def _read(self, conn: sqlite3.Connection, op: _Read) -> None:
         if op.future.set_running_or_notify_cancel():
@@ -526,7 +746,8 @@ class Store:
         conn.execute("COMMIT")
 
     def retention_now(self) -> None:
-        """Apply retention on the next batch (tests and the CLI call this; the thread also runs it each minute)."""
+        """Apply retention on the next batch (tests and the CLI call this; the thread also runs it each minute
+        while writes succeed)."""
         self._queue.put(_Read(self._retention, concurrent.futures.Future()))
 
     # ------------------------------------------------------------------ queries
@@ -540,7 +761,7 @@ class Store:
         return await asyncio.wrap_future(future)
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is written."""
+        """Wait until everything queued so far was tried (written, unless the database refuses)."""
         await self.query(lambda conn: None)
 
     async def load_live(self) -> tuple[list[dict[str, Any]], list[SpanRecord]]:

@@ -136,7 +136,7 @@ async def sse_stream(
     """
     deadline = _Deadline(send_deadline_s)
     if closed_run and not last_event_id:
-        sub = Subscription(hub, filters, 1)
+        sub = Subscription(hub, filters, 1)  # starts at the latest id: nothing of this run comes any more
         sub._put(hub.reset_event(filters, "run ended before the replay ring"))
         sub.close("run_ended")
     else:
@@ -145,16 +145,18 @@ async def sse_stream(
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, sub))
     try:
         await deadline.send(send, {"type": "http.response.start", "status": 200, "headers": headers})
-        chunks = [f"retry: {retry_ms}\n: otelflow {hub.epoch}\n\n".encode()]
+        # The first frame names where the stream starts, so that even a client cut before its first event
+        # resumes from there (EventSource keeps the id of an event-less frame as its Last-Event-ID).
+        chunks = [f"retry: {retry_ms}\nid: {sub.start_id}\n: otelflow {hub.epoch}\n\n".encode()]
         while True:
             chunks.extend(ev.frame for ev in sub.drain())
-            if sub.closed in ("overflow", "client"):
+            if sub.closed == "client":
                 break
             if chunks:
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 chunks = []
                 await deadline.send(send, {"type": "http.response.body", "body": body, "more_body": True})
-            if sub.finished:
+            if sub.finished or sub.closed == "overflow":
                 break
             if not await sub.wait(heartbeat_s):
                 chunks.append(b": keep-alive\n\n")
@@ -282,10 +284,12 @@ class WsSession:
     def translate(self, ev: Event) -> Iterable[str]:
         return (ev.text,)
 
+    ack_initial = True  # the compat session speaks its own protocol: no "subscribed" reply
+
     def on_open(self) -> None:
         filters, last_event_id = self._initial
         if filters is not None:
-            self._subscribe(filters, last_event_id, ack=False)
+            self._subscribe(filters, last_event_id, ack=self.ack_initial)
 
     def handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -333,11 +337,9 @@ class WsSession:
             wake=self._kick,
         )
         if ack:
-            self._outbox.appendleft(
-                dumps({"type": "subscribed", "filters": filters.to_dict(), "last_event_id": last_event_id}).decode(
-                    "ascii"
-                )
-            )
+            # last_event_id: where the subscription starts (events after it follow), so a resume is always possible
+            reply = {"type": "subscribed", "filters": filters.to_dict(), "last_event_id": self._sub.start_id}
+            self._outbox.appendleft(dumps(reply).decode("ascii"))
         self._kick.set()
 
     def _unsubscribe(self) -> None:
@@ -428,6 +430,8 @@ def _now() -> str:
 
 class LiveFlowSession(WsSession):
     """``/ws/live-flow/{job_id}``: the message set of a well-known live-flow monitor, for one run."""
+
+    ack_initial = False
 
     def __init__(self, websocket: WebSocket, hub: Hub, job_id: str, **kwargs: Any) -> None:
         super().__init__(websocket, hub, Filters.parse(run=job_id), replay_run=True, **kwargs)

@@ -440,3 +440,37 @@ def test_finished_run_layout_on_wide_and_laptop_screens(
         assert max(bottoms) <= height, bottoms
     page.screenshot(path=str(artifacts / f"run-finished-{width}x{height}.png"))
     page.probe.assert_clean()
+
+
+def test_long_values_are_folded_in_the_inspector(viewer: Viewer, page: Any) -> None:
+    trace, root, child = trace_id(), span_id(), span_id()
+    long_text = "".join(f"line {i} of a long value. " for i in range(400))  # about 10,000 characters
+    wf = record(
+        trace, root, "invoke_workflow long", kind=A.KIND_WORKFLOW, attributes={A.WORKFLOW_GRAPH: graph_json(["big"])}
+    )
+    big = record(
+        trace,
+        child,
+        "invoke_agent big",
+        parent=root,
+        kind=A.KIND_AGENT,
+        ended=True,
+        attributes={A.NODE_ID: "big", "app.report": long_text, A.OUTPUT_VALUE: long_text},
+    )
+    post(viewer, [wf, big])
+    page.goto(f"{viewer.url}/runs/{trace}")
+    node(page, "big").click()
+    row = page.locator(".attr-table tr", has=page.locator("th", has_text="app.report"))
+    value = row.locator(".j-str-plain")
+    assert 500 < len(value.inner_text()) <= 601
+    toggle = row.locator(".fold-toggle")
+    expect(toggle).to_have_text(f"show all ({len(long_text):,} characters)")
+    toggle.click()
+    expect(value).to_have_text(long_text)
+    expect(toggle).to_have_text("show less")
+    toggle.click()
+    assert len(value.inner_text()) <= 601
+    output = page.locator(".insp-section", has=page.locator("h3", has_text="Output"))
+    assert len(output.locator(".value-text").inner_text()) <= 601
+    expect(output.locator(".fold-toggle")).to_be_visible()
+    page.probe.assert_clean()

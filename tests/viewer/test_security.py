@@ -38,6 +38,7 @@ def test_token_is_required_everywhere(make_viewer: Callable[..., Viewer]) -> Non
         connect(f"ws://127.0.0.1:{viewer.port}/ws", open_timeout=5)
     assert info.value.response.status_code == 403
     with connect(f"ws://127.0.0.1:{viewer.port}/ws?token={TOKEN}", open_timeout=5) as ws:
+        assert '"subscribed"' in str(ws.recv(timeout=5))
         ws.send('{"type":"ping"}')
         assert "pong" in str(ws.recv(timeout=5))
 
@@ -64,6 +65,7 @@ def test_host_and_origin_checks(viewer: Viewer) -> None:
     with pytest.raises(InvalidStatus):
         connect(f"ws://127.0.0.1:{viewer.port}/ws", additional_headers={"Host": "evil.example"}, open_timeout=5)
     with connect(f"ws://127.0.0.1:{viewer.port}/ws", origin=f"http://127.0.0.1:{viewer.port}", open_timeout=5) as ws:  # type: ignore[arg-type]
+        assert '"subscribed"' in str(ws.recv(timeout=5))
         ws.send('{"type":"ping"}')
         assert "pong" in str(ws.recv(timeout=5))
 

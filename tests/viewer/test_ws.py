@@ -47,7 +47,8 @@ def test_ws_sends_the_same_envelope_as_sse(viewer: Viewer) -> None:
         viewer.post_json([record(t, root, "wf", kind="workflow", ended=True)])
         over_ws = _recv_until(ws, lambda m: m["type"] == "run.ended")
         sse.read_until(lambda e: e["event"] == "run.ended")
-    assert over_ws == [e["data"] for e in sse.events]
+    assert over_ws[0]["type"] == "subscribed"  # where the subscription starts: the id to resume from
+    assert over_ws[1:] == [e["data"] for e in sse.events]
 
 
 def test_ws_ping_subscribe_resume_unsubscribe(viewer: Viewer) -> None:
@@ -57,6 +58,7 @@ def test_ws_ping_subscribe_resume_unsubscribe(viewer: Viewer) -> None:
     viewer.post_json([record(t, span_id(), "agent", parent=root, kind="agent", ended=True)])
     viewer.post_json([record(trace_id(), span_id(), "other", kind="agent", ended=True)])
     with _ws(viewer) as ws:
+        assert _recv(ws)["type"] == "subscribed"
         ws.send(json.dumps({"type": "ping"}))
         assert _recv(ws) == {"type": "pong"}
         ws.send(json.dumps({"type": "subscribe", "run": "job-ws", "kind": "agent", "last_event_id": first_id}))
@@ -84,12 +86,14 @@ def test_ws_ping_subscribe_resume_unsubscribe(viewer: Viewer) -> None:
 def test_ws_limits_and_close_codes(make_viewer: Callable[..., Viewer]) -> None:
     viewer = make_viewer()
     with _ws(viewer) as ws:
+        assert _recv(ws)["type"] == "subscribed"
         ws.send("x" * 5000)
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=10)
         assert info.value.rcvd is not None
         assert info.value.rcvd.code == 1009
     with _ws(viewer) as ws:
+        assert _recv(ws)["type"] == "subscribed"
         ws.send(b"\x00\x01")
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=10)

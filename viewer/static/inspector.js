@@ -7,6 +7,24 @@ const ATTR_INPUT = "input.value";
 const ATTR_OUTPUT = "output.value";
 const HIDDEN_ATTRS = new Set([ATTR_INPUT, ATTR_OUTPUT]);
 const TREE_OPEN_DEPTH = 2;
+const FOLD_CHARS = 600; // longer texts show their start and a "show all" button
+
+/** `text` in a `tag` of class `cls`; past FOLD_CHARS folded, with a button that shows it all (and less again). */
+export function foldedText(text, cls, tag = "span") {
+  if (text.length <= FOLD_CHARS) return h(tag, { class: cls, text });
+  const head = `${text.slice(0, FOLD_CHARS)}…`;
+  const more = `show all (${text.length.toLocaleString("en-US")} characters)`;
+  const el = h(tag, { class: `${cls} is-folded`, text: head });
+  const toggle = h("button", { class: "fold-toggle", type: "button", "aria-expanded": "false", text: more });
+  toggle.addEventListener("click", () => {
+    const open = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", String(open));
+    el.textContent = open ? text : head;
+    el.classList.toggle("is-folded", !open);
+    toggle.textContent = open ? "show less" : more;
+  });
+  return h("span", { class: "folded" }, el, toggle);
+}
 
 function parseMaybeJSON(value) {
   if (typeof value !== "string") return { ok: true, value };
@@ -44,14 +62,14 @@ export function jsonTree(value, depth = 0, key = null) {
   else if (typeof value === "boolean") cls = "j-bool";
   else if (value === null) cls = "j-null";
   else if (value === undefined) text = "undefined";
-  return h("div", { class: "j-leaf" }, keyEl, h("span", { class: cls, text }));
+  return h("div", { class: "j-leaf" }, keyEl, foldedText(text, cls));
 }
 
 function valueBlock(title, value) {
   const parsed = parseMaybeJSON(value);
   const body = parsed.ok && parsed.value !== null && typeof parsed.value === "object"
     ? h("div", { class: "json-tree" }, jsonTree(parsed.value))
-    : h("pre", { class: "value-text", text: String(value) });
+    : foldedText(String(value), "value-text", "pre");
   return section(title, body, copyButton(() => pretty(value)));
 }
 
@@ -66,7 +84,7 @@ function attrValue(key, value) {
     if (parsed.ok) return h("div", { class: "json-tree" }, jsonTree(parsed.value, TREE_OPEN_DEPTH));
   }
   if (value !== null && typeof value === "object") return h("div", { class: "json-tree" }, jsonTree(value, 1));
-  return h("span", { class: typeof value === "string" ? "j-str-plain" : "j-num", text: String(value) });
+  return foldedText(String(value), typeof value === "string" ? "j-str-plain" : "j-num");
 }
 
 export class Inspector {

@@ -1,0 +1,388 @@
+"""Nothing acknowledged is lost: the viewer when its database is locked, full or killed, under a request of
+20,000 spans, and with traces that never finish. Real viewers, real SQLite files, real second processes."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import os
+import resource
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from otelflow import attributes as A
+from tests.test_live_exporter import free_port
+from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id, trace_id, wait_for
+from viewer.hub import Hub
+from viewer.store import Store
+
+PROTOBUF = "application/x-protobuf"
+
+
+def _request(count: int, *, worker: str | None = None, start: int | None = None) -> tuple[bytes, list[str]]:
+    """``count`` ended spans in traces of 10 (a root and nine children), as one protobuf request."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="faults")))
+    if worker:
+        rs.resource.attributes.append(KeyValue(key=A.WORKER_ID, value=AnyValue(string_value=worker)))
+    ss = rs.scope_spans.add()
+    now = start or time.time_ns()
+    ids = []
+    for t in range(0, count, 10):
+        trace, root = os.urandom(16), os.urandom(8)
+        for i in range(min(10, count - t)):
+            span = ss.spans.add()
+            span.trace_id = trace
+            span.span_id = root if i == 0 else os.urandom(8)
+            if i:
+                span.parent_span_id = root
+            span.name = f"step-{i}"
+            span.start_time_unix_nano = now
+            span.end_time_unix_nano = now + 1_000_000
+            ids.append(span.span_id.hex())
+    return req.SerializeToString(), ids
+
+
+class Sender:
+    """Posts requests as an OTLP exporter would: a 503 is sent again (after its Retry-After, capped) until 2xx."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.Client(base_url=url, timeout=30)
+        self.acked: list[str] = []
+        self.answers: list[int] = []
+        self.retry_after: list[str] = []
+
+    def send(self, body: bytes, ids: list[str], *, retry: bool = True, deadline_s: float = 60) -> int:
+        deadline = time.monotonic() + deadline_s
+        while True:
+            r = self.client.post("/v1/traces", content=body, headers={"content-type": PROTOBUF})
+            self.answers.append(r.status_code)
+            if r.status_code == 200:
+                self.acked += ids
+                return 200
+            assert r.status_code == 503, r.text
+            self.retry_after.append(r.headers.get("retry-after", ""))
+            if not retry or time.monotonic() > deadline:
+                return r.status_code
+            time.sleep(min(0.2, float(r.headers.get("retry-after") or 1)))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stored(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return {row[0] for row in conn.execute("SELECT span_id FROM spans")}
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def locked(db: Path) -> Iterator[None]:
+    """Another process holds the database's write lock until the block ends."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.readline(); c.execute('COMMIT')",
+            str(db),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    assert proc.stdout.readline().strip() == "locked"
+    try:
+        yield
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def health(viewer_url: str) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(f"{viewer_url}/healthz", timeout=10).json()
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. History writes that fail
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_locked_database_delays_acknowledgements_and_loses_nothing(
+    make_viewer: Callable[..., Viewer], tmp_path: Path
+) -> None:
+    db = tmp_path / "v.db"
+    viewer = make_viewer(db=db, ack_timeout_s=0.5)
+    with Sender(viewer.url) as sender, SseClient(f"{viewer.url}/api/stream?type=span.ended") as sse:
+        with locked(db):
+            body, ids = _request(50)
+            assert sender.send(body, ids, retry=False) == 503  # not stored, not acknowledged: send again later
+            assert sender.retry_after == ["1"]  # short: exporters give up when it is past their own timeout
+            state = health(viewer.url)
+            assert state["status"] == "degraded"
+            assert "locked" in state["reason"]
+            # the live stream goes on while the history cannot be written
+            sse.read_until(lambda e: e["data"]["span"]["span_id"] == ids[-1])
+            poster = threading.Thread(target=lambda: [sender.send(*_request(50)) for _ in range(5)])
+            poster.start()
+            wait_for(lambda: len(sender.answers) >= 3, what="requests answered while locked")
+        poster.join(60)
+        assert sender.send(body, ids) == 200  # the first request, sent again: now acknowledged
+    wait_for(lambda: health(viewer.url)["status"] == "ok", what="the history to recover")
+    assert len(sender.acked) == 300
+    viewer.stop()
+    assert set(sender.acked) <= stored(db)
+
+
+def test_a_full_backlog_refuses_at_once_and_the_real_exporter_retries(
+    make_viewer: Callable[..., Viewer], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    db = tmp_path / "v.db"
+    store = Store(db, max_backlog_bytes=30_000)
+    viewer = make_viewer(db=store, ack_timeout_s=0.3)
+    sender = Sender(viewer.url)
+    request.addfinalizer(sender.close)
+    provider = TracerProvider(resource=Resource.create({"service.name": "exporter"}))
+    processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{viewer.url}/v1/traces"), schedule_delay_millis=100)
+    provider.add_span_processor(processor)
+    with locked(db):
+        body, ids = _request(200)  # about 60 kB of rows: over the backlog's limit once queued
+        assert sender.send(body, ids, retry=False) == 503
+        wait_for(lambda: "backlog full" in (health(viewer.url)["reason"] or ""), what="the backlog to be full")
+        started = time.monotonic()
+        assert sender.send(*_request(10), retry=False) == 503
+        assert time.monotonic() - started < 0.3  # refused at once, not after waiting for the database
+        assert sender.retry_after[-1] == "2"
+        with provider.get_tracer("t").start_as_current_span("sent by the stock exporter") as span:
+            exported = format(span.get_span_context().span_id, "016x")
+    assert processor.force_flush(30_000)
+    provider.shutdown()
+    viewer.stop()
+    on_disk = stored(db)
+    assert exported in on_disk
+    assert set(ids) <= on_disk  # queued before the refusals: written once the lock was gone
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_reported_and_nothing_acknowledged_is_lost(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    db, port = tmp_path / "v.db", free_port()
+
+    def limit_file_size() -> None:  # writes past 300 kB fail as on a full disk (SIGXFSZ is ignored by Python)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.RLIM_INFINITY))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otelflow.cli", "serve", "--port", str(port), "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=limit_file_size,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline()
+        sender = Sender(url)
+        request.addfinalizer(sender.close)
+        answers: list[int] = []
+        for _ in range(40):
+            answers.append(sender.send(*_request(100), retry=False))
+            if answers[-1] == 503:
+                break
+        assert answers[-1] == 503
+        state = health(url)
+        assert state["status"] == "degraded"
+        assert "history writes failing" in state["reason"]
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # freed
+        assert sender.send(*_request(100)) == 200
+        wait_for(lambda: health(url)["status"] == "ok", what="the history to recover")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert set(sender.acked) <= stored(db)
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. kill -9
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_9_under_load_loses_no_acknowledged_span(tmp_path: Path) -> None:
+    db, port = tmp_path / "v.db", free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otelflow.cli", "serve", "--port", str(port), "--db", str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert "listening on" in proc.stdout.readline()
+    bodies = [_request(100) for _ in range(400)]
+    acked: list[list[str]] = [[], []]
+    answered = threading.Semaphore(0)
+
+    def post(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            while bodies:
+                body, ids = bodies.pop()
+                conn.request("POST", "/v1/traces", body=body, headers={"Content-Type": PROTOBUF})
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    acked[k] += ids
+                answered.release()
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for _ in range(20):  # under load: twenty requests answered, more in flight
+        assert answered.acquire(timeout=30)
+    proc.kill()
+    proc.wait(10)
+    proc.stdout.close()
+    for t in threads:
+        t.join(30)
+    everything = acked[0] + acked[1]
+    assert len(everything) >= 2000
+    assert set(everything) <= stored(db)
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. A large request
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_request_of_20000_spans_cuts_no_client_and_stalls_nothing(viewer: Viewer) -> None:
+    body, ids = _request(20_000)
+    clients = [SseClient(f"{viewer.url}/api/stream?type=span.ended", read_timeout=60) for _ in range(3)]
+    wait_for(lambda: viewer.hub.subscriber_count == 3)
+    readers = [
+        threading.Thread(target=c.read_until, args=(lambda e: e["data"]["span"]["span_id"] == ids[-1],), daemon=True)
+        for c in clients
+    ]
+    for r in readers:
+        r.start()
+    posted = threading.Event()
+    answered_during: list[float] = []
+
+    def poll_health() -> None:
+        with httpx.Client(base_url=viewer.url, timeout=30) as client:
+            while not posted.is_set():
+                client.get("/healthz")
+                if not posted.is_set():
+                    answered_during.append(time.monotonic())
+
+    poller = threading.Thread(target=poll_health)
+    poller.start()
+    r = httpx.post(f"{viewer.url}/v1/traces", content=body, headers={"content-type": PROTOBUF}, timeout=120)
+    posted.set()
+    poller.join(30)
+    assert r.status_code == 200
+    for reader in readers:
+        reader.join(60)
+    try:
+        for c in clients:
+            got = [e["data"]["span"]["span_id"] for e in c.events]
+            assert got == ids  # every span, in order, once: nobody was cut
+        assert viewer.hub.stats["cut"] == 0
+        assert len(answered_during) >= 3  # /healthz kept answering while the request was ingested
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _raw_sse(port: int, path: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    return sock
+
+
+def test_a_client_cut_before_its_first_event_resumes_without_a_gap(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer(hub=Hub(queue_limit=50))
+    with SseClient(f"{viewer.url}/api/stream?type=span.ended") as first:
+        line = next(first.lines)
+        while not line.startswith("id: "):  # the first frame names where the stream starts
+            line = next(first.lines)
+        start = line[4:]
+        wait_for(lambda: viewer.hub.subscriber_count == 1)
+        t = trace_id()
+        spans = [record(t, span_id(), f"s{i}", ended=True) for i in range(200)]
+        viewer.post_json(spans)
+        assert first.read_all() == []  # cut for falling behind, before any event reached it
+    assert viewer.hub.stats["cut"] == 1
+    with SseClient(f"{viewer.url}/api/stream?type=span.ended&last_event_id={start}") as again:
+        again.read_until(lambda e: e["data"]["span"]["name"] == "s199")
+        assert [e["data"]["span"]["name"] for e in again.events] == [f"s{i}" for i in range(200)]
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. Traces whose root never comes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_runs_without_root_or_heartbeat_end_as_abandoned(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
+    store = Store(tmp_path / "v.db", max_runs=2)
+    viewer = make_viewer(db=store, idle_run_s=1.0)
+    orphans = [trace_id() for _ in range(4)]
+    alive = trace_id()
+    with SseClient(f"{viewer.url}/api/stream?type=run.ended") as sse:
+        for t in orphans:  # children from an SDK without heartbeats; their root never arrives
+            child = record(t, span_id(), "child", parent=span_id(), ended=True)
+            viewer.post_json([dataclasses.replace(child, resource={"service.name": "other-sdk"})])
+        # a running root in a worker that keeps sending heartbeats is never ended by quiet alone
+        viewer.post_json([record(alive, span_id(), "long", kind="workflow", worker="w-alive")])
+        for _ in orphans:
+            sse.next_event()
+        ended = {e["data"]["run_id"]: e["data"]["run"]["status"] for e in sse.events}
+        assert ended == dict.fromkeys(orphans, "abandoned")
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:  # three quiet spells long
+            httpx.post(
+                f"{viewer.url}/v1/traces",
+                json=heartbeat("w-alive"),
+                headers={"content-type": "application/json"},
+                timeout=5,
+            )
+            time.sleep(0.3)
+    assert httpx.get(f"{viewer.url}/api/runs/{alive}", timeout=5).json()["run"]["status"] == "running"
+    store.retention_now()  # abandoned runs are ended runs: retention bounds them like any other
+    wait_for(
+        lambda: httpx.get(f"{viewer.url}/api/runs?status=abandoned", timeout=5).json()["total"] == 2,
+        what="retention to keep two ended runs",
+    )
