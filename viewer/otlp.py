@@ -3,8 +3,9 @@
 Contract (https://opentelemetry.io/docs/specs/otlp/#otlphttp):
 
 - ``application/x-protobuf`` and ``application/json`` (any ``charset``); other content types get 415.
-- ``Content-Encoding: gzip`` or none; other encodings get 415. The size limit applies to the decompressed body
-  (413); decompression is streamed with a cap, so a gzip bomb costs at most ``max_bytes`` of memory.
+- ``Content-Encoding: gzip`` (one member or several concatenated) or none; other encodings get 415. The size
+  limit applies to the decompressed body (413); decompression is streamed with a cap, so a gzip bomb costs at
+  most ``max_bytes`` of memory.
 - A body that cannot be read gets 400 with a message saying where and why; a span that cannot be read is
   rejected alone (OTLP partial success: ``rejectedSpans`` and ``errorMessage``), in the request's encoding.
 - Pending conventions: otelflow snapshots (``otelflow.pending=true``, no end time) and Logfire pending spans
@@ -126,7 +127,10 @@ async def read_body(chunks: AsyncIterator[bytes], encoding: str, max_bytes: int)
         return b"".join(parts)
     if encoding not in ("gzip", "x-gzip"):
         raise BodyError(415, f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding")
+    # A gzip body may be several members one after another (RFC 1952 §2.2), as `cat a.gz b.gz` makes; each
+    # is inflated in turn, with NUL padding between them skipped as gzip(1) does.
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    member_ended = False
     out = bytearray()
     compressed = 0
     async for chunk in chunks:
@@ -135,6 +139,12 @@ async def read_body(chunks: AsyncIterator[bytes], encoding: str, max_bytes: int)
             raise BodyError(413, f"request body is larger than the limit of {max_bytes} bytes")
         data = chunk
         while data:
+            if member_ended:
+                data = data.lstrip(b"\0")
+                if not data:
+                    break
+                inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                member_ended = False
             try:
                 piece = inflater.decompress(data, max_bytes + 1 - len(out))
             except zlib.error as exc:
@@ -142,10 +152,12 @@ async def read_body(chunks: AsyncIterator[bytes], encoding: str, max_bytes: int)
             out += piece
             if len(out) > max_bytes:
                 raise BodyError(413, f"decompressed body is larger than the limit of {max_bytes} bytes")
-            data = inflater.unconsumed_tail
             if inflater.eof:
-                break
-    if not inflater.eof:
+                member_ended = True
+                data = inflater.unused_data
+            else:
+                data = inflater.unconsumed_tail
+    if not member_ended:
         raise BodyError(400, "body is not valid gzip: the stream is truncated")
     return bytes(out)
 

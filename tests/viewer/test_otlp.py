@@ -106,6 +106,39 @@ def test_size_limit_applies_after_decompression(make_viewer: Any) -> None:
     assert r.status_code == 413
 
 
+def test_every_member_of_a_multi_member_gzip_body_is_read(make_viewer: Any) -> None:
+    viewer = make_viewer(max_body_bytes=64 * 1024)
+    url = f"{viewer.url}/v1/traces"
+    trace = trace_id()
+    spans = [record(trace, span_id(), f"step {i}", ended=True) for i in range(6)]
+    body = json.dumps(to_otlp_json(spans)).encode()
+    half = len(body) // 2  # mid-JSON: the first spans in one member, the rest in the next
+    two = gzip.compress(body[:half]) + b"\0\0" + gzip.compress(body[half:])  # NUL padding, as gzip(1) skips
+    gz = {**JSON, "content-encoding": "gzip"}
+    r = httpx.post(url, content=two, headers=gz, timeout=5)
+    assert r.status_code == 200, r.text
+    stored = httpx.get(f"{viewer.url}/api/runs/{trace}", timeout=5).json()["spans"]
+    assert sorted(s["name"] for s in stored) == [f"step {i}" for i in range(6)]
+
+    # the same body, arriving in small chunks that cut across the member boundary
+    trace = trace_id()
+    body = json.dumps(to_otlp_json([record(trace, span_id(), f"chunk {i}", ended=True) for i in range(6)])).encode()
+    two = gzip.compress(body[:half]) + gzip.compress(body[half:])
+    r = httpx.post(url, content=iter([two[i : i + 7] for i in range(0, len(two), 7)]), headers=gz, timeout=5)
+    assert r.status_code == 200, r.text
+    assert len(httpx.get(f"{viewer.url}/api/runs/{trace}", timeout=5).json()["spans"]) == 6
+
+    # the limit is on all members together; what follows a member must be another one
+    r = httpx.post(url, content=gzip.compress(b" " * 40_000) * 2, headers=gz, timeout=5)
+    assert r.status_code == 413
+    r = httpx.post(url, content=gzip.compress(b"{}") + b"trailing junk", headers=gz, timeout=5)
+    assert r.status_code == 400
+    assert "gzip" in r.json()["message"]
+    r = httpx.post(url, content=gzip.compress(b"{}") + gzip.compress(b"{}")[:-6], headers=gz, timeout=5)
+    assert r.status_code == 400
+    assert "truncated" in r.json()["message"]
+
+
 def test_partial_success_in_json_and_protobuf(viewer: Viewer) -> None:
     good = to_otlp_json([record(trace_id(), span_id(), "good", ended=True)])
     spans = good["resourceSpans"][0]["scopeSpans"][0]["spans"]
