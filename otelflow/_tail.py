@@ -14,7 +14,8 @@ Contracts:
 - Snapshot-derived envelopes (the state found at start or after a ``reset``) have ``"id": null`` and
   ``"snapshot": true``; every other ``--json`` line is the viewer's envelope as it was sent.
 - Span data is never interpreted as rich markup, and control characters are shown escaped, never emitted.
-- Ctrl-C exits with status 0. Only the standard library speaks HTTP; rich is needed for the terminal view.
+- Ctrl-C, and a reader that closes standard output (`| head`), exit with status 0. Only the standard library
+  speaks HTTP; rich is needed for the terminal view.
 """
 
 from __future__ import annotations
@@ -476,6 +477,10 @@ def describe(env: Envelope) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
+class OutputClosed(Exception):
+    """Standard output was closed by its reader (``otelflow tail | head -1``): time to stop, quietly."""
+
+
 class Output:
     """Where reports go; :meth:`status` says what the connection is doing."""
 
@@ -711,8 +716,13 @@ class Follower:
         return get_json(self.viewer, path, self.token)
 
     def _report(self, envs: list[Envelope], raw: str | None = None) -> None:
-        for env in envs:
-            self.output.report(env, raw if env.get("id") is not None else None)
+        """Hand ``envs`` to the output; raises :class:`OutputClosed` when its reader went away (a broken pipe
+        is an :class:`OSError`, and must not pass for a lost connection to the viewer)."""
+        try:
+            for env in envs:
+                self.output.report(env, raw if env.get("id") is not None else None)
+        except BrokenPipeError:
+            raise OutputClosed from None
 
     def snapshot(self, initial: bool) -> None:
         """Fetch the followed runs over REST and report what was missed."""
@@ -798,7 +808,8 @@ def _output(args: argparse.Namespace, tail: Tail) -> Output:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``otelflow tail``; 0 on Ctrl-C or when RUN ended, 2 when the viewer refuses us."""
+    """Run ``otelflow tail``; 0 on Ctrl-C, when RUN ended, or when standard output is closed by its reader
+    (``| head``); 2 when the viewer refuses us."""
     kinds = frozenset(k.strip() for item in args.kind or () for k in item.split(",") if k.strip()) or None
     tail = Tail(args.run, all_runs=args.all, kinds=kinds)
     try:
@@ -815,8 +826,9 @@ def main(args: argparse.Namespace) -> int:
     except ViewerError as exc:
         print(f"otelflow tail: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        # the reader went away (| head): exit quietly, and keep Python from complaining at shutdown
+    except (OutputClosed, BrokenPipeError):
+        # the reader went away (| head): exit quietly, as cat does, and keep Python's flush of what is still
+        # buffered at exit from failing on the closed pipe ("Exception ignored ... BrokenPipeError")
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())

@@ -22,8 +22,9 @@ import pytest
 from fastapi import FastAPI
 from rich.console import Console
 
+from otelflow import attributes as A
 from otelflow._tail import STATUS_GLYPH, Backoff, LiveView, SseEvent, Tail, clean, describe
-from tests.viewer.conftest import Viewer, wait_for
+from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
 from viewer.app import create_app, make_server
 
 pytestmark = pytest.mark.slow
@@ -286,6 +287,33 @@ def test_a_refused_token_is_a_clear_error(make_viewer: Callable[..., Viewer], pr
     assert any("needs a token" in line for line in tail.err), tail.err
     ok = procs(tail_cmd("--viewer", viewer.url, "--token", "s3cret"))
     wait_for(lambda: any("following" in line for line in list(ok.err)), 10, "tail connected with the token")
+
+
+def test_a_reader_that_closes_stdout_ends_tail_quietly(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
+    viewer = make_viewer()
+    trace, root = trace_id(), span_id()
+    steps = [record(trace, span_id(), f"step {i}", parent=root, ended=True) for i in range(3)]
+    assert viewer.post_json([record(trace, root, "invoke_workflow piped", kind=A.KIND_WORKFLOW), *steps]).is_success
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "dumb"}
+    with (tmp_path / "stderr").open("w+") as err:
+        # `otelflow tail --all --json | head -1`
+        proc = subprocess.Popen(
+            tail_cmd("--viewer", viewer.url, "--all", "--json"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err
+        )
+        try:
+            assert proc.stdout is not None
+            assert json.loads(proc.stdout.readline())["run_id"] == trace
+            proc.stdout.close()
+            # more to print, into a pipe nobody reads any more
+            assert viewer.post_json([record(trace, span_id(), "step after", parent=root, ended=True)]).is_success
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        err.seek(0)
+        complaints = [line for line in err.read().splitlines() if not line.startswith("otelflow tail: following ")]
+    assert complaints == []
 
 
 # --------------------------------------------------------------------------------------------------
