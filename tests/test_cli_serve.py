@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,12 +12,25 @@ import httpx
 import pytest
 
 from tests.test_live_exporter import Serve, free_port
+from viewer.app import ViewerConfigError, serve
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "otelflow.cli", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "otelflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The whole of a refused start's standard error, which must be a single line."""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
 
 
 def test_non_loopback_bind_without_token_is_refused() -> None:
@@ -44,3 +58,14 @@ def test_serve_answers_and_stops_on_sigint(tmp_path: Path) -> None:
         assert server.proc.wait(15) == 0
     finally:
         server.kill()
+
+
+def test_a_token_of_only_whitespace_is_refused() -> None:
+    done = run_cli("serve", "--port", "0", "--db", ":memory:", "--token", "   ")
+    assert done.returncode == 2
+    assert "only whitespace" in one_line(done)
+    done = run_cli("serve", "--port", "0", "--db", ":memory:", env={"OTELFLOW_TOKEN": " \t "})
+    assert done.returncode == 2
+    assert "--token" in one_line(done)
+    with pytest.raises(ViewerConfigError, match="whitespace"):
+        serve("0.0.0.0", 0, db=":memory:", token="  ")

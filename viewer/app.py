@@ -5,10 +5,11 @@ Routes: ``POST /v1/traces`` (OTLP/HTTP), ``GET /api/stream`` and ``GET /api/runs
 ``GET /api/runs/{run}/events``, ``GET /api/runs/{run}/export``, ``GET /api/stats``, ``GET /healthz``, and
 the pages of :mod:`viewer.pages`. ``{run}`` is a trace id or an ``otelflow.run.id``.
 
-Security: with a token, every request needs ``Authorization: Bearer <token>`` or ``?token=<token>`` (401
-otherwise; WebSocket upgrades are refused). The ``Host`` header must name an allowed host (400), and an
-``Origin`` header, when present, must be the same origin or an allowed one (403) — on HTTP and on WebSocket
-upgrades alike, so a web page elsewhere cannot read or feed the viewer (DNS rebinding, CSRF).
+Security: with a token, every request needs ``Authorization: Bearer <token>``, ``?token=<token>`` or the
+session cookie that a page requested with the token sets (401 otherwise; WebSocket upgrades are refused). The
+``Host`` header must name an allowed host (400), and an ``Origin`` header, when present, must be the same
+origin or an allowed one (403) — on HTTP and on WebSocket upgrades alike, so a web page elsewhere cannot read
+or feed the viewer (DNS rebinding, CSRF).
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import hmac
+import html
 import inspect
 import ipaddress
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote_plus
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,6 +48,7 @@ from viewer.streams import CLOSE_POLICY, SSE_RAW_HEADERS, LiveFlowSession, SseRe
 
 __all__ = [
     "LOOPBACK_HOSTS",
+    "SESSION_COOKIE",
     "SecurityMiddleware",
     "StoreError",
     "ViewerConfigError",
@@ -51,6 +56,7 @@ __all__ = [
     "is_loopback",
     "make_server",
     "serve",
+    "session_value",
 ]
 
 log = logging.getLogger("otelflow.viewer")
@@ -68,6 +74,20 @@ class ViewerConfigError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
+SESSION_COOKIE: Final = "otelflow_session"
+_SESSION_MESSAGE: Final = b"otelflow-session-v1"
+_PAGE_RE: Final = re.compile(r"/(?:stats|runs/[^/]+)?")
+
+
+def session_value(token: str) -> str:
+    """The session cookie's value for ``token``: HMAC-SHA256 keyed by the token, hex.
+
+    Derived, so the cookie never carries the token itself; deterministic, so it stays valid across restarts
+    and across viewer replicas that share one token.
+    """
+    return hmac.new(token.encode(), _SESSION_MESSAGE, hashlib.sha256).hexdigest()
+
+
 def _host_name(host: str) -> str:
     """``example.org:8080`` → ``example.org``; ``[::1]:8080`` → ``::1``."""
     host = host.strip().lower()
@@ -81,8 +101,15 @@ def _host_name(host: str) -> str:
 class SecurityMiddleware:
     """Token, Host and Origin checks for HTTP requests and WebSocket upgrades (see the module docstring).
 
-    ``allowed_hosts`` ``None`` accepts any Host (use only with a token); ``allowed_origins`` are full origins
-    such as ``https://example.org``, accepted besides the same origin.
+    ``allowed_hosts`` ``None`` accepts any Host (use only with a token); ``allowed_origins`` are
+    full origins such as ``https://example.org``, accepted besides the same origin.
+
+    With a token, a page (``GET /``, ``/runs/{run}``, ``/stats``) requested with the token also gets the
+    session cookie (:data:`SESSION_COOKIE`, :func:`session_value`; ``HttpOnly; SameSite=Strict; Path=/``,
+    ``Secure`` over https), which every later request may send instead of the token: the page's scripts,
+    styles, API calls and streams cannot carry a token themselves. A page requested with ``?token=`` is
+    answered with a 303 to the same page without it, so the token leaves the address bar and the history
+    (followed from another site's link, with a page that refreshes to it: see :meth:`__call__`).
     """
 
     def __init__(
@@ -95,8 +122,24 @@ class SecurityMiddleware:
     ) -> None:
         self.app = app
         self.token = token.encode() if token else None
+        self.session = session_value(token).encode() if token else None
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts) if allowed_hosts is not None else None
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+
+    def _credential(self, scope: Scope, headers: Headers) -> str | None:
+        """How the request proves it knows the token: ``"bearer"``, ``"query"``, ``"cookie"``, or ``None``."""
+        if self.token is None or self.session is None:
+            return None
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return "bearer" if hmac.compare_digest(auth[7:].strip().encode(), self.token) else None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+        if query:
+            return "query" if hmac.compare_digest(query[0].encode(), self.token) else None
+        cookie = _cookie(headers, SESSION_COOKIE)
+        if cookie is not None and hmac.compare_digest(cookie.encode(), self.session):
+            return "cookie"
+        return None
 
     def _problem(self, scope: Scope) -> tuple[int, str] | None:
         headers = Headers(scope=scope)
@@ -109,34 +152,86 @@ class SecurityMiddleware:
             same = origin in (f"http://{host.lower()}", f"https://{host.lower()}")
             if not same and origin not in self.allowed_origins:
                 return 403, f"Origin {origin!r} is not allowed"
-        if self.token is not None:
-            supplied = b""
-            auth = headers.get("authorization", "")
-            if auth[:7].lower() == "bearer ":
-                supplied = auth[7:].strip().encode()
-            else:
-                query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-                if query:
-                    supplied = query[0].encode()
-            if not hmac.compare_digest(supplied, self.token):
-                return 401, "a token is required: send Authorization: Bearer <token> or ?token=<token>"
+        if self.token is not None and self._credential(scope, headers) is None:
+            return 401, "a token is required: send Authorization: Bearer <token> or ?token=<token>"
         return None
+
+    def _page_login(self, scope: Scope) -> tuple[str | None, list[tuple[bytes, bytes]]] | None:
+        """For a page requested with the token: where to redirect (``None``: serve it) and the cookie header."""
+        if self.token is None or scope["type"] != "http" or scope["method"] != "GET":
+            return None
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if _PAGE_RE.fullmatch(path) is None:
+            return None
+        how = self._credential(scope, Headers(scope=scope))
+        if how not in ("bearer", "query"):
+            return None
+        cookie = f"{SESSION_COOKIE}={(self.session or b'').decode()}; HttpOnly; SameSite=Strict; Path=/"
+        if scope.get("scheme") == "https":
+            cookie += "; Secure"
+        headers = [(b"set-cookie", cookie.encode("latin-1"))]
+        if how == "bearer":
+            return None, headers  # the same URL again would be a loop for clients that resend the header
+        raw_query: str = scope.get("query_string", b"").decode("latin-1")
+        kept = [p for p in raw_query.split("&") if p and unquote_plus(p.partition("=")[0]) != "token"]
+        # relative to the page itself, so that it also holds behind a proxy that serves the viewer under a prefix
+        raw_path: bytes = scope.get("raw_path") or quote(scope["path"]).encode()
+        target = "./" + raw_path.decode("latin-1").rsplit("/", 1)[-1]
+        if kept:
+            target += "?" + "&".join(kept)
+        return target, headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         problem = self._problem(scope)
-        if problem is None:
+        if problem is not None:
+            status, message = problem
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": message[:120]})
+                return
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            await JSONResponse({"error": message}, status, headers=headers)(scope, receive, send)
+            return
+        login = self._page_login(scope)
+        if login is None:
             await self.app(scope, receive, send)
             return
-        status, message = problem
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": message[:120]})
+        target, cookie = login
+        if target is not None:
+            if Headers(scope=scope).get("sec-fetch-site") == "cross-site":
+                # A link followed from another site: the browser would not send a SameSite=Strict cookie on
+                # a redirect of that navigation, but it does on one that this page starts itself (and a
+                # refresh replaces the history entry, so the token still leaves it).
+                url = html.escape(target)
+                body = f'<!doctype html><meta http-equiv="refresh" content="0; url={url}"><a href="{url}">otelflow</a>'
+                moved: Response = HTMLResponse(body, headers={"Cache-Control": "no-store"})
+            else:
+                moved = Response(status_code=303, headers={"Location": target, "Cache-Control": "no-store"})
+            moved.raw_headers.extend(cookie)
+            await moved(scope, receive, send)
             return
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        response = JSONResponse({"error": message}, status, headers=headers)
-        await response(scope, receive, send)
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *cookie]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+def _cookie(headers: Headers, name: str) -> str | None:
+    """The value of cookie ``name`` among the request's ``Cookie`` headers (the first, if sent twice)."""
+    for line in headers.getlist("cookie"):
+        for part in line.split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key == name:
+                return value.strip()
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -589,12 +684,18 @@ def serve(
     """Run the viewer until SIGINT/SIGTERM (what ``otelflow serve`` calls).
 
     ``db`` defaults to :func:`viewer.store.default_db_path`; ``token`` defaults to ``$OTELFLOW_TOKEN``.
-    Raises :class:`ViewerConfigError` for a non-loopback ``host`` without a token and
-    :class:`viewer.store.StoreError` for an unusable database, both before binding anything.
+    Raises :class:`ViewerConfigError` for a non-loopback ``host`` without a token or a token of only
+    whitespace, and :class:`viewer.store.StoreError` for an unusable database, both before binding anything.
     ``ready_callback(host, port)`` is called once the socket listens (``port=0`` picks a free port).
     Without ``allowed_hosts`` the loopback names are accepted, plus ``host`` itself when it is not a wildcard.
     """
-    token = token or os.environ.get("OTELFLOW_TOKEN") or None
+    if not token:
+        token = os.environ.get("OTELFLOW_TOKEN") or None
+    if token is not None and not token.strip():
+        raise ViewerConfigError(
+            "the token is only whitespace: pass a real secret with --token (or OTELFLOW_TOKEN), "
+            "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe())'`"
+        )
     if not is_loopback(host) and not token:
         raise ViewerConfigError(
             f"refusing to listen on {host}: without a token anyone who can reach it could read your spans. "

@@ -10,7 +10,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
-from viewer.app import is_loopback
+from viewer.app import SESSION_COOKIE, is_loopback, session_value
 
 TOKEN = "s3cret-token"
 
@@ -87,3 +87,69 @@ def test_allowed_origins_and_any_host_with_token(make_viewer: Callable[..., View
 def test_is_loopback() -> None:
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.org"))
+
+
+def test_a_page_opened_with_the_token_gives_a_session_cookie(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer(token=TOKEN)
+    r = httpx.get(f"{viewer.url}/runs/job-1?kind=agent&token={TOKEN}&status=ok", timeout=5)
+    assert r.status_code == 303
+    assert r.headers["location"] == "./job-1?kind=agent&status=ok"
+    cookie = r.headers["set-cookie"]
+    name, _, rest = cookie.partition("=")
+    value = rest.split(";")[0]
+    assert name == SESSION_COOKIE
+    assert value == session_value(TOKEN)
+    assert TOKEN not in cookie
+    assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= {p.strip() for p in cookie.split(";")}
+    assert "Secure" not in cookie  # plain http on loopback: a Secure cookie would never come back
+    root = httpx.get(f"{viewer.url}/?token={TOKEN}", timeout=5)
+    assert root.status_code == 303
+    assert root.headers["location"] == "./"
+    # a link followed from another site gets a page that refreshes to the same place (see test_token.py)
+    linked = httpx.get(f"{viewer.url}/runs/job-1?a=1&token={TOKEN}&b=2", headers={"Sec-Fetch-Site": "cross-site"})
+    assert linked.status_code == 200
+    assert '<meta http-equiv="refresh" content="0; url=./job-1?a=1&amp;b=2">' in linked.text
+    assert linked.headers["set-cookie"] == cookie
+    # the page itself with a Bearer header is served (a redirect would loop) and sets the cookie too
+    bearer = httpx.get(f"{viewer.url}/stats", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    assert bearer.status_code == 200
+    assert bearer.headers["set-cookie"].startswith(f"{SESSION_COOKIE}={value};")
+    # an API call with the token is answered as before, without a cookie
+    assert "set-cookie" not in httpx.get(f"{viewer.url}/api/runs?token={TOKEN}", timeout=5).headers
+
+    # the cookie alone then opens everything a page uses: pages, static files, REST, both streams, WebSocket
+    good = {"Cookie": f"other=1; {SESSION_COOKIE}={value}"}
+    for path in ("/runs/job-1", "/static/style.css", "/static/common.js", "/api/runs", "/healthz"):
+        assert httpx.get(viewer.url + path, headers=good, timeout=5).status_code == 200, path
+    trace = trace_id()
+    assert viewer.post_json([record(trace, span_id(), "x", ended=True)], cookie=good["Cookie"]).status_code == 200
+    with SseClient(f"{viewer.url}/api/stream", headers=good) as sse:
+        assert sse.response.status_code == 200
+    with SseClient(f"{viewer.url}/api/runs/{trace}/stream", headers=good) as sse:
+        assert sse.response.status_code == 200
+        assert sse.read_until(lambda e: e.get("event") == "span.ended")["data"]["run_id"] == trace
+    with connect(f"ws://127.0.0.1:{viewer.port}/ws", additional_headers=good, open_timeout=5) as ws:
+        ws.send('{"type":"ping"}')
+        assert "pong" in str(ws.recv(timeout=5))
+
+    # a wrong cookie, or the raw token as the cookie, opens nothing
+    for bad_value in ("0" * 64, TOKEN, value[:-1], ""):
+        bad = {"Cookie": f"{SESSION_COOKIE}={bad_value}"}
+        for path in ("/", "/static/style.css", "/api/runs", "/api/stream"):
+            assert httpx.get(viewer.url + path, headers=bad, timeout=5).status_code == 401, (bad_value, path)
+        with pytest.raises(InvalidStatus):
+            connect(f"ws://127.0.0.1:{viewer.port}/ws", additional_headers=bad, open_timeout=5)
+
+
+def test_the_session_cookie_outlives_a_restart_and_is_secure_over_https(make_viewer: Callable[..., Viewer]) -> None:
+    first = make_viewer(token=TOKEN)
+    cookie = httpx.get(f"{first.url}/?token={TOKEN}", timeout=5).headers["set-cookie"].split(";")[0]
+    first.stop()
+    second = make_viewer(token=TOKEN)  # a restart, or another replica sharing the token
+    assert httpx.get(f"{second.url}/api/runs", headers={"Cookie": cookie}, timeout=5).status_code == 200
+    other = make_viewer(token="another-token")
+    assert httpx.get(f"{other.url}/api/runs", headers={"Cookie": cookie}, timeout=5).status_code == 401
+    # behind a TLS-terminating proxy uvicorn reports the scheme; the cookie is then Secure
+    secure = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "127.0.0.1"}
+    r = httpx.get(f"{second.url}/?token={TOKEN}", headers=secure, timeout=5)
+    assert "Secure" in {p.strip() for p in r.headers["set-cookie"].split(";")}
