@@ -21,6 +21,18 @@ def _viewer_missing(exc: ImportError) -> int:
     return 2
 
 
+def _host(value: str) -> str:
+    """An argparse type: a host name or address without a port (``viewer.app.allowed_host``)."""
+    try:
+        from viewer.app import ViewerConfigError, allowed_host
+    except ImportError:
+        return value  # serve reports the missing extra
+    try:
+        return allowed_host(value)
+    except ViewerConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from viewer.app import ViewerConfigError, serve
@@ -41,6 +53,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             token=args.token,
             retention_days=args.retention_days if args.retention_days > 0 else None,
             max_runs=args.max_runs if args.max_runs > 0 else None,
+            allowed_hosts=args.allowed_host or (),
             allowed_origins=args.allow_origin or (),
             ready_callback=ready,
             log_level=args.log_level,
@@ -115,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", default=None, help="required for non-loopback hosts (or OTELFLOW_TOKEN)")
     serve.add_argument("--retention-days", type=float, default=30.0, help="drop runs older than this (0: keep)")
     serve.add_argument("--max-runs", type=int, default=10_000, help="keep at most this many runs (0: no limit)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        type=_host,
+        metavar="NAME",
+        help="a Host name the viewer answers to besides loopback and --host (repeatable)",
+    )
     serve.add_argument("--allow-origin", action="append", help="extra Origin allowed (repeatable)")
     serve.add_argument(
         "--idle-run-timeout",

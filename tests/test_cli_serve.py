@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,39 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     return lines[0]
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[str]]]:
+    """`otelflow serve` processes to stop at the end (SIGINT, as Ctrl-C)."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def start_serve(procs: list[subprocess.Popen[str]], *args: str, env: dict[str, str] | None = None) -> str:
+    """Start `otelflow serve --port 0 ARGS`; its URL once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otelflow.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    procs.append(proc)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on" in line, line + proc.stdout.read()
+    return line.split("listening on", 1)[1].strip()
 
 
 def test_non_loopback_bind_without_token_is_refused() -> None:
@@ -69,3 +103,17 @@ def test_a_token_of_only_whitespace_is_refused() -> None:
     assert "--token" in one_line(done)
     with pytest.raises(ViewerConfigError, match="whitespace"):
         serve("0.0.0.0", 0, db=":memory:", token="  ")
+
+
+def test_allowed_host_adds_names_the_viewer_answers_to(started: list[subprocess.Popen[str]]) -> None:
+    url = start_serve(started, "--db", ":memory:", "--allowed-host", "Viewer.Example", "--allowed-host", "[fd00::1]")
+    port = url.rsplit(":", 1)[1]
+    for host in (f"viewer.example:{port}", "VIEWER.example", f"[fd00::1]:{port}", f"127.0.0.1:{port}", "localhost"):
+        assert httpx.get(f"{url}/healthz", headers={"Host": host}, timeout=5).status_code == 200, host
+    refused = httpx.get(f"{url}/healthz", headers={"Host": f"other.example:{port}"}, timeout=5)
+    assert refused.status_code == 400
+    assert "--allowed-host" in refused.json()["error"]
+    for bad in ("viewer.example:8080", "http://viewer.example"):
+        done = run_cli("serve", "--port", "0", "--db", ":memory:", "--allowed-host", bad)
+        assert done.returncode == 2, bad
+        assert "--allowed-host" in done.stderr

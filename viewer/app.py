@@ -7,9 +7,9 @@ the pages of :mod:`viewer.pages`. ``{run}`` is a trace id or an ``otelflow.run.i
 
 Security: with a token, every request needs ``Authorization: Bearer <token>``, ``?token=<token>`` or the
 session cookie that a page requested with the token sets (401 otherwise; WebSocket upgrades are refused). The
-``Host`` header must name an allowed host (400), and an ``Origin`` header, when present, must be the same
-origin or an allowed one (403) — on HTTP and on WebSocket upgrades alike, so a web page elsewhere cannot read
-or feed the viewer (DNS rebinding, CSRF).
+``Host`` header must be a host name or address with an optional port, naming an allowed host (400), and an
+``Origin`` header, when present, must be the same origin or an allowed one (403) — on HTTP and on WebSocket
+upgrades alike, so a web page elsewhere cannot read or feed the viewer (DNS rebinding, CSRF).
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ __all__ = [
     "SecurityMiddleware",
     "StoreError",
     "ViewerConfigError",
+    "allowed_host",
     "create_app",
+    "host_name",
     "is_loopback",
     "make_server",
     "serve",
@@ -76,6 +78,11 @@ class ViewerConfigError(ValueError):
 
 SESSION_COOKIE: Final = "otelflow_session"
 _SESSION_MESSAGE: Final = b"otelflow-session-v1"
+# A Host header is a name (letters, digits, '-', '_', dots), an IPv4 address or a bracketed IPv6 address, then
+# an optional port; anything else ('127.0.0.1:80@evil.example', 'a, b', spaces) is refused rather than guessed at.
+_HOST_RE: Final = re.compile(
+    r"(?:(?P<name>[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_.])?)|\[(?P<ipv6>[0-9a-f:.]+)\])(?::[0-9]{1,5})?"
+)
 _PAGE_RE: Final = re.compile(r"/(?:stats|runs/[^/]+)?")
 
 
@@ -88,20 +95,25 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), _SESSION_MESSAGE, hashlib.sha256).hexdigest()
 
 
-def _host_name(host: str) -> str:
-    """``example.org:8080`` → ``example.org``; ``[::1]:8080`` → ``::1``."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    if host.count(":") == 1:
-        return host.split(":", 1)[0]
-    return host
+def host_name(host: str) -> str | None:
+    """The name in a ``Host`` header, lower case without port or brackets (``[::1]:8080`` → ``::1``);
+    ``None`` when the header is not exactly a host name or address with an optional port."""
+    match = _HOST_RE.fullmatch(host.strip().lower())
+    if match is None:
+        return None
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return None
+        return match["ipv6"]
+    return match["name"]
 
 
 class SecurityMiddleware:
     """Token, Host and Origin checks for HTTP requests and WebSocket upgrades (see the module docstring).
 
-    ``allowed_hosts`` ``None`` accepts any Host (use only with a token); ``allowed_origins`` are
+    ``allowed_hosts`` ``None`` accepts any well-formed Host (use only with a token); ``allowed_origins`` are
     full origins such as ``https://example.org``, accepted besides the same origin.
 
     With a token, a page (``GET /``, ``/runs/{run}``, ``/stats``) requested with the token also gets the
@@ -144,8 +156,14 @@ class SecurityMiddleware:
     def _problem(self, scope: Scope) -> tuple[int, str] | None:
         headers = Headers(scope=scope)
         host = headers.get("host", "")
-        if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
-            return 400, f"Host {host!r} is not allowed; use one of {sorted(self.allowed_hosts)} or --allowed-host"
+        name = host_name(host) if host else ""
+        if name is None:
+            return 400, f"Host {host!r} is not a host name with an optional port"
+        if self.allowed_hosts is not None and name not in self.allowed_hosts:
+            return 400, (
+                f"Host {host!r} is not allowed; use one of {sorted(self.allowed_hosts)}, "
+                "or start the viewer with --allowed-host NAME"
+            )
         origin = headers.get("origin")
         if origin is not None:
             origin = origin.rstrip("/").lower()
@@ -666,6 +684,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_host(value: str) -> str:
+    """A host name or address as :func:`serve` and ``--allowed-host`` take it: lower case, IPv6 without
+    brackets; raises :class:`ViewerConfigError` when it is not one (a port, a URL, a list)."""
+    name = value.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if not name or host_name(f"[{name}]" if ":" in name else name) != name:
+        raise ViewerConfigError(f"{value!r} is not a host name or address: give one such as viewer.example.org")
+    return name
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -687,7 +716,8 @@ def serve(
     Raises :class:`ViewerConfigError` for a non-loopback ``host`` without a token or a token of only
     whitespace, and :class:`viewer.store.StoreError` for an unusable database, both before binding anything.
     ``ready_callback(host, port)`` is called once the socket listens (``port=0`` picks a free port).
-    Without ``allowed_hosts`` the loopback names are accepted, plus ``host`` itself when it is not a wildcard.
+    The loopback names are accepted as Host, plus ``host`` itself when it is not a wildcard, plus
+    ``allowed_hosts``; a wildcard bind without ``allowed_hosts`` accepts any Host (the token protects it).
     """
     if not token:
         token = os.environ.get("OTELFLOW_TOKEN") or None
@@ -701,13 +731,12 @@ def serve(
             f"refusing to listen on {host}: without a token anyone who can reach it could read your spans. "
             "Pass --token (or set OTELFLOW_TOKEN), or bind 127.0.0.1."
         )
-    if allowed_hosts is None:
-        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only names what a wildcard bind means
-            hosts: Iterable[str] | None = None  # any name may reach it; the token protects it
-        else:
-            hosts = LOOPBACK_HOSTS | {host.lower().strip("[]")}
+    extra = {allowed_host(h) for h in allowed_hosts or ()}
+    hosts: frozenset[str] | None
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only names what a wildcard bind means
+        hosts = LOOPBACK_HOSTS | extra if extra else None  # without names, any name may reach it
     else:
-        hosts = allowed_hosts
+        hosts = LOOPBACK_HOSTS | extra | {host.lower().strip("[]")}
     store = Store(
         db if db is not None else default_db_path(),
         retention_days=retention_days,

@@ -153,3 +153,33 @@ def test_the_session_cookie_outlives_a_restart_and_is_secure_over_https(make_vie
     secure = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "127.0.0.1"}
     r = httpx.get(f"{second.url}/?token={TOKEN}", headers=secure, timeout=5)
     assert "Secure" in {p.strip() for p in r.headers["set-cookie"].split(";")}
+
+
+def test_host_header_is_parsed_strictly(make_viewer: Callable[..., Viewer]) -> None:
+    loopback = make_viewer()
+    anyhost = make_viewer(token=TOKEN, allowed_hosts=None)
+    for viewer in (loopback, anyhost):
+        port = viewer.port
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for host in (
+            f"127.0.0.1:{port}@evil.example",
+            f"127.0.0.1:{port}, evil.example",
+            f"127.0.0.1:{port} evil.example",
+            f"evil.example#127.0.0.1:{port}",
+            f"127.0.0.1:{port}/x",
+            "127.0.0.1:",
+            "127.0.0.1:http",
+            "[::1",
+            "[::1]x",
+            "[not:an:address::::]",
+            "::1",
+        ):
+            r = httpx.get(viewer.url + "/api/runs", headers={**auth, "Host": host}, timeout=5)
+            assert r.status_code == 400, host
+            assert "Host" in r.json()["error"]
+            with pytest.raises(InvalidStatus):
+                connect(f"ws://127.0.0.1:{port}/ws?token={TOKEN}", additional_headers={"Host": host}, open_timeout=5)
+        for host in (f"127.0.0.1:{port}", "localhost", f"LOCALHOST:{port}", f"[::1]:{port}", "[::1]"):
+            assert httpx.get(viewer.url + "/api/runs", headers={**auth, "Host": host}, timeout=5).status_code == 200
+    r = httpx.get(loopback.url + "/api/runs", headers={"Host": "viewer.example"}, timeout=5)
+    assert "--allowed-host" in r.json()["error"]
