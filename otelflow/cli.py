@@ -21,6 +21,17 @@ def _viewer_missing(exc: ImportError) -> int:
     return 2
 
 
+def _port(value: str) -> int:
+    """An argparse type: a TCP port number, 0..65535 (0 picks a free port)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port: use 0..65535 (0 picks a free one)")
+    return port
+
+
 def _host(value: str) -> str:
     """An argparse type: a host name or address without a port (``viewer.app.allowed_host``)."""
     try:
@@ -123,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the live viewer (OTLP receiver, SSE/WebSocket streams, history)")
     serve.add_argument("--host", default=os.environ.get("OTELFLOW_HOST", "127.0.0.1"), help="default 127.0.0.1")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("OTELFLOW_PORT", DEFAULT_PORT)))
-    serve.add_argument("--db", default=os.environ.get("OTELFLOW_DB"), help="SQLite file, or :memory:")
+    serve.add_argument(
+        "--port", type=_port, default=os.environ.get("OTELFLOW_PORT", str(DEFAULT_PORT)), help="0 picks a free port"
+    )
+    serve.add_argument("--db", default=os.environ.get("OTELFLOW_DB") or None, help="SQLite file, or :memory:")
     serve.add_argument("--token", default=None, help="required for non-loopback hosts (or OTELFLOW_TOKEN)")
     serve.add_argument("--retention-days", type=float, default=30.0, help="drop runs older than this (0: keep)")
     serve.add_argument("--max-runs", type=int, default=10_000, help="keep at most this many runs (0: no limit)")
@@ -155,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start the viewer and keep running the example workflows")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=DEFAULT_PORT)
+    demo.add_argument("--port", type=_port, default=DEFAULT_PORT)
     demo.add_argument("--db", default=":memory:", help="SQLite file for the demo's history (default in memory)")
     demo.add_argument("--interval", type=float, default=4.0, help="seconds between new runs")
     demo.add_argument("--runs", type=int, default=0, help="stop after this many runs (0: until Ctrl-C)")
@@ -163,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a Python script with tracing and live streaming")
     run.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL"), help="viewer URL (default: embedded)")
-    run.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the embedded viewer")
+    run.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port of the embedded viewer")
     after = run.add_mutually_exclusive_group()
     after.add_argument(
         "--exit",

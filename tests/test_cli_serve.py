@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from otelflow import attributes as A
 from tests.test_live_exporter import Serve, free_port
+from tests.viewer.conftest import record, span_id, trace_id
 from viewer.app import ViewerConfigError, serve
+from viewer.store import Store
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -117,3 +123,77 @@ def test_allowed_host_adds_names_the_viewer_answers_to(started: list[subprocess.
         done = run_cli("serve", "--port", "0", "--db", ":memory:", "--allowed-host", bad)
         assert done.returncode == 2, bad
         assert "--allowed-host" in done.stderr
+
+
+def test_a_port_in_use_is_one_line_saying_what_to_do() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("serve", "--port", str(port), "--db", ":memory:")
+    assert done.returncode == 2
+    line = one_line(done)
+    assert f"port {port}" in line
+    assert "in use" in line
+    assert "--port" in line
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_is_a_usage_error(port: str) -> None:
+    done = run_cli("serve", "--port", port, "--db", ":memory:")
+    assert done.returncode == 2
+    assert "argument --port" in done.stderr
+    assert "0..65535" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_explicit_database_folder_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "deeper"
+    done = run_cli("serve", "--port", "0", "--db", str(missing / "otelflow.db"))
+    assert done.returncode == 2
+    assert str(missing) in one_line(done)
+    assert not (tmp_path / "typo").exists()
+    done = run_cli("serve", "--port", "0", env={"OTELFLOW_DB": str(missing / "otelflow.db")})
+    assert done.returncode == 2
+    assert str(missing) in one_line(done)
+    assert not (tmp_path / "typo").exists()
+    done = run_cli("serve", "--port", "0", "--db", "/proc/nope/x.db")
+    assert done.returncode == 2
+    assert "/proc/nope" in one_line(done)
+
+
+def test_the_default_database_folder_is_created(tmp_path: Path, started: list[subprocess.Popen[str]]) -> None:
+    data = tmp_path / "xdg"
+    url = start_serve(started, env={"XDG_DATA_HOME": str(data), "OTELFLOW_DB": ""})
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    assert (data / "otelflow" / "otelflow.db").is_file()
+
+
+def test_a_database_with_damaged_pages_is_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+
+    async def fill() -> None:
+        store = Store(db)
+        store.open()
+        for _ in range(60):  # running runs: their spans are what a starting viewer reads first
+            trace, root = trace_id(), span_id()
+            with store.batch():
+                store.put_run({"trace_id": trace, "status": "running", "start_time_ns": time.time_ns()})
+                store.put_span(record(trace, root, "invoke_workflow wf", kind=A.KIND_WORKFLOW))
+                for _ in range(10):
+                    store.put_span(record(trace, span_id(), "step", parent=root, attributes={"x": "y" * 300}))
+        await store.flush()
+        store.close()
+
+    asyncio.run(fill())
+    size = db.stat().st_size
+    assert size > 500_000
+    with db.open("r+b") as f:  # what a failing disk or a copy cut short leaves behind
+        f.seek(size // 2)
+        f.write(b"\xde\xad\xbe\xef" * 4096)
+    done = run_cli("serve", "--port", "0", "--db", str(db))
+    assert done.returncode == 2
+    line = one_line(done)
+    assert str(db) in line
+    assert "move it away" in line
+    assert "--db" in line

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import hashlib
 import hmac
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote_plus
@@ -53,6 +55,7 @@ __all__ = [
     "StoreError",
     "ViewerConfigError",
     "allowed_host",
+    "bind_socket",
     "create_app",
     "host_name",
     "is_loopback",
@@ -695,6 +698,25 @@ def allowed_host(value: str) -> str:
     return name
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (``0`` picks a free port), as uvicorn would bind it; raises
+    :class:`ViewerConfigError` saying what to do when it cannot (a port in use, an address not on this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ViewerConfigError(
+                f"port {port} on {host} is in use; choose another with --port (0 picks a free one)"
+            ) from None
+        raise ViewerConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -712,9 +734,11 @@ def serve(
 ) -> None:
     """Run the viewer until SIGINT/SIGTERM (what ``otelflow serve`` calls).
 
-    ``db`` defaults to :func:`viewer.store.default_db_path`; ``token`` defaults to ``$OTELFLOW_TOKEN``.
-    Raises :class:`ViewerConfigError` for a non-loopback ``host`` without a token or a token of only
-    whitespace, and :class:`viewer.store.StoreError` for an unusable database, both before binding anything.
+    ``db`` defaults to :func:`viewer.store.default_db_path`, whose folders are created; the folder of a ``db``
+    given must exist. ``token`` defaults to ``$OTELFLOW_TOKEN``.
+    Raises :class:`ViewerConfigError` for a non-loopback ``host`` without a token, a token of only whitespace,
+    a port outside 0..65535 or one that cannot be bound (in use), and :class:`viewer.store.StoreError` for an
+    unusable database, all before serving anything.
     ``ready_callback(host, port)`` is called once the socket listens (``port=0`` picks a free port).
     The loopback names are accepted as Host, plus ``host`` itself when it is not a wildcard, plus
     ``allowed_hosts``; a wildcard bind without ``allowed_hosts`` accepts any Host (the token protects it).
@@ -731,6 +755,8 @@ def serve(
             f"refusing to listen on {host}: without a token anyone who can reach it could read your spans. "
             "Pass --token (or set OTELFLOW_TOKEN), or bind 127.0.0.1."
         )
+    if not 0 <= port <= 65535:
+        raise ViewerConfigError(f"port {port} is out of range: use 0..65535 (0 picks a free port)")
     extra = {allowed_host(h) for h in allowed_hosts or ()}
     hosts: frozenset[str] | None
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only names what a wildcard bind means
@@ -742,14 +768,22 @@ def serve(
         retention_days=retention_days,
         max_runs=max_runs,
         max_backlog_bytes=max_backlog_bytes,
+        create_folder=db is None,
     )
     store.open()
+    try:
+        # bound here, not by uvicorn, so that a busy port is one line saying what to do, not uvicorn's log
+        sock = bind_socket(host, port)
+    except ViewerConfigError:
+        store.close()
+        raise
     # This process is the viewer alone. Ingestion makes several short-lived dicts per span; CPython's default
     # young generation (700 objects) makes the collector run every few spans, about 15% of the loop's time.
     gc.set_threshold(20_000, 20, 20)
     app = create_app(db=store, token=token, allowed_hosts=hosts, allowed_origins=allowed_origins, idle_run_s=idle_run_s)
     server = make_server(app, host, port, ready_callback=ready_callback, log_level=log_level)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         store.close()
