@@ -129,6 +129,7 @@ def test_a_page_opened_with_the_token_gives_a_session_cookie(make_viewer: Callab
         assert sse.response.status_code == 200
         assert sse.read_until(lambda e: e.get("event") == "span.ended")["data"]["run_id"] == trace
     with connect(f"ws://127.0.0.1:{viewer.port}/ws", additional_headers=good, open_timeout=5) as ws:
+        assert '"subscribed"' in str(ws.recv(timeout=5))
         ws.send('{"type":"ping"}')
         assert "pong" in str(ws.recv(timeout=5))
 
