@@ -214,7 +214,11 @@ def scenario_kill(tmp: Path) -> None:
     for p in posters:
         for k, v in p.statuses.items():
             statuses[k] = statuses.get(k, 0) + v
-    report("kill", acked, db, statuses, "(kill -9 after 2 s of 4 clients posting 100-span requests)")
+    # started again on the same file (a viewer with an intake log ingests what it holds first)
+    again, port = start(db)
+    settle(port)
+    stop(again)
+    report("kill", acked, db, statuses, "(kill -9 after 2 s of 4 clients posting 100-span requests; restarted)")
 
 
 def scenario_big(tmp: Path, n: int) -> None:

@@ -43,7 +43,18 @@ from otelflow import attributes as A
 from otelflow.records import STATUS_RUNNING, SpanRecord, to_otlp_json
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, fix_surrogates
 from viewer.hub import INGEST_SLICE, Filters, Hub, _finite
-from viewer.otlp import DEFAULT_MAX_BYTES, Decoded, Unavailable, handle_traces
+from viewer.journal import JournalError
+from viewer.otlp import (
+    DEFAULT_MAX_BYTES,
+    JSON,
+    KIND_JSON,
+    PROTOBUF,
+    BodyError,
+    Decoded,
+    Unavailable,
+    decode_body,
+    handle_traces,
+)
 from viewer.pages import PageHeaders, install_pages, jaeger_url_from_env
 from viewer.store import Store, StoreError, default_db_path
 from viewer.streams import CLOSE_POLICY, SSE_RAW_HEADERS, LiveFlowSession, SseResponse, WsSession, sse_stream
@@ -362,7 +373,6 @@ def create_app(
     hub: Hub | None = None,
     jaeger_url: str | None = None,
     max_value_length: int | None = DEFAULT_VALUE_LIMIT,
-    ack_timeout_s: float = 2.0,
     idle_run_s: float = 300.0,
 ) -> FastAPI:
     """The viewer as an ASGI app. ``app.state.hub`` and ``app.state.store`` are its hub and store.
@@ -373,11 +383,11 @@ def create_app(
     ``db`` is a path, ``":memory:"``, or an opened :class:`Store`. The lifespan opens the store (unless open),
     starts the hub, and on shutdown publishes ``shutdown``, closes streams and flushes the store.
 
-    ``POST /v1/traces`` answers 2xx once the spans are committed to the history; when that does not happen
-    within ``ack_timeout_s`` (the database is locked, full or read-only) it answers 503 with ``Retry-After``
-    and the spans stay queued; while the store's backlog is full it answers 503 at once. Attribute values
-    longer than ``max_value_length`` characters are cut (marked). Runs nothing was heard of for ``idle_run_s``
-    and no live worker runs end as abandoned (0: never).
+    ``POST /v1/traces`` answers 2xx once the request is in the store's intake log (it then reaches the history,
+    also after a crash: the lifespan ingests what the log holds beyond the history before serving); when the
+    log cannot be written, or the store's backlog is full, it answers 503 with ``Retry-After``. Attribute
+    values longer than ``max_value_length`` characters are cut (marked). Runs nothing was heard of for
+    ``idle_run_s`` and no live worker runs end as abandoned (0: never).
     """
     store = db if isinstance(db, Store) else Store(db, retention_days=retention_days, max_runs=max_runs)
     hub = hub or Hub(store=store, idle_run_s=idle_run_s)
@@ -388,6 +398,7 @@ def create_app(
         if store._thread is None:
             store.open()
         await hub.start()
+        replay()
         try:
             yield
         finally:
@@ -418,19 +429,49 @@ def create_app(
         if store.full:
             raise Unavailable(f"the viewer's history is behind ({store.health()[1]}); retry later", 2)
 
+    # One request at a time: its rows reach the store in the order of the intake log, so committing the log's
+    # position after a request's rows means every request before it is in the history too.
+    one_at_a_time = asyncio.Lock()
+
     async def ingest(decoded: Decoded) -> None:
         hub.touch(decoded.workers)
-        first = True
-        for batch in decoded.batches(INGEST_SLICE):
-            if not first:
-                await asyncio.sleep(0)  # let streams write, and other requests in, between slices
-            first = False
-            hub.ingest(batch)
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(store.committed()), ack_timeout_s)
-        except asyncio.TimeoutError:
-            reason = store.health()[1] or "the history database is slow"
-            raise Unavailable(f"spans received but not yet stored ({reason}); send them again later", 1) from None
+        if not decoded.span_count:
+            return  # a heartbeat: nothing to keep
+        async with one_at_a_time:
+            try:
+                end = store.append(decoded.kind, decoded.body)
+            except JournalError as exc:
+                raise Unavailable(f"{exc}; retry later", 2) from None
+            decoded.body = b""
+            batches = decoded.batches(INGEST_SLICE)
+            batch = next(batches, None)
+            if batch is None:
+                store.mark_journal(end)  # every span was rejected: only the position moves
+            while batch is not None:
+                following = next(batches, None)
+                # the last slice's rows carry the log position: it commits with them
+                with store.batch(journal_end=end if following is None else 0):
+                    hub.ingest(batch)
+                batch = following
+                if batch is not None:
+                    await asyncio.sleep(0)  # let streams write, and other requests read their bodies
+
+    def replay() -> None:
+        """Ingest what the intake log holds beyond the history (the viewer stopped before committing it)."""
+        count = 0
+        for end, kind, body in store.unconsumed():
+            try:
+                decoded = decode_body(body, JSON if kind == KIND_JSON else PROTOBUF, max_value_length)
+            except BodyError:
+                log.warning("the intake log holds a request that cannot be read any more; skipped")
+            else:
+                hub.touch(decoded.workers)
+                for batch in decoded.batches(INGEST_SLICE):
+                    hub.ingest(batch)
+                count += 1
+            store.mark_journal(end)
+        if count:
+            log.warning("ingested %d requests from the intake log that had not reached the history", count)
 
     @app.post("/v1/traces")
     async def traces(request: Request) -> Response:

@@ -53,6 +53,8 @@ from otelflow.scrub import DEFAULT_VALUE_LIMIT, NAME_LIMIT, clean_attributes, cl
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "JSON",
+    "KIND_JSON",
+    "KIND_PROTOBUF",
     "PROTOBUF",
     "BodyError",
     "Decoded",
@@ -67,6 +69,8 @@ __all__ = [
 
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
+KIND_PROTOBUF: Final = 1  # a request body's encoding, as the intake log records it
+KIND_JSON: Final = 2
 DEFAULT_MAX_BYTES: Final = 32 * 1024 * 1024
 _MAX_ATTR_DEPTH: Final = 32
 _PENDING_SUFFIX: Final = " (pending)"
@@ -87,9 +91,14 @@ class Decoded:
     can be ingested a slice at a time; one message per rejected span (complete once every record was taken);
     the worker ids of its resources (known at once, heartbeats included)."""
 
-    def __init__(self, items: Iterable[SpanRecord] = (), rejected: list[str] | None = None) -> None:
+    def __init__(
+        self, items: Iterable[SpanRecord] = (), rejected: list[str] | None = None, *, body: bytes = b"", kind: int = 0
+    ) -> None:
         self.rejected: list[str] = rejected if rejected is not None else []
         self.workers: set[str] = set()
+        self.body = body  # the (decompressed) request body, and its encoding (KIND_PROTOBUF or KIND_JSON)
+        self.kind = kind
+        self.span_count = 0  # spans in the request, readable or not (0: a heartbeat)
         self._items: Iterator[SpanRecord] = iter(items)
         self._records: list[SpanRecord] | None = None
 
@@ -200,7 +209,8 @@ def decode_json(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded
         raise BodyError(400, f"body is not valid JSON: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a shape the decoder did not foresee is the client's problem
         raise BodyError(400, f"malformed OTLP/JSON: {type(exc).__name__}: {exc}") from None
-    out = Decoded(_with_pending_conventions(items, rejected), rejected)
+    out = Decoded(_with_pending_conventions(items, rejected), rejected, body=body, kind=KIND_JSON)
+    out.span_count = sum(len(spans) for spans in _json_span_lists(payload))
     for resource_spans in payload.get("resourceSpans") or []:
         resource = resource_spans.get("resource") or {}
         for item in resource.get("attributes") or []:
@@ -209,6 +219,13 @@ def decode_json(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded
                 if isinstance(value, dict) and isinstance(value.get("stringValue"), str):
                     out.workers.add(fix_surrogates(value["stringValue"]))
     return out
+
+
+def _json_span_lists(payload: Any) -> Iterator[list[Any]]:
+    """The span lists of a payload whose shape was checked."""
+    for resource_spans in payload.get("resourceSpans") or []:
+        for scope_spans in resource_spans.get("scopeSpans") or []:
+            yield scope_spans.get("spans") or []
 
 
 def _with_pending_conventions(items: Iterable[SpanRecord], rejected: list[str]) -> Iterator[SpanRecord]:
@@ -351,7 +368,9 @@ def decode_protobuf(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Dec
         if "service.name" in resource:
             resource["service.name"] = service
         groups.append((r, resource, service, resource_spans))
-    out = Decoded(_with_pending_conventions(_proto_spans(groups, rejected, limit), rejected), rejected)
+    items = _with_pending_conventions(_proto_spans(groups, rejected, limit), rejected)
+    out = Decoded(items, rejected, body=body, kind=KIND_PROTOBUF)
+    out.span_count = len(rejected) + sum(len(ss.spans) for _, _, _, rs in groups for ss in rs.scope_spans)
     for _, resource, _, _ in groups:
         worker = resource.get(A.WORKER_ID)
         if isinstance(worker, str):
@@ -481,6 +500,7 @@ async def handle_traces(
 
     ``admit`` (called first) and ``ingest`` raise :class:`Unavailable` for a 503 with ``Retry-After`` (the
     OTLP exporters retry on it); ``ingest`` returns once the spans are safe (the 2xx promises it).
+    ``Decoded.body`` holds the decompressed body for ``ingest`` to keep.
     """
     content_type = request.headers.get("content-type", "")
     media = _media_type(content_type)

@@ -6,12 +6,16 @@ Contracts:
   :meth:`Store.put_event`) only enqueue and never block; the thread commits whatever is queued in one
   transaction. Queries run on the same thread after the writes queued before them were tried, so while the
   database works a query sees everything published before it was asked (read-your-writes).
+- What the OTLP receiver acknowledges is first appended to the intake log (:mod:`viewer.journal`, the folder
+  ``<db>.intake`` beside a file database; :meth:`Store.append`), and the log's position is committed with the
+  rows it produced (:meth:`Store.mark_journal`, in the same transaction). After a crash, :meth:`Store.unconsumed`
+  gives the records whose rows were not committed, to be ingested again; committed segments are deleted.
 - Nothing is dropped when a write fails (a lock held elsewhere, a full disk, a read-only file): the rows stay
   in a backlog, in order, retried with backoff (50 ms doubling to 2 s) until they commit; :meth:`Store.health`
-  then says ``degraded`` and why. :meth:`Store.committed` is a future that completes once every row queued
-  so far is committed: the OTLP receiver answers 2xx only then. The backlog is counted in rows and bytes;
-  past ``max_backlog_bytes`` :attr:`Store.full` is true (the receiver answers 503) and batches that may be
-  dropped (spans from this process, which cannot be asked to retry) are dropped and counted.
+  then says ``degraded`` and why. The backlog is counted in rows and bytes; past ``max_backlog_bytes`` (or
+  with more than ``max_journal_bytes`` in the intake log) :attr:`Store.full` is true (the receiver answers
+  503) and batches that may be dropped (spans from this process, which cannot be asked to retry) are
+  dropped and counted.
 - A row that can never be written (a value SQLite cannot hold) is dropped alone, counted and logged; it
   never holds up the others, and no transaction is left open after any error.
 - ``path`` ``":memory:"`` keeps everything in memory (tests); any other path uses WAL journaling.
@@ -37,16 +41,15 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from otelflow.records import STATUS_ERROR, STATUS_RUNNING, EventRecord, SpanRecord
 from viewer.hub import to_json
+from viewer.journal import Journal, JournalError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from viewer.hub import Event
 
 __all__ = ["Store", "StoreError", "default_db_path", "record_from_row", "record_to_row", "span_row"]
@@ -255,7 +258,7 @@ class _Rows:
     request's worth at once (:meth:`Store.batch`) and the writer binds them in multi-row statements.
     ``seq`` numbers queued batches (1, 2, ...); ``nbytes`` is about what their text takes."""
 
-    __slots__ = ("events", "nbytes", "runs", "seq", "spans")
+    __slots__ = ("events", "journal_end", "nbytes", "runs", "seq", "spans")
 
     def __init__(self) -> None:
         self.spans: list[Any] = []
@@ -263,6 +266,7 @@ class _Rows:
         self.runs: dict[str, tuple[Any, ...]] = {}
         self.seq = 0
         self.nbytes = 0
+        self.journal_end = 0  # the intake log's position once these rows commit (0: no change)
 
     def __len__(self) -> int:
         return (len(self.spans) // _SPAN_WIDTH) + (len(self.events) // _EVENT_WIDTH) + len(self.runs)
@@ -273,6 +277,7 @@ class _Rows:
         self.runs.update(other.runs)
         self.seq = max(self.seq, other.seq)
         self.nbytes += other.nbytes
+        self.journal_end = max(self.journal_end, other.journal_end)
 
 
 _SPAN_WIDTH: Final = 10
@@ -315,9 +320,14 @@ class Store:
         retention_days: float | None = 30.0,
         max_runs: int | None = 10_000,
         max_backlog_bytes: int = 128 * 1024 * 1024,
+        max_journal_bytes: int = 1024 * 1024 * 1024,
         create_folder: bool = False,
     ) -> None:
         self.path = str(path)
+        self.max_journal_bytes = max_journal_bytes
+        self.journal: Journal | None = None
+        self._journal_pos = 0  # committed: the intake log's records up to here are in the database
+        self.journal_failure: str | None = None
         self.create_folder = create_folder
         self.retention_days = retention_days
         self.max_runs = max_runs
@@ -337,8 +347,6 @@ class Store:
         self._done_seq = 0
         self._done_rows = 0
         self._done_bytes = 0
-        self._waiters: list[tuple[int, concurrent.futures.Future[None]]] = []
-        self._waiters_lock = threading.Lock()
         self.failure: str | None = None  # why the last write failed, while the backlog waits; None when healthy
         self.failing_since: float | None = None  # time.time() of the first failure of the current outage
         self.stats: dict[str, int] = {
@@ -403,6 +411,7 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             conn.executescript(_SCHEMA)  # commits the probe transaction first
             row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            created = row is None
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
             elif row[0] == "1":
@@ -428,11 +437,26 @@ class Store:
             raise StoreError(
                 f"{self.path} is not a usable otelflow database ({exc}); move it away or pass --db with another path"
             ) from None
+        if not memory:
+            self._open_journal(conn, created)
         limit = getattr(conn, "getlimit", None)  # Python >= 3.11
         self._max_vars = min(32766, int(limit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))) if limit else 999  # type: ignore[attr-defined]
         self._conn = conn
         self._thread = threading.Thread(target=self._run, name="otelflow-store", daemon=True)
         self._thread.start()
+
+    def _open_journal(self, conn: sqlite3.Connection, created: bool) -> None:
+        journal = Journal(f"{Path(self.path).expanduser()}.intake")
+        try:
+            journal.open()
+        except JournalError as exc:
+            conn.close()
+            raise StoreError(f"{exc}; check that the folder beside the database can be written") from None
+        row = conn.execute("SELECT value FROM meta WHERE key = 'journal'").fetchone()
+        self._journal_pos = int(row[0]) if row else 0
+        if created:  # a new database: what an intake log beside it holds belongs to a history that is gone
+            journal.release(journal.end)
+        self.journal = journal
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, then stop the thread and close the database."""
@@ -441,24 +465,58 @@ class Store:
         self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None
+        if self.journal is not None:
+            self.journal.close()
+
+    # ------------------------------------------------------------------ the intake log
+
+    def append(self, kind: int, body: bytes) -> int:
+        """Append a request body to the intake log (on the loop); returns its end position, 0 without a log
+        (``:memory:``). Raises :class:`viewer.journal.JournalError` when it cannot be written."""
+        if self.journal is None:
+            return 0
+        try:
+            end = self.journal.append(kind, body)
+        except JournalError as exc:
+            if self.journal_failure is None:
+                log.error("%s", exc)
+            self.journal_failure = str(exc)
+            raise
+        self.journal_failure = None
+        return end
+
+    def mark_journal(self, end: int) -> None:
+        """The intake log is consumed up to ``end`` once every row queued so far commits."""
+        if end:
+            rows = _Rows()
+            rows.journal_end = end
+            self._enqueue(rows)
+
+    def unconsumed(self) -> Iterator[tuple[int, int, bytes]]:
+        """The intake log's records whose rows were never committed (a crash): ``(end, kind, body)``."""
+        if self.journal is None:
+            return iter(())
+        return self.journal.records(self._journal_pos)
 
     # ------------------------------------------------------------------ writes (never block)
 
     @contextlib.contextmanager
-    def batch(self, *, droppable: bool = False) -> Iterator[None]:
+    def batch(self, *, droppable: bool = False, journal_end: int = 0) -> Iterator[None]:
         """Writes inside go to the writer thread as one item at the end (one wake-up, not one per row).
         Call from one thread (the hub's loop); nested batches join the outer one. A ``droppable`` batch
-        (rows nobody can be asked to send again) is dropped and counted instead when the backlog is full."""
+        (rows nobody can be asked to send again) is dropped and counted instead when the backlog is full.
+        ``journal_end``: the intake log is consumed up to there once these rows commit (see :meth:`mark_journal`)."""
         if self._batch is not None:
             yield
             return
         self._batch = rows = _Rows()
+        rows.journal_end = journal_end
         self._batch_droppable = droppable
         try:
             yield
         finally:
             self._batch = None
-            if len(rows):
+            if len(rows) or rows.journal_end:
                 self._enqueue(rows, droppable=self._batch_droppable)
 
     def _rows(self) -> tuple[_Rows, bool]:
@@ -492,12 +550,17 @@ class Store:
 
     @property
     def full(self) -> bool:
-        """The backlog has reached ``max_backlog_bytes``: new spans must wait (503) until it drains."""
-        return self.backlog_bytes >= self.max_backlog_bytes
+        """The backlog has reached ``max_backlog_bytes`` (or the intake log ``max_journal_bytes``): new spans
+        must wait (503) until it drains."""
+        if self.backlog_bytes >= self.max_backlog_bytes:
+            return True
+        return self.journal is not None and self.journal.nbytes >= self.max_journal_bytes
 
     def health(self) -> tuple[str, str | None]:
         """``("ok", None)``, or ``("degraded", why)`` while writes fail or the backlog is full."""
         failure = self.failure
+        if self.journal_failure is not None:
+            return "degraded", f"{self.journal_failure}; new spans are refused with 503"
         if failure is None and not self.full:
             return "ok", None
         waiting = f"{self.backlog_rows} rows ({self.backlog_bytes / 1048576:.1f} MiB) waiting"
@@ -507,30 +570,11 @@ class Store:
         full = "; the backlog is full, new spans are refused with 503" if self.full else ""
         return "degraded", f"history writes failing since {since}: {failure}; {waiting}{full}"
 
-    def committed(self) -> concurrent.futures.Future[None]:
-        """A future that completes once every row queued so far is committed (rows that can never be
-        written count as done once dropped). Call on the thread that queues (the hub's loop)."""
-        target = self._queued_seq
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        with self._waiters_lock:
-            if self._done_seq >= target:
-                future.set_result(None)
-            else:
-                self._waiters.append((target, future))
-        return future
-
     def _done(self, rows: _Rows) -> None:
         """``rows`` (a whole number of queued batches, in order) are committed or given up."""
-        with self._waiters_lock:
-            self._done_seq = max(self._done_seq, rows.seq)
-            self._done_rows += len(rows)
-            self._done_bytes += rows.nbytes
-            ready = [f for seq, f in self._waiters if seq <= self._done_seq]
-            if ready:
-                self._waiters = [(seq, f) for seq, f in self._waiters if seq > self._done_seq]
-        for future in ready:
-            if not future.done():
-                future.set_result(None)
+        self._done_seq = max(self._done_seq, rows.seq)
+        self._done_rows += len(rows)
+        self._done_bytes += rows.nbytes
 
     def put_span(self, rec: SpanRecord, event_id: str | None = None) -> None:
         """Queue a span. ``event_id``: a stored event (:meth:`put_event`, queued before) whose ``span`` object
@@ -677,6 +721,9 @@ class Store:
                 self._failed(conn, exc)
                 return False
             self._done(chunk)
+            if chunk.journal_end and self.journal is not None:
+                self._journal_pos = chunk.journal_end
+                self.journal.release(chunk.journal_end)
         if self.failure is not None:
             log.warning("history writes work again; the backlog is written")
         self.failure = None
@@ -701,7 +748,7 @@ class Store:
     def _write(self, conn: sqlite3.Connection, rows: _Rows) -> None:
         """One transaction with every row; raises what SQLite (or binding a value) raises, nothing left open."""
         spans, runs, events = rows.spans, rows.runs, rows.events
-        if not (spans or runs or events):
+        if not (spans or runs or events or rows.journal_end):
             return
         conn.execute("BEGIN")
         try:
@@ -710,6 +757,8 @@ class Store:
             run_values = [v for row in runs.values() for v in row]
             _insert_many(conn, "INSERT OR REPLACE INTO runs", run_values, _RUN_WIDTH, max_vars)
             _insert_many(conn, "INSERT INTO events (event_id, trace_id, type, data)", events, _EVENT_WIDTH, max_vars)
+            if rows.journal_end:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('journal', ?)", (str(rows.journal_end),))
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -738,6 +787,8 @@ class Store:
                     except _DATA_ERRORS as exc:
                         dropped += 1
                         _rate_limited(log.error, "a history row cannot be written and is dropped: %s", exc)
+            if rows.journal_end:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('journal', ?)", (str(rows.journal_end),))
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
