@@ -133,6 +133,9 @@ class SseStream:
                         decoded = json.loads(text)
                         if isinstance(decoded, dict):
                             yield SseEvent(event_id, event_type, text, decoded)
+                elif event_id:
+                    # an id without data (a stream's first frame): where to resume from, nothing to show
+                    yield SseEvent(event_id, "", "", {})
                 event_id, event_type, data = None, "message", []
                 continue
             if line.startswith(":"):

@@ -264,3 +264,30 @@ def test_token_protected_viewer(tmp_path: Path) -> None:
         assert [r["otelflow_run_id"] for r in runs["runs"]] == ["job-token"]
     finally:
         server.kill()
+
+
+def test_a_worker_naming_its_run_after_an_undecodable_file_keeps_every_page(tmp_path: Path) -> None:
+    server = Serve(free_port(), tmp_path / "v.db").start()
+    script = textwrap.dedent(
+        """
+        import os, sys, otelflow
+        t = otelflow.configure(service_name=os.fsdecode(b"svc-\\xfe"), live=sys.argv[1])
+        with otelflow.workflow(os.fsdecode(b"report-\\xff.csv"), run_id="job-fs") as run:
+            run.set_attribute("file", os.fsdecode(b"/data/\\xff.csv"))
+        assert t.force_flush(10_000)
+        """
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, server.url], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        runs = httpx.get(f"{server.url}/api/runs", timeout=5)
+        assert runs.status_code == 200
+        (run,) = runs.json()["runs"]
+        assert (run["name"], run["service"]) == ("invoke_workflow report-\ufffd.csv", "svc-\ufffd")
+        detail = httpx.get(f"{server.url}/api/runs/job-fs", timeout=5)
+        assert detail.status_code == 200
+        assert detail.json()["spans"][0]["attributes"]["file"] == "/data/\ufffd.csv"
+    finally:
+        server.kill()

@@ -483,10 +483,14 @@ def test_sse_parser_reads_frames_from_a_real_stream(make_viewer: Callable[..., V
     stream = SseStream(viewer.url, f"/api/runs/{t}/stream", None, None)
     try:
         it = stream.events()
+        opening = next(it)
         first = next(it)
         second = next(it)
     finally:
         stream.close()
+    assert (opening.type, opening.data) == ("", {})  # the stream's first frame: only where it starts
+    assert opening.id is not None
+    assert opening.id.endswith(".0")  # the run is replayed from its start: everything after id 0
     assert (first.type, second.type) == ("run.started", "span.started")
     assert first.id is not None
     assert first.id.endswith(".1")
