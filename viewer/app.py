@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otelflow import attributes as A
 from otelflow.records import STATUS_RUNNING, SpanRecord, to_otlp_json
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, fix_surrogates
-from viewer.hub import INGEST_SLICE, Filters, Hub, _finite
+from viewer.hub import INGEST_SLICE, Filters, Hub, finite
 from viewer.journal import JournalError
 from viewer.otlp import (
     DEFAULT_MAX_BYTES,
@@ -351,7 +351,7 @@ class ApiResponse(JSONResponse):
         try:
             return super().render(content)
         except (UnicodeEncodeError, ValueError):
-            text = json.dumps(_finite(content), ensure_ascii=False, separators=(",", ":"), default=str)
+            text = json.dumps(finite(content), ensure_ascii=False, separators=(",", ":"), default=str)
             return fix_surrogates(text).encode("utf-8")
 
 
@@ -743,7 +743,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host``:``port`` (``0`` picks a free port), as uvicorn would bind it; raises
     :class:`ViewerConfigError` saying what to do when it cannot (a port in use, an address not on this machine)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and without it every
+    # small write (a response, an SSE event) waits for the peer's delayed ACK, up to 40 ms
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))

@@ -59,6 +59,7 @@ __all__ = [
     "dumps",
     "encode_exact",
     "encode_span",
+    "finite",
 ]
 
 log = logging.getLogger("otelflow.viewer")
@@ -90,13 +91,14 @@ _ENDED: Final = (STATUS_OK, STATUS_ERROR)
 INGEST_SLICE: Final = 512  # records published between two yields to the event loop
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
+    """``value`` with non-finite floats (NaN, infinities) as strings, in nested dicts and lists too: JSON-safe."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -126,7 +128,7 @@ def dumps(obj: Any) -> bytes:
     try:
         text = to_json(obj)
     except ValueError:
-        text = to_json(_finite(obj))
+        text = to_json(finite(obj))
     return text.encode("ascii")
 
 
@@ -135,7 +137,7 @@ def encode_exact(obj: Any) -> tuple[bytes, bool]:
     try:
         return to_json(obj).encode("ascii"), True
     except ValueError:
-        return to_json(_finite(obj)).encode("ascii"), False
+        return to_json(finite(obj)).encode("ascii"), False
 
 
 def _opt(value: str | None) -> str:

@@ -216,3 +216,37 @@ def test_healthz(viewer: Viewer) -> None:
     assert body["status"] == "ok"
     assert body["last_event_id"] == f"{viewer.hub.epoch}.0"
     wait_for(lambda: True)
+
+
+def test_sockets_the_viewer_binds_itself_send_small_writes_at_once() -> None:
+    """`otelflow serve` and the embedded viewer bind their own sockets; asyncio turns Nagle's algorithm off
+    (TCP_NODELAY) only on sockets it knows are TCP, and without that every response and SSE event on a
+    kept-alive connection waits for the client's delayed ACK (40 ms on Linux)."""
+    import asyncio
+    import socket
+
+    from otelflow._embedded import EmbeddedViewer
+    from viewer.app import bind_socket
+
+    async def nodelay_of_accepted(sock: socket.socket) -> int:
+        accepted: asyncio.Future[asyncio.BaseTransport] = asyncio.get_running_loop().create_future()
+
+        class Grab(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                accepted.set_result(transport)
+
+        server = await asyncio.get_running_loop().create_server(Grab, sock=sock)
+        client = socket.create_connection(sock.getsockname()[:2])
+        try:
+            transport = await asyncio.wait_for(accepted, 5)
+            value = int(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+            return value
+        finally:
+            client.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(nodelay_of_accepted(bind_socket("127.0.0.1", 0))) == 1
+    embedded = EmbeddedViewer(port=0)
+    assert asyncio.run(nodelay_of_accepted(embedded._bind())) == 1
