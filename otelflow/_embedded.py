@@ -34,7 +34,7 @@ def run_url(base_url: str, trace_id: int) -> str:
 
 
 class EmbeddedViewer:
-    """The viewer (``viewer.app``) on a uvicorn thread of this process, fed by an :class:`InProcessSink`.
+    """The viewer (:mod:`otelflow.viewer`) on a uvicorn thread of this process, fed by an :class:`InProcessSink`.
 
     Loopback only, no token. :meth:`start` binds the socket itself, so a busy port is reported at once with a
     message that says what to do (``port=0`` picks a free one); :meth:`stop` ends the streams (clients get
@@ -42,7 +42,7 @@ class EmbeddedViewer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, db: str = ":memory:") -> None:
-        from viewer.app import create_app, is_loopback
+        from otelflow.viewer.app import create_app, is_loopback
 
         if not is_loopback(host):
             raise ViewerStartError(
@@ -91,8 +91,8 @@ class EmbeddedViewer:
 
     def start(self, sink: InProcessSink | None = None, timeout: float = 15.0) -> EmbeddedViewer:
         """Bind, serve on a daemon thread, wait until it answers; subscribe the viewer to ``sink``."""
-        from viewer.app import make_server
-        from viewer.store import Store, StoreError
+        from otelflow.viewer.app import make_server
+        from otelflow.viewer.store import Store, StoreError
 
         store = Store(self._db)
         try:

@@ -33,21 +33,21 @@ def _port(value: str) -> int:
 
 
 def _host(value: str) -> str:
-    """An argparse type: a host name or address without a port (``viewer.app.allowed_host``)."""
+    """An argparse type: a host name or address without a port (``otelflow.viewer.app.allowed_host``)."""
     try:
-        from viewer.app import ViewerConfigError, allowed_host
+        from otelflow.viewer.app import ViewerConfigError, allowed_host
     except ImportError:
         return value  # serve reports the missing extra
     try:
-        return allowed_host(value)
+        return str(allowed_host(value))
     except ViewerConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from viewer.app import ViewerConfigError, serve
-        from viewer.store import StoreError
+        from otelflow.viewer.app import ViewerConfigError, serve
+        from otelflow.viewer.store import StoreError
     except ImportError as exc:
         return _viewer_missing(exc)
 

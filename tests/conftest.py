@@ -78,8 +78,8 @@ def traced() -> Iterator[Traced]:
 @pytest.fixture
 def make_viewer() -> Iterator[Callable[..., Viewer]]:
     """Start viewers (``create_app(**kwargs)``, real uvicorn on a free loopback port); stopped at the end."""
+    from otelflow.viewer.app import create_app
     from tests.viewer.conftest import Viewer
-    from viewer.app import create_app
 
     started: list[Viewer] = []
 

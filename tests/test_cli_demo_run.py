@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from otelflow.viewer.app import create_app
 from tests.viewer.conftest import Viewer, wait_for
-from viewer.app import create_app
 
 pytestmark = pytest.mark.slow
 

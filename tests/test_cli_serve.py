@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from otelflow import attributes as A
+from otelflow.viewer.app import ViewerConfigError, serve
+from otelflow.viewer.store import Store
 from tests.test_live_exporter import Serve, free_port
 from tests.viewer.conftest import record, span_id, trace_id
-from viewer.app import ViewerConfigError, serve
-from viewer.store import Store
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 import otelflow
 from otelflow import attributes as A
+from otelflow.viewer.app import create_app
 from tests.viewer.conftest import Viewer
-from viewer.app import create_app
 
 DIR = Path(__file__).resolve().parent.parent / "collector-config"
 COLLECTOR: dict[str, Any] = yaml.safe_load((DIR / "otel-collector.yaml").read_text(encoding="utf-8"))

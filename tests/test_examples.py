@@ -18,9 +18,9 @@ from opentelemetry.trace import StatusCode
 from otelflow import attributes as A
 from otelflow._demo import run_id_for
 from otelflow._demo_flows import SCENARIOS, UpstreamError
+from otelflow.viewer.app import create_app
 from tests._engine_helpers import engine_instrumented, memory_exporter, opentelemetry_instrument, run
 from tests.viewer.conftest import Viewer, wait_for
-from viewer.app import create_app
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCENARIO_FLOWS = ("content_pipeline", "parallel_research", "flaky_agent")

@@ -24,8 +24,8 @@ from rich.console import Console
 
 from otelflow import attributes as A
 from otelflow._tail import STATUS_GLYPH, Backoff, LiveView, SseEvent, Tail, clean, describe
+from otelflow.viewer.app import create_app, make_server
 from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
-from viewer.app import create_app, make_server
 
 pytestmark = pytest.mark.slow
 

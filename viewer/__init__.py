@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from viewer.app import ViewerConfigError, create_app, serve
-from viewer.hub import Filters, Hub
-from viewer.store import Store, StoreError
+from .app import ViewerConfigError, create_app, serve
+from .hub import Filters, Hub
+from .store import Store, StoreError
 
 __all__ = ["Filters", "Hub", "Store", "StoreError", "ViewerConfigError", "create_app", "serve"]

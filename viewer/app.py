@@ -42,9 +42,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otelflow import attributes as A
 from otelflow.records import STATUS_RUNNING, SpanRecord, to_otlp_json
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, fix_surrogates
-from viewer.hub import INGEST_SLICE, Filters, Hub, finite
-from viewer.journal import JournalError
-from viewer.otlp import (
+
+from .hub import INGEST_SLICE, Filters, Hub, finite
+from .journal import JournalError
+from .otlp import (
     DEFAULT_MAX_BYTES,
     JSON,
     KIND_JSON,
@@ -55,9 +56,9 @@ from viewer.otlp import (
     decode_body,
     handle_traces,
 )
-from viewer.pages import PageHeaders, install_pages, jaeger_url_from_env
-from viewer.store import Store, StoreError, default_db_path
-from viewer.streams import CLOSE_POLICY, SSE_RAW_HEADERS, LiveFlowSession, SseResponse, WsSession, sse_stream
+from .pages import PageHeaders, install_pages, jaeger_url_from_env
+from .store import Store, StoreError, default_db_path
+from .streams import CLOSE_POLICY, SSE_RAW_HEADERS, LiveFlowSession, SseResponse, WsSession, sse_stream
 
 __all__ = [
     "LOOPBACK_HOSTS",

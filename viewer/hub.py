@@ -47,7 +47,7 @@ from otelflow.records import (
 )
 
 if TYPE_CHECKING:
-    from viewer.store import Store
+    from .store import Store
 
 __all__ = [
     "EVENT_TYPES",

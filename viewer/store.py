@@ -46,11 +46,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from otelflow.records import STATUS_ERROR, STATUS_RUNNING, EventRecord, SpanRecord
-from viewer.hub import to_json
-from viewer.journal import Journal, JournalError
+
+from .hub import to_json
+from .journal import Journal, JournalError
 
 if TYPE_CHECKING:
-    from viewer.hub import Event
+    from .hub import Event
 
 __all__ = ["Store", "StoreError", "default_db_path", "record_from_row", "record_to_row", "span_row"]
 

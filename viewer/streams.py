@@ -37,7 +37,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from otelflow import attributes as A
 from otelflow.records import STATUS_ERROR
-from viewer.hub import Event, Filters, Hub, Subscription, dumps
+
+from .hub import Event, Filters, Hub, Subscription, dumps
 
 __all__ = [
     "CLOSE_GOING_AWAY",

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from otelflow.viewer.app import create_app, make_server
 from tests.viewer.conftest import Viewer, viewer  # noqa: F401 - fixture re-exported
-from viewer.app import create_app, make_server
 
 CHROMIUM = os.environ.get("OTELFLOW_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -16,9 +16,9 @@ from playwright.sync_api import expect
 
 from otelflow import attributes as A
 from otelflow.records import EventRecord, SpanRecord
+from otelflow.viewer.pages import CONTENT_SECURITY_POLICY
 from tests.browser.conftest import Workflow, start_viewer_on
 from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
-from viewer.pages import CONTENT_SECURITY_POLICY
 
 pytestmark = pytest.mark.browser
 

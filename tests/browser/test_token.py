@@ -9,8 +9,8 @@ import pytest
 from playwright.sync_api import expect
 
 from otelflow import attributes as A
+from otelflow.viewer.app import SESSION_COOKIE
 from tests.viewer.conftest import Viewer, record, span_id, trace_id
-from viewer.app import SESSION_COOKIE
 
 pytestmark = pytest.mark.browser
 

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 
 from otelflow import attributes as A
 from otelflow.records import EventRecord, SpanRecord, to_otlp_json
-from viewer.app import make_server
-from viewer.hub import Hub
+from otelflow.viewer.app import make_server
+from otelflow.viewer.hub import Hub
 
 T = TypeVar("T")
 

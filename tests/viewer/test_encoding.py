@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from otelflow.records import EventRecord, SpanRecord
-from viewer.hub import Hub, dumps, encode_exact, encode_span
-from viewer.store import Store, record_from_row, record_to_row, span_row
+from otelflow.viewer.hub import Hub, dumps, encode_exact, encode_span
+from otelflow.viewer.store import Store, record_from_row, record_to_row, span_row
 
 
 def _records() -> list[SpanRecord]:

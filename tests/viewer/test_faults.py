@@ -29,10 +29,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otelflow import attributes as A
+from otelflow.viewer.hub import Hub
+from otelflow.viewer.store import Store
 from tests.test_live_exporter import free_port
 from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id, trace_id, wait_for
-from viewer.hub import Hub
-from viewer.store import Store
 
 PROTOBUF = "application/x-protobuf"
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from otelflow.viewer.hub import Hub
 from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id, trace_id, wait_for
-from viewer.hub import Hub
 
 
 def _fast_hub() -> Hub:
@@ -92,8 +92,8 @@ def test_in_process_ingestion_from_a_thread_is_never_abandoned(make_viewer: Call
 def test_ingest_threadsafe_before_start_is_buffered() -> None:
     hub = Hub()
     hub.ingest_threadsafe([record(trace_id(), span_id(), "early", ended=True)])
+    from otelflow.viewer.app import create_app
     from tests.viewer.conftest import Viewer as V
-    from viewer.app import create_app
 
     viewer = V(create_app(hub=hub)).start()
     try:

@@ -20,8 +20,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from otelflow import attributes as A
 from otelflow.records import to_otlp_json
+from otelflow.viewer.otlp import decode_protobuf
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
-from viewer.otlp import decode_protobuf
 
 JSON = {"content-type": "application/json"}
 PB = {"content-type": "application/x-protobuf"}
@@ -324,8 +324,8 @@ _otlpish = st.recursive(
 
 @pytest.fixture(scope="module")
 def fuzz_viewer() -> Any:
+    from otelflow.viewer.app import create_app
     from tests.viewer.conftest import Viewer as V
-    from viewer.app import create_app
 
     viewer = V(create_app()).start()
     client = httpx.Client(base_url=viewer.url, timeout=10)

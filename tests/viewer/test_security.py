@@ -9,8 +9,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from otelflow.viewer.app import SESSION_COOKIE, is_loopback, session_value
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
-from viewer.app import SESSION_COOKIE, is_loopback, session_value
 
 TOKEN = "s3cret-token"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from otelflow.viewer.app import ViewerConfigError, serve
+from otelflow.viewer.hub import Hub
+from otelflow.viewer.store import Store, StoreError, default_db_path
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
-from viewer.app import ViewerConfigError, serve
-from viewer.hub import Hub
-from viewer.store import Store, StoreError, default_db_path
 
 
 def test_restart_keeps_history_and_resumes_live_runs(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:

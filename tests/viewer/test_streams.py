@@ -12,9 +12,9 @@ import httpx
 
 from otelflow import attributes as A
 from otelflow.records import to_otlp_json
+from otelflow.viewer.app import create_app
+from otelflow.viewer.hub import Hub
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
-from viewer.app import create_app
-from viewer.hub import Hub
 
 
 def _seq(event_id: str) -> int:
