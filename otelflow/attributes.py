@@ -1,4 +1,4 @@
-"""Every attribute key, event name and kind value that otelflow writes or reads."""
+"""Every attribute key, event name, kind and status that otelflow writes or reads."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ KIND_NODE: Final = "node"
 KIND_TOOL: Final = "tool"
 KIND_SPAN: Final = "span"  # anything otelflow did not create itself
 KINDS: Final = (KIND_WORKFLOW, KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_SPAN)
+
+# --- span statuses (the stream's and the REST API's) ------------------------------------------------
+STATUS_RUNNING: Final = "running"
+STATUS_OK: Final = "ok"
+STATUS_ERROR: Final = "error"
+STATUS_ABANDONED: Final = "abandoned"  # its worker stopped sending heartbeats, or nothing was heard of its run
+STATUSES: Final = (STATUS_RUNNING, STATUS_OK, STATUS_ERROR, STATUS_ABANDONED)
 
 # --- otelflow span attributes ---------------------------------------------------------------------
 RUN_ID: Final = "otelflow.run.id"

@@ -48,10 +48,10 @@ __all__ = [
     "to_otlp_json",
 ]
 
-STATUS_RUNNING: Final = "running"
-STATUS_OK: Final = "ok"
-STATUS_ERROR: Final = "error"
-STATUS_ABANDONED: Final = "abandoned"
+STATUS_RUNNING: Final = A.STATUS_RUNNING
+STATUS_OK: Final = A.STATUS_OK
+STATUS_ERROR: Final = A.STATUS_ERROR
+STATUS_ABANDONED: Final = A.STATUS_ABANDONED
 
 PHASE_START: Final = "start"
 PHASE_UPDATE: Final = "update"

@@ -42,8 +42,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otelflow import attributes as A
 from otelflow.records import STATUS_RUNNING, SpanRecord, to_otlp_json
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, fix_surrogates
+from otelflow.wire import finite
 
-from .hub import INGEST_SLICE, Filters, Hub, finite
+from .hub import INGEST_SLICE, Filters, Hub
 from .journal import JournalError
 from .otlp import (
     DEFAULT_MAX_BYTES,

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import secrets
 import threading
 import time
@@ -44,6 +43,24 @@ from otelflow.records import (
     EventRecord,
     SpanRecord,
     format_time,
+)
+from otelflow.wire import (
+    EVENT_TYPES,
+    RESET,
+    RUN_ENDED,
+    RUN_STARTED,
+    RUN_UPDATED,
+    SHUTDOWN,
+    SPAN_ABANDONED,
+    SPAN_ENDED,
+    SPAN_EVENT,
+    SPAN_STARTED,
+    SPAN_UPDATED,
+    dumps,
+    encode_exact,
+    encode_span,
+    finite,
+    quote,
 )
 
 if TYPE_CHECKING:
@@ -64,111 +81,9 @@ __all__ = [
 
 log = logging.getLogger("otelflow.viewer")
 
-RUN_STARTED: Final = "run.started"
-RUN_UPDATED: Final = "run.updated"
-RUN_ENDED: Final = "run.ended"
-SPAN_STARTED: Final = "span.started"
-SPAN_UPDATED: Final = "span.updated"
-SPAN_EVENT: Final = "span.event"
-SPAN_ENDED: Final = "span.ended"
-SPAN_ABANDONED: Final = "span.abandoned"
-RESET: Final = "reset"
-SHUTDOWN: Final = "shutdown"
-EVENT_TYPES: Final = (
-    RUN_STARTED,
-    RUN_UPDATED,
-    RUN_ENDED,
-    SPAN_STARTED,
-    SPAN_UPDATED,
-    SPAN_EVENT,
-    SPAN_ENDED,
-    SPAN_ABANDONED,
-    RESET,
-    SHUTDOWN,
-)
 
 _ENDED: Final = (STATUS_OK, STATUS_ERROR)
 INGEST_SLICE: Final = 512  # records published between two yields to the event loop
-
-
-def finite(value: Any) -> Any:
-    """``value`` with non-finite floats (NaN, infinities) as strings, in nested dicts and lists too: JSON-safe."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str)
-_quote: Final = json.encoder.encode_basestring_ascii
-
-
-def _make_json() -> Callable[[Any], str]:
-    """``_ENCODER.encode``, without building a new C encoder on every call (that is most of the cost of
-    encoding a small object). No circular-reference bookkeeping: a cycle raises ``RecursionError``."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return _ENCODER.encode
-    c_encode = make(None, str, _quote, None, ":", ",", False, False, False)
-
-    def encode(obj: Any) -> str:
-        return "".join(c_encode(obj, 0))
-
-    return encode
-
-
-to_json: Final = _make_json()
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact ASCII JSON: safe for SSE (no raw newlines) and for any span data (lone surrogates, NaN)."""
-    try:
-        text = to_json(obj)
-    except ValueError:
-        text = to_json(finite(obj))
-    return text.encode("ascii")
-
-
-def encode_exact(obj: Any) -> tuple[bytes, bool]:
-    """``dumps(obj)``, and whether it is exact (no non-finite number had to become a string)."""
-    try:
-        return to_json(obj).encode("ascii"), True
-    except ValueError:
-        return to_json(finite(obj)).encode("ascii"), False
-
-
-def _opt(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
-
-
-def encode_span(rec: SpanRecord) -> tuple[bytes, bool]:
-    """``dumps(rec.to_dict())`` (the envelope's ``span`` object), and whether it is exact (see
-    :func:`encode_exact`), so that the store may keep these bytes instead of encoding the span again.
-
-    The hot path of ingestion: the fixed fields are written here, the open-ended ones by the C encoder; any
-    value this does not expect falls back to encoding ``to_dict()`` (the tests hold the two equal).
-    """
-    start, end = rec.start_time_ns, rec.end_time_ns
-    if type(start) is int and (end is None or type(end) is int):
-        try:
-            attributes = rec.attributes if type(rec.attributes) is dict else dict(rec.attributes)
-            text = (
-                f'{{"trace_id":{_quote(rec.trace_id)},"span_id":{_quote(rec.span_id)},'
-                f'"parent_span_id":{_opt(rec.parent_span_id)},"name":{_quote(rec.name)},"kind":{_quote(rec.kind)},'
-                f'"status":{_quote(rec.status)},"start_time":"{format_time(start)}",'
-                f'"end_time":{"null" if end is None else chr(34) + format_time(end) + chr(34)},'
-                f'"duration_ms":{"null" if end is None else float.__repr__((end - start) / 1e6)},'
-                f'"service":{_quote(rec.service)},"attributes":{to_json(attributes)},'
-                f'"events":{to_json([e.to_dict() for e in rec.events]) if rec.events else "[]"},'
-                f'"error":{"null" if rec.status != STATUS_ERROR else to_json(rec.error())}}}'
-            )
-            return text.encode("ascii"), True
-        except (TypeError, ValueError):
-            pass
-    return encode_exact(rec.to_dict())
 
 
 @dataclass(slots=True, eq=False)
@@ -207,8 +122,8 @@ def _make_event(
 ) -> Event:
     """``raw`` (already encoded by :func:`dumps`) stands for a body of just ``{raw_key: ...}``: same bytes."""
     if raw is not None:
-        run_id = _quote(run.trace_id) if run else "null"
-        head = f'{{"id":{_quote(event_id)},"type":{_quote(type_)},"run_id":{run_id},"{raw_key}":'
+        run_id = quote(run.trace_id) if run else "null"
+        head = f'{{"id":{quote(event_id)},"type":{quote(type_)},"run_id":{run_id},"{raw_key}":'
         data = b"".join((head.encode("ascii"), raw, b"}"))
     else:
         envelope: dict[str, Any] = {"id": event_id, "type": type_, "run_id": run.trace_id if run else None}

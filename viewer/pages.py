@@ -20,6 +20,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from otelflow.wire import wire_js
+
 __all__ = ["CONTENT_SECURITY_POLICY", "JAEGER_URL_ENV", "PageHeaders", "install_pages", "jaeger_url_from_env"]
 
 HERE: Final = Path(__file__).resolve().parent
@@ -112,6 +114,13 @@ def install_pages(app: FastAPI, *, jaeger_url: str | None = None) -> None:
     @app.get("/stats", include_in_schema=False)
     async def stats_page() -> Response:
         return render("stats.html", page="stats")
+
+    wire = wire_js().encode()
+
+    @app.get("/static/wire.js", include_in_schema=False)
+    async def wire_module() -> Response:
+        """The stream contract for the pages' modules (rendered from otelflow.wire, never a copy)."""
+        return Response(wire, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon(request: Request) -> Response:

@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from otelflow.records import STATUS_ERROR, STATUS_RUNNING, EventRecord, SpanRecord
+from otelflow.wire import to_json
 
-from .hub import to_json
 from .journal import Journal, JournalError
 
 if TYPE_CHECKING:

@@ -37,8 +37,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from otelflow import attributes as A
 from otelflow.records import STATUS_ERROR
+from otelflow.wire import dumps
 
-from .hub import Event, Filters, Hub, Subscription, dumps
+from .hub import Event, Filters, Hub, Subscription
 
 __all__ = [
     "CLOSE_GOING_AWAY",

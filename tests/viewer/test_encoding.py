@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from otelflow.records import EventRecord, SpanRecord
-from otelflow.viewer.hub import Hub, dumps, encode_exact, encode_span
+from otelflow.viewer.hub import Hub
 from otelflow.viewer.store import Store, record_from_row, record_to_row, span_row
+from otelflow.wire import dumps, encode_exact, encode_span
 
 
 def _records() -> list[SpanRecord]:

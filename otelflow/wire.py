@@ -1,0 +1,171 @@
+"""The stream contract: event types, statuses, kinds and lifecycle events, and the encoders that turn runs and
+spans into the JSON of the envelope.
+
+The viewer publishes what this module names; ``otelflow tail`` reads it; the browser takes the same names from
+the module :func:`wire_js` renders (served as ``/static/wire.js``), so that no other file declares its own copy.
+
+Envelope (SSE ``data:`` line, one WebSocket message): ``{"id", "type", "run_id", ...}`` with, by type, ``span``
+(the object :meth:`otelflow.records.SpanRecord.to_dict` describes), ``run`` (a run summary), ``event`` with
+``trace_id``/``span_id``/``span_name``/``span_kind`` (``span.event``), or ``reason``/``snapshot``/
+``last_event_id`` (``reset``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any, Final
+
+from otelflow import attributes as A
+from otelflow.records import STATUS_ERROR, SpanRecord, format_time
+
+__all__ = [
+    "EVENT_TYPES",
+    "RESET",
+    "RUN_ENDED",
+    "RUN_STARTED",
+    "RUN_UPDATED",
+    "SHUTDOWN",
+    "SPAN_ABANDONED",
+    "SPAN_ENDED",
+    "SPAN_EVENT",
+    "SPAN_STARTED",
+    "SPAN_UPDATED",
+    "dumps",
+    "encode_exact",
+    "encode_span",
+    "finite",
+    "quote",
+    "to_json",
+    "wire_js",
+]
+
+RUN_STARTED: Final = "run.started"
+RUN_UPDATED: Final = "run.updated"  # status, progress, name
+RUN_ENDED: Final = "run.ended"
+SPAN_STARTED: Final = "span.started"  # every span, exactly once, before its span.ended
+SPAN_UPDATED: Final = "span.updated"  # new attributes or name mid-span
+SPAN_EVENT: Final = "span.event"  # one lifecycle event of a span
+SPAN_ENDED: Final = "span.ended"
+SPAN_ABANDONED: Final = "span.abandoned"  # its worker went silent
+RESET: Final = "reset"  # resume impossible: fetch the snapshot it names
+SHUTDOWN: Final = "shutdown"  # the viewer is going away: reconnect later
+EVENT_TYPES: Final = (
+    RUN_STARTED,
+    RUN_UPDATED,
+    RUN_ENDED,
+    SPAN_STARTED,
+    SPAN_UPDATED,
+    SPAN_EVENT,
+    SPAN_ENDED,
+    SPAN_ABANDONED,
+    RESET,
+    SHUTDOWN,
+)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with non-finite floats (NaN, infinities) as strings, in nested dicts and lists too: JSON-safe."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=str)
+quote: Final = json.encoder.encode_basestring_ascii
+
+
+def _make_json() -> Callable[[Any], str]:
+    """``_ENCODER.encode``, without building a new C encoder on every call (that is most of the cost of
+    encoding a small object). No circular-reference bookkeeping: a cycle raises ``RecursionError``."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    c_encode = make(None, str, quote, None, ":", ",", False, False, False)
+
+    def encode(obj: Any) -> str:
+        return "".join(c_encode(obj, 0))
+
+    return encode
+
+
+to_json: Final = _make_json()
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact ASCII JSON: safe for SSE (no raw newlines) and for any span data (lone surrogates, NaN)."""
+    try:
+        text = to_json(obj)
+    except ValueError:
+        text = to_json(finite(obj))
+    return text.encode("ascii")
+
+
+def encode_exact(obj: Any) -> tuple[bytes, bool]:
+    """``dumps(obj)``, and whether it is exact (no non-finite number had to become a string)."""
+    try:
+        return to_json(obj).encode("ascii"), True
+    except ValueError:
+        return to_json(finite(obj)).encode("ascii"), False
+
+
+def _opt(value: str | None) -> str:
+    return "null" if value is None else quote(value)
+
+
+def encode_span(rec: SpanRecord) -> tuple[bytes, bool]:
+    """``dumps(rec.to_dict())`` (the envelope's ``span`` object), and whether it is exact (see
+    :func:`encode_exact`), so that the store may keep these bytes instead of encoding the span again.
+
+    The hot path of ingestion: the fixed fields are written here, the open-ended ones by the C encoder; any
+    value this does not expect falls back to encoding ``to_dict()`` (the tests hold the two equal).
+    """
+    start, end = rec.start_time_ns, rec.end_time_ns
+    if type(start) is int and (end is None or type(end) is int):
+        try:
+            attributes = rec.attributes if type(rec.attributes) is dict else dict(rec.attributes)
+            text = (
+                f'{{"trace_id":{quote(rec.trace_id)},"span_id":{quote(rec.span_id)},'
+                f'"parent_span_id":{_opt(rec.parent_span_id)},"name":{quote(rec.name)},"kind":{quote(rec.kind)},'
+                f'"status":{quote(rec.status)},"start_time":"{format_time(start)}",'
+                f'"end_time":{"null" if end is None else chr(34) + format_time(end) + chr(34)},'
+                f'"duration_ms":{"null" if end is None else float.__repr__((end - start) / 1e6)},'
+                f'"service":{quote(rec.service)},"attributes":{to_json(attributes)},'
+                f'"events":{to_json([e.to_dict() for e in rec.events]) if rec.events else "[]"},'
+                f'"error":{"null" if rec.status != STATUS_ERROR else to_json(rec.error())}}}'
+            )
+            return text.encode("ascii"), True
+        except (TypeError, ValueError):
+            pass
+    return encode_exact(rec.to_dict())
+
+
+# --------------------------------------------------------------------------------------------------
+# The same names for the browser
+# --------------------------------------------------------------------------------------------------
+
+
+def _js_names() -> dict[str, Any]:
+    """Every name the browser uses, as JavaScript constants: event types, statuses, kinds, lifecycle events and
+    the attribute keys the pages read."""
+    names: dict[str, Any] = {key: value for key, value in globals().items() if key in __all__ and key.isupper()}
+    for key, value in vars(A).items():
+        if key.isupper() and isinstance(value, (str, float, int, tuple)):
+            names[key] = list(value) if isinstance(value, tuple) else value
+    return names
+
+
+def wire_js() -> str:
+    """The stream contract as an ES module: ``export const RUN_STARTED = "run.started";`` and so on."""
+    lines = [
+        "// The stream contract, rendered from otelflow/wire.py and otelflow/attributes.py: do not edit, do not copy.",
+        "",
+    ]
+    for key, value in sorted(_js_names().items()):
+        lines.append(f"export const {key} = {json.dumps(value)};")
+    return "\n".join(lines) + "\n"
