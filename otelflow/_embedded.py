@@ -42,7 +42,7 @@ class EmbeddedViewer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, db: str = ":memory:") -> None:
-        from otelflow.viewer.app import create_app, is_loopback
+        from otelflow.viewer import create_app, is_loopback
 
         if not is_loopback(host):
             raise ViewerStartError(
@@ -91,13 +91,12 @@ class EmbeddedViewer:
 
     def start(self, sink: InProcessSink | None = None, timeout: float = 15.0) -> EmbeddedViewer:
         """Bind, serve on a daemon thread, wait until it answers; subscribe the viewer to ``sink``."""
-        from otelflow.viewer.app import make_server
-        from otelflow.viewer.store import Store, StoreError
+        from otelflow.viewer import HistoryError, SqliteHistory, make_server
 
-        store = Store(self._db)
+        store = SqliteHistory(self._db)
         try:
             store.open()
-        except StoreError as exc:
+        except HistoryError as exc:
             raise ViewerStartError(f"cannot open the viewer's database: {exc}") from None
         sock = self._bind()
         app = self._create_app(db=store)

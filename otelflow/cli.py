@@ -35,7 +35,7 @@ def _port(value: str) -> int:
 def _host(value: str) -> str:
     """An argparse type: a host name or address without a port (``otelflow.viewer.app.allowed_host``)."""
     try:
-        from otelflow.viewer.app import ViewerConfigError, allowed_host
+        from otelflow.viewer import ViewerConfigError, allowed_host
     except ImportError:
         return value  # serve reports the missing extra
     try:
@@ -46,8 +46,7 @@ def _host(value: str) -> str:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from otelflow.viewer.app import ViewerConfigError, serve
-        from otelflow.viewer.store import StoreError
+        from otelflow.viewer import HistoryError, ViewerConfigError, serve
     except ImportError as exc:
         return _viewer_missing(exc)
 
@@ -71,7 +70,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             idle_run_s=args.idle_run_timeout,
             max_backlog_bytes=args.history_backlog_mb * 1024 * 1024,
         )
-    except (ViewerConfigError, StoreError) as exc:
+    except (ViewerConfigError, HistoryError) as exc:
         print(f"otelflow serve: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

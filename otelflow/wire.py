@@ -21,6 +21,13 @@ from otelflow import attributes as A
 from otelflow.records import STATUS_ERROR, SpanRecord, format_time
 
 __all__ = [
+    "CLOSE_ERROR",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN",
+    "CLOSE_UNSUPPORTED",
     "EVENT_TYPES",
     "RESET",
     "RUN_ENDED",
@@ -51,6 +58,14 @@ SPAN_ENDED: Final = "span.ended"
 SPAN_ABANDONED: Final = "span.abandoned"  # its worker went silent
 RESET: Final = "reset"  # resume impossible: fetch the snapshot it names
 SHUTDOWN: Final = "shutdown"  # the viewer is going away: reconnect later
+# WebSocket close codes (RFC 6455 numbers, with what they mean here)
+CLOSE_NORMAL: Final = 1000  # the run a stream followed ended
+CLOSE_GOING_AWAY: Final = 1001  # the viewer is shutting down: reconnect later
+CLOSE_UNSUPPORTED: Final = 1003  # binary messages
+CLOSE_POLICY: Final = 1008  # refused (token, Host, Origin): do not retry as is
+CLOSE_TOO_BIG: Final = 1009  # a client message over the size limit
+CLOSE_ERROR: Final = 1011
+CLOSE_TRY_AGAIN: Final = 1013  # too slow: reconnect at once with last_event_id
 EVENT_TYPES: Final = (
     RUN_STARTED,
     RUN_UPDATED,

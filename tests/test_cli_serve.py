@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from otelflow import attributes as A
-from otelflow.viewer.app import ViewerConfigError, serve
-from otelflow.viewer.store import Store
+from otelflow.viewer import ViewerConfigError, serve
+from otelflow.viewer.history import SqliteHistory
 from tests.test_live_exporter import Serve, free_port
 from tests.viewer.conftest import record, span_id, trace_id
 
@@ -173,7 +173,7 @@ def test_a_database_with_damaged_pages_is_one_line(tmp_path: Path) -> None:
     db = tmp_path / "history.db"
 
     async def fill() -> None:
-        store = Store(db)
+        store = SqliteHistory(db)
         store.open()
         for _ in range(60):  # running runs: their spans are what a starting viewer reads first
             trace, root = trace_id(), span_id()

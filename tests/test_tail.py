@@ -241,7 +241,7 @@ def test_plain_lines_kind_filter_ended_run_and_ctrl_c(
     lines = plain.lines()
     assert all(not line.startswith("{") for line in lines)
     starts = [line for line in lines if "span.started" in line]
-    assert len(starts) == 3, lines  # the tool started and ended within one batch: span.ended only
+    assert len(starts) == 4, lines  # the tool, which started and ended within one batch, starts too
     assert sum("span.ended" in line for line in lines) == 4, lines
     assert any(f"invoke_agent research {EVIL}" in line for line in starts), "span data is printed literally"
     assert any("log warning: looking at" in line for line in lines)

@@ -22,7 +22,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otelflow.wire import wire_js
 
-__all__ = ["CONTENT_SECURITY_POLICY", "JAEGER_URL_ENV", "PageHeaders", "install_pages", "jaeger_url_from_env"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "HARDENING_HEADERS",
+    "JAEGER_URL_ENV",
+    "PageHeaders",
+    "install_pages",
+    "jaeger_url_from_env",
+]
 
 HERE: Final = Path(__file__).resolve().parent
 JAEGER_URL_ENV: Final = "OTELFLOW_JAEGER_URL"
@@ -41,7 +48,7 @@ CONTENT_SECURITY_POLICY: Final = "; ".join(
         "object-src 'none'",
     )
 )
-_HEADERS: Final = (
+HARDENING_HEADERS: Final = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -64,7 +71,7 @@ class PageHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for key, value in _HEADERS:
+                for key, value in HARDENING_HEADERS:
                     name = key.decode()
                     if name not in headers:
                         headers.append(name, value.decode())

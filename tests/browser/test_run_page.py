@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from otelflow import attributes as A
 from otelflow.records import EventRecord, SpanRecord
-from otelflow.viewer.hub import Hub
+from otelflow.viewer.live import Hub
 from tests.browser.test_pages import expect_statuses, graph_json, node, post
 from tests.viewer.conftest import Viewer, heartbeat, record, span_id, trace_id
 

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from otelflow import attributes as A
-from otelflow.viewer.app import SESSION_COOKIE
+from otelflow.viewer.security import SESSION_COOKIE
 from tests.viewer.conftest import Viewer, record, span_id, trace_id
 
 pytestmark = pytest.mark.browser

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from otelflow import attributes as A
 from otelflow.records import EventRecord, SpanRecord, to_otlp_json
 from otelflow.viewer.app import make_server
-from otelflow.viewer.hub import Hub
+from otelflow.viewer.live import Hub
 
 T = TypeVar("T")
 

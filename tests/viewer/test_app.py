@@ -198,13 +198,14 @@ def test_run_stream_replays_the_run_and_closes_when_it_ends(viewer: Viewer) -> N
         threading.Thread(target=finish).start()
         events = sse.read_all()  # ends by itself after run.ended
     assert done.wait(5)
-    assert [e["event"] for e in events] == ["run.started", "span.ended", "run.ended"]
+    assert [e["event"] for e in events] == ["run.started", "span.started", "span.ended", "run.ended"]
     assert all(e["data"]["run_id"] == t for e in events)
     # the run is over: a new run stream says so and closes
     with SseClient(f"{viewer.url}/api/runs/job-r/stream") as sse:
         assert [e["event"] for e in sse.read_all()] == [
             "run.started",
-            "span.started",
+            "span.started",  # the root
+            "span.started",  # the agent, which arrived already ended
             "span.ended",
             "span.ended",
             "run.ended",

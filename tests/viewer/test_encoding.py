@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from otelflow.records import EventRecord, SpanRecord
-from otelflow.viewer.hub import Hub
-from otelflow.viewer.store import Store, record_from_row, record_to_row, span_row
+from otelflow.viewer.history import Recorder, SqliteHistory
+from otelflow.viewer.history.rows import record_from_row, record_to_row, span_row
+from otelflow.viewer.live import Hub
 from otelflow.wire import dumps, encode_exact, encode_span
 
 
@@ -119,10 +120,11 @@ def test_schema_1_database_is_upgraded_and_keeps_its_spans(tmp_path: Path) -> No
     conn.close()
 
     async def check() -> None:
-        store = Store(db)
+        store = SqliteHistory(db)
         store.open()
         try:
-            hub = Hub(store=store)
+            hub = Hub()
+            hub.tap(Recorder(store))
             await hub.start()
             new = SpanRecord(
                 "a" * 32,
@@ -155,10 +157,11 @@ def test_schema_1_database_is_upgraded_and_keeps_its_spans(tmp_path: Path) -> No
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 5000])
 def test_batched_inserts_keep_every_row_in_order(n: int) -> None:
     async def check() -> None:
-        store = Store(":memory:")
+        store = SqliteHistory(":memory:")
         store.open()
         try:
-            hub = Hub(store=store)
+            hub = Hub()
+            hub.tap(Recorder(store))
             await hub.start()
             trace = "d" * 32
             recs = [
@@ -169,7 +172,7 @@ def test_batched_inserts_keep_every_row_in_order(n: int) -> None:
             await hub.stop()
             _, spans = await store.get_run(trace)
             assert spans == recs
-            events = await store.events(trace, None)
+            events = await store.events(trace, None, 3 * n + 1)
             assert events is not None
             assert [e["span"]["name"] for e in events if e["type"] == "span.ended"] == [f"s{i}" for i in range(n)]
             assert json.loads(json.dumps(events)) == events

@@ -29,8 +29,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otelflow import attributes as A
-from otelflow.viewer.hub import Hub
-from otelflow.viewer.store import Store
+from otelflow.viewer.history import SqliteHistory
+from otelflow.viewer.live import Hub
 from tests.test_live_exporter import free_port
 from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id, trace_id, wait_for
 
@@ -169,7 +169,7 @@ def test_a_full_backlog_refuses_at_once_and_the_real_exporter_retries(
     make_viewer: Callable[..., Viewer], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     db = tmp_path / "v.db"
-    store = Store(db, max_backlog_bytes=30_000)
+    store = SqliteHistory(db, max_backlog_bytes=30_000)
     viewer = make_viewer(db=store)
     sender = Sender(viewer.url)
     request.addfinalizer(sender.close)
@@ -372,7 +372,7 @@ def test_a_client_cut_before_its_first_event_resumes_without_a_gap(make_viewer: 
 
 
 def test_runs_without_root_or_heartbeat_end_as_abandoned(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
-    store = Store(tmp_path / "v.db", max_runs=2)
+    store = SqliteHistory(tmp_path / "v.db", max_runs=2)
     viewer = make_viewer(db=store, idle_run_s=1.0)
     orphans = [trace_id() for _ in range(4)]
     alive = trace_id()

@@ -23,7 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from otelflow import attributes as A
 from otelflow.scrub import DEFAULT_VALUE_LIMIT
-from otelflow.viewer.hub import Hub
+from otelflow.viewer.live import Hub
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
 
 SUR = "\\ud800"  # a lone surrogate, as a JSON escape (legal JSON, not encodable as UTF-8)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from otelflow.viewer.hub import Hub
+from otelflow.viewer.live import Hub
 from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id, trace_id, wait_for
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from otelflow.viewer.journal import Journal, JournalError
+from otelflow.viewer.history.journal import Journal, JournalError
 
 
 def test_records_come_back_after_a_position_in_order(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_a_record_cut_short_by_a_crash_ends_its_segment(tmp_path: Path) -> None:
 def test_a_failed_write_is_undone_and_says_why(tmp_path: Path) -> None:
     script = f"""
 import resource
-from otelflow.viewer.journal import Journal, JournalError
+from otelflow.viewer.history.journal import Journal, JournalError
 log = Journal({str(tmp_path / "intake")!r}); log.open()
 log.append(1, b"a" * 1000)
 resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))  # a disk that fills up

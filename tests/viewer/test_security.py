@@ -9,7 +9,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from otelflow.viewer.app import SESSION_COOKIE, is_loopback, session_value
+from otelflow.viewer.security import SESSION_COOKIE, is_loopback, session_value
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
 
 TOKEN = "s3cret-token"

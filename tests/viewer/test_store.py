@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from otelflow.viewer.app import ViewerConfigError, serve
-from otelflow.viewer.hub import Hub
-from otelflow.viewer.store import Store, StoreError, default_db_path
+from otelflow.viewer import ViewerConfigError, serve
+from otelflow.viewer.history import HistoryError, SqliteHistory, default_db_path
+from otelflow.viewer.live import Hub
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
 
 
@@ -58,30 +58,30 @@ def test_restart_keeps_history_and_resumes_live_runs(make_viewer: Callable[..., 
 def test_corrupt_database_gives_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(StoreError, match=r"not a usable otelflow database.*--db"):
-        Store(bad).open()
-    with pytest.raises(StoreError, match="not a usable"):
+    with pytest.raises(HistoryError, match=r"not a usable otelflow database.*--db"):
+        SqliteHistory(bad).open()
+    with pytest.raises(HistoryError, match="not a usable"):
         serve("127.0.0.1", 0, db=bad)
 
 
 def test_locked_database_gives_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
-    created = Store(path)
+    created = SqliteHistory(path)
     created.open()
     created.close()
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN EXCLUSIVE")
         started = time.monotonic()
-        with pytest.raises(StoreError, match="locked by another process"):
-            Store(path).open()
+        with pytest.raises(HistoryError, match="locked by another process"):
+            SqliteHistory(path).open()
         assert time.monotonic() - started < 10
     finally:
         holder.close()
 
 
 def test_retention_by_count_and_age() -> None:
-    store = Store(":memory:", retention_days=1.0, max_runs=2)
+    store = SqliteHistory(":memory:", retention_days=1.0, max_runs=2)
     store.open()
     try:
         now = time.time_ns()

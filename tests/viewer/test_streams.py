@@ -13,7 +13,7 @@ import httpx
 from otelflow import attributes as A
 from otelflow.records import to_otlp_json
 from otelflow.viewer.app import create_app
-from otelflow.viewer.hub import Hub
+from otelflow.viewer.live import Hub
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 
 
@@ -53,7 +53,7 @@ def test_resume_is_exact_under_1000_random_disconnects(viewer: Viewer) -> None:
     def produce() -> None:
         with httpx.Client(base_url=viewer.url, timeout=10) as client:
             while not stop.is_set():
-                wait_for(lambda: stop.is_set() or viewer.hub._seq - consumer_seq[0] < 3000, 30, "consumer")
+                wait_for(lambda: stop.is_set() or _seq(viewer.hub.last_id) - consumer_seq[0] < 3000, 30, "consumer")
                 t = trace_id()
                 root = span_id()
                 batch = [record(t, root, "wf", kind="workflow")]
@@ -151,10 +151,11 @@ def test_filters(viewer: Viewer) -> None:
     ]
     with SseClient(f"{viewer.url}/api/stream?name=writer2&type=span") as sse:
         viewer.post_json([record(t, span_id(), "writer2", parent=root, kind="agent", ended=True)])
-        event = sse.next_event()
-        assert event is not None
-        assert event["event"] == "span.ended"
-        assert event["data"]["span"]["name"] == "writer2"
+        started, ended = sse.next_event(), sse.next_event()
+        assert started is not None
+        assert ended is not None
+        assert (started["event"], ended["event"]) == ("span.started", "span.ended")
+        assert ended["data"]["span"]["name"] == "writer2"
 
 
 def test_bad_characters_in_span_data_do_not_break_the_stream(viewer: Viewer) -> None:

@@ -1,0 +1,164 @@
+"""The REST API: runs (list, detail, recorded events, OTLP export), stats per name, and health.
+
+``{run}`` is a trace id (as Jaeger shows it) or an ``otelflow.run.id``. Runs still in the live state are
+answered from it; ended runs from the history. Every answer is JSON that always renders (:class:`ApiResponse`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from otelflow import attributes as A
+from otelflow.records import SpanRecord, to_otlp_json
+from otelflow.scrub import fix_surrogates
+from otelflow.wire import finite
+
+from .history import SqliteHistory
+from .live import Hub
+
+__all__ = ["ApiResponse", "api_router", "run_has_ended"]
+
+_DEFAULT_KINDS: Final = (A.KIND_WORKFLOW, A.KIND_AGENT, A.KIND_NODE, A.KIND_TOOL)
+
+
+class ApiResponse(JSONResponse):
+    """JSON that always renders: text stored before it was cleaned (lone surrogates) becomes U+FFFD and
+    non-finite numbers strings, rather than the whole answer failing."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except (UnicodeEncodeError, ValueError):
+            text = json.dumps(finite(content), ensure_ascii=False, separators=(",", ":"), default=str)
+            return fix_surrogates(text).encode("utf-8")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return ApiResponse({"error": message}, status)
+
+
+def _span_tree(spans: list[SpanRecord]) -> list[dict[str, Any]]:
+    """Nested ``{"span_id", "children"}`` nodes; spans whose parent is unknown are roots."""
+    nodes: dict[str, dict[str, Any]] = {s.span_id: {"span_id": s.span_id, "children": []} for s in spans}
+    roots: list[dict[str, Any]] = []
+    for s in spans:
+        parent = nodes.get(s.parent_span_id) if s.parent_span_id else None
+        if parent is not None and s.parent_span_id != s.span_id:
+            parent["children"].append(nodes[s.span_id])
+        else:
+            roots.append(nodes[s.span_id])
+    return roots
+
+
+async def run_has_ended(hub: Hub, history: SqliteHistory, run: str) -> bool:
+    """Whether ``run`` is only in the history, ended: its stream then replays what is stored and closes."""
+    if hub.resolve(run) is not None:
+        return False
+    trace = await history.resolve(run)
+    if trace is None:
+        return False
+    summary, _ = await history.get_run(trace)
+    return summary is not None and summary["status"] != A.STATUS_RUNNING
+
+
+def api_router(hub: Hub, history: SqliteHistory) -> APIRouter:
+    """The REST routes over ``hub`` (live runs) and ``history`` (the rest)."""
+    router = APIRouter()
+
+    async def resolve(run: str) -> str | None:
+        return hub.resolve(run) or hub.resolve(run.lower()) or await history.resolve(run)
+
+    @router.get("/api/runs")
+    async def runs(
+        status: str | None = None,
+        name: str | None = None,
+        service: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Response:
+        if not 1 <= limit <= 500 or offset < 0:
+            return _error(400, "limit must be 1..500 and offset ≥ 0")
+        statuses = [s.strip() for s in status.split(",") if s.strip()] if status else []
+        items, total = await history.list_runs(status=statuses, name=name, service=service, limit=limit, offset=offset)
+        for i, item in enumerate(items):
+            live = hub.run(item["trace_id"])
+            if live is not None:
+                items[i] = live.to_dict()
+        return ApiResponse({"runs": items, "total": total, "limit": limit, "offset": offset})
+
+    @router.get("/api/runs/{run}")
+    async def run_detail(run: str) -> Response:
+        live = hub.run(run)
+        if live is not None:
+            spans = sorted(live.spans.values(), key=lambda s: (s.start_time_ns, s.span_id))
+            summary: dict[str, Any] | None = live.to_dict()
+            last = hub.last_id
+        else:
+            trace = await history.resolve(run)
+            if trace is None:
+                return _error(404, f"no run {run!r}: give a trace id or an otelflow.run.id")
+            last = hub.last_id
+            summary, spans = await history.get_run(trace)
+            if summary is None:
+                return _error(404, f"no run {run!r}")
+        return ApiResponse(
+            {
+                "run": summary,
+                "spans": [s.to_dict() for s in spans],
+                "tree": _span_tree(spans),
+                "progress": summary.get("progress") if summary else None,
+                "last_event_id": last,
+            }
+        )
+
+    @router.get("/api/runs/{run}/events")
+    async def run_events(run: str, after: str | None = None, limit: int = 10_000) -> Response:
+        trace = await resolve(run)
+        if trace is None:
+            return _error(404, f"no run {run!r}")
+        events = await history.events(trace, after, max(1, min(limit, 10_000)))
+        if events is None:
+            return _error(404, f"event {after!r} is not in the history; fetch /api/runs/{run} instead")
+        return ApiResponse({"run_id": trace, "events": events})
+
+    @router.get("/api/runs/{run}/export")
+    async def run_export(run: str) -> Response:
+        trace = await resolve(run)
+        if trace is None:
+            return _error(404, f"no run {run!r}")
+        live = hub.run(trace)
+        spans = list(live.spans.values()) if live is not None else (await history.get_run(trace))[1]
+        headers = {"Content-Disposition": f'attachment; filename="{trace}.otlp.json"'}
+        return ApiResponse(to_otlp_json(spans), headers=headers)
+
+    @router.get("/api/stats")
+    async def stats(kind: str | None = None) -> Response:
+        kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else list(_DEFAULT_KINDS)
+        return ApiResponse({"stats": await history.stats_by_name(kinds)})
+
+    @router.get("/healthz")
+    async def healthz() -> Response:
+        status, reason = history.health()
+        return ApiResponse(
+            {
+                "status": "shutting_down" if hub.shutting_down else status,
+                "reason": reason,
+                "epoch": hub.epoch,
+                "last_event_id": hub.last_id,
+                "subscribers": hub.subscriber_count,
+                "live_runs": sum(1 for r in hub.runs() if r.status == A.STATUS_RUNNING),
+                "hub": {**hub.stats, "ring_bytes": hub.ring_nbytes, "live_bytes": hub.live_nbytes},
+                "store": {
+                    **history.stats,
+                    "backlog_rows": history.backlog_rows,
+                    "backlog_bytes": history.backlog_bytes,
+                },
+            }
+        )
+
+    return router

@@ -1,0 +1,64 @@
+"""The two protocols a history store implements: a writer that never blocks and a reader for the API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from otelflow.records import SpanRecord
+
+__all__ = ["HistoryReader", "HistoryWriter"]
+
+
+class HistoryWriter(Protocol):
+    """Keeps rows; nothing here blocks the loop. While it cannot write, it keeps them (``health`` says so)."""
+
+    def batch(self, *, droppable: bool = False, journal_end: int = 0) -> AbstractContextManager[None]:
+        """Rows put inside go to the store together (``droppable``: may be dropped while the backlog is full)."""
+
+    def put_span(self, rec: SpanRecord, event_id: str | None = None) -> None:
+        """A span's latest snapshot (``event_id``: the stored event whose span object is exactly it)."""
+
+    def put_run(self, summary: Mapping[str, Any], summary_json: str | None = None) -> None:
+        """A run's summary."""
+
+    def put_event(self, event_id: str, trace_id: str | None, type_: str, data: bytes) -> None:
+        """An event of the stream, as its envelope JSON."""
+
+    @property
+    def full(self) -> bool:
+        """Too much waits to be written: new spans must be refused until it drains."""
+
+    def health(self) -> tuple[str, str | None]:
+        """``("ok", None)`` or ``("degraded", why)``."""
+
+
+class HistoryReader(Protocol):
+    """Answers the REST API and restores live runs after a restart."""
+
+    async def resolve(self, key: str) -> str | None:
+        """The trace id of a stored run named by trace id or ``otelflow.run.id``."""
+
+    async def list_runs(
+        self,
+        *,
+        status: Iterable[str] = (),
+        name: str | None = None,
+        service: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Run summaries, newest first, and how many match."""
+
+    async def get_run(self, trace_id: str) -> tuple[dict[str, Any] | None, list[SpanRecord]]:
+        """A run's summary and its spans."""
+
+    async def events(self, trace_id: str, after: str | None, limit: int = 10_000) -> list[dict[str, Any]] | None:
+        """A run's stored events after ``after`` (``None``: that event is unknown)."""
+
+    async def stats_by_name(self, kinds: Iterable[str]) -> list[dict[str, Any]]:
+        """Per (kind, name): count, p50/p95 duration in ms, error rate."""
+
+    async def load_live(self) -> tuple[list[dict[str, Any]], list[SpanRecord]]:
+        """Runs still running when the viewer last stopped, and their spans."""

@@ -1,0 +1,518 @@
+"""The broadcast: changes become numbered, encoded events, kept in a replay ring and offered to subscribers.
+
+Contracts:
+
+- Event ids are ``<epoch>.<seq>``: epoch is random per broadcast, seq starts at 1 and has no gaps. Every
+  event is encoded once (its JSON and its SSE frame) and the same bytes go to every subscriber.
+- The last ``ring_size`` events (at most ``ring_bytes`` of them) are kept for resume: :meth:`Broadcast.open`
+  with a ``last_event_id`` inside the ring replays every later event exactly once, else the subscription
+  starts with a ``reset`` event. Replay is bounded by the ring, not by the subscriber's queue.
+- Each subscriber has one bounded queue; one that overflows is cut (``closed == "overflow"``) and must resume
+  by id. Publishing never waits for a subscriber.
+- Taps (the history) receive every event of each publish, with the batch it came from, in order; events
+  that tell the stream nothing (:data:`viewer.live.state.RUN_STORED`) reach taps only.
+- All methods must be called on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from otelflow import attributes as A
+from otelflow.records import SpanRecord
+from otelflow.wire import (
+    RESET,
+    RUN_ENDED,
+    RUN_STARTED,
+    SHUTDOWN,
+    SPAN_ABANDONED,
+    SPAN_EVENT,
+    dumps,
+    encode_exact,
+    encode_span,
+    quote,
+)
+
+from .state import RUN_STORED, Batch, Change
+
+if TYPE_CHECKING:
+    from .state import RunState
+
+__all__ = ["Broadcast", "Event", "Filters", "Subscription", "Tap"]
+
+
+@dataclass(slots=True, eq=False)
+class Event:
+    """One event, encoded once. ``frame`` is the SSE frame, ``data`` the JSON object (WebSocket).
+
+    For taps: ``record`` is the span a ``span.*`` or ``span.event`` event is about (``exact`` when ``data``
+    holds exactly its envelope object), ``summary`` the run of a ``run.*`` event (``summary_json`` its JSON);
+    ``quiet`` events have no id and reach no subscriber.
+    """
+
+    seq: int
+    id: str
+    type: str
+    run_id: str | None
+    alias: str | None
+    kind: str | None
+    name: str | None
+    status: str | None
+    data: bytes
+    frame: bytes
+    record: SpanRecord | None = None
+    exact: bool = False
+    summary: dict[str, Any] | None = None
+    summary_json: str | None = None
+    quiet: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("ascii")
+
+    def payload(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = json.loads(self.data)
+        return decoded
+
+
+def _envelope(event_id: str, type_: str, run: RunState | None, body: dict[str, Any] | None) -> bytes:
+    envelope: dict[str, Any] = {"id": event_id, "type": type_, "run_id": run.trace_id if run else None}
+    if body:
+        envelope.update(body)
+    return dumps(envelope)
+
+
+def _wrapped(event_id: str, type_: str, run: RunState | None, key: str, raw: bytes) -> bytes:
+    """The envelope ``{"id", "type", "run_id", key: raw}`` around an already encoded object: the same bytes."""
+    run_id = quote(run.trace_id) if run else "null"
+    head = f'{{"id":{quote(event_id)},"type":{quote(type_)},"run_id":{run_id},"{key}":'
+    return b"".join((head.encode("ascii"), raw, b"}"))
+
+
+def _frame(event_id: str, type_: str, data: bytes) -> bytes:
+    return b"".join((b"id: ", event_id.encode(), b"\nevent: ", type_.encode(), b"\ndata: ", data, b"\n\n"))
+
+
+def _bare(seq: int, event_id: str, type_: str, body: dict[str, Any]) -> Event:
+    """An event of no run (``reset``, ``shutdown``)."""
+    data = _envelope(event_id, type_, None, body)
+    return Event(seq, event_id, type_, None, None, None, None, None, data, _frame(event_id, type_, data))
+
+
+def _split(value: str | Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    out = frozenset(p.strip() for item in items for p in item.split(",") if p.strip())
+    return out or None
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which events a subscriber wants; each field is a set of accepted values (comma lists), ``None`` = all.
+
+    ``run`` matches the trace id or ``otelflow.run.id``; ``type`` matches an event type exactly, or a prefix
+    without a dot (``span`` = every ``span.*``); ``kind`` and ``name`` apply to span events (run events pass);
+    ``status`` is the span's or the run's status. ``reset`` and ``shutdown`` always pass.
+    """
+
+    run: frozenset[str] | None = None
+    kind: frozenset[str] | None = None
+    type: frozenset[str] | None = None
+    name: frozenset[str] | None = None
+    status: frozenset[str] | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        run: str | Iterable[str] | None = None,
+        kind: str | Iterable[str] | None = None,
+        type: str | Iterable[str] | None = None,
+        name: str | Iterable[str] | None = None,
+        status: str | Iterable[str] | None = None,
+    ) -> Filters:
+        return cls(_split(run), _split(kind), _split(type), _split(name), _split(status))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.run or self.kind or self.type or self.name or self.status)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        fields = (("run", self.run), ("kind", self.kind), ("type", self.type), ("name", self.name))
+        return {key: sorted(value) for key, value in (*fields, ("status", self.status)) if value}
+
+    def matches(self, ev: Event) -> bool:
+        if ev.type in (RESET, SHUTDOWN):
+            return True
+        if self.run is not None and ev.run_id not in self.run and ev.alias not in self.run:
+            return False
+        if self.type is not None and ev.type not in self.type and ev.type.split(".", 1)[0] not in self.type:
+            return False
+        is_span = ev.type.startswith("span.")
+        if self.kind is not None and is_span and ev.kind not in self.kind:
+            return False
+        if self.name is not None and is_span and ev.name not in self.name:
+            return False
+        return self.status is None or ev.status in self.status
+
+
+class Subscription:
+    """One subscriber's bounded queue of events. Read with :meth:`drain` after :meth:`wait`.
+
+    ``closed`` is ``None`` while open, else why it closed: ``overflow`` (the client must resume by id),
+    ``shutdown``, ``run_ended``, ``released``, ``client``. Events queued before a ``shutdown``/``run_ended``
+    close are still delivered; an ``overflow`` close drops them. ``start_id`` is where it starts: it receives
+    the (matching) events after that id.
+    """
+
+    __slots__ = (
+        "_on_cut",
+        "_queue",
+        "_waiter",
+        "_wake",
+        "closed",
+        "filters",
+        "limit",
+        "start_id",
+        "until_run_end",
+    )
+
+    def __init__(
+        self,
+        filters: Filters,
+        limit: int,
+        start_id: str,
+        *,
+        until_run_end: bool = False,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        # Thousands of idle subscribers are normal: keep each small (a list, and a future only while waiting).
+        self.filters = filters
+        self.limit = limit
+        self.start_id = start_id
+        self.until_run_end = until_run_end
+        self._queue: list[Event] = []
+        self._wake = wake  # a shared event to set (WebSocket sessions), else ``_waiter`` is resolved
+        self._waiter: asyncio.Future[bool] | None = None
+        self._on_cut: Callable[[], None] | None = None
+        self.closed: str | None = None
+
+    def on_cut(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (on the loop) when this subscriber is cut for falling behind."""
+        self._on_cut = callback
+
+    def _signal(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def _ends_run(self, ev: Event) -> bool:
+        run = self.filters.run
+        return self.until_run_end and ev.type == RUN_ENDED and run is not None and (ev.run_id in run or ev.alias in run)
+
+    def _offer(self, ev: Event) -> None:
+        if self.closed is not None:
+            return
+        if self.filters.matches(ev):
+            if len(self._queue) >= self.limit:
+                self._queue.clear()
+                self._close("overflow")
+                if self._on_cut is not None:
+                    self._on_cut()
+                return
+            self._queue.append(ev)
+            self._signal()
+        if self._ends_run(ev):
+            self._close("run_ended")
+
+    def _replay(self, ev: Event) -> None:
+        """Queue an event from the replay ring: filtered, without the queue limit."""
+        if self.closed is None and self.filters.matches(ev):
+            self._put(ev)
+        if self._ends_run(ev):
+            self._close("run_ended")
+
+    def _put(self, ev: Event) -> None:
+        """Queue without filtering or limits (replay and per-client reset)."""
+        self._queue.append(ev)
+        self._signal()
+
+    def _close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self._signal()
+
+    def close(self, reason: str = "released") -> None:
+        """Stop receiving; queued events stay readable."""
+        self._close(reason)
+
+    def abort(self, reason: str) -> None:
+        """Stop receiving and drop what is queued (the client is gone)."""
+        self._queue.clear()
+        self._close(reason)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def drain(self) -> list[Event]:
+        """Every queued event, oldest first; empties the queue."""
+        events = self._queue
+        if not events:
+            return []
+        self._queue = []
+        return events
+
+    @property
+    def finished(self) -> bool:
+        """Closed and nothing left to deliver."""
+        return self.closed is not None and not self._queue
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until events are queued or the subscription closes; ``False`` if ``timeout`` passed first."""
+        wake = self._wake
+        if wake is not None:
+            wake.clear()
+        if self._queue or self.closed is not None:
+            return True
+        loop = asyncio.get_running_loop()
+        handle = None
+        if wake is not None:
+            if timeout is not None:
+                handle = loop.call_later(timeout, wake.set)
+            try:
+                await wake.wait()
+            finally:
+                if handle is not None:
+                    handle.cancel()
+        else:
+            waiter: asyncio.Future[bool] = loop.create_future()
+            self._waiter = waiter
+            if timeout is not None:
+                handle = loop.call_later(timeout, _time_up, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if handle is not None:
+                    handle.cancel()
+        return bool(self._queue) or self.closed is not None
+
+
+def _time_up(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+Tap = Callable[[list[Event], Batch], None]
+
+
+class Broadcast:
+    """Numbering, the replay ring and subscriptions (see the module docstring)."""
+
+    def __init__(self, *, ring_size: int = 10_000, ring_bytes: int = 64 * 1024 * 1024, queue_limit: int = 16_384):
+        self.epoch = secrets.token_hex(4)
+        self.ring_size = ring_size
+        self.ring_bytes = ring_bytes
+        self.queue_limit = queue_limit
+        self._seq = 0
+        self._ring: deque[Event] = deque()
+        self.ring_nbytes = 0
+        self._subs: set[Subscription] = set()
+        self._taps: list[Tap] = []
+        self.shutting_down = False
+        self.stats: dict[str, int] = {"events": 0, "cut": 0}
+
+    # ------------------------------------------------------------------ publishing
+
+    def tap(self, tap: Tap) -> None:
+        """Give ``tap`` every event of each publish, with the batch it came from (the history writer)."""
+        self._taps.append(tap)
+
+    def publish(self, changes: Iterable[Change], batch: Batch) -> list[Event]:
+        """Number, encode and offer the events of these changes; returns them (quiet ones included)."""
+        events = [self._event(change) for change in changes]
+        for tap in self._taps:
+            tap(events, batch)
+        return events
+
+    def _event(self, change: Change) -> Event:
+        run = change.run
+        type_ = change.type
+        if type_ == RUN_STORED:
+            summary = run.to_dict()
+            return Event(0, "", type_, run.trace_id, run.alias, None, None, None, b"", b"", summary=summary, quiet=True)
+        self._seq += 1
+        seq = self._seq
+        event_id = f"{self.epoch}.{seq}"
+        record = change.span
+        extra: dict[str, Any] = {}
+        if type_.startswith("run."):
+            summary = run.to_dict()
+            raw, exact = encode_exact(summary)  # once, for the event and the stored run
+            data = _wrapped(event_id, type_, run, "run", raw)
+            meta = (A.KIND_WORKFLOW, run.name, run.status)
+            extra = {"summary": summary, "summary_json": raw.decode("ascii") if exact else None}
+            if type_ == RUN_STARTED and not run.first_seq:
+                run.first_seq = seq  # where a stream of this run replays from
+        elif type_ == SPAN_EVENT:
+            assert record is not None
+            assert change.event is not None
+            body = {
+                "trace_id": record.trace_id,
+                "span_id": record.span_id,
+                "span_name": record.name,
+                "span_kind": record.kind,
+                "event": change.event.to_dict(),
+            }
+            data = _envelope(event_id, type_, run, body)
+            meta = (record.kind, record.name, A.STATUS_RUNNING)
+            extra = {"record": record}
+        elif type_ == SPAN_ABANDONED:
+            assert record is not None
+            data = _envelope(event_id, type_, run, {"span": record.to_dict(), "worker_id": change.worker})
+            meta = (record.kind, record.name, record.status)
+            extra = {"record": record}
+        else:  # span.started, span.updated, span.ended: the span object is encoded once
+            assert record is not None
+            raw, exact = encode_span(record)
+            data = _wrapped(event_id, type_, run, "span", raw)
+            meta = (record.kind, record.name, record.status)
+            extra = {"record": record, "exact": exact}
+        ev = Event(seq, event_id, type_, run.trace_id, run.alias, *meta, data, _frame(event_id, type_, data), **extra)
+        self._offer(ev)
+        return ev
+
+    def _offer(self, ev: Event) -> None:
+        ring = self._ring
+        ring.append(ev)
+        self.ring_nbytes += len(ev.frame) + len(ev.data)
+        while len(ring) > self.ring_size or (self.ring_nbytes > self.ring_bytes and len(ring) > 1):
+            old = ring.popleft()
+            self.ring_nbytes -= len(old.frame) + len(old.data)
+        self.stats["events"] += 1
+        for sub in tuple(self._subs):
+            sub._offer(ev)
+            if sub.closed is not None:
+                self._subs.discard(sub)
+                if sub.closed == "overflow":
+                    self.stats["cut"] += 1
+
+    def shutdown(self) -> None:
+        """Publish ``shutdown`` and close every subscription once its queue is delivered. Idempotent."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        self._seq += 1
+        self._offer(_bare(self._seq, f"{self.epoch}.{self._seq}", SHUTDOWN, {}))
+        for sub in list(self._subs):
+            sub.close("shutdown")
+
+    # ------------------------------------------------------------------ ids and resume
+
+    @property
+    def last_id(self) -> str:
+        """The id of the latest event (``<epoch>.0`` before the first)."""
+        return f"{self.epoch}.{self._seq}"
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)
+
+    def parse_id(self, event_id: str | None) -> int | None:
+        """The seq of an id of this epoch, or ``None`` (another epoch or unreadable)."""
+        if not event_id:
+            return None
+        epoch, _, seq = event_id.strip().partition(".")
+        if epoch != self.epoch or not seq.isdigit():
+            return None
+        return int(seq)
+
+    def reset_event(self, filters: Filters, reason: str) -> Event:
+        """A per-client ``reset`` (not numbered: its id is the latest event's) pointing at a snapshot URL."""
+        run = next(iter(filters.run)) if filters.run and len(filters.run) == 1 else None
+        snapshot = f"/api/runs/{run}" if run else "/api/runs"
+        last = self.last_id
+        return _bare(self._seq, last, RESET, {"reason": reason, "snapshot": snapshot, "last_event_id": last})
+
+    # ------------------------------------------------------------------ subscribing
+
+    def open(
+        self,
+        filters: Filters | None = None,
+        last_event_id: str | None = None,
+        *,
+        until_run_end: bool = False,
+        replay: Iterable[RunState] = (),
+        limit: int | None = None,
+        wake: asyncio.Event | None = None,
+    ) -> Subscription:
+        """Register a subscriber; pair with :meth:`release` (or use :meth:`subscribe`).
+
+        With ``last_event_id`` the queue starts with every later event still in the ring (exactly once), or
+        with a ``reset`` when that is impossible. Without it, the runs in ``replay`` are replayed from their
+        first event when the ring still holds it (else ``reset``; and when they have all ended, the
+        subscription closes at once); otherwise only new events follow.
+        """
+        filters = filters or Filters()
+        sub = Subscription(filters, limit or self.queue_limit, self.last_id, until_run_end=until_run_end, wake=wake)
+        if self.shutting_down:
+            sub._put(_bare(self._seq, self.last_id, SHUTDOWN, {}))
+            sub.close("shutdown")
+            return sub
+        ring_first = self._ring[0].seq if self._ring else self._seq + 1
+        start: int | None = None  # replay events with seq > start
+        if last_event_id:
+            seq = self.parse_id(last_event_id)
+            if seq is None or seq > self._seq:
+                sub._put(self.reset_event(filters, "unknown event id"))
+            elif seq < ring_first - 1:
+                sub._put(self.reset_event(filters, "event id no longer in the replay ring"))
+            else:
+                start = seq
+        else:
+            runs = list(replay)
+            firsts = [r.first_seq for r in runs if r.first_seq]  # 0: restored, nothing of it published here
+            if firsts and min(firsts) >= ring_first:
+                start = min(firsts) - 1
+            elif firsts:
+                sub._put(self.reset_event(filters, "run started before the replay ring"))
+                if all(r.status != A.STATUS_RUNNING for r in runs):
+                    sub.close("run_ended")
+        if start is not None:
+            sub.start_id = f"{self.epoch}.{start}"
+            for ev in self._ring:
+                if ev.seq > start:
+                    sub._replay(ev)
+            # the replay is the ring's to bound; the queue limit is about keeping pace from here on
+            sub.limit += len(sub._queue)
+        if sub.closed is None:
+            self._subs.add(sub)
+        return sub
+
+    def release(self, sub: Subscription) -> None:
+        """Unregister a subscriber. Idempotent."""
+        self._subs.discard(sub)
+        if sub.closed is None:
+            sub.close("released")
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, filters: Filters | None = None, last_event_id: str | None = None, **options: Any
+    ) -> AsyncIterator[Subscription]:
+        """``async with broadcast.subscribe(filters, last_event_id) as sub``: see :meth:`open`."""
+        sub = self.open(filters, last_event_id, **options)
+        try:
+            yield sub
+        finally:
+            self.release(sub)

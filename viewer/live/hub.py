@@ -1,0 +1,271 @@
+"""The live side wired: records are published through a backend, folded into the live state, and broadcast.
+
+Contracts:
+
+- :meth:`Hub.ingest` publishes one batch (call it on the hub's loop with at most :data:`INGEST_SLICE` records,
+  yielding to the loop in between: publishing is synchronous with the in-memory backend).
+  :meth:`Hub.ingest_threadsafe` takes records from any thread (the in-process sink): it never blocks or
+  raises, and ingests them a slice at a time, letting the streams write in between.
+- Every ``check_interval_s`` the hub asks the live state which decisions are due (silent workers, idle runs)
+  and publishes them as a batch, so that they reach every live state sharing the backend.
+- Queries (:meth:`Hub.run`, :meth:`Hub.resolve`, ...) and subscriptions delegate to the state and the
+  broadcast; all of it runs on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from otelflow import attributes as A
+from otelflow.records import SpanRecord
+
+from .backends import Backend, MemoryBackend
+from .broadcast import Broadcast, Event, Filters, Subscription, Tap
+from .state import Batch, LiveState, RunState
+
+__all__ = ["INGEST_SLICE", "Hub"]
+
+log = logging.getLogger("otelflow.viewer")
+
+INGEST_SLICE: Final = 512  # records published between two yields to the event loop
+
+
+class Hub:
+    """A backend, the live state and the broadcast, wired (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend | None = None,
+        ring_size: int = 10_000,
+        ring_bytes: int = 64 * 1024 * 1024,
+        queue_limit: int = 16_384,
+        abandon_after_s: float = A.ABANDON_AFTER_S,
+        idle_run_s: float = 300.0,
+        check_interval_s: float = 1.0,
+        max_ended_runs: int = 500,
+        max_live_bytes: int = 256 * 1024 * 1024,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.state = LiveState(
+            abandon_after_s=abandon_after_s,
+            idle_run_s=idle_run_s,
+            max_ended_runs=max_ended_runs,
+            max_live_bytes=max_live_bytes,
+        )
+        self.broadcast = Broadcast(ring_size=ring_size, ring_bytes=ring_bytes, queue_limit=queue_limit)
+        self.backend: Backend = backend or MemoryBackend()
+        self.backend.bind(self._deliver)
+        self.check_interval_s = check_interval_s
+        self._clock_ns = clock_ns
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._early: list[list[SpanRecord]] = []
+        self._early_lock = threading.Lock()
+        self._inbox: deque[list[SpanRecord]] = deque()  # batches from other threads, for the loop to ingest
+        self._inbox_scheduled = False
+        self._task: asyncio.Task[None] | None = None
+        self._stats: dict[str, int] = {"dropped_early": 0, "checks": 0}
+        self._last_error_log = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def restore(self, runs: Iterable[Mapping[str, Any]], spans: Iterable[SpanRecord]) -> None:
+        """Load runs that were live when the viewer last stopped (from the history), before :meth:`start`."""
+        self.state.restore(runs, spans, self._clock_ns())
+
+    async def start(self) -> None:
+        """Bind to the running loop, start the backend and the checker, ingest what came in before."""
+        self._loop = asyncio.get_running_loop()
+        await self.backend.start()
+        with self._early_lock:
+            early, self._early = self._early, []
+        for records in early:
+            self.ingest(records, local=True)
+        self._task = asyncio.create_task(self._check_loop(), name="otelflow-hub-checks")
+
+    async def stop(self) -> None:
+        """Stop the checker and the backend (call :meth:`shutdown` first to close subscribers)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.backend.stop()
+
+    def shutdown(self) -> None:
+        """Publish ``shutdown`` and close every subscription once its queue is delivered. Idempotent."""
+        self.broadcast.shutdown()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.broadcast.shutting_down
+
+    # ------------------------------------------------------------------ ingesting
+
+    def ingest(self, records: Sequence[SpanRecord], workers: Iterable[str] = (), *, local: bool = False) -> None:
+        """Publish a batch of records (and the worker ids heard from with them)."""
+        self.backend.publish(Batch(records, tuple(workers), self._clock_ns(), local))
+
+    def touch(self, workers: Iterable[str]) -> None:
+        """A sign of life (a heartbeat) from these workers, with no records."""
+        workers = tuple(workers)
+        if workers:
+            self.backend.publish(Batch((), workers, self._clock_ns()))
+
+    def _deliver(self, batch: Batch) -> None:
+        try:
+            changes = self.state.apply(batch)
+            self.broadcast.publish(changes, batch)
+        except Exception:  # noqa: BLE001 - a bug here must not take the receiver down with it
+            self._log_error("could not apply a batch")
+
+    def ingest_threadsafe(self, records: Sequence[SpanRecord]) -> None:
+        """Ingest from any thread (the in-process sink's callback). Never blocks, never raises.
+
+        Records ingested this way come from the viewer's own process, so their worker never goes silent.
+        Before :meth:`start` they are kept (at most 10,000 batches).
+        """
+        try:
+            batch = list(records)
+            loop = self._loop
+            if loop is None:
+                with self._early_lock:
+                    if len(self._early) < 10_000:
+                        self._early.append(batch)
+                    else:
+                        self._stats["dropped_early"] += len(batch)
+                return
+            # Coalesce wake-ups: the in-process sink may call this once per span, and each call_soon_threadsafe
+            # writes to the loop's self-pipe. One scheduled drain takes every batch that arrived meanwhile.
+            self._inbox.append(batch)
+            if not self._inbox_scheduled:
+                self._inbox_scheduled = True
+                loop.call_soon_threadsafe(self._drain_inbox)
+        except RuntimeError:  # loop closed: the viewer is gone, the workflow must not notice
+            self._stats["dropped_early"] += len(records)
+        except Exception:  # noqa: BLE001 - never raise into the instrumented program
+            self._log_error("ingest_threadsafe failed")
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False  # first: a batch appended from now on schedules another drain
+        inbox = self._inbox
+        records: list[SpanRecord] = []
+        while inbox and len(records) < INGEST_SLICE:
+            batch = inbox[0]
+            room = INGEST_SLICE - len(records)
+            if len(batch) <= room:
+                records += inbox.popleft()
+            else:
+                records += batch[:room]
+                inbox[0] = batch[room:]
+        if inbox and not self._inbox_scheduled and self._loop is not None:
+            # a burst: ingest it a slice at a time, letting the streams write in between
+            self._inbox_scheduled = True
+            self._loop.call_soon(self._drain_inbox)
+        if records:
+            self.ingest(records, local=True)
+
+    # ------------------------------------------------------------------ time-based decisions
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the checker must outlive any bug
+                self._log_error("the heartbeat check failed")
+
+    def check(self) -> None:
+        """Publish the decisions that are due now (workers gone silent, runs gone quiet)."""
+        self._stats["checks"] += 1
+        batch = self.state.due(self._clock_ns())
+        if batch is not None:
+            self.backend.publish(batch)
+
+    def _log_error(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log > 10.0:
+            self._last_error_log = now
+            log.exception(message, *args)
+
+    # ------------------------------------------------------------------ the state and the broadcast
+
+    def tap(self, tap: Tap) -> None:
+        """Give ``tap`` every event with its batch (the history writer)."""
+        self.broadcast.tap(tap)
+
+    def resolve(self, key: str) -> str | None:
+        return self.state.resolve(key)
+
+    def run(self, key: str) -> RunState | None:
+        return self.state.run(key)
+
+    def runs(self) -> list[RunState]:
+        return self.state.runs()
+
+    @property
+    def epoch(self) -> str:
+        return self.broadcast.epoch
+
+    @property
+    def last_id(self) -> str:
+        return self.broadcast.last_id
+
+    @property
+    def subscriber_count(self) -> int:
+        return self.broadcast.subscriber_count
+
+    @property
+    def ring_nbytes(self) -> int:
+        return self.broadcast.ring_nbytes
+
+    @property
+    def live_nbytes(self) -> int:
+        return self.state.live_nbytes
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {**self.state.stats, **self.broadcast.stats, **self._stats}
+
+    def reset_event(self, filters: Filters, reason: str) -> Event:
+        return self.broadcast.reset_event(filters, reason)
+
+    def open(
+        self,
+        filters: Filters | None = None,
+        last_event_id: str | None = None,
+        *,
+        until_run_end: bool = False,
+        replay_run: bool = False,
+        limit: int | None = None,
+        wake: asyncio.Event | None = None,
+    ) -> Subscription:
+        """Subscribe (see :meth:`viewer.live.broadcast.Broadcast.open`); ``replay_run`` replays the runs the
+        filters name from their first event."""
+        replay: list[RunState] = []
+        if replay_run and filters is not None and filters.run:
+            replay = [run for key in filters.run if (run := self.state.run(key)) is not None]
+        return self.broadcast.open(
+            filters, last_event_id, until_run_end=until_run_end, replay=replay, limit=limit, wake=wake
+        )
+
+    def release(self, sub: Subscription) -> None:
+        self.broadcast.release(sub)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, filters: Filters | None = None, last_event_id: str | None = None, **options: Any
+    ) -> AsyncIterator[Subscription]:
+        """``async with hub.subscribe(filters, last_event_id) as sub``: see :meth:`open`."""
+        sub = self.open(filters, last_event_id, **options)
+        try:
+            yield sub
+        finally:
+            self.release(sub)

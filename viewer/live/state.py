@@ -1,0 +1,419 @@
+"""Live state: ordered batches in, changes out. Runs and their spans, progress, workers and abandonment; no I/O.
+
+Contracts:
+
+- A run is a trace; it is also found by its ``otelflow.run.id``. It is ``running`` until its root span (the
+  span with no parent) ends, then ``ok`` or ``error``; ``abandoned`` when every running span it had belonged
+  to workers that went silent, or when nothing was heard of it for ``idle_run_s`` while no live worker runs
+  a span of it (a trace whose root never arrives, from senders without heartbeats).
+- Spans merge by (trace id, span id): a later snapshot replaces an earlier one; an ended span is final.
+- Every span gets exactly one ``span.started`` before anything else of it, also when it arrives already
+  ended (the start is then derived from the span); per span the order is started, updates and events, ended.
+- A run's progress is the newest ``otelflow.progress`` event of its most run-like span that reports any:
+  the root span, else a workflow span, else any span. This is the one place that rule lives.
+- Time enters only through batches: ``Batch.at_ns`` (when it was received) and the decisions a checker
+  took with :meth:`LiveState.due` and published as a batch. The same batches in the same order give the
+  same changes, wherever they are applied.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from otelflow import attributes as A
+from otelflow.records import PHASE_START, EventRecord, SpanRecord, format_time
+from otelflow.wire import (
+    RUN_ENDED,
+    RUN_STARTED,
+    RUN_UPDATED,
+    SPAN_ABANDONED,
+    SPAN_ENDED,
+    SPAN_EVENT,
+    SPAN_STARTED,
+    SPAN_UPDATED,
+)
+
+__all__ = ["RUN_STORED", "Batch", "Change", "LiveState", "RunState"]
+
+_ENDED: Final = (A.STATUS_OK, A.STATUS_ERROR)
+RUN_STORED: Final = "run.stored"  # a run's summary changed with nothing to tell the stream (an ended run's counts)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One ordered input: spans from one request (or from this process), the workers it was heard from, when it
+    arrived (wall clock, ns), and decisions a checker took (workers gone silent, runs gone quiet: each with the
+    time it was last heard from)."""
+
+    records: Sequence[SpanRecord] = ()
+    workers: Iterable[str] = ()
+    at_ns: int = 0
+    local: bool = False  # from this process: its workers never go silent
+    silent_workers: tuple[tuple[str, int], ...] = ()
+    idle_runs: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(slots=True)
+class Change:
+    """What a batch changed, for the broadcast to tell: an event type of :mod:`otelflow.wire` (or
+    :data:`RUN_STORED`), its run, and the span, lifecycle event or silent worker it concerns."""
+
+    type: str
+    run: RunState
+    span: SpanRecord | None = None
+    event: EventRecord | None = None
+    worker: str | None = None
+
+
+@dataclass(slots=True)
+class RunState:
+    """A run (trace) as the live state knows it."""
+
+    trace_id: str
+    alias: str | None = None
+    name: str = ""
+    service: str = ""
+    status: str = A.STATUS_RUNNING
+    start_ns: int = 0
+    end_ns: int | None = None
+    root_span_id: str | None = None
+    progress: dict[str, Any] | None = None
+    progress_time_ns: int = -1
+    progress_level: int = -1  # 2: the root span's, 1: a workflow span's, 0: any other span's
+    spans: dict[str, SpanRecord] = field(default_factory=dict)
+    error_count: int = 0
+    agent_count: int = 0
+    announced: bool = False
+    heard_ns: int = 0  # when a record of it last arrived
+    nbytes: int = 0  # about what its spans take in memory
+    first_seq: int = 0  # the broadcast's number of its first event (0: none yet), where its streams replay from
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``run`` object of run events and of the REST API."""
+        return {
+            "run_id": self.trace_id,
+            "trace_id": self.trace_id,
+            "otelflow_run_id": self.alias,
+            "name": self.name,
+            "service": self.service,
+            "status": self.status,
+            "start_time": format_time(self.start_ns) if self.start_ns else None,
+            "end_time": format_time(self.end_ns) if self.end_ns is not None else None,
+            "start_time_ns": self.start_ns,
+            "end_time_ns": self.end_ns,
+            "duration_ms": (self.end_ns - self.start_ns) / 1e6 if self.end_ns is not None else None,
+            "progress": self.progress,
+            "span_count": len(self.spans),
+            "agent_count": self.agent_count,
+            "error_count": self.error_count,
+        }
+
+
+def _progress_of(event: EventRecord, span: SpanRecord) -> dict[str, Any]:
+    a = event.attributes
+    return {
+        "percent": a.get(A.PROGRESS_PERCENT),
+        "message": a.get(A.PROGRESS_MESSAGE),
+        "completed": a.get(A.PROGRESS_COMPLETED),
+        "total": a.get(A.PROGRESS_TOTAL),
+        "span_id": span.span_id,
+        "time": format_time(event.time_ns),
+    }
+
+
+def _size(rec: SpanRecord) -> int:
+    """About the bytes a record keeps alive: its texts, plus a fixed cost per span and per event."""
+    size = 400 + len(rec.name) + 120 * len(rec.events)
+    for value in rec.attributes.values():
+        if type(value) is str:
+            size += len(value) + 60
+        else:
+            size += 40
+    return size
+
+
+def _started(rec: SpanRecord) -> SpanRecord:
+    """The start of a span that arrived already ended: running, no end, no events yet."""
+    return replace(rec, end_time_ns=None, status=A.STATUS_RUNNING, status_message="", events=(), phase=PHASE_START)
+
+
+class LiveState:
+    """Runs, spans and workers, changed only by :meth:`apply` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        abandon_after_s: float = A.ABANDON_AFTER_S,
+        idle_run_s: float = 300.0,
+        max_ended_runs: int = 500,
+        max_live_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
+        self.abandon_after_s = abandon_after_s
+        self.idle_run_s = idle_run_s
+        self.max_ended_runs = max_ended_runs
+        self.max_live_bytes = max_live_bytes
+        self._runs: dict[str, RunState] = {}
+        self._aliases: dict[str, str] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._workers: dict[str, int] = {}  # worker id -> wall-clock ns it was last heard from
+        self._local_workers: set[str] = set()
+        self._running_by_worker: dict[str, set[tuple[str, str]]] = {}
+        self._activity: OrderedDict[str, None] = OrderedDict()  # running runs, least recently heard first
+        self.live_nbytes = 0
+        self.stats: dict[str, int] = {"spans": 0, "errors": 0}
+
+    # ------------------------------------------------------------------ queries
+
+    def resolve(self, key: str) -> str | None:
+        """The trace id of a run held here, named by trace id or ``otelflow.run.id``."""
+        trace = key if key in self._runs else self._aliases.get(key)
+        return trace if trace is not None and trace in self._runs else None
+
+    def run(self, key: str) -> RunState | None:
+        trace = self.resolve(key)
+        return self._runs[trace] if trace else None
+
+    def runs(self) -> list[RunState]:
+        return list(self._runs.values())
+
+    # ------------------------------------------------------------------ applying batches
+
+    def apply(self, batch: Batch) -> list[Change]:
+        """Fold a batch in; the changes it made, in order. A record that cannot be folded is counted and skipped."""
+        out: list[Change] = []
+        at = batch.at_ns
+        for worker in batch.workers:
+            self._workers[worker] = max(self._workers.get(worker, 0), at)
+        for worker, heard in batch.silent_workers:
+            self._silent_worker(worker, heard, out)
+        for trace, heard in batch.idle_runs:
+            self._idle_run(trace, heard, out)
+        for rec in batch.records:
+            try:
+                self._apply_one(rec, batch.local, at, out)
+            except Exception:  # noqa: BLE001 - one bad record must not stop the others
+                self.stats["errors"] += 1
+        return out
+
+    def _apply_one(self, rec: SpanRecord, local: bool, at: int, out: list[Change]) -> None:
+        self.stats["spans"] += 1
+        run = self._runs.get(rec.trace_id)
+        new_run = run is None
+        if run is None:
+            run = self._runs[rec.trace_id] = RunState(trace_id=rec.trace_id, start_ns=rec.start_time_ns)
+        prev = run.spans.get(rec.span_id)
+        if prev is not None and prev.status in _ENDED:
+            return  # ended spans are final: duplicates and late running snapshots change nothing
+        run.heard_ns = at
+        if run.status == A.STATUS_RUNNING:
+            self._activity[rec.trace_id] = None
+            self._activity.move_to_end(rec.trace_id)
+        worker = rec.resource.get(A.WORKER_ID)
+        worker = worker if isinstance(worker, str) else None
+        if worker is not None:
+            if local:
+                self._local_workers.add(worker)
+            self._workers.setdefault(worker, at)
+            running = self._running_by_worker.setdefault(worker, set())
+            if rec.ended:
+                running.discard((rec.trace_id, rec.span_id))
+            else:
+                running.add((rec.trace_id, rec.span_id))
+        run.spans[rec.span_id] = rec
+        self._resize(run, prev, rec)
+        if rec.status == A.STATUS_ERROR and (prev is None or prev.status != A.STATUS_ERROR):
+            run.error_count += 1
+        if prev is None and rec.kind == A.KIND_AGENT:
+            run.agent_count += 1
+
+        run_changed = self._update_run(run, rec, prev)
+        if new_run or not run.announced:
+            run.announced = True
+            run_changed = False
+            out.append(Change(RUN_STARTED, run))
+        if prev is None:
+            out.append(Change(SPAN_STARTED, run, rec if not rec.ended else _started(rec)))
+        elif not rec.ended and (
+            prev.attributes != rec.attributes or prev.name != rec.name or prev.status != rec.status
+        ):
+            out.append(Change(SPAN_UPDATED, run, rec))
+        seen = {(e.name, e.time_ns) for e in prev.events} if rec.events and prev is not None else ()
+        for event in rec.events:
+            if (event.name, event.time_ns) not in seen:
+                out.append(Change(SPAN_EVENT, run, rec, event))
+        if rec.ended:
+            out.append(Change(SPAN_ENDED, run, rec))
+        # A root that ends after its run was declared abandoned (its worker was only cut off, e.g. while a
+        # restarted viewer waited for it) settles the run with its real status.
+        if rec.ended and rec.span_id == run.root_span_id and run.status in (A.STATUS_RUNNING, A.STATUS_ABANDONED):
+            run.status = rec.status
+            run.end_ns = rec.end_time_ns
+            out.append(Change(RUN_ENDED, run))
+            self._run_ended(run)
+        elif run_changed:
+            out.append(Change(RUN_UPDATED if run.status == A.STATUS_RUNNING else RUN_STORED, run))
+
+    def _resize(self, run: RunState, prev: SpanRecord | None, rec: SpanRecord) -> None:
+        delta = _size(rec) - (_size(prev) if prev is not None else 0)
+        run.nbytes += delta
+        self.live_nbytes += delta
+
+    def _update_run(self, run: RunState, rec: SpanRecord, prev: SpanRecord | None) -> bool:
+        """Fold one snapshot into its run's summary; ``True`` when status, name, alias or progress changed."""
+        changed = False
+        if rec.start_time_ns and (not run.start_ns or rec.start_time_ns < run.start_ns):
+            run.start_ns = rec.start_time_ns
+        alias = rec.run_id
+        if alias and run.alias is None:
+            run.alias = alias
+            self._aliases[alias] = run.trace_id
+            changed = True
+        if rec.parent_span_id is None and run.root_span_id != rec.span_id:
+            run.root_span_id = rec.span_id
+            run.name = rec.name
+            run.service = rec.service
+            changed = True
+        elif not run.name:
+            run.name = rec.name
+            run.service = rec.service
+        if run.status == A.STATUS_ABANDONED and not rec.ended:
+            run.status = A.STATUS_RUNNING  # its worker spoke again
+            run.end_ns = None
+            self._ended.pop(run.trace_id, None)
+            self._activity[run.trace_id] = None
+            changed = True
+        level = 2 if rec.parent_span_id is None else 1 if rec.kind == A.KIND_WORKFLOW else 0
+        if level >= run.progress_level:
+            for event in rec.events:
+                if event.name != A.EVENT_PROGRESS:
+                    continue
+                if level == run.progress_level and event.time_ns < run.progress_time_ns:
+                    continue
+                if prev is not None and event in prev.events and level == run.progress_level:
+                    continue
+                run.progress = _progress_of(event, rec)
+                run.progress_time_ns = event.time_ns
+                run.progress_level = level
+                changed = True
+        return changed
+
+    # ------------------------------------------------------------------ time-based decisions
+
+    def due(self, now_ns: int) -> Batch | None:
+        """The decisions that are due at ``now_ns`` (a batch to publish), or ``None``; changes nothing."""
+        abandon_ns = int(self.abandon_after_s * 1e9)
+        silent = tuple(
+            (w, heard)
+            for w, heard in self._workers.items()
+            if now_ns - heard > abandon_ns and w not in self._local_workers
+        )
+        idle: list[tuple[str, int]] = []
+        if self.idle_run_s > 0:
+            idle_ns = int(self.idle_run_s * 1e9)
+            for trace in self._activity:
+                run = self._runs.get(trace)
+                if run is None or run.status != A.STATUS_RUNNING:
+                    continue
+                if now_ns - run.heard_ns <= idle_ns:
+                    break  # the rest were heard from more recently
+                if not any(self._worker_alive(r, now_ns) for r in run.spans.values() if r.status == A.STATUS_RUNNING):
+                    idle.append((trace, run.heard_ns))
+        if not silent and not idle:
+            return None
+        return Batch(at_ns=now_ns, silent_workers=silent, idle_runs=tuple(idle))
+
+    def _worker_alive(self, rec: SpanRecord, now_ns: int) -> bool:
+        worker = rec.resource.get(A.WORKER_ID)
+        if not isinstance(worker, str):
+            return False
+        heard = self._workers.get(worker)
+        return worker in self._local_workers or (heard is not None and now_ns - heard <= self.abandon_after_s * 1e9)
+
+    def _silent_worker(self, worker: str, heard: int, out: list[Change]) -> None:
+        if self._workers.get(worker, -1) != heard:
+            return  # heard from again since the decision was taken
+        del self._workers[worker]
+        touched: dict[str, RunState] = {}
+        for trace, span_id in sorted(self._running_by_worker.pop(worker, set())):
+            run = self._runs.get(trace)
+            rec = run.spans.get(span_id) if run is not None else None
+            if run is None or rec is None or rec.status != A.STATUS_RUNNING:
+                continue
+            self._abandon_span(run, rec, heard, worker, out)
+            touched[trace] = run
+        for run in touched.values():
+            if run.status == A.STATUS_RUNNING and not any(s.status == A.STATUS_RUNNING for s in run.spans.values()):
+                self._abandon_run(run, out)
+
+    def _idle_run(self, trace: str, heard: int, out: list[Change]) -> None:
+        run = self._runs.get(trace)
+        if run is None or run.status != A.STATUS_RUNNING or run.heard_ns != heard:
+            return  # ended, or heard from again since the decision was taken
+        for rec in [r for r in run.spans.values() if r.status == A.STATUS_RUNNING]:
+            self._abandon_span(run, rec, heard, None, out)
+        self._abandon_run(run, out)
+
+    def _abandon_span(self, run: RunState, rec: SpanRecord, heard: int, worker: str | None, out: list[Change]) -> None:
+        abandoned = replace(rec, status=A.STATUS_ABANDONED, end_time_ns=max(rec.start_time_ns, heard))
+        run.spans[rec.span_id] = abandoned
+        out.append(Change(SPAN_ABANDONED, run, abandoned, worker=worker))
+
+    def _abandon_run(self, run: RunState, out: list[Change]) -> None:
+        run.status = A.STATUS_ABANDONED
+        run.end_ns = max((s.end_time_ns or s.start_time_ns for s in run.spans.values()), default=run.start_ns)
+        out.append(Change(RUN_ENDED, run))
+        self._run_ended(run)
+
+    # ------------------------------------------------------------------ memory
+
+    def _run_ended(self, run: RunState) -> None:
+        self._activity.pop(run.trace_id, None)
+        self._ended[run.trace_id] = None
+        self._ended.move_to_end(run.trace_id)
+        while self._ended and (len(self._ended) > self.max_ended_runs or self.live_nbytes > self.max_live_bytes):
+            trace, _ = self._ended.popitem(last=False)
+            old = self._runs.pop(trace, None)
+            if old is not None:
+                self.live_nbytes -= old.nbytes
+                if old.alias and self._aliases.get(old.alias) == trace:
+                    del self._aliases[old.alias]
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, runs: Iterable[Mapping[str, Any]], spans: Iterable[SpanRecord], now_ns: int) -> None:
+        """Load runs that were live when the viewer stopped; their workers get ``abandon_after_s`` to speak."""
+        for summary in runs:
+            trace = str(summary["trace_id"])
+            run = RunState(
+                trace_id=trace,
+                alias=summary.get("otelflow_run_id"),
+                name=str(summary.get("name") or ""),
+                service=str(summary.get("service") or ""),
+                start_ns=int(summary.get("start_time_ns") or 0),
+                progress=summary.get("progress"),
+                announced=True,
+                heard_ns=now_ns,
+            )
+            self._runs[trace] = run
+            self._activity[trace] = None
+            if run.alias:
+                self._aliases[run.alias] = trace
+        for rec in spans:
+            owner = self._runs.get(rec.trace_id)
+            if owner is None:
+                continue
+            owner.spans[rec.span_id] = rec
+            self._resize(owner, None, rec)
+            if rec.parent_span_id is None:
+                owner.root_span_id = rec.span_id
+            if rec.status == A.STATUS_ERROR:
+                owner.error_count += 1
+            if rec.kind == A.KIND_AGENT:
+                owner.agent_count += 1
+            worker = rec.resource.get(A.WORKER_ID)
+            if rec.status == A.STATUS_RUNNING and isinstance(worker, str):
+                self._workers.setdefault(worker, now_ns)
+                self._running_by_worker.setdefault(worker, set()).add((rec.trace_id, rec.span_id))
