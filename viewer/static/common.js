@@ -11,6 +11,17 @@ export function statusLabel(status) {
   return STATUS_LABEL[status] || status;
 }
 
+/**
+ * The percentage (0-100) of a run's progress as the server reports it (`run.progress`: percent, else
+ * completed of total), or null. The server alone decides which span's progress is the run's.
+ */
+export function progressPercent(progress) {
+  let pct = null;
+  if (progress && typeof progress.percent === "number") pct = progress.percent;
+  else if (progress && progress.total) pct = (100 * (progress.completed || 0)) / progress.total;
+  return pct === null || !Number.isFinite(pct) ? null : Math.max(0, Math.min(100, pct));
+}
+
 const BACKOFF_BASE_MS = 400;
 const BACKOFF_MAX_MS = 15000;
 const SSE_FAILURES_BEFORE_WS = 2;

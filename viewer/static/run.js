@@ -1,16 +1,16 @@
 // The run page: snapshot + live events into one state, drawn as graph, timeline, inspector and logs; replay.
 
 import {
-  LiveConnection, apiUrl, clear, compareIds, every, formatClock, formatDuration, getJSON, h, parseTime, statusLabel,
+  LiveConnection, apiUrl, clear, compareIds, every, formatClock, formatDuration, getJSON, h, parseTime, progressPercent,
+  statusLabel,
 } from "./common.js";
 import { GraphView, PENDING, buildGraph, displayName, graphOwner } from "./graph.js";
 import { Inspector } from "./inspector.js";
 import { TimelineView } from "./timeline.js";
 import {
-  DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_EXCEPTION, EVENT_LOG, EVENT_PROGRESS, EXCEPTION_MESSAGE,
-  EXCEPTION_TYPE, KIND_WORKFLOW, LOG_LEVEL, LOG_LEVELS, LOG_MESSAGE, PROGRESS_COMPLETED, PROGRESS_MESSAGE,
-  PROGRESS_PERCENT, PROGRESS_TOTAL, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED, SPAN_EVENT,
-  SPAN_STARTED, SPAN_UPDATED, STATUS_ERROR, STATUS_OK, STATUS_RUNNING,
+  DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_EXCEPTION, EVENT_LOG, EXCEPTION_MESSAGE, EXCEPTION_TYPE,
+  KIND_WORKFLOW, LOG_LEVEL, LOG_LEVELS, LOG_MESSAGE, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED,
+  SPAN_EVENT, SPAN_STARTED, SPAN_UPDATED, STATUS_ERROR, STATUS_OK, STATUS_RUNNING,
 } from "./wire.js";
 
 // LOG_LEVELS lists the levels least severe first (debug, info, warning, error, critical): that is their rank
@@ -33,7 +33,7 @@ const live = { run: null, spans: new Map() };
 let connection = null;
 let resyncing = null; // buffered events while a snapshot is re-fetched
 let selectedSpanId = null;
-let replay = null; // {spansFinal, start, end, t, playing, speed, flows}
+let replay = null; // {spansFinal, progress, start, end, t, playing, speed, flows}
 
 function mergeSpan(spans, incoming) {
   const current = spans.get(incoming.span_id);
@@ -221,13 +221,8 @@ function renderHeader(v, root) {
   $("run-service").textContent = run.service || "–";
   $("run-spans").textContent = String(v.spans.size);
   tickHeader(v);
-  let progress = run.progress;
-  if (replay) progress = replayProgress(v.spans);
-  let pct = null;
-  if (progress && typeof progress.percent === "number") pct = progress.percent;
-  else if (progress && progress.total) pct = (100 * (progress.completed || 0)) / progress.total;
-  if (pct === null && status === STATUS_OK) pct = 100;
-  pct = pct === null ? 0 : Math.max(0, Math.min(100, pct));
+  const progress = replay ? replayProgress(replay.t) : run.progress;
+  const pct = progressPercent(progress) ?? (status === STATUS_OK ? 100 : 0);
   const bar = $("run-progress");
   bar.dataset.status = status;
   bar.setAttribute("aria-valuenow", String(Math.round(pct)));
@@ -344,38 +339,49 @@ function replayStatus(v) {
   return v.spans.size ? STATUS_RUNNING : PENDING;
 }
 
-function replayProgress(spans) {
-  let best = null;
-  for (const span of spans.values()) {
-    for (const ev of span.events || []) {
-      if (ev.name !== EVENT_PROGRESS) continue;
-      const a = ev.attributes || {};
-      if (!best || ev.time > best.time) {
-        best = { time: ev.time, percent: a[PROGRESS_PERCENT], message: a[PROGRESS_MESSAGE], completed: a[PROGRESS_COMPLETED], total: a[PROGRESS_TOTAL] };
-      }
-    }
+/**
+ * The run's progress at replay time `t`, as the server reported it: of the recorded `run.progress` values (in
+ * the order the server published them), the last one whose progress event happened by `t`; at the end, the
+ * last one. The browser never picks a span's progress itself: which span's progress is the run's is the
+ * server's rule.
+ */
+function replayProgress(t) {
+  const atEnd = t >= replay.end;
+  let shown = null;
+  for (const progress of replay.progress) {
+    if (atEnd || !(parseTime(progress.time) > t)) shown = progress;
   }
-  return best;
+  return shown;
 }
 
-/** The final spans as the recorded events tell them (falls back to the snapshot without history). */
-async function recordedSpans() {
+/**
+ * The final spans and the run's progress over time as the recorded events tell them (without history: the
+ * snapshot's spans and the run's current progress).
+ */
+async function recorded() {
   const spans = new Map();
+  const progress = [];
   try {
     const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}/events`);
     for (const envelope of data.events) {
       if (SPAN_TYPES.has(envelope.type)) mergeSpan(spans, { ...envelope.span, events: mergeEvents(envelope.span.events, spans.get(envelope.span.span_id)?.events) });
       else if (envelope.type === SPAN_EVENT) addSpanEvent(spans, envelope);
+      else if (RUN_TYPES.has(envelope.type) && envelope.run && envelope.run.progress) {
+        const last = progress[progress.length - 1];
+        const next = envelope.run.progress;
+        if (!last || last.time !== next.time || last.span_id !== next.span_id) progress.push(next);
+      }
     }
   } catch {
     /* no history: use the snapshot */
   }
   if (!spans.size) for (const [id, span] of live.spans) spans.set(id, span);
-  return spans;
+  if (!progress.length && live.run && live.run.progress) progress.push(live.run.progress);
+  return { spans, progress };
 }
 
 async function startReplay() {
-  const spansFinal = await recordedSpans();
+  const { spans: spansFinal, progress } = await recorded();
   let start = Infinity;
   let end = -Infinity;
   const flows = [];
@@ -387,7 +393,10 @@ async function startReplay() {
     }
   }
   if (!Number.isFinite(start)) return;
-  replay = { spansFinal, start, end: Math.max(end, start + 1), t: start, playing: true, speed: replay?.speed || 1, flows, last: null };
+  replay = {
+    spansFinal, progress, start, end: Math.max(end, start + 1), t: start, playing: true, speed: replay?.speed || 1, flows,
+    last: null,
+  };
   for (const id of ["replay-play", "replay-speed", "replay-scrub", "replay-time"]) $(id).hidden = false;
   $("replay-toggle").textContent = "Back to live";
   document.body.classList.add("replaying");

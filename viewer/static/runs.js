@@ -1,7 +1,7 @@
 // The runs page: every run, newest first, kept live by run.* events.
 
 import {
-  LiveConnection, apiUrl, every, formatDuration, formatWhen, getJSON, h, statusLabel,
+  LiveConnection, apiUrl, every, formatDuration, formatWhen, getJSON, h, progressPercent, statusLabel,
 } from "./common.js";
 import { displayName } from "./graph.js";
 import { RUN_ENDED, RUN_STARTED, RUN_UPDATED, STATUS_OK, STATUS_RUNNING } from "./wire.js";
@@ -27,10 +27,7 @@ function durationMs(run) {
 }
 
 function percentOf(run) {
-  const p = run.progress;
-  if (p && typeof p.percent === "number") return Math.max(0, Math.min(100, p.percent));
-  if (p && p.total) return Math.max(0, Math.min(100, (100 * (p.completed || 0)) / p.total));
-  return run.status === STATUS_OK ? 100 : null;
+  return progressPercent(run.progress) ?? (run.status === STATUS_OK ? 100 : null);
 }
 
 function matches(run) {
