@@ -1,8 +1,10 @@
-"""The run page's remaining behaviours in a real Chromium: data-flow particles, abandoned workers, keyboard, layout."""
+"""The run page's remaining behaviours in a real Chromium: data-flow particles, abandoned workers, keyboard, layout,
+the run's progress in replay."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,10 +16,11 @@ import pytest
 from playwright.sync_api import expect
 
 from otelflow import attributes as A
+from otelflow import wire
 from otelflow.records import EventRecord, SpanRecord
 from otelflow.viewer.live import Hub
-from tests.browser.test_pages import expect_statuses, graph_json, node, post
-from tests.viewer.conftest import Viewer, heartbeat, record, span_id, trace_id
+from tests.browser.test_pages import expect_statuses, graph_json, node, post, progress
+from tests.viewer.conftest import Viewer, heartbeat, record, span_id, trace_id, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -473,4 +476,80 @@ def test_long_values_are_folded_in_the_inspector(viewer: Viewer, page: Any) -> N
     output = page.locator(".insp-section", has=page.locator("h3", has_text="Output"))
     assert len(output.locator(".value-text").inner_text()) <= 601
     expect(output.locator(".fold-toggle")).to_be_visible()
+    page.probe.assert_clean()
+
+
+# --------------------------------------------------------------------------------------------------
+# The run's progress is the server's: replay shows what live showed at the same instants.
+
+
+def progress_at(at_ns: int, percent: float, message: str) -> EventRecord:
+    return EventRecord(A.EVENT_PROGRESS, at_ns, {A.PROGRESS_PERCENT: percent, A.PROGRESS_MESSAGE: message})
+
+
+def test_replay_shows_the_run_progress_live_showed(viewer: Viewer, page: Any) -> None:
+    """Nodes report their own per-item progress (90 %, 95 %) while the workflow root reports the run's (40 %,
+    then 80 %): the run's bar follows the root live, and replay at the same instants shows the same values."""
+    trace, root, items, tail = trace_id(), span_id(), span_id(), span_id()
+    second = 1_000_000_000
+    t0 = time.time_ns() - 30 * second  # the run spans t0 .. t0 + 10 s
+    root_40 = progress_at(t0 + 2 * second, 40.0, "step 2 of 5")
+    items_90 = progress_at(t0 + 5 * second, 90.0, "item 9 of 10")
+    root_80 = progress_at(t0 + 8 * second, 80.0, "step 4 of 5")
+    tail_95 = progress_at(t0 + 9 * second, 95.0, "item 19 of 20")
+
+    def root_span(*events: EventRecord, ended: bool = False) -> SpanRecord:
+        return record(
+            trace, root, "invoke_workflow batches", kind=A.KIND_WORKFLOW, start=t0, duration_ns=10 * second,
+            ended=ended, events=events,
+        )  # fmt: skip
+
+    def node_span(span: str, key: str, start_s: float, event: EventRecord, *, ended: bool = False) -> SpanRecord:
+        return record(
+            trace, span, key, parent=root, start=t0 + int(start_s * second), duration_ns=int(1.5 * second),
+            ended=ended, events=(event,), attributes={A.NODE_ID: key},
+        )  # fmt: skip
+
+    bar, text = page.locator("#run-progress"), page.locator("#run-progress-text")
+    post(viewer, [root_span(root_40)])
+    page.goto(f"{viewer.url}/runs/{trace}")
+    expect(bar).to_have_attribute("aria-valuenow", "40")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+    # live: the node's own 90 % is drawn on its node's row, but the run's bar stays at the root's 40 %
+    post(viewer, [node_span(items, "items", 3.5, items_90)])
+    expect(node(page, "items")).to_have_attribute("data-status", "running")
+    expect(page.locator(f'.tl-row[data-span-id="{items}"]')).to_be_visible()
+    assert progress(page) == 40
+    expect(text).to_have_text("40% · step 2 of 5")
+    post(viewer, [node_span(items, "items", 3.5, items_90, ended=True), root_span(root_40, root_80)])
+    expect(bar).to_have_attribute("aria-valuenow", "80")
+    post(viewer, [node_span(tail, "tail", 8.5, tail_95)])
+    expect(node(page, "tail")).to_have_attribute("data-status", "running")
+    assert progress(page) == 80
+    post(viewer, [node_span(tail, "tail", 8.5, tail_95, ended=True), root_span(root_40, root_80, ended=True)])
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "ok")
+    expect(bar).to_have_attribute("aria-valuenow", "80")
+    expect(text).to_have_text("80% · step 4 of 5")
+
+    # replay works from the recorded envelopes: wait until the history holds the whole run
+    def recorded_end() -> bool:
+        events = httpx.get(f"{viewer.url}/api/runs/{trace}/events", timeout=10).json()["events"]
+        return any(e["type"] == wire.RUN_ENDED for e in events)
+
+    wait_for(recorded_end, what="the run's events in the history")
+    page.locator("#replay-toggle").click()
+    page.locator('#replay-speed [data-speed="16"]').click()
+    expect(page.locator("body")).to_have_attribute("data-replay", "end")
+    expect(bar).to_have_attribute("aria-valuenow", "80")  # not the tail's 95 %, the newest event of any span
+    expect(text).to_have_text("80% · step 4 of 5")
+    page.locator("#replay-scrub").fill("650")  # t0 + 6.5 s: after the node's 90 %, before the root's 80 %
+    expect(page.locator("#replay-time")).to_have_text(re.compile(r"^6\.50 s / "))
+    expect(bar).to_have_attribute("aria-valuenow", "40")
+    expect(text).to_have_text("40% · step 2 of 5")
+    page.locator("#replay-scrub").fill("100")  # t0 + 1 s: nothing reported yet
+    expect(bar).to_have_attribute("aria-valuenow", "0")
+    page.locator("#replay-scrub").fill("1000")
+    expect(bar).to_have_attribute("aria-valuenow", "80")
+    page.locator("#replay-toggle").click()
+    expect(bar).to_have_attribute("aria-valuenow", "80")
     page.probe.assert_clean()

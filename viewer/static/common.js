@@ -1,24 +1,26 @@
-// Shared by every page: event names, safe DOM building, formatting, API access, and the live connection
+// Shared by every page: safe DOM building, formatting, API access, and the live connection
 // (one EventSource per tab, WebSocket /ws when SSE fails, jittered exponential backoff, resume by event id).
+// Event types, statuses, kinds and attribute keys come from ./wire.js (the stream contract, served by the viewer).
 
-export const RUN_STARTED = "run.started";
-export const RUN_UPDATED = "run.updated";
-export const RUN_ENDED = "run.ended";
-export const SPAN_STARTED = "span.started";
-export const SPAN_UPDATED = "span.updated";
-export const SPAN_EVENT = "span.event";
-export const SPAN_ENDED = "span.ended";
-export const SPAN_ABANDONED = "span.abandoned";
-export const RESET = "reset";
-export const SHUTDOWN = "shutdown";
-export const EVENT_TYPES = [
-  RUN_STARTED, RUN_UPDATED, RUN_ENDED, SPAN_STARTED, SPAN_UPDATED, SPAN_EVENT, SPAN_ENDED, SPAN_ABANDONED, RESET, SHUTDOWN,
-];
-const WS_CONTROL = new Set(["subscribed", "unsubscribed", "pong", "error"]);
+import { EVENT_TYPES, MIME_JSON, RESET, SHUTDOWN, STATUS_ERROR, STATUS_OK } from "./wire.js";
 
-export const STATUS_LABEL = {
-  pending: "pending", running: "running", ok: "completed", error: "failed", abandoned: "abandoned",
-};
+const STATUS_LABEL = { [STATUS_OK]: "completed", [STATUS_ERROR]: "failed" };
+
+/** How a status reads on the pages: a status without a label of its own reads as itself. */
+export function statusLabel(status) {
+  return STATUS_LABEL[status] || status;
+}
+
+/**
+ * The percentage (0-100) of a run's progress as the server reports it (`run.progress`: percent, else
+ * completed of total), or null. The server alone decides which span's progress is the run's.
+ */
+export function progressPercent(progress) {
+  let pct = null;
+  if (progress && typeof progress.percent === "number") pct = progress.percent;
+  else if (progress && progress.total) pct = (100 * (progress.completed || 0)) / progress.total;
+  return pct === null || !Number.isFinite(pct) ? null : Math.max(0, Math.min(100, pct));
+}
 
 const BACKOFF_BASE_MS = 400;
 const BACKOFF_MAX_MS = 15000;
@@ -133,7 +135,7 @@ export function apiUrl(path, params = {}) {
 }
 
 export async function getJSON(path, params = {}) {
-  const response = await fetch(apiUrl(path, params), { headers: { Accept: "application/json" }, cache: "no-store" });
+  const response = await fetch(apiUrl(path, params), { headers: { Accept: MIME_JSON }, cache: "no-store" });
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try {
@@ -345,7 +347,7 @@ export class LiveConnection {
         this.switchToWebSocket(detail);
         return;
       }
-      this.scheduleReconnect("error", detail);
+      this.scheduleReconnect("failed", detail);
     } else {
       this.scheduleReconnect("disconnected", "viewer unreachable");
     }
@@ -371,8 +373,9 @@ export class LiveConnection {
       } catch {
         return;
       }
-      if (WS_CONTROL.has(envelope.type)) {
-        if (envelope.type === "error") console.warn("viewer:", envelope.message);
+      if (!EVENT_TYPES.includes(envelope.type)) {
+        // a control reply (subscribed, unsubscribed, pong, error), not an event of the stream
+        if (envelope.message) console.warn("viewer:", envelope.message);
         return;
       }
       this.deliver(envelope);
@@ -381,11 +384,11 @@ export class LiveConnection {
       if (this.ws !== ws) return;
       if (event.code === 1008) {
         this.teardown();
-        this.setState("error", `refused: ${event.reason || "policy"} — check the token`);
+        this.setState("failed", `refused: ${event.reason || "policy"} — check the token`);
         return;
       }
       if (event.code === 1013) this.attempt = 0; // too slow: resume at once
-      this.scheduleReconnect(event.code === 1000 || event.code === 1001 ? "disconnected" : "error", `closed ${event.code}`);
+      this.scheduleReconnect(event.code === 1000 || event.code === 1001 ? "disconnected" : "failed", `closed ${event.code}`);
     };
   }
 }

@@ -1,37 +1,35 @@
 // The run graph: one node per agent/node/tool, laid out left to right by dependency, drawn in SVG with pan/zoom.
 
 import { formatDuration, parseTime, svg } from "./common.js";
+import {
+  DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_RETRY, GEN_AI_AGENT_NAME, GEN_AI_TOOL_NAME, KIND_AGENT, KIND_NODE,
+  KIND_TOOL, KIND_WORKFLOW, NODE_ID, OP_EXECUTE_TOOL, OP_INVOKE_AGENT, OP_INVOKE_WORKFLOW, STATUS_OK, STATUS_RUNNING,
+  WORKFLOW_GRAPH,
+} from "./wire.js";
 
-export const ATTR_GRAPH = "otelflow.workflow.graph";
-export const ATTR_NODE_ID = "otelflow.node.id";
-export const ATTR_AGENT_NAME = "gen_ai.agent.name";
-export const ATTR_TOOL_NAME = "gen_ai.tool.name";
-export const EVENT_DATA_FLOW = "otelflow.data_flow";
-export const EVENT_RETRY = "otelflow.retry";
-export const DATA_FLOW_FROM = "otelflow.data_flow.from";
-export const DATA_FLOW_TO = "otelflow.data_flow.to";
+export const PENDING = "pending"; // a planned node that has not run: the pages' own status, not the stream's
 
 const NODE_W = 176;
 const NODE_H = 48;
 const GAP_X = 60;
 const GAP_Y = 22;
-const NAME_PREFIXES = ["invoke_agent ", "execute_tool ", "invoke_workflow "];
-const GRAPH_KINDS = new Set(["agent", "node", "tool", "workflow"]);
+const NAME_PREFIXES = [OP_INVOKE_AGENT, OP_EXECUTE_TOOL, OP_INVOKE_WORKFLOW].map((op) => `${op} `); // "<operation> <name>"
+const GRAPH_KINDS = new Set([KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_WORKFLOW]);
 const PARTICLE_MS = 900;
 
 /** The span that carries the planned graph: the root, else the earliest span with one. */
 export function graphOwner(spans, root) {
-  if (root && root.attributes && root.attributes[ATTR_GRAPH]) return root;
+  if (root && root.attributes && root.attributes[WORKFLOW_GRAPH]) return root;
   let owner = null;
   for (const span of spans.values()) {
-    if (span.attributes && span.attributes[ATTR_GRAPH] && (!owner || parseTime(span.start_time) < parseTime(owner.start_time))) owner = span;
+    if (span.attributes && span.attributes[WORKFLOW_GRAPH] && (!owner || parseTime(span.start_time) < parseTime(owner.start_time))) owner = span;
   }
   return owner || root;
 }
 
 /** The planned graph of the root span, or null. */
 export function plannedGraph(root) {
-  const raw = root && root.attributes ? root.attributes[ATTR_GRAPH] : null;
+  const raw = root && root.attributes ? root.attributes[WORKFLOW_GRAPH] : null;
   if (!raw) return null;
   try {
     const graph = typeof raw === "string" ? JSON.parse(raw) : raw;
@@ -43,7 +41,7 @@ export function plannedGraph(root) {
 
 export function displayName(span) {
   const a = span.attributes || {};
-  const named = a[ATTR_AGENT_NAME] || a[ATTR_TOOL_NAME];
+  const named = a[GEN_AI_AGENT_NAME] || a[GEN_AI_TOOL_NAME];
   if (named) return String(named);
   for (const prefix of NAME_PREFIXES) if (span.name.startsWith(prefix)) return span.name.slice(prefix.length);
   return span.name;
@@ -51,7 +49,7 @@ export function displayName(span) {
 
 /** The graph key of a span: its node id when it has one, else its display name. */
 export function nodeKey(span) {
-  const id = span.attributes && span.attributes[ATTR_NODE_ID];
+  const id = span.attributes && span.attributes[NODE_ID];
   return id ? String(id) : displayName(span);
 }
 
@@ -73,7 +71,7 @@ export function buildGraph(spans, root, owner = root) {
   if (planned) {
     for (const n of planned.nodes) {
       const key = String(n.id);
-      nodes.set(key, { key, label: String(n.name || n.id), kind: n.kind || "node", status: "pending", spans: [], retries: 0, planned: true });
+      nodes.set(key, { key, label: String(n.name || n.id), kind: n.kind || KIND_NODE, status: PENDING, spans: [], retries: 0, planned: true });
     }
   }
   const candidates = [...spans.values()].filter((s) => !skip.has(s.span_id));
@@ -84,7 +82,7 @@ export function buildGraph(spans, root, owner = root) {
     if (planned && key === rootKey && !nodes.has(key)) continue;
     let node = nodes.get(key);
     if (!node) {
-      node = { key, label: displayName(span), kind: span.kind, status: "pending", spans: [], retries: 0, planned: false };
+      node = { key, label: displayName(span), kind: span.kind, status: PENDING, spans: [], retries: 0, planned: false };
       nodes.set(key, node);
     }
     node.spans.push(span);
@@ -92,7 +90,7 @@ export function buildGraph(spans, root, owner = root) {
   for (const node of nodes.values()) {
     const latest = node.spans[node.spans.length - 1];
     if (!latest) continue;
-    node.status = node.spans.some((s) => s.status === "running") ? "running" : latest.status;
+    node.status = node.spans.some((s) => s.status === STATUS_RUNNING) ? STATUS_RUNNING : latest.status;
     node.retries = node.spans.reduce((n, s) => n + (s.events || []).filter((e) => e.name === EVENT_RETRY).length, 0);
     node.startMs = parseTime(node.spans[0].start_time);
     node.durationMs = latest.duration_ms;
@@ -333,7 +331,7 @@ export class GraphView {
       const el = this.edgeEls.get(edge.key);
       const from = graph.nodes.get(edge.from);
       const to = graph.nodes.get(edge.to);
-      el.classList.toggle("active", from.status === "ok" && to.status !== "pending");
+      el.classList.toggle("active", from.status === STATUS_OK && to.status !== PENDING);
       el.classList.toggle("dim", !(visible(from) && visible(to)));
     }
     // particles wait for the render that draws their edge (a data_flow event may be what creates it)
@@ -405,9 +403,9 @@ export class GraphView {
     g.setAttribute("aria-label", `${node.label}: ${node.status}`);
     const runs = node.spans.length > 1 ? ` · ×${node.spans.length}` : "";
     let meta = node.kind;
-    if (node.status === "running" && node.latest) meta = `${node.kind} · ${formatDuration(now - parseTime(node.latest.start_time))}`;
+    if (node.status === STATUS_RUNNING && node.latest) meta = `${node.kind} · ${formatDuration(now - parseTime(node.latest.start_time))}`;
     else if (node.latest && node.durationMs !== null && node.durationMs !== undefined) meta = `${node.kind} · ${formatDuration(node.durationMs)}`;
-    else if (node.status === "pending") meta = `${node.kind} · pending`;
+    else if (node.status === PENDING) meta = `${node.kind} · pending`;
     g.refs.meta.textContent = meta + runs;
     g.refs.title.textContent = `${node.label} (${node.key}) — ${node.status}`;
     g.refs.badge.setAttribute("class", node.retries ? "gnode-badge" : "gnode-badge hidden");
@@ -418,7 +416,7 @@ export class GraphView {
   /** Updates the running nodes' durations only (called on a timer). */
   tick(now) {
     for (const node of this.graph.nodes.values()) {
-      if (node.status === "running") this.updateNode(node, !this.nodeEls.get(node.key)?.classList.contains("dim"), now);
+      if (node.status === STATUS_RUNNING) this.updateNode(node, !this.nodeEls.get(node.key)?.classList.contains("dim"), now);
     }
   }
 

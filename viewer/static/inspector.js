@@ -1,11 +1,10 @@
 // The inspector: one span's status, error, input/output (collapsible JSON tree), attributes and events.
 
-import { STATUS_LABEL, clear, copyButton, formatClock, formatDuration, h, parseTime } from "./common.js";
-import { ATTR_GRAPH, displayName } from "./graph.js";
+import { clear, copyButton, formatClock, formatDuration, h, parseTime, statusLabel } from "./common.js";
+import { displayName } from "./graph.js";
+import { INPUT_VALUE, OUTPUT_VALUE, STATUS_RUNNING, WORKFLOW_GRAPH } from "./wire.js";
 
-const ATTR_INPUT = "input.value";
-const ATTR_OUTPUT = "output.value";
-const HIDDEN_ATTRS = new Set([ATTR_INPUT, ATTR_OUTPUT]);
+const HIDDEN_ATTRS = new Set([INPUT_VALUE, OUTPUT_VALUE]); // shown as blocks of their own
 const TREE_OPEN_DEPTH = 2;
 const FOLD_CHARS = 600; // longer texts show their start and a "show all" button
 
@@ -79,7 +78,7 @@ function section(title, body, ...tools) {
 }
 
 function attrValue(key, value) {
-  if (key === ATTR_GRAPH) {
+  if (key === WORKFLOW_GRAPH) {
     const parsed = parseMaybeJSON(value);
     if (parsed.ok) return h("div", { class: "json-tree" }, jsonTree(parsed.value, TREE_OPEN_DEPTH));
   }
@@ -114,7 +113,7 @@ export class Inspector {
       h("div", { class: "insp-title" },
         h("span", { class: "kind-tag", "data-kind": span.kind, text: span.kind }),
         h("h3", { class: "insp-name", text: displayName(span) }),
-        h("span", { class: "chip", "data-status": span.status, text: STATUS_LABEL[span.status] || span.status })),
+        h("span", { class: "chip", "data-status": span.status, text: statusLabel(span.status) })),
       h("dl", { class: "insp-facts" },
         h("div", {}, h("dt", { text: "Span" }), h("dd", {}, h("code", { text: span.name }))),
         h("div", {}, h("dt", { text: "Span id" }), h("dd", {}, h("code", { text: span.span_id }), copyButton(() => span.span_id))),
@@ -128,13 +127,13 @@ export class Inspector {
       const stack = err.stack ? h("pre", { class: "stack", text: err.stack }) : null;
       this.el.append(section("Error",
         h("div", { class: "insp-error" },
-          h("div", { class: "err-type", text: err.type || "error" }),
+          err.type ? h("div", { class: "err-type", text: err.type }) : null,
           h("div", { class: "err-message", text: err.message || "" }),
           stack),
         copyButton(() => [err.type, err.message, err.stack].filter(Boolean).join("\n"))));
     }
-    if (ATTR_INPUT in attrs) this.el.append(valueBlock("Input", attrs[ATTR_INPUT]));
-    if (ATTR_OUTPUT in attrs) this.el.append(valueBlock("Output", attrs[ATTR_OUTPUT]));
+    if (INPUT_VALUE in attrs) this.el.append(valueBlock("Input", attrs[INPUT_VALUE]));
+    if (OUTPUT_VALUE in attrs) this.el.append(valueBlock("Output", attrs[OUTPUT_VALUE]));
     const table = h("table", { class: "attr-table" });
     for (const key of Object.keys(attrs).sort()) {
       if (HIDDEN_ATTRS.has(key)) continue;
@@ -157,6 +156,6 @@ export class Inspector {
   tick(span, now) {
     if (!span || !this.durationEl) return;
     const ms = span.end_time ? span.duration_ms : now - parseTime(span.start_time);
-    this.durationEl.textContent = span.status === "running" ? `${formatDuration(ms)} (running)` : formatDuration(ms);
+    this.durationEl.textContent = span.status === STATUS_RUNNING ? `${formatDuration(ms)} (running)` : formatDuration(ms);
   }
 }

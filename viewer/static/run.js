@@ -1,21 +1,25 @@
 // The run page: snapshot + live events into one state, drawn as graph, timeline, inspector and logs; replay.
 
 import {
-  LiveConnection, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED, SPAN_EVENT, SPAN_STARTED,
-  SPAN_UPDATED, STATUS_LABEL, apiUrl, clear, compareIds, every, formatClock, formatDuration, getJSON, h, parseTime,
+  LiveConnection, apiUrl, clear, compareIds, every, formatClock, formatDuration, getJSON, h, parseTime, progressPercent,
+  statusLabel,
 } from "./common.js";
-import { DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, GraphView, buildGraph, displayName, graphOwner } from "./graph.js";
+import { GraphView, PENDING, buildGraph, displayName, graphOwner } from "./graph.js";
 import { Inspector } from "./inspector.js";
 import { TimelineView } from "./timeline.js";
+import {
+  DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_EXCEPTION, EVENT_LOG, EXCEPTION_MESSAGE, EXCEPTION_TYPE,
+  KIND_WORKFLOW, LOG_LEVEL, LOG_LEVELS, LOG_MESSAGE, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED,
+  SPAN_EVENT, SPAN_STARTED, SPAN_UPDATED, STATUS_ERROR, STATUS_OK, STATUS_RUNNING,
+} from "./wire.js";
 
-const EVENT_LOG = "otelflow.log";
-const EVENT_EXCEPTION = "exception";
-const LOG_LEVEL = "otelflow.log.level";
-const LOG_MESSAGE = "otelflow.log.message";
-const LEVELS = { debug: 10, info: 20, warning: 30, warn: 30, error: 40, critical: 50 };
+// LOG_LEVELS lists the levels least severe first (debug, info, warning, error, critical): that is their rank
+const [, LEVEL_INFO, LEVEL_WARNING, LEVEL_ERROR] = LOG_LEVELS;
+const LEVEL_RANK = new Map(LOG_LEVELS.map((level, i) => [level, i]));
+LEVEL_RANK.set("warn", LEVEL_RANK.get(LEVEL_WARNING)); // read as log() reads it
 const SPAN_TYPES = new Set([SPAN_STARTED, SPAN_UPDATED, SPAN_ENDED, SPAN_ABANDONED]);
 const RUN_TYPES = new Set([RUN_STARTED, RUN_UPDATED, RUN_ENDED]);
-const FINAL = new Set(["ok", "error"]);
+const FINAL = new Set([STATUS_OK, STATUS_ERROR]);
 const WATCHDOG_MS = 4000; // silence on an open SSE stream before the buffering check
 const REPLAY_TICKS = 1000;
 
@@ -29,7 +33,7 @@ const live = { run: null, spans: new Map() };
 let connection = null;
 let resyncing = null; // buffered events while a snapshot is re-fetched
 let selectedSpanId = null;
-let replay = null; // {spansFinal, start, end, t, playing, speed, flows}
+let replay = null; // {spansFinal, progress, start, end, t, playing, speed, flows}
 
 function mergeSpan(spans, incoming) {
   const current = spans.get(incoming.span_id);
@@ -44,7 +48,7 @@ function addSpanEvent(spans, envelope) {
     // event before its span: keep a placeholder so the event is not lost
     spans.set(envelope.span_id, {
       trace_id: envelope.trace_id, span_id: envelope.span_id, parent_span_id: null, name: envelope.span_name,
-      kind: envelope.span_kind, status: "running", start_time: ev.time, end_time: null, duration_ms: null,
+      kind: envelope.span_kind, status: STATUS_RUNNING, start_time: ev.time, end_time: null, duration_ms: null,
       service: "", attributes: {}, events: [ev], error: null, placeholder: true,
     });
     return true;
@@ -160,7 +164,7 @@ function nodeMatches(node, f) {
 
 /** What the views show: the live state, or the replayed state at the scrubbed time. */
 function view() {
-  if (!replay) return { run: live.run, spans: live.spans, now: Date.now(), live: live.run?.status === "running" };
+  if (!replay) return { run: live.run, spans: live.spans, now: Date.now(), live: live.run?.status === STATUS_RUNNING };
   return { run: live.run, spans: replayState(replay.t), now: replay.t, live: false };
 }
 
@@ -168,7 +172,7 @@ function rootOf(spans, run) {
   let root = null;
   for (const span of spans.values()) {
     if (!span.parent_span_id || !spans.has(span.parent_span_id)) {
-      if (span.kind === "workflow" && (!root || parseTime(span.start_time) < parseTime(root.start_time))) root = span;
+      if (span.kind === KIND_WORKFLOW && (!root || parseTime(span.start_time) < parseTime(root.start_time))) root = span;
     }
   }
   if (!root && run) {
@@ -208,22 +212,17 @@ function renderHeader(v, root) {
   const name = run.name ? displayName({ name: run.name, attributes: {} }) : runKey;
   $("run-name").textContent = name;
   document.title = `${name} · otelflow`;
-  const status = replay ? (replayStatus(v) || "running") : run.status;
+  const status = replay ? replayStatus(v) : run.status;
   const chip = $("run-status");
   chip.dataset.status = status;
-  chip.textContent = replay ? `replay · ${STATUS_LABEL[status] || status}` : STATUS_LABEL[status] || status;
+  chip.textContent = replay ? `replay · ${statusLabel(status)}` : statusLabel(status);
   $("run-alias").textContent = run.otelflow_run_id || "–";
   $("run-trace").textContent = run.trace_id;
   $("run-service").textContent = run.service || "–";
   $("run-spans").textContent = String(v.spans.size);
   tickHeader(v);
-  let progress = run.progress;
-  if (replay) progress = replayProgress(v.spans);
-  let pct = null;
-  if (progress && typeof progress.percent === "number") pct = progress.percent;
-  else if (progress && progress.total) pct = (100 * (progress.completed || 0)) / progress.total;
-  if (pct === null && status === "ok") pct = 100;
-  pct = pct === null ? 0 : Math.max(0, Math.min(100, pct));
+  const progress = replay ? replayProgress(replay.t) : run.progress;
+  const pct = progressPercent(progress) ?? (status === STATUS_OK ? 100 : 0);
   const bar = $("run-progress");
   bar.dataset.status = status;
   bar.setAttribute("aria-valuenow", String(Math.round(pct)));
@@ -237,8 +236,8 @@ function renderHeader(v, root) {
     $("jaeger").href = `${jaegerUrl}/trace/${encodeURIComponent(run.trace_id)}`;
   }
   const toggle = $("replay-toggle");
-  toggle.disabled = run.status === "running";
-  toggle.title = run.status === "running" ? "Replay is available once the run has finished" : "Replay the recorded events";
+  toggle.disabled = run.status === STATUS_RUNNING;
+  toggle.title = run.status === STATUS_RUNNING ? "Replay is available once the run has finished" : "Replay the recorded events";
 }
 
 function tickHeader(v) {
@@ -247,7 +246,7 @@ function tickHeader(v) {
   const start = run.start_time_ns ? run.start_time_ns / 1e6 : parseTime(run.start_time);
   let ms = run.duration_ms;
   if (replay) ms = v.now - replay.start;
-  else if (run.status === "running") ms = v.now - start;
+  else if (run.status === STATUS_RUNNING) ms = v.now - start;
   $("run-duration").textContent = formatDuration(ms);
 }
 
@@ -265,9 +264,9 @@ function logsOf(spans) {
     for (const ev of span.events || []) {
       if (ev.name !== EVENT_LOG && ev.name !== EVENT_EXCEPTION) continue;
       const a = ev.attributes || {};
-      const level = ev.name === EVENT_EXCEPTION ? "error" : String(a[LOG_LEVEL] || "info").toLowerCase();
+      const level = ev.name === EVENT_EXCEPTION ? LEVEL_ERROR : String(a[LOG_LEVEL] || LEVEL_INFO).toLowerCase();
       const message = ev.name === EVENT_EXCEPTION
-        ? `${a["exception.type"] || "exception"}: ${a["exception.message"] || ""}`
+        ? `${a[EXCEPTION_TYPE] || EVENT_EXCEPTION}: ${a[EXCEPTION_MESSAGE] || ""}`
         : String(a[LOG_MESSAGE] ?? "");
       out.push({ key: `${span.span_id}|${ev.name}|${ev.time}`, time: parseTime(ev.time), level, message, span });
     }
@@ -276,8 +275,9 @@ function logsOf(spans) {
 }
 
 function renderLogs(spans, f) {
-  const min = LEVELS[$("log-level").value] || 0;
-  const entries = logsOf(spans).filter((e) => (LEVELS[e.level] ?? 20) >= min && spanMatches(e.span, f));
+  const min = LEVEL_RANK.get($("log-level").value) ?? 0;
+  const rank = (level) => LEVEL_RANK.get(level) ?? LEVEL_RANK.get(LEVEL_INFO);
+  const entries = logsOf(spans).filter((e) => rank(e.level) >= min && spanMatches(e.span, f));
   const signature = `${min}|${f.kind}|${f.status}|${f.name}|${Boolean(replay)}`;
   const appendOnly = signature === logSignature && entries.length >= logEntries.length
     && logEntries.every((e, i) => entries[i].key === e.key);
@@ -324,7 +324,7 @@ function replayState(t) {
     const done = end <= t;
     out.set(span.span_id, {
       ...span,
-      status: done ? span.status : "running",
+      status: done ? span.status : STATUS_RUNNING,
       end_time: done ? span.end_time : null,
       duration_ms: done ? span.duration_ms : null,
       error: done ? span.error : null,
@@ -336,41 +336,52 @@ function replayState(t) {
 
 function replayStatus(v) {
   if (replay.t >= replay.end) return live.run.status;
-  return v.spans.size ? "running" : "pending";
+  return v.spans.size ? STATUS_RUNNING : PENDING;
 }
 
-function replayProgress(spans) {
-  let best = null;
-  for (const span of spans.values()) {
-    for (const ev of span.events || []) {
-      if (ev.name !== "otelflow.progress") continue;
-      const a = ev.attributes || {};
-      if (!best || ev.time > best.time) {
-        best = { time: ev.time, percent: a["otelflow.progress.percent"], message: a["otelflow.progress.message"], completed: a["otelflow.progress.completed"], total: a["otelflow.progress.total"] };
-      }
-    }
+/**
+ * The run's progress at replay time `t`, as the server reported it: of the recorded `run.progress` values (in
+ * the order the server published them), the last one whose progress event happened by `t`; at the end, the
+ * last one. The browser never picks a span's progress itself: which span's progress is the run's is the
+ * server's rule.
+ */
+function replayProgress(t) {
+  const atEnd = t >= replay.end;
+  let shown = null;
+  for (const progress of replay.progress) {
+    if (atEnd || !(parseTime(progress.time) > t)) shown = progress;
   }
-  return best;
+  return shown;
 }
 
-/** The final spans as the recorded events tell them (falls back to the snapshot without history). */
-async function recordedSpans() {
+/**
+ * The final spans and the run's progress over time as the recorded events tell them (without history: the
+ * snapshot's spans and the run's current progress).
+ */
+async function recorded() {
   const spans = new Map();
+  const progress = [];
   try {
     const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}/events`);
     for (const envelope of data.events) {
       if (SPAN_TYPES.has(envelope.type)) mergeSpan(spans, { ...envelope.span, events: mergeEvents(envelope.span.events, spans.get(envelope.span.span_id)?.events) });
       else if (envelope.type === SPAN_EVENT) addSpanEvent(spans, envelope);
+      else if (RUN_TYPES.has(envelope.type) && envelope.run && envelope.run.progress) {
+        const last = progress[progress.length - 1];
+        const next = envelope.run.progress;
+        if (!last || last.time !== next.time || last.span_id !== next.span_id) progress.push(next);
+      }
     }
   } catch {
     /* no history: use the snapshot */
   }
   if (!spans.size) for (const [id, span] of live.spans) spans.set(id, span);
-  return spans;
+  if (!progress.length && live.run && live.run.progress) progress.push(live.run.progress);
+  return { spans, progress };
 }
 
 async function startReplay() {
-  const spansFinal = await recordedSpans();
+  const { spans: spansFinal, progress } = await recorded();
   let start = Infinity;
   let end = -Infinity;
   const flows = [];
@@ -382,7 +393,10 @@ async function startReplay() {
     }
   }
   if (!Number.isFinite(start)) return;
-  replay = { spansFinal, start, end: Math.max(end, start + 1), t: start, playing: true, speed: replay?.speed || 1, flows, last: null };
+  replay = {
+    spansFinal, progress, start, end: Math.max(end, start + 1), t: start, playing: true, speed: replay?.speed || 1, flows,
+    last: null,
+  };
   for (const id of ["replay-play", "replay-speed", "replay-scrub", "replay-time"]) $(id).hidden = false;
   $("replay-toggle").textContent = "Back to live";
   document.body.classList.add("replaying");
@@ -450,7 +464,7 @@ $("replay-scrub").addEventListener("input", (e) => {
 
 function showProblem(text) {
   const el = $("run-status");
-  el.dataset.status = "error";
+  el.dataset.status = STATUS_ERROR;
   el.textContent = text;
 }
 
@@ -471,7 +485,7 @@ window.addEventListener("resize", () => {
 let lastWatchdogCheck = -Infinity;
 async function watchdog() {
   const silent = () => connection && connection.transport === "SSE" && connection.silentMs() >= WATCHDOG_MS;
-  if (!silent() || live.run?.status !== "running" || resyncing) return;
+  if (!silent() || live.run?.status !== STATUS_RUNNING || resyncing) return;
   if (performance.now() - lastWatchdogCheck < WATCHDOG_MS) return; // an idle run is checked once per period
   lastWatchdogCheck = performance.now();
   try {

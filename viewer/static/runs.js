@@ -1,10 +1,10 @@
 // The runs page: every run, newest first, kept live by run.* events.
 
 import {
-  LiveConnection, RUN_ENDED, RUN_STARTED, RUN_UPDATED, STATUS_LABEL,
-  apiUrl, every, formatDuration, formatWhen, getJSON, h,
+  LiveConnection, apiUrl, every, formatDuration, formatWhen, getJSON, h, progressPercent, statusLabel,
 } from "./common.js";
 import { displayName } from "./graph.js";
+import { RUN_ENDED, RUN_STARTED, RUN_UPDATED, STATUS_OK, STATUS_RUNNING } from "./wire.js";
 
 const RUN_TYPES = [RUN_STARTED, RUN_UPDATED, RUN_ENDED];
 const PAGE_SIZE = 200;
@@ -22,15 +22,12 @@ function startMs(run) {
 
 function durationMs(run) {
   if (run.duration_ms !== null && run.duration_ms !== undefined) return run.duration_ms;
-  if (run.status === "running") return Date.now() - startMs(run);
+  if (run.status === STATUS_RUNNING) return Date.now() - startMs(run);
   return null;
 }
 
 function percentOf(run) {
-  const p = run.progress;
-  if (p && typeof p.percent === "number") return Math.max(0, Math.min(100, p.percent));
-  if (p && p.total) return Math.max(0, Math.min(100, (100 * (p.completed || 0)) / p.total));
-  return run.status === "ok" ? 100 : null;
+  return progressPercent(run.progress) ?? (run.status === STATUS_OK ? 100 : null);
 }
 
 function matches(run) {
@@ -79,7 +76,7 @@ function updateRow(row, run) {
   serviceCell.textContent = run.service || "–";
   const chip = statusCell.firstChild;
   chip.dataset.status = run.status;
-  chip.textContent = STATUS_LABEL[run.status] || run.status;
+  chip.textContent = statusLabel(run.status);
   row.dataset.status = run.status;
   const pct = percentOf(run);
   const bar = progressCell.querySelector(".progress");
@@ -118,7 +115,7 @@ function render() {
     if (expected !== row) tbody.insertBefore(row, expected);
     previous = row;
   }
-  const running = ordered.filter((r) => r.status === "running").length;
+  const running = ordered.filter((r) => r.status === STATUS_RUNNING).length;
   summary.textContent = `${runs.size} run${runs.size === 1 ? "" : "s"}${total > runs.size ? ` of ${total}` : ""} · ${running} running · ${shown} shown`;
   document.getElementById("runs-empty").hidden = runs.size > 0;
 }
@@ -173,7 +170,7 @@ async function main() {
   }
   connection.start();
   every(500, () => {
-    for (const [id, run] of runs) if (run.status === "running") tickRow(rows.get(id), run);
+    for (const [id, run] of runs) if (run.status === STATUS_RUNNING) tickRow(rows.get(id), run);
   });
 }
 

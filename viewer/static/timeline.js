@@ -2,6 +2,7 @@
 
 import { formatDuration, h, parseTime } from "./common.js";
 import { displayName } from "./graph.js";
+import { STATUS_RUNNING } from "./wire.js";
 
 const LABEL_PX = 260;
 const INDENT_PX = 14;
@@ -140,7 +141,7 @@ export class TimelineView {
     if (this.live) {
       if (now > end) this.range.end = now + Math.max(400, 0.08 * (now - start));
       for (const { span } of this.items) {
-        if (span.status === "running" && spans.has(span.span_id)) this.place(this.rows.get(span.span_id), span, now);
+        if (span.status === STATUS_RUNNING && spans.has(span.span_id)) this.place(this.rows.get(span.span_id), span, now);
       }
     }
     const f = (Math.min(now, this.range.end) - start) / (this.range.end - start);
