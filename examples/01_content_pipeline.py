@@ -18,7 +18,7 @@ from typing import Any
 
 import otelflow
 from otelflow._demo_flows import content_pipeline, run_content_pipeline
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.instrumentor import EngineInstrumentor
 
 
 def main(pace: float = 0.2) -> dict[str, Any]:

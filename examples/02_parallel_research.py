@@ -18,7 +18,7 @@ from typing import Any
 
 import otelflow
 from otelflow._demo_flows import run_parallel_research
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.instrumentor import EngineInstrumentor
 
 
 def main(pace: float = 0.2) -> dict[str, Any]:

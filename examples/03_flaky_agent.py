@@ -22,7 +22,7 @@ import asyncio
 
 import otelflow
 from otelflow._demo_flows import UpstreamError, run_cancelled, run_failing, run_flaky
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.instrumentor import EngineInstrumentor
 
 
 async def three_runs(pace: float) -> dict[str, str]:

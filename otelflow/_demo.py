@@ -25,7 +25,7 @@ from typing import Any
 from otelflow._demo_flows import SCENARIOS, Scenario
 from otelflow._embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
 from otelflow.config import configure
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.instrumentor import EngineInstrumentor
 from otelflow.sinks import InProcessSink
 
 __all__ = ["main"]

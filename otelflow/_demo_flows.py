@@ -3,7 +3,7 @@
 Deterministic, offline and LLM-free: the "work" is a pause of ``pace`` seconds per unit (``pace=0`` in tests)
 and every result is computed from the inputs. Each ``run_*`` coroutine builds a fresh flow, runs it (as
 ``run_id``, when given) and returns the shared dict (or raises, for the failing scenario). Tracing comes from
-:class:`otelflow.instrumentor.EngineInstrumentor`; the nodes only add what the engine cannot know
+:class:`otelflow.engine.instrumentor.EngineInstrumentor`; the nodes only add what the engine cannot know
 (``otelflow.progress`` of the batch items).
 """
 

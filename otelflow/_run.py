@@ -24,7 +24,7 @@ from types import FrameType
 
 from otelflow import config
 from otelflow._embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.instrumentor import EngineInstrumentor
 from otelflow.sinks import InProcessSink
 
 __all__ = ["ENV_RUN_EXIT", "main"]
