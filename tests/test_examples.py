@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from otelflow import attributes as A
-from otelflow._demo import run_id_for
+from otelflow.cli.demo import run_id_for
 from otelflow.engine.demo import SCENARIOS, UpstreamError
 from otelflow.viewer.app import create_app
 from tests._engine_helpers import engine_instrumented, memory_exporter, opentelemetry_instrument, run

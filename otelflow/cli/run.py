@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from otelflow import config
-from otelflow._embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
+from otelflow.cli.embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
 from otelflow.engine.instrumentor import EngineInstrumentor
 from otelflow.sinks import InProcessSink
 

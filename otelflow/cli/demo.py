@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from otelflow._embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
+from otelflow.cli.embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
 from otelflow.config import configure
 from otelflow.engine.demo import SCENARIOS, Scenario
 from otelflow.engine.instrumentor import EngineInstrumentor
