@@ -38,7 +38,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
 from otelflow import attributes as A
-from otelflow.cli.export import (
+from otelflow.cli.client import (
     ViewerError,
     ViewerRequestError,
     ViewerUnreachable,
