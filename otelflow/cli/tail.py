@@ -1,6 +1,7 @@
 """``otelflow tail``: follow runs live in the terminal over the viewer's SSE stream.
 
-Three outputs over one follower: a rich live view on a terminal (span tree per run with status colours and
+Three outputs (:mod:`otelflow.cli.tail_view`) over one follower, which reads the stream through
+:mod:`otelflow.cli.stream`: a rich live view on a terminal (span tree per run with status colours and
 spinners, a progress bar per run, the latest lifecycle events below), plain lines when stdout is not a
 terminal, and raw envelopes with ``--json``. What to follow: ``RUN`` (trace id or ``otelflow.run.id``; exits
 when it ends), ``--all`` (every run), or by default the newest running run and every run that starts later.
@@ -23,160 +24,34 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import os
-import random
-import re
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import urlencode
 
 from otelflow import attributes as A
-from otelflow.cli.client import (
-    ViewerError,
-    ViewerRequestError,
-    ViewerUnreachable,
-    connect,
-    get_json,
-    headers,
-    problem,
-    run_path,
+from otelflow.cli.client import ViewerError, ViewerRequestError, ViewerUnreachable, get_json, run_path
+from otelflow.cli.stream import Backoff, SseEvent, SseStream
+from otelflow.cli.tail_view import (
+    ENDED,
+    Envelope,
+    JsonOutput,
+    Output,
+    OutputClosed,
+    PlainOutput,
+    RichOutput,
+    clean,
+    clock,
+    describe_event,
 )
 
-if TYPE_CHECKING:
-    from rich.console import Console, ConsoleOptions, RenderResult
-    from rich.spinner import Spinner
+__all__ = ["RunView", "Tail", "main"]
 
-__all__ = ["Backoff", "LiveView", "SseEvent", "Tail", "describe", "main"]
-
-BACKOFF_FIRST_S: Final = 0.25
-BACKOFF_MAX_S: Final = 5.0
-READ_TIMEOUT_S: Final = 45.0  # the viewer sends a heartbeat comment at least every 15 s
 RECENT_EVENTS: Final = 8
-MAX_TREE_SPANS: Final = 80
-KEEP_ENDED_RUNS: Final = 3
-ENDED: Final = frozenset({"ok", "error", "abandoned"})
-
-STATUS_STYLE: Final = {"running": "yellow", "ok": "green", "error": "bold red", "abandoned": "magenta"}
-STATUS_GLYPH: Final = {"ok": "✓", "error": "✗", "abandoned": "⚠", "running": "•"}
-SPINNER: Final = "dots"
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def clean(value: Any, limit: int = 160) -> str:
-    """``value`` as one printable line: whitespace controls become spaces, other controls ``\\xNN``."""
-    text = value if isinstance(value, str) else str(value)
-
-    def sub(m: re.Match[str]) -> str:
-        ch = m.group()
-        return " " if ch in "\n\r\t" else f"\\x{ord(ch):02x}"
-
-    text = _CONTROL.sub(sub, text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# --------------------------------------------------------------------------------------------------
-# SSE over http.client
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class SseEvent:
-    """One SSE event: ``raw`` is the ``data`` text as sent, ``data`` its JSON."""
-
-    id: str | None
-    type: str
-    raw: str
-    data: dict[str, Any]
-
-
-class SseStream:
-    """A ``GET`` of an event stream; iterate :meth:`events` until the viewer closes it."""
-
-    def __init__(self, viewer: str, path: str, token: str | None, last_event_id: str | None) -> None:
-        self.conn, prefix = connect(viewer, READ_TIMEOUT_S)
-        extra = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if last_event_id:
-            extra["Last-Event-ID"] = last_event_id
-        try:
-            self.conn.request("GET", prefix + path, headers=headers(token, extra))
-            self.response = self.conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            self.conn.close()
-            raise ViewerUnreachable(f"cannot reach the viewer at {viewer}: {exc or type(exc).__name__}") from None
-        if self.response.status != 200:
-            status = self.response.status
-            self.conn.close()
-            raise ViewerRequestError(problem(viewer, status, b""), status)
-        self.retry_ms: int | None = None
-
-    def events(self) -> Iterator[SseEvent]:
-        event_id: str | None = None
-        event_type = "message"
-        data: list[str] = []
-        while True:
-            raw = self.response.readline()
-            if not raw:
-                return
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if not line:
-                if data:
-                    text = "\n".join(data)
-                    with contextlib.suppress(ValueError):
-                        decoded = json.loads(text)
-                        if isinstance(decoded, dict):
-                            yield SseEvent(event_id, event_type, text, decoded)
-                elif event_id:
-                    # an id without data (a stream's first frame): where to resume from, nothing to show
-                    yield SseEvent(event_id, "", "", {})
-                event_id, event_type, data = None, "message", []
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                event_type = value
-            elif name == "id":
-                event_id = value
-            elif name == "retry" and value.isdigit():
-                self.retry_ms = int(value)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
-
-
-class Backoff:
-    """Exponential backoff with jitter: ``first``·2ⁿ capped at ``cap``, each delay scaled by 0.5–1.0."""
-
-    def __init__(self, first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S) -> None:
-        self.first = first
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * 2**self.attempt)
-        self.attempt = min(self.attempt + 1, 30)
-        jittered: float = delay * random.uniform(0.5, 1.0)
-        return jittered
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-# --------------------------------------------------------------------------------------------------
-# The follower: what is followed, what has been reported
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -196,10 +71,6 @@ class RunView:
     @property
     def name(self) -> str:
         return str(self.summary.get("name") or self.trace_id[:8])
-
-
-Envelope = dict[str, Any]
-Fetch = Callable[[str], Any]
 
 
 class Tail:
@@ -385,319 +256,6 @@ class Tail:
             if detail.get("last_event_id") and self.last_id is None:
                 self.last_id = str(detail["last_event_id"])
             return out
-
-
-def clock(when: Any) -> str:
-    """``HH:MM:SS.mmm`` local time of an ISO 8601 timestamp (now when missing)."""
-    if isinstance(when, str) and when:
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(when.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S.%f")[:-3]
-    return datetime.now().strftime("%H:%M:%S.%f")[:-3]
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return clean(value, 20)
-
-
-def describe_event(event: dict[str, Any]) -> str:
-    """A lifecycle event in a few words: ``progress 50% Processing``, ``log warning: disk full``."""
-    name = str(event.get("name") or "")
-    a = event.get("attributes") or {}
-    if not isinstance(a, dict):
-        a = {}
-    if name == A.EVENT_PROGRESS:
-        if a.get(A.PROGRESS_PERCENT) is not None:
-            amount = f"{_number(a[A.PROGRESS_PERCENT])}%"
-        elif a.get(A.PROGRESS_TOTAL) is not None:
-            amount = f"{_number(a.get(A.PROGRESS_COMPLETED, 0))}/{_number(a[A.PROGRESS_TOTAL])}"
-        else:
-            amount = ""
-        return " ".join(p for p in ("progress", amount, clean(a.get(A.PROGRESS_MESSAGE) or "", 80)) if p)
-    if name == A.EVENT_LOG:
-        return f"log {clean(a.get(A.LOG_LEVEL, 'info'), 10)}: {clean(a.get(A.LOG_MESSAGE, ''), 100)}"
-    if name == A.EVENT_DATA_FLOW:
-        size = f" ({_number(a[A.DATA_FLOW_BYTES])} B)" if a.get(A.DATA_FLOW_BYTES) is not None else ""
-        return f"data_flow {clean(a.get(A.DATA_FLOW_FROM, '?'), 40)} → {clean(a.get(A.DATA_FLOW_TO, '?'), 40)}{size}"
-    if name == A.EVENT_RETRY:
-        err = f" after {clean(a[A.RETRY_ERROR], 60)}" if a.get(A.RETRY_ERROR) else ""
-        return f"retry #{_number(a.get(A.RETRY_ATTEMPT, '?'))}{err}"
-    if name == A.EVENT_FALLBACK:
-        to = f" to {clean(a[A.FALLBACK_TO], 40)}" if a.get(A.FALLBACK_TO) else ""
-        err = f" after {clean(a[A.FALLBACK_ERROR], 60)}" if a.get(A.FALLBACK_ERROR) else ""
-        return f"fallback{to}{err}"
-    if name == A.EVENT_EXCEPTION:
-        return f"exception {clean(a.get(A.EXCEPTION_TYPE, ''), 40)}: {clean(a.get(A.EXCEPTION_MESSAGE, ''), 80)}"
-    return f"event {clean(name, 60)}"
-
-
-def _duration(span: dict[str, Any]) -> str:
-    ms = span.get("duration_ms")
-    if not isinstance(ms, (int, float)):
-        return ""
-    return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
-
-
-def describe(env: Envelope) -> str | None:
-    """One plain line for a reported envelope, or ``None`` for envelopes plain output leaves out."""
-    type_ = str(env.get("type"))
-    mark = "  (snapshot)" if env.get("snapshot") else ""
-    if type_.startswith("run."):
-        if type_ == "run.updated":
-            return None
-        run = env.get("run") or {}
-        alias = f"  run {clean(run['otelflow_run_id'], 60)}" if run.get("otelflow_run_id") else ""
-        when = run.get("end_time") if type_ == "run.ended" else run.get("start_time")
-        tail = f"  {clean(run.get('status', ''), 20)}" if type_ == "run.ended" else ""
-        dur = f" {_duration(run)}" if type_ == "run.ended" and _duration(run) else ""
-        name = clean(run.get("name", ""), 80)
-        return f"{clock(when)}  {type_:<14} {'':<8} {name}{alias}  trace {env.get('run_id')}{tail}{dur}{mark}"
-    if type_ == "span.event":
-        event = env.get("event") or {}
-        kind = clean(env.get("span_kind") or "", 8)
-        name = clean(env.get("span_name") or "", 80)
-        return f"{clock(event.get('time'))}  {type_:<14} {kind:<8} {name}  {describe_event(event)}{mark}"
-    span = env.get("span")
-    if not isinstance(span, dict):
-        return None
-    kind = clean(span.get("kind") or "", 8)
-    name = clean(span.get("name") or "", 80)
-    if type_ == "span.started":
-        return f"{clock(span.get('start_time'))}  {type_:<14} {kind:<8} {name}{mark}"
-    status = clean(span.get("status") or "", 12)
-    detail = ""
-    err = span.get("error")
-    if isinstance(err, dict):
-        detail = f"  {clean(err.get('type') or '', 40)}: {clean(err.get('message') or '', 100)}"
-    dur = f" {_duration(span)}" if _duration(span) else ""
-    when = span.get("end_time") or None
-    return f"{clock(when)}  {type_:<14} {kind:<8} {name}  {status}{dur}{detail}{mark}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Outputs
-# --------------------------------------------------------------------------------------------------
-
-
-class OutputClosed(Exception):
-    """Standard output was closed by its reader (``otelflow tail | head -1``): time to stop, quietly."""
-
-
-class Output:
-    """Where reports go; :meth:`status` says what the connection is doing."""
-
-    def report(self, env: Envelope, raw: str | None) -> None:
-        raise NotImplementedError
-
-    def status(self, text: str) -> None:
-        print(f"otelflow tail: {text}", file=sys.stderr, flush=True)
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        yield
-
-
-class JsonOutput(Output):
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-
-    def report(self, env: Envelope, raw: str | None) -> None:
-        line = raw if raw is not None else json.dumps(env, ensure_ascii=False, separators=(",", ":"))
-        self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-class PlainOutput(Output):
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-
-    def report(self, env: Envelope, raw: str | None) -> None:
-        line = describe(env)
-        if line is not None:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-
-    def status(self, text: str) -> None:
-        super().status(text)
-
-
-class LiveView:
-    """The rich renderable of a :class:`Tail`: one block per shown run, then the latest events.
-
-    Every piece of span data becomes a :class:`rich.text.Text`, never markup. Spinners are kept per span so that
-    they animate across refreshes.
-    """
-
-    def __init__(self, tail: Tail) -> None:
-        self.tail = tail
-        self._spinners: dict[str, Spinner] = {}
-
-    def _spinner(self, key: str, label: Any) -> Spinner:
-        from rich.spinner import Spinner
-
-        spinner = self._spinners.get(key)
-        if spinner is None:
-            spinner = self._spinners[key] = Spinner(SPINNER, style=STATUS_STYLE["running"])
-        spinner.text = label
-        return spinner
-
-    def _mark(self, key: str, status: str, label: Any) -> Any:
-        from rich.text import Text
-
-        if status == "running":
-            return self._spinner(key, label)
-        self._spinners.pop(key, None)
-        glyph = Text(STATUS_GLYPH.get(status, "?"), style=STATUS_STYLE.get(status, ""))
-        return Text.assemble(glyph, " ", label)
-
-    def _span_label(self, span: dict[str, Any]) -> Any:
-        from rich.text import Text
-
-        status = str(span.get("status") or "running")
-        label = Text.assemble(
-            (clean(span.get("name") or "", 80), "bold"),
-            " ",
-            (clean(span.get("kind") or "", 10), "dim"),
-        )
-        if status == "running":
-            started = span.get("start_time")
-            if isinstance(started, str):
-                with contextlib.suppress(ValueError):
-                    began = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
-                    label.append(f" {max(0.0, time.time() - began):.1f}s", "dim")
-        else:
-            label.append(f" {_duration(span)}" if _duration(span) else "", "dim")
-            label.append(f" {status}", STATUS_STYLE.get(status, ""))
-            err = span.get("error")
-            if isinstance(err, dict) and (err.get("type") or err.get("message")):
-                label.append(f"  {clean(err.get('type') or '', 40)}: {clean(err.get('message') or '', 80)}", "red")
-        return self._mark(str(span.get("span_id")), status, label)
-
-    def _progress(self, view: RunView) -> Any:
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-        from rich.text import Text
-
-        progress = view.summary.get("progress") if isinstance(view.summary.get("progress"), dict) else None
-        spans = list(view.spans.values())
-        done = sum(1 for s in spans if s.get("status") in ENDED)
-        message = ""
-        if progress is not None and isinstance(progress.get("percent"), (int, float)):
-            percent = float(progress["percent"])
-            message = clean(progress.get("message") or "", 80)
-        elif progress is not None and isinstance(progress.get("total"), (int, float)) and progress["total"]:
-            percent = 100.0 * float(progress.get("completed") or 0) / float(progress["total"])
-            message = clean(progress.get("message") or "", 80)
-        else:
-            percent = 100.0 * done / len(spans) if spans else 0.0
-            message = f"{done}/{len(spans)} spans done"
-        if view.ended:
-            percent = 100.0 if view.status == "ok" else percent
-        style = STATUS_STYLE.get(view.status, "")
-        grid = Table.grid(padding=(0, 1))
-        grid.add_row(
-            ProgressBar(total=100, completed=max(0.0, min(100.0, percent)), width=30, complete_style=style),
-            Text(f"{percent:3.0f}%"),
-            Text(message, style="dim"),
-        )
-        return grid
-
-    def _run_tree(self, view: RunView) -> Any:
-        from rich.console import Group
-        from rich.text import Text
-        from rich.tree import Tree
-
-        label = Text.assemble((clean(view.name, 80), "bold"))
-        alias = view.summary.get("otelflow_run_id")
-        if alias:
-            label.append(f"  {clean(alias, 60)}", "cyan")
-        label.append(f"  {view.trace_id}", "dim")
-        label.append(f"  {view.status}", STATUS_STYLE.get(view.status, ""))
-        errors = view.summary.get("error_count")
-        if errors:
-            label.append(f"  {errors} error{'s' if errors != 1 else ''}", "red")
-        head = self._mark(f"run:{view.trace_id}", view.status, label)
-        tree = Tree(Group(head, self._progress(view)), guide_style="dim")
-        spans = sorted(view.spans.values(), key=lambda s: (str(s.get("start_time")), str(s.get("span_id"))))
-        nodes: dict[str, Tree] = {}
-        children: dict[str, list[dict[str, Any]]] = {}
-        ids = {str(s.get("span_id")) for s in spans}
-        roots: list[dict[str, Any]] = []
-        for s in spans:
-            parent = s.get("parent_span_id")
-            if isinstance(parent, str) and parent in ids and parent != s.get("span_id"):
-                children.setdefault(parent, []).append(s)
-            else:
-                roots.append(s)
-        shown = 0
-
-        def add(into: Tree, span: dict[str, Any]) -> None:
-            nonlocal shown
-            if shown >= MAX_TREE_SPANS:
-                return
-            shown += 1
-            node = nodes[str(span.get("span_id"))] = into.add(self._span_label(span))
-            for child in children.get(str(span.get("span_id")), ()):
-                add(node, child)
-
-        for root in roots:
-            add(tree, root)
-        if len(spans) > shown:
-            tree.add(Text(f"… {len(spans) - shown} more spans", style="dim"))
-        return tree
-
-    def renderables(self) -> list[Any]:
-        from rich.text import Text
-
-        with self.tail.lock:
-            views = sorted(self.tail.runs.values(), key=lambda v: int(v.summary.get("start_time_ns") or 0))
-            ended = [v for v in views if v.ended]
-            keep = {id(v) for v in ended[-KEEP_ENDED_RUNS:]}
-            shown = [v for v in views if not v.ended or id(v) in keep]
-            out: list[Any] = [self._run_tree(v) for v in shown]
-            if not shown:
-                out.append(Text("waiting for a run to start…", style="dim"))
-            if self.tail.recent:
-                out.append(Text("latest events", style="bold dim"))
-                for when, line in self.tail.recent:
-                    out.append(Text.assemble((when, "dim"), "  ", line))
-            if self.tail.status_line:
-                out.append(Text(self.tail.status_line, style="dim italic"))
-        return out
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield from self.renderables()
-
-
-class RichOutput(Output):
-    """The in-place terminal view (rich ``Live``)."""
-
-    def __init__(self, tail: Tail, console: Console | None = None) -> None:
-        from rich.console import Console
-
-        self.tail = tail
-        self.console = console or Console()
-        self.view = LiveView(tail)
-
-    def report(self, env: Envelope, raw: str | None) -> None:
-        pass  # the view renders the tail's state on each refresh
-
-    def status(self, text: str) -> None:
-        with self.tail.lock:
-            self.tail.status_line = text
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        from rich.live import Live
-
-        with Live(self.view, console=self.console, refresh_per_second=8, redirect_stderr=False):
-            yield
-
-
-# --------------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------------
 
 
 class Follower:
