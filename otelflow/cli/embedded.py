@@ -180,10 +180,11 @@ class RunAnnouncer(SpanProcessor):
                 return
             seconds = ((span.end_time or 0) - (span.start_time or 0)) / 1e9
             if span.status.status_code == StatusCode.ERROR:
-                outcome = "cancelled" if span.status.description == "cancelled" else "error"
-                detail = f"  ({span.status.description})" if outcome == "error" and span.status.description else ""
+                outcome = "cancelled" if span.status.description == "cancelled" else A.STATUS_ERROR
+                failed = outcome == A.STATUS_ERROR
+                detail = f"  ({span.status.description})" if failed and span.status.description else ""
             else:
-                outcome, detail = "ok", ""
+                outcome, detail = A.STATUS_OK, ""
             self._write(f"run {outcome:<9} {self._title(span)}{seconds:6.2f} s{detail}")
         except Exception:  # noqa: BLE001
             problems.warning("announce", "otelflow: could not announce a run", exc_info=True)

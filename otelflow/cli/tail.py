@@ -38,6 +38,7 @@ from otelflow.cli.client import ViewerError, ViewerRequestError, ViewerUnreachab
 from otelflow.cli.stream import Backoff, SseEvent, SseStream
 from otelflow.cli.tail_view import (
     ENDED,
+    RUN_TYPES,
     Envelope,
     JsonOutput,
     Output,
@@ -47,6 +48,18 @@ from otelflow.cli.tail_view import (
     clean,
     clock,
     describe_event,
+)
+from otelflow.wire import (
+    RESET,
+    RUN_ENDED,
+    RUN_STARTED,
+    RUN_UPDATED,
+    SHUTDOWN,
+    SPAN_ABANDONED,
+    SPAN_ENDED,
+    SPAN_EVENT,
+    SPAN_STARTED,
+    SPAN_UPDATED,
 )
 
 __all__ = ["RunView", "Tail", "main"]
@@ -66,7 +79,7 @@ class RunView:
 
     @property
     def status(self) -> str:
-        return str(self.summary.get("status") or "running")
+        return str(self.summary.get("status") or A.STATUS_RUNNING)
 
     @property
     def name(self) -> str:
@@ -134,27 +147,27 @@ class Tail:
                 self.last_id = ev.id
             data = ev.data
             type_ = str(data.get("type") or ev.type)
-            if type_ in ("reset", "shutdown"):
+            if type_ in (RESET, SHUTDOWN):
                 return [data]
             trace = data.get("run_id")
             if not isinstance(trace, str):
                 return []
             summary = data.get("run") if isinstance(data.get("run"), dict) else None
-            view = self._follows(trace, summary, new=type_ == "run.started")
+            view = self._follows(trace, summary, new=type_ == RUN_STARTED)
             if view is None:
                 return []
             return [data] if self._apply(view, type_, data) else []
 
     def _apply(self, view: RunView, type_: str, data: Envelope) -> bool:
         """Fold one envelope into ``view``; ``True`` if it reports something new."""
-        if type_.startswith("run."):
+        if type_ in RUN_TYPES:
             summary = data.get("run")
             if not isinstance(summary, dict):
                 return False
             changed = summary != view.summary
             first = not view.summary
             view.summary = summary
-            if type_ == "run.ended":
+            if type_ == RUN_ENDED:
                 if view.ended:
                     return False
                 view.ended = True
@@ -162,13 +175,13 @@ class Tail:
                 if self.run is not None:
                     self.done = True
                 return True
-            if type_ == "run.started":
+            if type_ == RUN_STARTED:
                 if not first:
                     return False
                 self._remember(summary.get("start_time"), f"{clean(view.name)}  run started")
                 return True
             return changed and not view.ended
-        if type_ == "span.event":
+        if type_ == SPAN_EVENT:
             event = data.get("event")
             span_id = str(data.get("span_id") or "")
             if not isinstance(event, dict) or (self.kinds is not None and data.get("span_kind") not in self.kinds):
@@ -187,11 +200,11 @@ class Tail:
         if prev is not None and prev.get("status") in ENDED:
             return False  # ended spans are final
         view.spans[span_id] = span
-        if type_ == "span.started":
+        if type_ == SPAN_STARTED:
             return prev is None
-        if type_ == "span.updated":
+        if type_ == SPAN_UPDATED:
             return True
-        if span.get("status") == "error" or type_ == "span.abandoned":
+        if span.get("status") == A.STATUS_ERROR or type_ == SPAN_ABANDONED:
             err = span.get("error") or {}
             detail = f" {clean(err.get('type') or '')}: {clean(err.get('message') or '', 80)}" if err else ""
             self._remember(span.get("end_time"), f"{clean(span.get('name', ''), 40)}  {span.get('status')}{detail}")
@@ -220,7 +233,7 @@ class Tail:
                     out.append(env)
 
             if not view.summary:
-                emit("run.started", {"run": summary})
+                emit(RUN_STARTED, {"run": summary})
             spans = sorted(
                 (s for s in detail.get("spans") or () if isinstance(s, dict)),
                 key=lambda s: (str(s.get("start_time")), str(s.get("span_id"))),
@@ -231,14 +244,14 @@ class Tail:
                 span_id = str(span.get("span_id"))
                 prev = view.spans.get(span_id)
                 status = span.get("status")
-                if status == "running" and prev is None:
-                    emit("span.started", {"span": span})
+                if status == A.STATUS_RUNNING and prev is None:
+                    emit(SPAN_STARTED, {"span": span})
                 for event in span.get("events") or ():
                     if isinstance(event, dict) and event.get("name") in A.LIFECYCLE_EVENTS:
                         key = (span_id, str(event.get("name")), str(event.get("time")))
                         if key not in view.events_seen:
                             emit(
-                                "span.event",
+                                SPAN_EVENT,
                                 {
                                     "trace_id": trace,
                                     "span_id": span_id,
@@ -247,12 +260,12 @@ class Tail:
                                     "event": event,
                                 },
                             )
-                if status != "running" and (prev is None or prev.get("status") not in ENDED):
-                    emit("span.abandoned" if status == "abandoned" else "span.ended", {"span": span})
+                if status != A.STATUS_RUNNING and (prev is None or prev.get("status") not in ENDED):
+                    emit(SPAN_ABANDONED if status == A.STATUS_ABANDONED else SPAN_ENDED, {"span": span})
             if summary.get("status") in ENDED:
-                emit("run.ended", {"run": summary})
+                emit(RUN_ENDED, {"run": summary})
             elif summary != view.summary and view.summary:
-                emit("run.updated", {"run": summary})
+                emit(RUN_UPDATED, {"run": summary})
             if detail.get("last_event_id") and self.last_id is None:
                 self.last_id = str(detail["last_event_id"])
             return out
@@ -337,10 +350,10 @@ class Follower:
                     self.backoff.reset()
                     envs = self.tail.on_event(ev)
                     self._report(envs, ev.raw)
-                    if ev.type == "reset" or ev.data.get("type") == "reset":
-                        self.output.status(f"resuming from a snapshot ({clean(ev.data.get('reason', 'reset'))})")
+                    if RESET in (ev.type, ev.data.get("type")):
+                        self.output.status(f"resuming from a snapshot ({clean(ev.data.get('reason', RESET))})")
                         self.snapshot(initial=False)
-                    elif ev.type == "shutdown":
+                    elif ev.type == SHUTDOWN:
                         reason = "the viewer is shutting down"
                     if self._done():
                         return

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from otelflow import attributes as A
+from otelflow.wire import RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_EVENT, SPAN_STARTED
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENDED",
+    "RUN_TYPES",
     "STATUS_GLYPH",
     "Envelope",
     "JsonOutput",
@@ -41,10 +43,16 @@ __all__ = [
 
 MAX_TREE_SPANS: Final = 80
 KEEP_ENDED_RUNS: Final = 3
-ENDED: Final = frozenset({"ok", "error", "abandoned"})
+ENDED: Final = frozenset({A.STATUS_OK, A.STATUS_ERROR, A.STATUS_ABANDONED})
+RUN_TYPES: Final = (RUN_STARTED, RUN_UPDATED, RUN_ENDED)
 
-STATUS_STYLE: Final = {"running": "yellow", "ok": "green", "error": "bold red", "abandoned": "magenta"}
-STATUS_GLYPH: Final = {"ok": "✓", "error": "✗", "abandoned": "⚠", "running": "•"}
+STATUS_STYLE: Final = {
+    A.STATUS_RUNNING: "yellow",
+    A.STATUS_OK: "green",
+    A.STATUS_ERROR: "bold red",
+    A.STATUS_ABANDONED: "magenta",
+}
+STATUS_GLYPH: Final = {A.STATUS_OK: "✓", A.STATUS_ERROR: "✗", A.STATUS_ABANDONED: "⚠", A.STATUS_RUNNING: "•"}
 SPINNER: Final = "dots"
 
 Envelope = dict[str, Any]
@@ -120,17 +128,18 @@ def describe(env: Envelope) -> str | None:
     """One plain line for a reported envelope, or ``None`` for envelopes plain output leaves out."""
     type_ = str(env.get("type"))
     mark = "  (snapshot)" if env.get("snapshot") else ""
-    if type_.startswith("run."):
-        if type_ == "run.updated":
+    if type_ in RUN_TYPES:
+        if type_ == RUN_UPDATED:
             return None
         run = env.get("run") or {}
         alias = f"  run {clean(run['otelflow_run_id'], 60)}" if run.get("otelflow_run_id") else ""
-        when = run.get("end_time") if type_ == "run.ended" else run.get("start_time")
-        tail = f"  {clean(run.get('status', ''), 20)}" if type_ == "run.ended" else ""
-        dur = f" {_duration(run)}" if type_ == "run.ended" and _duration(run) else ""
+        ended = type_ == RUN_ENDED
+        when = run.get("end_time") if ended else run.get("start_time")
+        tail = f"  {clean(run.get('status', ''), 20)}" if ended else ""
+        dur = f" {_duration(run)}" if ended and _duration(run) else ""
         name = clean(run.get("name", ""), 80)
         return f"{clock(when)}  {type_:<14} {'':<8} {name}{alias}  trace {env.get('run_id')}{tail}{dur}{mark}"
-    if type_ == "span.event":
+    if type_ == SPAN_EVENT:
         event = env.get("event") or {}
         kind = clean(env.get("span_kind") or "", 8)
         name = clean(env.get("span_name") or "", 80)
@@ -140,7 +149,7 @@ def describe(env: Envelope) -> str | None:
         return None
     kind = clean(span.get("kind") or "", 8)
     name = clean(span.get("name") or "", 80)
-    if type_ == "span.started":
+    if type_ == SPAN_STARTED:
         return f"{clock(span.get('start_time'))}  {type_:<14} {kind:<8} {name}{mark}"
     status = clean(span.get("status") or "", 12)
     detail = ""
@@ -210,14 +219,14 @@ class LiveView:
 
         spinner = self._spinners.get(key)
         if spinner is None:
-            spinner = self._spinners[key] = Spinner(SPINNER, style=STATUS_STYLE["running"])
+            spinner = self._spinners[key] = Spinner(SPINNER, style=STATUS_STYLE[A.STATUS_RUNNING])
         spinner.text = label
         return spinner
 
     def _mark(self, key: str, status: str, label: Any) -> Any:
         from rich.text import Text
 
-        if status == "running":
+        if status == A.STATUS_RUNNING:
             return self._spinner(key, label)
         self._spinners.pop(key, None)
         glyph = Text(STATUS_GLYPH.get(status, "?"), style=STATUS_STYLE.get(status, ""))
@@ -226,13 +235,13 @@ class LiveView:
     def _span_label(self, span: dict[str, Any]) -> Any:
         from rich.text import Text
 
-        status = str(span.get("status") or "running")
+        status = str(span.get("status") or A.STATUS_RUNNING)
         label = Text.assemble(
             (clean(span.get("name") or "", 80), "bold"),
             " ",
             (clean(span.get("kind") or "", 10), "dim"),
         )
-        if status == "running":
+        if status == A.STATUS_RUNNING:
             started = span.get("start_time")
             if isinstance(started, str):
                 with contextlib.suppress(ValueError):
@@ -265,7 +274,7 @@ class LiveView:
             percent = 100.0 * done / len(spans) if spans else 0.0
             message = f"{done}/{len(spans)} spans done"
         if view.ended:
-            percent = 100.0 if view.status == "ok" else percent
+            percent = 100.0 if view.status == A.STATUS_OK else percent
         style = STATUS_STYLE.get(view.status, "")
         grid = Table.grid(padding=(0, 1))
         grid.add_row(
