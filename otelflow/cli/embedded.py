@@ -1,4 +1,4 @@
-"""What ``otelflow demo`` and ``otelflow run`` share: a viewer served from this process, and run announcements."""
+"""The viewer served from this process for ``otelflow demo`` and ``otelflow run``, with the run lines they print."""
 
 from __future__ import annotations
 
