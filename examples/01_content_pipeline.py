@@ -3,7 +3,7 @@
     otelflow run examples/01_content_pipeline.py    # opens a viewer and prints the run's URL
     python examples/01_content_pipeline.py          # streams to $OTELFLOW_VIEWER_URL and OTLP, when set
 
-The flow is built in ``otelflow/_demo_flows.py`` (``otelflow demo`` runs it too) from engine nodes: each node is
+The flow is built in ``otelflow.engine.demo`` (``otelflow demo`` runs it too) from engine nodes: each node is
 a span of its kind (agent or tool), the flow a workflow span carrying the planned graph, and every transition a
 ``data_flow`` event plus a ``progress`` event (nodes finished of nodes planned). The batch node reports its own
 progress, section by section, with ``otelflow.progress()``. Nothing here calls an LLM or the network: the work
@@ -17,8 +17,8 @@ import json
 from typing import Any
 
 import otelflow
-from otelflow._demo_flows import content_pipeline, run_content_pipeline
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.demo import content_pipeline, run_content_pipeline
+from otelflow.engine.instrumentor import EngineInstrumentor
 
 
 def main(pace: float = 0.2) -> dict[str, Any]:

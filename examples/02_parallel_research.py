@@ -7,7 +7,7 @@
 agents at once on the shared dict — each an ``AsyncFlow`` marked ``kind="agent"`` whose steps are two tool
 calls, ``search`` → ``read_sources`` — and ``synthesizer`` merges their findings once all three are done. In
 the viewer the three agents run side by side and finish at different times. Built in
-``otelflow/_demo_flows.py``; deterministic and offline.
+``otelflow.engine.demo``; deterministic and offline.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import json
 from typing import Any
 
 import otelflow
-from otelflow._demo_flows import run_parallel_research
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.demo import run_parallel_research
+from otelflow.engine.instrumentor import EngineInstrumentor
 
 
 def main(pace: float = 0.2) -> dict[str, Any]:

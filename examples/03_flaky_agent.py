@@ -13,7 +13,7 @@
 - cancelled: the task running the flow is cancelled while the analyst is working; both spans end as
   ``cancelled``.
 
-Built in ``otelflow/_demo_flows.py``; deterministic and offline.
+Built in ``otelflow.engine.demo``; deterministic and offline.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 
 import otelflow
-from otelflow._demo_flows import UpstreamError, run_cancelled, run_failing, run_flaky
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.demo import UpstreamError, run_cancelled, run_failing, run_flaky
+from otelflow.engine.instrumentor import EngineInstrumentor
 
 
 async def three_runs(pace: float) -> dict[str, str]:

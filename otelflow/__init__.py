@@ -1,4 +1,4 @@
-"""otelflow: watch workflows of agents, nodes and tools run live, on OpenTelemetry.
+"""otelflow's public API: watch workflows of agents, nodes and tools run live, on OpenTelemetry.
 
 ```python
 import otelflow

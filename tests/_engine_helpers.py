@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otelflow
 from otelflow.engine import AsyncFlow, AsyncNode
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.instrumentor import EngineInstrumentor
 
 T = TypeVar("T")
 GUARD_S = 5.0  # upper bound for waits that must succeed quickly; only reached when a test fails

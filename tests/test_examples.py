@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib.util
 import json
@@ -16,8 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from otelflow import attributes as A
-from otelflow._demo import run_id_for
-from otelflow._demo_flows import SCENARIOS, UpstreamError
+from otelflow.cli.demo import run_id_for
+from otelflow.engine.demo import SCENARIOS, UpstreamError
 from otelflow.viewer.app import create_app
 from tests._engine_helpers import engine_instrumented, memory_exporter, opentelemetry_instrument, run
 from tests.viewer.conftest import Viewer, wait_for
@@ -33,6 +34,21 @@ def load(stem: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_examples_import_only_public_modules_and_names() -> None:
+    """What the examples show can be copied: no import of a private otelflow module or name."""
+    private = []
+    for path in sorted(EXAMPLES.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            private += [f"{path.name}: {n}" for n in names if n.startswith("otelflow") and "._" in n]
+    assert private == []
 
 
 @pytest.fixture
@@ -157,7 +173,7 @@ def test_03_flaky_agent_recovers_fails_and_is_cancelled(spans: InMemorySpanExpor
     assert [s.name for s in fails.spans] == ["invoke_workflow flaky_agent", "execute_tool fetch_market_data"]
     failed = fails.one("execute_tool fetch_market_data")
     assert status(failed) == status(fails.root) == StatusCode.ERROR
-    assert attrs(failed)[A.ERROR_TYPE] == "otelflow._demo_flows.UpstreamError"
+    assert attrs(failed)[A.ERROR_TYPE] == "otelflow.engine.demo.UpstreamError"
     assert [e.name for e in failed.events] == [A.EVENT_RETRY, A.EVENT_RETRY, "exception"]
 
     stopped = cancelled.one("invoke_agent analyst")

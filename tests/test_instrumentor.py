@@ -20,7 +20,7 @@ import otelflow
 from otelflow import attributes as A
 from otelflow import engine
 from otelflow.engine import AsyncFlow, AsyncNode, Flow, Node, NodeTimeoutError, Parallel
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.instrumentor import EngineInstrumentor
 from tests._engine_helpers import (
     GUARD_S,
     Hang,
@@ -397,7 +397,8 @@ HOOKS = [
 def test_instrumenting_twice_does_not_double_spans_and_uninstrument_restores_exactly(
     exporter: InMemorySpanExporter,
 ) -> None:
-    classes = [c for c in vars(engine).values() if isinstance(c, type) and c.__module__ == engine.__name__]
+    found = [c for m in (engine, engine.nodes, engine.flows) for c in vars(m).values() if isinstance(c, type)]
+    classes = list(dict.fromkeys(c for c in found if c.__module__.startswith(engine.__name__)))
     originals = {(owner, name): value for owner in classes for name, value in vars(owner).items()}
     instrumentor = EngineInstrumentor()
     instrumentor.instrument()

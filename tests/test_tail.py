@@ -23,7 +23,9 @@ from fastapi import FastAPI
 from rich.console import Console
 
 from otelflow import attributes as A
-from otelflow._tail import STATUS_GLYPH, Backoff, LiveView, SseEvent, Tail, clean, describe
+from otelflow.cli.stream import Backoff, SseEvent
+from otelflow.cli.tail import Tail
+from otelflow.cli.tail_view import STATUS_GLYPH, LiveView, clean, describe
 from otelflow.viewer.app import create_app, make_server
 from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
 
@@ -475,7 +477,7 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
 
 def test_sse_parser_reads_frames_from_a_real_stream(make_viewer: Callable[..., Viewer]) -> None:
     viewer = make_viewer()
-    from otelflow._tail import SseStream
+    from otelflow.cli.stream import SseStream
     from tests.viewer.conftest import record, span_id, trace_id
 
     t = trace_id()

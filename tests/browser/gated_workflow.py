@@ -13,7 +13,7 @@ from typing import Any
 
 import otelflow
 from otelflow.engine import Flow, Node
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.instrumentor import EngineInstrumentor
 
 NODES = (("Plan", "agent"), ("Research", "agent"), ("Write", "agent"), ("Review", "node"))
 

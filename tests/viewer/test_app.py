@@ -226,7 +226,7 @@ def test_sockets_the_viewer_binds_itself_send_small_writes_at_once() -> None:
     import asyncio
     import socket
 
-    from otelflow._embedded import EmbeddedViewer
+    from otelflow.cli.embedded import EmbeddedViewer
     from otelflow.viewer.app import bind_socket
 
     async def nodelay_of_accepted(sock: socket.socket) -> int:

@@ -1,4 +1,4 @@
-"""What ``otelflow demo`` and ``otelflow run`` share: a viewer served from this process, and run announcements."""
+"""The viewer served from this process for ``otelflow demo`` and ``otelflow run``, with the run lines they print."""
 
 from __future__ import annotations
 
@@ -179,10 +179,11 @@ class RunAnnouncer(SpanProcessor):
                 return
             seconds = ((span.end_time or 0) - (span.start_time or 0)) / 1e9
             if span.status.status_code == StatusCode.ERROR:
-                outcome = "cancelled" if span.status.description == "cancelled" else "error"
-                detail = f"  ({span.status.description})" if outcome == "error" and span.status.description else ""
+                outcome = "cancelled" if span.status.description == "cancelled" else A.STATUS_ERROR
+                failed = outcome == A.STATUS_ERROR
+                detail = f"  ({span.status.description})" if failed and span.status.description else ""
             else:
-                outcome, detail = "ok", ""
+                outcome, detail = A.STATUS_OK, ""
             self._write(f"run {outcome:<9} {self._title(span)}{seconds:6.2f} s{detail}")
         except Exception:  # noqa: BLE001
             problems.warning("announce", "otelflow: could not announce a run", exc_info=True)

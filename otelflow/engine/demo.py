@@ -1,10 +1,19 @@
 """The example workflows that ``otelflow demo`` keeps running and ``examples/01``–``03`` run once.
 
 Deterministic, offline and LLM-free: the "work" is a pause of ``pace`` seconds per unit (``pace=0`` in tests)
-and every result is computed from the inputs. Each ``run_*`` coroutine builds a fresh flow, runs it (as
-``run_id``, when given) and returns the shared dict (or raises, for the failing scenario). Tracing comes from
-:class:`otelflow.instrumentor.EngineInstrumentor`; the nodes only add what the engine cannot know
-(``otelflow.progress`` of the batch items).
+and every result is computed from the inputs. Three flows, each built fresh by a function:
+:func:`content_pipeline`, :func:`parallel_research` and :func:`flaky_agent`. Each ``run_*`` coroutine builds
+one, runs it (as ``run_id``, when given) and returns the shared dict (or raises, for the failing scenario);
+:data:`SCENARIOS` is the rotation ``otelflow demo`` runs. Tracing comes from
+:class:`otelflow.engine.instrumentor.EngineInstrumentor`; the nodes only add what the engine cannot know
+(``otelflow.progress`` of the batch items)::
+
+    import asyncio
+    from otelflow.engine.demo import run_content_pipeline
+    from otelflow.engine.instrumentor import EngineInstrumentor
+
+    EngineInstrumentor().instrument()
+    shared = asyncio.run(run_content_pipeline(pace=0.2, run_id="job-123"))
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ __all__ = [
     "run_parallel_research",
 ]
 
-Shared = dict[str, Any]
+_Shared = dict[str, Any]
 
 BRIEFS: Final = (
     "How small teams can watch their AI agents work, live",
@@ -41,7 +50,9 @@ BRIEFS: Final = (
     "Why retries and fallbacks belong in the trace",
     "Reading a flame graph of a multi-agent system",
 )
-SOURCES: Final = ("web", "papers", "code")
+"""The subjects the content pipeline writes about and the research answers, one per run in turn."""
+
+_SOURCES: Final = ("web", "papers", "code")
 
 
 class UpstreamError(ConnectionError):
@@ -70,15 +81,15 @@ class _Step(_Paced):
     reads: str
     writes: str
 
-    async def prep_async(self, shared: Shared) -> Any:
+    async def prep_async(self, shared: _Shared) -> Any:
         return shared[self.reads]
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+    async def post_async(self, shared: _Shared, prep_result: Any, exec_result: Any) -> str | None:
         shared[self.writes] = exec_result
         return None
 
 
-async def _run(flow: AsyncFlow, shared: Shared, run_id: str | None) -> Shared:
+async def _run(flow: AsyncFlow, shared: _Shared, run_id: str | None) -> _Shared:
     await flow.run_async(shared, run_id=run_id)
     return shared
 
@@ -86,7 +97,7 @@ async def _run(flow: AsyncFlow, shared: Shared, run_id: str | None) -> Shared:
 # --- 1. content pipeline: topic_identification → kb_ingestion → section_writer (batch) → reviewer ----------------
 
 
-class TopicIdentification(_Step):
+class _TopicIdentification(_Step):
     kind = "agent"
     name = "topic_identification"
     reads = "brief"
@@ -97,18 +108,18 @@ class TopicIdentification(_Step):
         topic = brief.split(",")[0].lower()
         return {"topic": topic, "outline": ["Introduction", "Background", "How it works", "Conclusion"]}
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+    async def post_async(self, shared: _Shared, prep_result: Any, exec_result: Any) -> str | None:
         shared["topic"] = exec_result["topic"]
         shared["outline"] = exec_result["outline"]
         return None
 
 
-class KbIngestion(_Step):
+class _KbIngestion(_Step):
     kind = "tool"
     name = "kb_ingestion"
     writes = "knowledge"
 
-    async def prep_async(self, shared: Shared) -> Any:
+    async def prep_async(self, shared: _Shared) -> Any:
         return shared["topic"], shared["outline"]
 
     async def exec_async(self, prep_result: Any) -> Any:
@@ -117,7 +128,7 @@ class KbIngestion(_Step):
         return {title: [f"doc-{_digest(topic, title, i)}" for i in range(3)] for title in outline}
 
 
-class SectionWriter(AsyncBatchNode):
+class _SectionWriter(AsyncBatchNode):
     """One ``exec_async`` per section; reports ``otelflow.progress`` as sections are written."""
 
     kind = "agent"
@@ -127,7 +138,7 @@ class SectionWriter(AsyncBatchNode):
         super().__init__()
         self.pace = pace
 
-    async def prep_async(self, shared: Shared) -> Any:
+    async def prep_async(self, shared: _Shared) -> Any:
         outline: list[str] = shared["outline"]
         return [(i, len(outline), title, shared["knowledge"][title]) for i, title in enumerate(outline)]
 
@@ -137,12 +148,12 @@ class SectionWriter(AsyncBatchNode):
         progress(completed=index + 1, total=total, message=f"wrote {title}")
         return f"## {title}\n" + " ".join(f"Drawing on {doc}." for doc in docs)
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+    async def post_async(self, shared: _Shared, prep_result: Any, exec_result: Any) -> str | None:
         shared["sections"] = exec_result
         return None
 
 
-class Reviewer(_Step):
+class _Reviewer(_Step):
     kind = "agent"
     name = "reviewer"
     reads, writes = "sections", "review"
@@ -152,41 +163,42 @@ class Reviewer(_Step):
         words = sum(len(section.split()) for section in prep_result)
         return {"approved": words >= 20, "words": words}
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+    async def post_async(self, shared: _Shared, prep_result: Any, exec_result: Any) -> str | None:
         await super().post_async(shared, prep_result, exec_result)
         return "approve" if exec_result["approved"] else "reject"
 
 
 def content_pipeline(pace: float = 0.0) -> AsyncFlow:
     """``topic_identification`` → ``kb_ingestion`` → ``section_writer`` (batch) → ``reviewer``."""
-    topics = TopicIdentification(pace)
-    topics >> KbIngestion(pace) >> SectionWriter(pace) >> Reviewer(pace)
+    topics = _TopicIdentification(pace)
+    topics >> _KbIngestion(pace) >> _SectionWriter(pace) >> _Reviewer(pace)
     return AsyncFlow(start=topics, name="content_pipeline")
 
 
-async def run_content_pipeline(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
+async def run_content_pipeline(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> _Shared:
+    """Runs :func:`content_pipeline` once on the ``n``-th of :data:`BRIEFS`; ends with ``shared["review"]``."""
     return await _run(content_pipeline(pace), {"brief": BRIEFS[n % len(BRIEFS)]}, run_id)
 
 
 # --- 2. parallel research: planner → three researcher agents (each: search → read tools) → synthesizer --------
 
 
-class ResearchPlanner(_Step):
+class _ResearchPlanner(_Step):
     kind = "agent"
     name = "research_planner"
     reads = "question"
 
     async def exec_async(self, prep_result: Any) -> Any:
         await _work(self.pace, 1)
-        return {source: f"{prep_result} ({source})" for source in SOURCES}
+        return {source: f"{prep_result} ({source})" for source in _SOURCES}
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+    async def post_async(self, shared: _Shared, prep_result: Any, exec_result: Any) -> str | None:
         shared["queries"] = exec_result
         shared["findings"] = {}
         return None
 
 
-class Search(_Step):
+class _Search(_Step):
     kind = "tool"
     name = "search"
 
@@ -196,7 +208,7 @@ class Search(_Step):
         self.hits = hits
         self.writes = f"{source}_hits"
 
-    async def prep_async(self, shared: Shared) -> Any:
+    async def prep_async(self, shared: _Shared) -> Any:
         return shared["queries"][self.source]
 
     async def exec_async(self, prep_result: Any) -> Any:
@@ -204,7 +216,7 @@ class Search(_Step):
         return [f"{self.source}://{_digest(prep_result, i)}" for i in range(self.hits)]
 
 
-class ReadSources(_Step):
+class _ReadSources(_Step):
     kind = "tool"
     name = "read_sources"
 
@@ -217,19 +229,19 @@ class ReadSources(_Step):
         await _work(self.pace, len(prep_result) / 2)
         return [f"summary of {url}" for url in prep_result]
 
-    async def post_async(self, shared: Shared, prep_result: Any, exec_result: Any) -> str | None:
+    async def post_async(self, shared: _Shared, prep_result: Any, exec_result: Any) -> str | None:
         shared["findings"][self.source] = exec_result
         return None
 
 
-def researcher(source: str, hits: int, pace: float = 0.0) -> AsyncFlow:
+def _researcher(source: str, hits: int, pace: float = 0.0) -> AsyncFlow:
     """An agent made of two tool calls: ``search`` → ``read_sources``."""
-    search = Search(pace, source, hits)
-    search >> ReadSources(pace, source)
+    search = _Search(pace, source, hits)
+    search >> _ReadSources(pace, source)
     return AsyncFlow(start=search, name=f"{source}_researcher", kind="agent")
 
 
-class Synthesizer(_Step):
+class _Synthesizer(_Step):
     kind = "agent"
     name = "synthesizer"
     reads, writes = "findings", "report"
@@ -241,20 +253,21 @@ class Synthesizer(_Step):
 
 def parallel_research(pace: float = 0.0) -> AsyncFlow:
     """``research_planner`` → fan-out to ``web``/``papers``/``code`` researchers → ``synthesizer``."""
-    planner = ResearchPlanner(pace)
-    branches = [researcher(source, hits, pace) for source, hits in zip(SOURCES, (3, 2, 4), strict=True)]
-    planner >> Parallel(*branches, name="fan_out") >> Synthesizer(pace)
+    planner = _ResearchPlanner(pace)
+    branches = [_researcher(source, hits, pace) for source, hits in zip(_SOURCES, (3, 2, 4), strict=True)]
+    planner >> Parallel(*branches, name="fan_out") >> _Synthesizer(pace)
     return AsyncFlow(start=planner, name="parallel_research")
 
 
-async def run_parallel_research(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
+async def run_parallel_research(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> _Shared:
+    """Runs :func:`parallel_research` once on the ``n``-th of :data:`BRIEFS`; ends with ``shared["report"]``."""
     return await _run(parallel_research(pace), {"question": BRIEFS[n % len(BRIEFS)]}, run_id)
 
 
 # --- 3. flaky agent: fetch_market_data (retried) → analyst (fallback) → publish ---------------------------------
 
 
-class FetchMarketData(_Step):
+class _FetchMarketData(_Step):
     """A tool whose upstream fails ``failures`` times before it answers; 3 attempts in total."""
 
     kind = "tool"
@@ -265,7 +278,7 @@ class FetchMarketData(_Step):
     def __init__(self, pace: float) -> None:
         super().__init__(pace, wait=pace, backoff=2.0)
 
-    async def prep_async(self, shared: Shared) -> Any:
+    async def prep_async(self, shared: _Shared) -> Any:
         # The attempt counter lives in prep's result: one per run, shared by that run's attempts.
         return {"symbol": shared["symbol"], "failures": shared.get("failures", 0), "attempts": [0]}
 
@@ -277,7 +290,7 @@ class FetchMarketData(_Step):
         return {"symbol": prep_result["symbol"], "price": 100 + int(_digest(prep_result["symbol"]), 16) % 50}
 
 
-class Analyst(_Step):
+class _Analyst(_Step):
     """An agent whose model is overloaded (``model_down``: after 2 attempts it falls back to a rule) or hangs."""
 
     kind = "agent"
@@ -289,7 +302,7 @@ class Analyst(_Step):
         super().__init__(pace, wait=pace)
         self.started = started
 
-    async def prep_async(self, shared: Shared) -> Any:
+    async def prep_async(self, shared: _Shared) -> Any:
         return shared["quote"], shared.get("model_down", False), shared.get("model_hangs", False)
 
     async def exec_async(self, prep_result: Any) -> Any:
@@ -308,7 +321,7 @@ class Analyst(_Step):
         return f"{quote['symbol']} at {quote['price']}: hold (rule-based fallback)"
 
 
-class Publish(_Step):
+class _Publish(_Step):
     name = "publish"
     reads, writes = "analysis", "published"
 
@@ -322,26 +335,26 @@ def flaky_agent(pace: float = 0.0, started: asyncio.Event | None = None) -> Asyn
 
     ``started`` is set when the analyst begins an attempt (the cancelled scenario waits for it).
     """
-    fetch = FetchMarketData(pace)
-    fetch >> Analyst(pace, started) >> Publish(pace)
+    fetch = _FetchMarketData(pace)
+    fetch >> _Analyst(pace, started) >> _Publish(pace)
     return AsyncFlow(start=fetch, name="flaky_agent")
 
 
-async def run_flaky(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
+async def run_flaky(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> _Shared:
     """Recovers: the fetch succeeds on its third attempt, the analyst falls back."""
     symbol = ("ACME", "INITECH", "UMBRELLA")[n % 3]
     return await _run(flaky_agent(pace), {"symbol": symbol, "failures": 2, "model_down": True}, run_id)
 
 
-async def run_failing(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
+async def run_failing(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> _Shared:
     """Fails: the upstream is down for longer than the three attempts; raises :class:`UpstreamError`."""
     return await _run(flaky_agent(pace), {"symbol": "GLOBEX", "failures": 5}, run_id)
 
 
-async def run_cancelled(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> Shared:
+async def run_cancelled(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> _Shared:
     """Cancelled: the run is cancelled while the analyst thinks (as a user stopping a job would)."""
     started = asyncio.Event()
-    shared: Shared = {"symbol": "HOOLI", "model_hangs": True}
+    shared: _Shared = {"symbol": "HOOLI", "model_hangs": True}
     task = asyncio.create_task(flaky_agent(pace, started).run_async(shared, run_id=run_id))
     waiter = asyncio.create_task(started.wait())
     try:
@@ -364,7 +377,7 @@ class Scenario:
     """One kind of demo run: ``run(pace, n, run_id)`` runs it once (the ``n``-th time), named ``run_id``."""
 
     name: str
-    run: Callable[[float, int, str | None], Awaitable[Shared]]
+    run: Callable[[float, int, str | None], Awaitable[_Shared]]
 
 
 SCENARIOS: Final = (
@@ -376,3 +389,5 @@ SCENARIOS: Final = (
     Scenario("failing run", run_failing),
     Scenario("cancelled run", run_cancelled),
 )
+"""The rotation ``otelflow demo`` runs, one scenario per run in turn: mostly successes, then a failure and a
+cancellation, so that every status shows in the viewer."""

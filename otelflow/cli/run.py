@@ -23,8 +23,8 @@ from pathlib import Path
 from types import FrameType
 
 from otelflow import config
-from otelflow._embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.cli.embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
+from otelflow.engine.instrumentor import EngineInstrumentor
 from otelflow.sinks import InProcessSink
 
 __all__ = ["ENV_RUN_EXIT", "main"]

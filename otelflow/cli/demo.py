@@ -1,6 +1,6 @@
 """``otelflow demo``: the viewer, embedded, watching the example workflows run again and again.
 
-Deterministic, offline, no LLM: the workflows of :mod:`otelflow._demo_flows` with short simulated pauses. A
+Deterministic, offline, no LLM: the workflows of :mod:`otelflow.engine.demo` with short simulated pauses. A
 new run starts every ``--interval`` seconds, cycling through a content pipeline, parallel research agents, a
 flaky agent that recovers through retries and a fallback, a run that fails and a run that is cancelled. The
 pauses scale with the interval (``--interval 0.1`` is a fast demo). ``--runs N`` stops once N runs finished.
@@ -22,10 +22,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from otelflow._demo_flows import SCENARIOS, Scenario
-from otelflow._embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
+from otelflow.cli.embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
 from otelflow.config import configure
-from otelflow.instrumentor import EngineInstrumentor
+from otelflow.engine.demo import SCENARIOS, Scenario
+from otelflow.engine.instrumentor import EngineInstrumentor
 from otelflow.sinks import InProcessSink
 
 __all__ = ["main"]

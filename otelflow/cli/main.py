@@ -1,16 +1,23 @@
-"""The ``otelflow`` command: serve | demo | run | tail | export."""
+"""The ``otelflow`` command's parser: one subcommand each for serve, demo, run, tail and export."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from otelflow import __version__
 
+__all__ = ["build_parser", "main"]
+
 DEFAULT_PORT = 8080
 DEFAULT_VIEWER = f"http://127.0.0.1:{DEFAULT_PORT}"
+# The viewer server's own log levels: the logging module's names, as uvicorn takes them.
+_LOG_LEVELS = [
+    logging.getLevelName(level).lower() for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+]
 
 
 def _viewer_missing(exc: ImportError) -> int:
@@ -33,7 +40,7 @@ def _port(value: str) -> int:
 
 
 def _host(value: str) -> str:
-    """An argparse type: a host name or address without a port (``otelflow.viewer.app.allowed_host``)."""
+    """An argparse type: a host name or address without a port (``otelflow.viewer.allowed_host``)."""
     try:
         from otelflow.viewer import ViewerConfigError, allowed_host
     except ImportError:
@@ -80,7 +87,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from otelflow._demo import main as demo_main
+        from otelflow.cli.demo import main as demo_main
     except ImportError as exc:
         return _viewer_missing(exc)
     return demo_main(args)
@@ -88,20 +95,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
-        from otelflow._run import main as run_main
+        from otelflow.cli.run import main as run_main
     except ImportError as exc:
         return _viewer_missing(exc)
     return run_main(args)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from otelflow._tail import main as tail_main
+    from otelflow.cli.tail import main as tail_main
 
     return tail_main(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from otelflow._export import main as export_main
+    from otelflow.cli.export import main as export_main
 
     return export_main(args)
 
@@ -126,11 +133,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="otelflow", description="Watch workflows of agents and nodes run live.")
-    parser.add_argument("--version", action="version", version=f"otelflow {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the live viewer (OTLP receiver, SSE/WebSocket streams, history)")
     serve.add_argument("--host", default=os.environ.get("OTELFLOW_HOST", "127.0.0.1"), help="default 127.0.0.1")
     serve.add_argument(
@@ -162,9 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="rows waiting for the history database beyond this: new spans get 503 (default 128)",
     )
-    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=logging.getLevelName(logging.WARNING).lower(), choices=_LOG_LEVELS)
     serve.set_defaults(func=_cmd_serve)
 
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="start the viewer and keep running the example workflows")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=_port, default=DEFAULT_PORT)
@@ -173,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", type=int, default=0, help="stop after this many runs (0: until Ctrl-C)")
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run a Python script with tracing and live streaming")
     run.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL"), help="viewer URL (default: embedded)")
     run.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port of the embedded viewer")
@@ -196,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     run.set_defaults(func=_cmd_run)
 
+
+def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tail = sub.add_parser("tail", help="follow runs live in the terminal")
     tail.add_argument("run", nargs="?", help="trace id or otelflow.run.id (default: the newest running run)")
     tail.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL", DEFAULT_VIEWER))
@@ -205,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="print raw envelopes, one per line")
     tail.set_defaults(func=_cmd_tail)
 
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = sub.add_parser("export", help="export a run from the viewer")
     export.add_argument("run", help="trace id or otelflow.run.id")
     export.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL", DEFAULT_VIEWER))
@@ -212,14 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["otlp-json", "jsonl"], default="otlp-json")
     export.add_argument("-o", "--output", help="file to write (default: standard output)")
     export.set_defaults(func=_cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; each sets ``func``, which runs it and returns the exit status."""
+    parser = argparse.ArgumentParser(prog="otelflow", description="Watch workflows of agents and nodes run live.")
+    parser.add_argument("--version", action="version", version=f"otelflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve, _add_demo, _add_run, _add_tail, _add_export):
+        add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``otelflow`` with ``argv`` (default: the process's arguments); returns the exit status."""
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

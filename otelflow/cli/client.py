@@ -1,18 +1,14 @@
-"""``otelflow export RUN``: one run from the viewer as OTLP JSON or as JSON lines; and the small HTTP client it shares.
+"""The small HTTP client ``otelflow tail`` and ``otelflow export`` share to read the viewer's REST API.
 
-Exit codes: 0 written; 1 the viewer has no such run (or refused the request); 2 the viewer cannot be reached.
 Only the standard library is used: the instrumentation side needs no web framework.
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
-import sys
 from collections.abc import Mapping
-from io import StringIO
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 __all__ = [
@@ -22,7 +18,6 @@ __all__ = [
     "connect",
     "get_json",
     "headers",
-    "main",
     "problem",
     "run_path",
 ]
@@ -60,6 +55,7 @@ def connect(viewer: str, timeout: float = TIMEOUT_S) -> tuple[http.client.HTTPCo
 
 
 def headers(token: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The request headers: JSON wanted, the bearer ``token`` when there is one, then ``extra``."""
     out = {"Accept": "application/json", "User-Agent": "otelflow-cli"}
     if token:
         out["Authorization"] = f"Bearer {token}"
@@ -68,6 +64,7 @@ def headers(token: str | None, extra: Mapping[str, str] | None = None) -> dict[s
 
 
 def run_path(run: str, suffix: str = "") -> str:
+    """The REST path of one run (a trace id or ``otelflow.run.id``, quoted), then ``suffix``."""
     return f"/api/runs/{quote(run, safe='')}{suffix}"
 
 
@@ -92,6 +89,7 @@ def get_json(viewer: str, path: str, token: str | None, timeout: float = TIMEOUT
 
 
 def problem(viewer: str, status: int, body: bytes) -> str:
+    """What to tell the user about an error answer: the viewer's own message, or what to do about a 401."""
     try:
         message = str(json.loads(body).get("error") or "")
     except (ValueError, AttributeError):
@@ -99,37 +97,3 @@ def problem(viewer: str, status: int, body: bytes) -> str:
     if status == 401:
         return f"the viewer at {viewer} needs a token: pass --token or set OTELFLOW_TOKEN"
     return message or f"the viewer at {viewer} answered HTTP {status}"
-
-
-def _write(out: IO[str], args: argparse.Namespace) -> None:
-    if args.format == "jsonl":
-        detail = get_json(args.viewer, run_path(args.run), args.token)
-        for span in detail.get("spans", []):
-            out.write(json.dumps(span, ensure_ascii=False, separators=(",", ":")) + "\n")
-    else:
-        payload = get_json(args.viewer, run_path(args.run, "/export"), args.token)
-        out.write(json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Write the run to ``args.output`` or stdout; see the module docstring for exit codes."""
-    try:
-        if args.output and args.output != "-":
-            # fetch first, so an unknown run does not leave an empty file behind
-            buffer = StringIO()
-            _write(buffer, args)
-            with open(args.output, "w", encoding="utf-8") as fh:
-                fh.write(buffer.getvalue())
-        else:
-            _write(sys.stdout, args)
-            sys.stdout.flush()
-    except ViewerUnreachable as exc:
-        print(f"otelflow export: {exc}", file=sys.stderr)
-        return 2
-    except ViewerRequestError as exc:
-        print(f"otelflow export: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"otelflow export: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0

@@ -1,0 +1,376 @@
+"""What ``otelflow tail`` shows: span data as safe one-line text, plain lines, raw JSON, and the rich live view.
+
+Span data is never interpreted as rich markup (every piece becomes a :class:`rich.text.Text`), and control
+characters are shown escaped, never emitted. rich is imported only by the live view, which needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any, Final
+
+from otelflow import attributes as A
+from otelflow.wire import RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_EVENT, SPAN_STARTED
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions, RenderResult
+    from rich.spinner import Spinner
+
+    from otelflow.cli.tail import RunView, Tail
+
+__all__ = [
+    "ENDED",
+    "RUN_TYPES",
+    "STATUS_GLYPH",
+    "Envelope",
+    "JsonOutput",
+    "LiveView",
+    "Output",
+    "OutputClosed",
+    "PlainOutput",
+    "RichOutput",
+    "clean",
+    "clock",
+    "describe",
+    "describe_event",
+]
+
+MAX_TREE_SPANS: Final = 80
+KEEP_ENDED_RUNS: Final = 3
+ENDED: Final = frozenset({A.STATUS_OK, A.STATUS_ERROR, A.STATUS_ABANDONED})
+RUN_TYPES: Final = (RUN_STARTED, RUN_UPDATED, RUN_ENDED)
+
+STATUS_STYLE: Final = {
+    A.STATUS_RUNNING: "yellow",
+    A.STATUS_OK: "green",
+    A.STATUS_ERROR: "bold red",
+    A.STATUS_ABANDONED: "magenta",
+}
+STATUS_GLYPH: Final = {A.STATUS_OK: "✓", A.STATUS_ERROR: "✗", A.STATUS_ABANDONED: "⚠", A.STATUS_RUNNING: "•"}
+SPINNER: Final = "dots"
+
+Envelope = dict[str, Any]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(value: Any, limit: int = 160) -> str:
+    """``value`` as one printable line: whitespace controls become spaces, other controls ``\\xNN``."""
+    text = value if isinstance(value, str) else str(value)
+
+    def sub(m: re.Match[str]) -> str:
+        ch = m.group()
+        return " " if ch in "\n\r\t" else f"\\x{ord(ch):02x}"
+
+    text = _CONTROL.sub(sub, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clock(when: Any) -> str:
+    """``HH:MM:SS.mmm`` local time of an ISO 8601 timestamp (now when missing)."""
+    if isinstance(when, str) and when:
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(when.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S.%f")[:-3]
+    return datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return clean(value, 20)
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """A lifecycle event in a few words: ``progress 50% Processing``, ``log warning: disk full``."""
+    name = str(event.get("name") or "")
+    a = event.get("attributes") or {}
+    if not isinstance(a, dict):
+        a = {}
+    if name == A.EVENT_PROGRESS:
+        if a.get(A.PROGRESS_PERCENT) is not None:
+            amount = f"{_number(a[A.PROGRESS_PERCENT])}%"
+        elif a.get(A.PROGRESS_TOTAL) is not None:
+            amount = f"{_number(a.get(A.PROGRESS_COMPLETED, 0))}/{_number(a[A.PROGRESS_TOTAL])}"
+        else:
+            amount = ""
+        return " ".join(p for p in ("progress", amount, clean(a.get(A.PROGRESS_MESSAGE) or "", 80)) if p)
+    if name == A.EVENT_LOG:
+        return f"log {clean(a.get(A.LOG_LEVEL, 'info'), 10)}: {clean(a.get(A.LOG_MESSAGE, ''), 100)}"
+    if name == A.EVENT_DATA_FLOW:
+        size = f" ({_number(a[A.DATA_FLOW_BYTES])} B)" if a.get(A.DATA_FLOW_BYTES) is not None else ""
+        return f"data_flow {clean(a.get(A.DATA_FLOW_FROM, '?'), 40)} → {clean(a.get(A.DATA_FLOW_TO, '?'), 40)}{size}"
+    if name == A.EVENT_RETRY:
+        err = f" after {clean(a[A.RETRY_ERROR], 60)}" if a.get(A.RETRY_ERROR) else ""
+        return f"retry #{_number(a.get(A.RETRY_ATTEMPT, '?'))}{err}"
+    if name == A.EVENT_FALLBACK:
+        to = f" to {clean(a[A.FALLBACK_TO], 40)}" if a.get(A.FALLBACK_TO) else ""
+        err = f" after {clean(a[A.FALLBACK_ERROR], 60)}" if a.get(A.FALLBACK_ERROR) else ""
+        return f"fallback{to}{err}"
+    if name == A.EVENT_EXCEPTION:
+        return f"exception {clean(a.get(A.EXCEPTION_TYPE, ''), 40)}: {clean(a.get(A.EXCEPTION_MESSAGE, ''), 80)}"
+    return f"event {clean(name, 60)}"
+
+
+def _duration(span: dict[str, Any]) -> str:
+    ms = span.get("duration_ms")
+    if not isinstance(ms, (int, float)):
+        return ""
+    return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
+
+
+def describe(env: Envelope) -> str | None:
+    """One plain line for a reported envelope, or ``None`` for envelopes plain output leaves out."""
+    type_ = str(env.get("type"))
+    mark = "  (snapshot)" if env.get("snapshot") else ""
+    if type_ in RUN_TYPES:
+        if type_ == RUN_UPDATED:
+            return None
+        run = env.get("run") or {}
+        alias = f"  run {clean(run['otelflow_run_id'], 60)}" if run.get("otelflow_run_id") else ""
+        ended = type_ == RUN_ENDED
+        when = run.get("end_time") if ended else run.get("start_time")
+        tail = f"  {clean(run.get('status', ''), 20)}" if ended else ""
+        dur = f" {_duration(run)}" if ended and _duration(run) else ""
+        name = clean(run.get("name", ""), 80)
+        return f"{clock(when)}  {type_:<14} {'':<8} {name}{alias}  trace {env.get('run_id')}{tail}{dur}{mark}"
+    if type_ == SPAN_EVENT:
+        event = env.get("event") or {}
+        kind = clean(env.get("span_kind") or "", 8)
+        name = clean(env.get("span_name") or "", 80)
+        return f"{clock(event.get('time'))}  {type_:<14} {kind:<8} {name}  {describe_event(event)}{mark}"
+    span = env.get("span")
+    if not isinstance(span, dict):
+        return None
+    kind = clean(span.get("kind") or "", 8)
+    name = clean(span.get("name") or "", 80)
+    if type_ == SPAN_STARTED:
+        return f"{clock(span.get('start_time'))}  {type_:<14} {kind:<8} {name}{mark}"
+    status = clean(span.get("status") or "", 12)
+    detail = ""
+    err = span.get("error")
+    if isinstance(err, dict):
+        detail = f"  {clean(err.get('type') or '', 40)}: {clean(err.get('message') or '', 100)}"
+    dur = f" {_duration(span)}" if _duration(span) else ""
+    when = span.get("end_time") or None
+    return f"{clock(when)}  {type_:<14} {kind:<8} {name}  {status}{dur}{detail}{mark}"
+
+
+class OutputClosed(Exception):
+    """Standard output was closed by its reader (``otelflow tail | head -1``): time to stop, quietly."""
+
+
+class Output:
+    """Where reports go; :meth:`status` says what the connection is doing."""
+
+    def report(self, env: Envelope, raw: str | None) -> None:
+        raise NotImplementedError
+
+    def status(self, text: str) -> None:
+        print(f"otelflow tail: {text}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        yield
+
+
+class JsonOutput(Output):
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def report(self, env: Envelope, raw: str | None) -> None:
+        line = raw if raw is not None else json.dumps(env, ensure_ascii=False, separators=(",", ":"))
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class PlainOutput(Output):
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def report(self, env: Envelope, raw: str | None) -> None:
+        line = describe(env)
+        if line is not None:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def status(self, text: str) -> None:
+        super().status(text)
+
+
+class LiveView:
+    """The rich renderable of a :class:`Tail`: one block per shown run, then the latest events.
+
+    Every piece of span data becomes a :class:`rich.text.Text`, never markup. Spinners are kept per span so that
+    they animate across refreshes.
+    """
+
+    def __init__(self, tail: Tail) -> None:
+        self.tail = tail
+        self._spinners: dict[str, Spinner] = {}
+
+    def _spinner(self, key: str, label: Any) -> Spinner:
+        from rich.spinner import Spinner
+
+        spinner = self._spinners.get(key)
+        if spinner is None:
+            spinner = self._spinners[key] = Spinner(SPINNER, style=STATUS_STYLE[A.STATUS_RUNNING])
+        spinner.text = label
+        return spinner
+
+    def _mark(self, key: str, status: str, label: Any) -> Any:
+        from rich.text import Text
+
+        if status == A.STATUS_RUNNING:
+            return self._spinner(key, label)
+        self._spinners.pop(key, None)
+        glyph = Text(STATUS_GLYPH.get(status, "?"), style=STATUS_STYLE.get(status, ""))
+        return Text.assemble(glyph, " ", label)
+
+    def _span_label(self, span: dict[str, Any]) -> Any:
+        from rich.text import Text
+
+        status = str(span.get("status") or A.STATUS_RUNNING)
+        label = Text.assemble(
+            (clean(span.get("name") or "", 80), "bold"),
+            " ",
+            (clean(span.get("kind") or "", 10), "dim"),
+        )
+        if status == A.STATUS_RUNNING:
+            started = span.get("start_time")
+            if isinstance(started, str):
+                with contextlib.suppress(ValueError):
+                    began = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+                    label.append(f" {max(0.0, time.time() - began):.1f}s", "dim")
+        else:
+            label.append(f" {_duration(span)}" if _duration(span) else "", "dim")
+            label.append(f" {status}", STATUS_STYLE.get(status, ""))
+            err = span.get("error")
+            if isinstance(err, dict) and (err.get("type") or err.get("message")):
+                label.append(f"  {clean(err.get('type') or '', 40)}: {clean(err.get('message') or '', 80)}", "red")
+        return self._mark(str(span.get("span_id")), status, label)
+
+    def _progress(self, view: RunView) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        progress = view.summary.get("progress") if isinstance(view.summary.get("progress"), dict) else None
+        spans = list(view.spans.values())
+        done = sum(1 for s in spans if s.get("status") in ENDED)
+        message = ""
+        if progress is not None and isinstance(progress.get("percent"), (int, float)):
+            percent = float(progress["percent"])
+            message = clean(progress.get("message") or "", 80)
+        elif progress is not None and isinstance(progress.get("total"), (int, float)) and progress["total"]:
+            percent = 100.0 * float(progress.get("completed") or 0) / float(progress["total"])
+            message = clean(progress.get("message") or "", 80)
+        else:
+            percent = 100.0 * done / len(spans) if spans else 0.0
+            message = f"{done}/{len(spans)} spans done"
+        if view.ended:
+            percent = 100.0 if view.status == A.STATUS_OK else percent
+        style = STATUS_STYLE.get(view.status, "")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(
+            ProgressBar(total=100, completed=max(0.0, min(100.0, percent)), width=30, complete_style=style),
+            Text(f"{percent:3.0f}%"),
+            Text(message, style="dim"),
+        )
+        return grid
+
+    def _run_tree(self, view: RunView) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+        from rich.tree import Tree
+
+        label = Text.assemble((clean(view.name, 80), "bold"))
+        alias = view.summary.get("otelflow_run_id")
+        if alias:
+            label.append(f"  {clean(alias, 60)}", "cyan")
+        label.append(f"  {view.trace_id}", "dim")
+        label.append(f"  {view.status}", STATUS_STYLE.get(view.status, ""))
+        errors = view.summary.get("error_count")
+        if errors:
+            label.append(f"  {errors} error{'s' if errors != 1 else ''}", "red")
+        head = self._mark(f"run:{view.trace_id}", view.status, label)
+        tree = Tree(Group(head, self._progress(view)), guide_style="dim")
+        spans = sorted(view.spans.values(), key=lambda s: (str(s.get("start_time")), str(s.get("span_id"))))
+        nodes: dict[str, Tree] = {}
+        children: dict[str, list[dict[str, Any]]] = {}
+        ids = {str(s.get("span_id")) for s in spans}
+        roots: list[dict[str, Any]] = []
+        for s in spans:
+            parent = s.get("parent_span_id")
+            if isinstance(parent, str) and parent in ids and parent != s.get("span_id"):
+                children.setdefault(parent, []).append(s)
+            else:
+                roots.append(s)
+        shown = 0
+
+        def add(into: Tree, span: dict[str, Any]) -> None:
+            nonlocal shown
+            if shown >= MAX_TREE_SPANS:
+                return
+            shown += 1
+            node = nodes[str(span.get("span_id"))] = into.add(self._span_label(span))
+            for child in children.get(str(span.get("span_id")), ()):
+                add(node, child)
+
+        for root in roots:
+            add(tree, root)
+        if len(spans) > shown:
+            tree.add(Text(f"… {len(spans) - shown} more spans", style="dim"))
+        return tree
+
+    def renderables(self) -> list[Any]:
+        from rich.text import Text
+
+        with self.tail.lock:
+            views = sorted(self.tail.runs.values(), key=lambda v: int(v.summary.get("start_time_ns") or 0))
+            ended = [v for v in views if v.ended]
+            keep = {id(v) for v in ended[-KEEP_ENDED_RUNS:]}
+            shown = [v for v in views if not v.ended or id(v) in keep]
+            out: list[Any] = [self._run_tree(v) for v in shown]
+            if not shown:
+                out.append(Text("waiting for a run to start…", style="dim"))
+            if self.tail.recent:
+                out.append(Text("latest events", style="bold dim"))
+                for when, line in self.tail.recent:
+                    out.append(Text.assemble((when, "dim"), "  ", line))
+            if self.tail.status_line:
+                out.append(Text(self.tail.status_line, style="dim italic"))
+        return out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.renderables()
+
+
+class RichOutput(Output):
+    """The in-place terminal view (rich ``Live``)."""
+
+    def __init__(self, tail: Tail, console: Console | None = None) -> None:
+        from rich.console import Console
+
+        self.tail = tail
+        self.console = console or Console()
+        self.view = LiveView(tail)
+
+    def report(self, env: Envelope, raw: str | None) -> None:
+        pass  # the view renders the tail's state on each refresh
+
+    def status(self, text: str) -> None:
+        with self.tail.lock:
+            self.tail.status_line = text
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        from rich.live import Live
+
+        with Live(self.view, console=self.console, refresh_per_second=8, redirect_stderr=False):
+            yield
