@@ -1,15 +1,15 @@
 """SpanRecord, the one record type that travels from the processor to the browser, and its encodings.
 
 A record is a full snapshot of a span at one moment: built from an SDK span by the live processor, or
-decoded from OTLP by the viewer. Encodings: the stream envelope's ``span`` object (:meth:`SpanRecord.to_dict`)
-and OTLP/JSON (:func:`to_otlp_json` / :func:`from_otlp_json`), which ``POST /v1/traces`` accepts.
+decoded from OTLP by the viewer (:mod:`otelflow.viewer.decode`). Encodings: the stream envelope's ``span``
+object (:meth:`SpanRecord.to_dict`) and OTLP/JSON (:func:`to_otlp_json`), which ``POST /v1/traces`` accepts.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from operator import attrgetter
@@ -32,15 +32,12 @@ __all__ = [
     "STATUS_OK",
     "STATUS_RUNNING",
     "EventRecord",
-    "OtlpDecodeError",
     "SpanRecord",
     "capture",
     "clean_record",
     "deferred_pair",
     "deferred_record",
     "format_time",
-    "from_otlp_json",
-    "iter_otlp_json",
     "kind_of",
     "otlp_resource",
     "record_from_span",
@@ -486,12 +483,8 @@ def deferred_pair(cap: tuple[Any, ...]) -> list[SpanRecord]:
 
 
 # --------------------------------------------------------------------------------------------------
-# OTLP/JSON (https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding)
+# OTLP/JSON, written (https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding); the viewer reads it
 # --------------------------------------------------------------------------------------------------
-
-
-class OtlpDecodeError(ValueError):
-    """An OTLP payload that cannot be read; the message says where and why."""
 
 
 def _any_value(value: Any) -> dict[str, Any]:
@@ -569,234 +562,3 @@ def to_otlp_json(records: Iterable[SpanRecord], resource_extra: Mapping[str, Any
             for k, scope_spans in by_resource.items()
         ]
     }
-
-
-def _decode_any(value: Any, where: str) -> Any:
-    if not isinstance(value, Mapping):
-        raise OtlpDecodeError(f"{where}: expected an AnyValue object, got {type(value).__name__}")
-    if not value:
-        return None
-    ((tag, inner),) = list(value.items())[:1]
-    if tag == "stringValue":
-        return inner if type(inner) is str else str(inner)
-    if tag == "boolValue":
-        return bool(inner)
-    if tag == "intValue":
-        try:
-            return int(inner)
-        except (TypeError, ValueError):
-            raise OtlpDecodeError(f"{where}: intValue {inner!r} is not an integer") from None
-    if tag == "doubleValue":
-        try:
-            number = float(inner)
-        except (TypeError, ValueError):
-            raise OtlpDecodeError(f"{where}: doubleValue {inner!r} is not a number") from None
-        return number if math.isfinite(number) else str(number)  # "NaN" and "Infinity" are legal OTLP/JSON
-    if tag == "bytesValue":
-        return str(inner)
-    if tag == "arrayValue":
-        values = inner.get("values", []) if isinstance(inner, Mapping) else None
-        if not isinstance(values, list):
-            raise OtlpDecodeError(f"{where}: arrayValue.values must be a list")
-        return [_decode_any(v, where) for v in values]
-    if tag == "kvlistValue":
-        values = inner.get("values", []) if isinstance(inner, Mapping) else None
-        if not isinstance(values, list):
-            raise OtlpDecodeError(f"{where}: kvlistValue.values must be a list")
-        return _decode_attrs(values, where)
-    raise OtlpDecodeError(f"{where}: unknown AnyValue field {tag!r}")
-
-
-def _decode_attrs(items: Any, where: str) -> dict[str, Any]:
-    if items is None:
-        return {}
-    if not isinstance(items, list):
-        raise OtlpDecodeError(f"{where}: attributes must be a list of key/value objects")
-    out: dict[str, Any] = {}
-    for item in items:
-        if not isinstance(item, Mapping) or not isinstance(item.get("key"), str):
-            raise OtlpDecodeError(f"{where}: attribute without a string key")
-        out[item["key"]] = _decode_any(item.get("value", {}), f"{where}.{item['key']}")
-    return out
-
-
-def _hex_id(value: Any, digits: int, where: str, *, required: bool) -> str | None:
-    if value in (None, ""):
-        if required:
-            raise OtlpDecodeError(f"{where}: missing")
-        return None
-    if not isinstance(value, str):
-        raise OtlpDecodeError(f"{where}: must be a hex string")
-    text = value.lower()
-    if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
-        raise OtlpDecodeError(f"{where}: {value!r} is not {digits} hex digits")
-    if text == "0" * digits:
-        if required:
-            raise OtlpDecodeError(f"{where}: all-zero id is invalid")
-        return None
-    return text
-
-
-def _nanos(value: Any, where: str) -> int:
-    if value in (None, "", 0, "0"):
-        return 0
-    try:
-        nanos = int(value)
-    except (TypeError, ValueError):
-        raise OtlpDecodeError(f"{where}: {value!r} is not a time in nanoseconds") from None
-    if nanos < 0:
-        raise OtlpDecodeError(f"{where}: negative time")
-    if nanos > MAX_TIME_NS:
-        raise OtlpDecodeError(f"{where}: {nanos} is out of range (after the year 2262)")
-    return nanos
-
-
-def decode_otlp_span(
-    span: Mapping[str, Any],
-    resource: dict[str, Any],
-    scope: str,
-    where: str,
-    limit: int | None = DEFAULT_VALUE_LIMIT,
-) -> SpanRecord:
-    """One OTLP/JSON span object as a record, its texts cleaned (:func:`otelflow.scrub.clean_text`, values cut
-    at ``limit`` characters); raises :class:`OtlpDecodeError` when it cannot be read. ``resource`` and ``scope``
-    are taken as they are (clean them once per request)."""
-    if not isinstance(span, Mapping):
-        raise OtlpDecodeError(f"{where}: a span must be an object")
-    name = span.get("name", "")
-    if not isinstance(name, str):
-        raise OtlpDecodeError(f"{where}.name: must be a string")
-    name = clean_text(name, NAME_LIMIT)
-    attrs = dict(clean_attributes(_decode_attrs(span.get("attributes"), f"{where}.attributes"), limit))
-    events_in = span.get("events") or []
-    if not isinstance(events_in, list):
-        raise OtlpDecodeError(f"{where}.events: must be a list")
-    events = []
-    for i, ev in enumerate(events_in):
-        if not isinstance(ev, Mapping):
-            raise OtlpDecodeError(f"{where}.events[{i}]: must be an object")
-        events.append(
-            EventRecord(
-                name=clean_text(str(ev.get("name", "")), NAME_LIMIT),
-                time_ns=_nanos(ev.get("timeUnixNano"), f"{where}.events[{i}].timeUnixNano"),
-                attributes=clean_attributes(
-                    _decode_attrs(ev.get("attributes"), f"{where}.events[{i}].attributes"), limit
-                ),
-            )
-        )
-    start = _nanos(span.get("startTimeUnixNano"), f"{where}.startTimeUnixNano")
-    end: int | None = _nanos(span.get("endTimeUnixNano"), f"{where}.endTimeUnixNano")
-    pending = attrs.pop(A.PENDING, False) is True
-    if pending or not end:
-        end = None
-    status_obj = span.get("status") or {}
-    if not isinstance(status_obj, Mapping):
-        raise OtlpDecodeError(f"{where}.status: must be an object")
-    code = status_obj.get("code", 0)
-    if isinstance(code, str):  # the JSON mapping allows enum names
-        code = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}.get(code, 0)
-    status = STATUS_RUNNING
-    if end is not None:
-        status = STATUS_ERROR if code == _OTLP_STATUS_ERROR else STATUS_OK
-    kind_value = span.get("kind", 1)
-    if isinstance(kind_value, str):
-        kind_value = {
-            "SPAN_KIND_INTERNAL": 1,
-            "SPAN_KIND_SERVER": 2,
-            "SPAN_KIND_CLIENT": 3,
-            "SPAN_KIND_PRODUCER": 4,
-            "SPAN_KIND_CONSUMER": 5,
-        }.get(kind_value, 1)
-    trace_id = _hex_id(span.get("traceId"), 32, f"{where}.traceId", required=True)
-    span_id = _hex_id(span.get("spanId"), 16, f"{where}.spanId", required=True)
-    assert trace_id is not None
-    assert span_id is not None
-    return SpanRecord(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=_hex_id(span.get("parentSpanId"), 16, f"{where}.parentSpanId", required=False),
-        name=name,
-        kind=kind_of(attrs),
-        span_kind=kind_value if isinstance(kind_value, int) and 0 <= kind_value <= 5 else 1,
-        start_time_ns=start,
-        end_time_ns=end,
-        status=status,
-        status_message=clean_text(str(status_obj.get("message", "") or ""), limit),
-        attributes=attrs,
-        events=tuple(events),
-        service=str(resource.get("service.name", "")),
-        resource=resource,
-        scope=scope,
-        phase=PHASE_UPDATE if end is None else PHASE_END,
-    )
-
-
-def from_otlp_json(payload: Any, limit: int | None = DEFAULT_VALUE_LIMIT) -> tuple[list[SpanRecord], list[str]]:
-    """Decode an OTLP/JSON ``ExportTraceServiceRequest``, every text cleaned (see :func:`decode_otlp_span`).
-
-    Returns the records that could be read and one message per span that could not (for OTLP partial
-    success). Raises :class:`OtlpDecodeError` when the payload's shape itself is wrong.
-    """
-    rejected: list[str] = []
-    records = list(iter_otlp_json(payload, rejected, limit))
-    return records, rejected
-
-
-def iter_otlp_json(payload: Any, rejected: list[str], limit: int | None = DEFAULT_VALUE_LIMIT) -> Iterator[SpanRecord]:
-    """:func:`from_otlp_json`, one record at a time. The payload's shape is checked before the first record
-    comes (:class:`OtlpDecodeError`); a span that cannot be read adds its message to ``rejected``."""
-    groups = _json_groups(payload, limit)
-    return _iter_json_spans(groups, rejected, limit)
-
-
-def _json_groups(payload: Any, limit: int | None) -> list[tuple[dict[str, Any], str, list[Any], str]]:
-    """``(resource, scope, spans, where)`` of every scopeSpans, resources and scopes cleaned once."""
-    if not isinstance(payload, Mapping):
-        raise OtlpDecodeError("body: expected a JSON object with resourceSpans")
-    resource_spans = payload.get("resourceSpans", [])
-    if not isinstance(resource_spans, list):
-        raise OtlpDecodeError("resourceSpans: must be a list")
-    groups = []
-    for r, rs in enumerate(resource_spans):
-        where = f"resourceSpans[{r}]"
-        if not isinstance(rs, Mapping):
-            raise OtlpDecodeError(f"{where}: must be an object")
-        res = rs.get("resource") or {}
-        if not isinstance(res, Mapping):
-            raise OtlpDecodeError(f"{where}.resource: must be an object")
-        resource = dict(clean_attributes(_decode_attrs(res.get("attributes"), f"{where}.resource.attributes"), limit))
-        if "service.name" in resource:
-            resource["service.name"] = clean_text(str(resource["service.name"]), NAME_LIMIT)
-        scope_spans = rs.get("scopeSpans", [])
-        if not isinstance(scope_spans, list):
-            raise OtlpDecodeError(f"{where}.scopeSpans: must be a list")
-        for s, ss in enumerate(scope_spans):
-            swhere = f"{where}.scopeSpans[{s}]"
-            if not isinstance(ss, Mapping):
-                raise OtlpDecodeError(f"{swhere}: must be an object")
-            scope_obj = ss.get("scope") or {}
-            scope = clean_text(str(scope_obj.get("name", "")), NAME_LIMIT) if isinstance(scope_obj, Mapping) else ""
-            spans = ss.get("spans", [])
-            if not isinstance(spans, list):
-                raise OtlpDecodeError(f"{swhere}.spans: must be a list")
-            groups.append((resource, scope, spans, swhere))
-    return groups
-
-
-def _iter_json_spans(
-    groups: list[tuple[dict[str, Any], str, list[Any], str]], rejected: list[str], limit: int | None
-) -> Iterator[SpanRecord]:
-    for resource, scope, spans, swhere in groups:
-        for i, span in enumerate(spans):
-            try:
-                record = decode_otlp_span(span, resource, scope, f"{swhere}.spans[{i}]", limit)
-            except OtlpDecodeError as exc:
-                rejected.append(str(exc))
-                continue
-            except RecursionError:
-                rejected.append(f"{swhere}.spans[{i}]: attributes nested too deeply")
-                continue
-            except Exception as exc:  # noqa: BLE001 - a shape the checks did not foresee rejects this span alone
-                rejected.append(f"{swhere}.spans[{i}]: {type(exc).__name__}: {exc}")
-                continue
-            yield record

@@ -8,7 +8,8 @@ import pytest
 
 import otelflow
 from otelflow import attributes as A
-from otelflow.records import OtlpDecodeError, SpanRecord, format_time, from_otlp_json, kind_of, to_otlp_json
+from otelflow.records import SpanRecord, format_time, kind_of, to_otlp_json
+from otelflow.viewer.decode import OtlpDecodeError, from_otlp_json
 from tests.conftest import Traced
 
 

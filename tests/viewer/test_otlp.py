@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from otelflow import attributes as A
 from otelflow.records import to_otlp_json
-from otelflow.viewer.otlp import decode_protobuf
+from otelflow.viewer.decode import decode_protobuf
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
 
 JSON = {"content-type": "application/json"}
