@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from otelflow import attributes as A
-from otelflow.records import EventRecord, from_otlp_json
+from otelflow.records import EventRecord
+from otelflow.viewer.decode import from_otlp_json
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 
 ENVELOPE_SPAN_KEYS = {
@@ -215,7 +216,7 @@ def test_run_stream_replays_the_run_and_closes_when_it_ends(viewer: Viewer) -> N
 def test_healthz(viewer: Viewer) -> None:
     body = httpx.get(f"{viewer.url}/healthz", timeout=5).json()
     assert body["status"] == "ok"
-    assert body["last_event_id"] == f"{viewer.hub.epoch}.0"
+    assert body["last_event_id"] == f"{viewer.hub.broadcast.epoch}.0"
     wait_for(lambda: True)
 
 

@@ -17,6 +17,11 @@ from otelflow.viewer.live import Hub
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 
 
+def _behind(viewer: Viewer, seq: int) -> int:
+    """How many events the viewer published past ``seq``."""
+    return _seq(viewer.hub.broadcast.last_id) - seq
+
+
 def _seq(event_id: str) -> int:
     return int(event_id.rsplit(".", 1)[1])
 
@@ -53,7 +58,7 @@ def test_resume_is_exact_under_1000_random_disconnects(viewer: Viewer) -> None:
     def produce() -> None:
         with httpx.Client(base_url=viewer.url, timeout=10) as client:
             while not stop.is_set():
-                wait_for(lambda: stop.is_set() or _seq(viewer.hub.last_id) - consumer_seq[0] < 3000, 30, "consumer")
+                wait_for(lambda: stop.is_set() or _behind(viewer, consumer_seq[0]) < 3000, 30, "consumer")
                 t = trace_id()
                 root = span_id()
                 batch = [record(t, root, "wf", kind="workflow")]
@@ -86,7 +91,7 @@ def test_resume_is_exact_under_1000_random_disconnects(viewer: Viewer) -> None:
         stop.set()
         producer.join(30)
         shared.close()
-    last = viewer.call(lambda: viewer.hub.last_id)
+    last = viewer.call(lambda: viewer.hub.broadcast.last_id)
     with SseClient(f"{viewer.url}/api/stream", headers={"Last-Event-ID": seen[-1]}) as sse:
         while seen[-1] != last:
             event = sse.next_event()
@@ -101,7 +106,7 @@ def test_reset_beyond_the_ring_and_for_unknown_ids(make_viewer: Callable[..., Vi
     viewer = make_viewer(hub=Hub(ring_size=50))
     t = trace_id()
     viewer.post_json([record(t, span_id(), "x", ended=True, run_id="job-old")])
-    old_id = f"{viewer.hub.epoch}.1"
+    old_id = f"{viewer.hub.broadcast.epoch}.1"
     for _ in range(60):
         viewer.post_json([record(t, span_id(), "y", ended=True)])
     with SseClient(f"{viewer.url}/api/stream", headers={"Last-Event-ID": old_id}) as sse:
@@ -109,12 +114,12 @@ def test_reset_beyond_the_ring_and_for_unknown_ids(make_viewer: Callable[..., Vi
         assert reset is not None
         assert reset["event"] == "reset"
         assert reset["data"]["snapshot"] == "/api/runs"
-        assert reset["id"] == viewer.call(lambda: viewer.hub.last_id)
+        assert reset["id"] == viewer.call(lambda: viewer.hub.broadcast.last_id)
         viewer.post_json([record(t, span_id(), "z", ended=True)])
         nxt = sse.next_event()
         assert nxt is not None
         assert _seq(nxt["id"]) == _seq(reset["id"]) + 1
-    for bad in ("deadbeef.3", "garbage", f"{viewer.hub.epoch}.999999"):
+    for bad in ("deadbeef.3", "garbage", f"{viewer.hub.broadcast.epoch}.999999"):
         with SseClient(f"{viewer.url}/api/stream?last_event_id={bad}") as sse:
             event = sse.next_event()
             assert event is not None
@@ -184,7 +189,7 @@ def test_stalled_client_is_cut_while_others_keep_pace(make_viewer: Callable[...,
     stalled = _raw_stream(viewer.port, rcvbuf=4096)
     try:
         with SseClient(f"{viewer.url}/api/stream") as healthy:
-            wait_for(lambda: viewer.hub.subscriber_count == 2, what="two subscribers")
+            wait_for(lambda: viewer.hub.broadcast.subscriber_count == 2, what="two subscribers")
             reader = threading.Thread(
                 target=healthy.read_until,
                 args=(lambda e: e["event"] == "span.ended" and e["data"]["span"]["name"] == "END",),
@@ -202,7 +207,7 @@ def test_stalled_client_is_cut_while_others_keep_pace(make_viewer: Callable[...,
             assert len(seqs) >= 1201
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
             wait_for(lambda: viewer.hub.stats["cut"] == 1, what="the stalled client to be cut")
-            assert viewer.hub.subscriber_count == 1
+            assert viewer.hub.broadcast.subscriber_count == 1
         _read_to_eof(stalled, 15)  # the server gave up on its socket
     finally:
         stalled.close()
@@ -215,16 +220,16 @@ def test_connect_disconnect_cycles_leave_no_subscribers(viewer: Viewer) -> None:
             sock.recv(100)  # sometimes wait for the response to start
         sock.close()
     with SseClient(f"{viewer.url}/api/stream") as sse:
-        wait_for(lambda: viewer.hub.subscriber_count >= 1)
+        wait_for(lambda: viewer.hub.broadcast.subscriber_count >= 1)
         viewer.post_json([record(trace_id(), span_id(), "still alive", ended=True)])
         sse.read_until(lambda e: e["event"] == "span.ended")
-    wait_for(lambda: viewer.hub.subscriber_count == 0, 15, "every subscriber to be released")
+    wait_for(lambda: viewer.hub.broadcast.subscriber_count == 0, 15, "every subscriber to be released")
 
 
 def test_shutdown_with_100_open_streams_is_bounded() -> None:
     viewer = Viewer(create_app()).start()
     socks = [_raw_stream(viewer.port) for _ in range(100)]
-    wait_for(lambda: viewer.hub.subscriber_count == 100, 15, "100 subscribers")
+    wait_for(lambda: viewer.hub.broadcast.subscriber_count == 100, 15, "100 subscribers")
     took = viewer.stop(timeout=20)
     assert took < 8, f"shutdown took {took:.1f}s"
     for sock in socks:

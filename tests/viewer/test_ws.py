@@ -42,7 +42,7 @@ def _read_forever(ws: ClientConnection, into: list[dict[str, Any]]) -> None:
 def test_ws_sends_the_same_envelope_as_sse(viewer: Viewer) -> None:
     t, root = trace_id(), span_id()
     with _ws(viewer) as ws, SseClient(f"{viewer.url}/api/stream") as sse:
-        wait_for(lambda: viewer.hub.subscriber_count == 2)
+        wait_for(lambda: viewer.hub.broadcast.subscriber_count == 2)
         viewer.post_json([record(t, root, "wf", kind="workflow")])
         viewer.post_json([record(t, root, "wf", kind="workflow", ended=True)])
         over_ws = _recv_until(ws, lambda m: m["type"] == "run.ended")
@@ -54,7 +54,7 @@ def test_ws_sends_the_same_envelope_as_sse(viewer: Viewer) -> None:
 def test_ws_ping_subscribe_resume_unsubscribe(viewer: Viewer) -> None:
     t, root = trace_id(), span_id()
     viewer.post_json([record(t, root, "wf", kind="workflow", run_id="job-ws")])
-    first_id = viewer.call(lambda: viewer.hub.last_id)
+    first_id = viewer.call(lambda: viewer.hub.broadcast.last_id)
     viewer.post_json([record(t, span_id(), "agent", parent=root, kind="agent", ended=True)])
     viewer.post_json([record(trace_id(), span_id(), "other", kind="agent", ended=True)])
     with _ws(viewer) as ws:
@@ -75,7 +75,7 @@ def test_ws_ping_subscribe_resume_unsubscribe(viewer: Viewer) -> None:
         assert _recv(ws)["type"] == "run.ended"
         ws.send(json.dumps({"type": "unsubscribe"}))
         assert _recv(ws)["type"] == "unsubscribed"
-        wait_for(lambda: viewer.hub.subscriber_count == 0)
+        wait_for(lambda: viewer.hub.broadcast.subscriber_count == 0)
         ws.send("not json")
         assert _recv(ws)["type"] == "error"
         ws.send(json.dumps({"type": "dance"}))
@@ -101,7 +101,7 @@ def test_ws_limits_and_close_codes(make_viewer: Callable[..., Viewer]) -> None:
         assert info.value.rcvd is not None
         assert info.value.rcvd.code == 1003
     with _ws(viewer) as ws:
-        wait_for(lambda: viewer.hub.subscriber_count == 1)
+        wait_for(lambda: viewer.hub.broadcast.subscriber_count == 1)
         viewer.stop()
         messages: list[dict[str, Any]] = []
         with pytest.raises(ConnectionClosed) as info:
@@ -125,7 +125,7 @@ def test_live_flow_compat_messages(viewer: Viewer) -> None:
         assert _recv(ws)["type"] == "pong"
         ws.send(json.dumps({"type": "ping"}))
         assert _recv(ws)["type"] == "pong"
-        wait_for(lambda: viewer.hub.subscriber_count == 1)
+        wait_for(lambda: viewer.hub.broadcast.subscriber_count == 1)
         viewer.post_json([record(t, root, "invoke_workflow w", kind="workflow", run_id="job-7")])
         agent_attrs = {A.GEN_AI_AGENT_NAME: "writer"}
         viewer.post_json([record(t, agent, "invoke_agent writer", parent=root, kind="agent", attributes=agent_attrs)])

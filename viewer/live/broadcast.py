@@ -17,11 +17,10 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -500,19 +499,16 @@ class Broadcast:
             self._subs.add(sub)
         return sub
 
+    def over(self, filters: Filters, reason: str) -> Subscription:
+        """A subscription with nothing to follow (its run ended before the replay ring): a ``reset``, then closed.
+        It is not registered."""
+        sub = Subscription(filters, 1, self.last_id)
+        sub._put(self.reset_event(filters, reason))
+        sub.close("run_ended")
+        return sub
+
     def release(self, sub: Subscription) -> None:
         """Unregister a subscriber. Idempotent."""
         self._subs.discard(sub)
         if sub.closed is None:
             sub.close("released")
-
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self, filters: Filters | None = None, last_event_id: str | None = None, **options: Any
-    ) -> AsyncIterator[Subscription]:
-        """``async with broadcast.subscribe(filters, last_event_id) as sub``: see :meth:`open`."""
-        sub = self.open(filters, last_event_id, **options)
-        try:
-            yield sub
-        finally:
-            self.release(sub)

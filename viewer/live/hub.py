@@ -20,14 +20,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from otelflow import attributes as A
 from otelflow.records import SpanRecord
 
 from .backends import Backend, MemoryBackend
-from .broadcast import Broadcast, Event, Filters, Subscription, Tap
+from .broadcast import Broadcast, Filters, Subscription, Tap
 from .state import Batch, LiveState, RunState
 
 __all__ = ["INGEST_SLICE", "Hub"]
@@ -102,10 +102,6 @@ class Hub:
     def shutdown(self) -> None:
         """Publish ``shutdown`` and close every subscription once its queue is delivered. Idempotent."""
         self.broadcast.shutdown()
-
-    @property
-    def shutting_down(self) -> bool:
-        return self.broadcast.shutting_down
 
     # ------------------------------------------------------------------ ingesting
 
@@ -211,31 +207,8 @@ class Hub:
         return self.state.runs()
 
     @property
-    def epoch(self) -> str:
-        return self.broadcast.epoch
-
-    @property
-    def last_id(self) -> str:
-        return self.broadcast.last_id
-
-    @property
-    def subscriber_count(self) -> int:
-        return self.broadcast.subscriber_count
-
-    @property
-    def ring_nbytes(self) -> int:
-        return self.broadcast.ring_nbytes
-
-    @property
-    def live_nbytes(self) -> int:
-        return self.state.live_nbytes
-
-    @property
     def stats(self) -> dict[str, int]:
         return {**self.state.stats, **self.broadcast.stats, **self._stats}
-
-    def reset_event(self, filters: Filters, reason: str) -> Event:
-        return self.broadcast.reset_event(filters, reason)
 
     def open(
         self,
@@ -258,14 +231,3 @@ class Hub:
 
     def release(self, sub: Subscription) -> None:
         self.broadcast.release(sub)
-
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self, filters: Filters | None = None, last_event_id: str | None = None, **options: Any
-    ) -> AsyncIterator[Subscription]:
-        """``async with hub.subscribe(filters, last_event_id) as sub``: see :meth:`open`."""
-        sub = self.open(filters, last_event_id, **options)
-        try:
-            yield sub
-        finally:
-            self.release(sub)

@@ -128,9 +128,7 @@ async def sse_stream(
     """
     deadline = Deadline(send_deadline_s)
     if closed_run and not last_event_id:
-        sub = Subscription(filters, 1, hub.last_id)  # starts at the latest id: nothing of this run comes any more
-        sub._put(hub.reset_event(filters, "run ended before the replay ring"))
-        sub.close("run_ended")
+        sub = hub.broadcast.over(filters, "run ended before the replay ring")
     else:
         sub = hub.open(filters, last_event_id, until_run_end=until_run_end, replay_run=replay_run)
     sub.on_cut(deadline.cut)
@@ -139,7 +137,7 @@ async def sse_stream(
         await deadline.send(send, {"type": "http.response.start", "status": 200, "headers": headers})
         # The first frame names where the stream starts, so that even a client cut before its first event
         # resumes from there (EventSource keeps the id of an event-less frame as its Last-Event-ID).
-        chunks = [f"retry: {retry_ms}\nid: {sub.start_id}\n: otelflow {hub.epoch}\n\n".encode()]
+        chunks = [f"retry: {retry_ms}\nid: {sub.start_id}\n: otelflow {hub.broadcast.epoch}\n\n".encode()]
         while True:
             chunks.extend(ev.frame for ev in sub.drain())
             if sub.closed == "client":

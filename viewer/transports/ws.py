@@ -104,7 +104,7 @@ class WsSession:
             self._subscribe(filters, last if isinstance(last, str) else None, ack=True)
         elif kind == "unsubscribe":
             self._unsubscribe()
-            self._reply({"type": "unsubscribed", "last_event_id": self.hub.last_id})
+            self._reply({"type": "unsubscribed", "last_event_id": self.hub.broadcast.last_id})
         else:
             self._reply(
                 {"type": "error", "message": f"unknown message type {kind!r}; use subscribe, unsubscribe, ping"}
