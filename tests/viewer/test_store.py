@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from otelflow.viewer import ViewerConfigError, serve
-from otelflow.viewer.history import HistoryError, SqliteHistory, default_db_path
+from otelflow.viewer.history import HistoryError, RunQuery, SqliteHistory, default_db_path
 from otelflow.viewer.live import Hub
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
 
@@ -97,7 +97,7 @@ def test_retention_by_count_and_age() -> None:
         store.retention_now()
 
         async def names() -> list[str]:
-            runs, _ = await store.list_runs(limit=100)
+            runs, _ = await store.list_runs(RunQuery(limit=100))
             return [r["name"] for r in runs]
 
         assert asyncio.run(names()) == ["r2", "r1", "live"]

@@ -8,7 +8,7 @@ shared PostgreSQL for viewer replicas) implements the same two protocols (:mod:`
 from __future__ import annotations
 
 from .journal import Journal, JournalError
-from .protocols import HistoryReader, HistoryWriter
+from .protocols import HistoryReader, HistoryWriter, RunQuery
 from .recorder import Recorder
 from .sqlite import HistoryError, SqliteHistory, default_db_path
 
@@ -19,6 +19,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "Recorder",
+    "RunQuery",
     "SqliteHistory",
     "default_db_path",
 ]

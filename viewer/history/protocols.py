@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from otelflow.records import SpanRecord
 
-__all__ = ["HistoryReader", "HistoryWriter"]
+__all__ = ["HistoryReader", "HistoryWriter", "RunQuery"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunQuery:
+    """Which runs to list, newest first: any of ``status``, named ``name`` (or with that ``otelflow.run.id``),
+    of ``service``; ``limit`` of them from ``offset``."""
+
+    status: tuple[str, ...] = ()
+    name: str | None = None
+    service: str | None = None
+    limit: int = 50
+    offset: int = 0
 
 
 class HistoryWriter(Protocol):
@@ -40,16 +53,8 @@ class HistoryReader(Protocol):
     async def resolve(self, key: str) -> str | None:
         """The trace id of a stored run named by trace id or ``otelflow.run.id``."""
 
-    async def list_runs(
-        self,
-        *,
-        status: Iterable[str] = (),
-        name: str | None = None,
-        service: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Run summaries, newest first, and how many match."""
+    async def list_runs(self, query: RunQuery) -> tuple[list[dict[str, Any]], int]:
+        """The runs ``query`` asks for, and how many match it."""
 
     async def get_run(self, trace_id: str) -> tuple[dict[str, Any] | None, list[SpanRecord]]:
         """A run's summary and its spans."""

@@ -36,6 +36,7 @@ from otelflow import attributes as A
 from otelflow.records import SpanRecord
 
 from .journal import Journal, JournalError
+from .protocols import RunQuery
 from .rows import ResourceCache, Rows, record_from_row
 from .sqlite_writer import SqliteWriter, _rate_limited
 
@@ -150,59 +151,10 @@ class SqliteHistory:
         """
         memory = self.path == ":memory:"
         if not memory:
-            folder = Path(self.path).expanduser().parent
-            if self.create_folder:
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise HistoryError(
-                        f"cannot create the folder {folder} for the history database: {exc.strerror or exc}; "
-                        "pass --db with another path"
-                    ) from None
-            elif not folder.is_dir():
-                raise HistoryError(
-                    f"the folder {folder} of the history database {self.path} does not exist; "
-                    "create it or pass --db with another path"
-                )
+            self._check_folder()
+        conn = self._connect(memory)
         try:
-            conn = sqlite3.connect(
-                self.path if memory else str(Path(self.path).expanduser()),
-                timeout=0.5,  # a write that finds the database locked waits this long, then retries later
-                check_same_thread=False,
-                isolation_level=None,
-            )
-        except sqlite3.Error as exc:
-            raise HistoryError(
-                f"cannot open the history database {self.path}: {exc}; check that it can be written there, "
-                "or pass --db with another path"
-            ) from None
-        try:
-            if not memory:
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash may lose the last commits, never corrupts
-            # span and event keys are random (trace ids): a page cache larger than the default 2 MiB keeps the
-            # index pages that inserts touch in memory as the history grows (it fills only as it is used)
-            conn.execute("PRAGMA cache_size=-32768")
-            if not memory:
-                problem = conn.execute("PRAGMA quick_check(1)").fetchone()
-                if problem is None or problem[0] != "ok":
-                    raise sqlite3.DatabaseError("its pages are damaged")  # the details span lines
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executescript(_SCHEMA)  # commits the probe transaction first
-            row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            created = row is None
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-            elif row[0] == "1":
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ALTER TABLE spans ADD COLUMN event_id TEXT")
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
-                conn.execute("COMMIT")
-            elif row[0] != _SCHEMA_VERSION:
-                raise HistoryError(
-                    f"{self.path} has otelflow schema {row[0]}, this viewer uses {_SCHEMA_VERSION}; "
-                    "pass --db with another path"
-                )
+            created = self._prepare(conn, memory)
         except sqlite3.OperationalError as exc:
             conn.close()
             if "locked" in str(exc) or "busy" in str(exc):
@@ -221,6 +173,65 @@ class SqliteHistory:
         limit = getattr(conn, "getlimit", None)  # Python >= 3.11
         self._writer.max_vars = min(32766, int(limit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))) if limit else 999  # type: ignore[attr-defined]
         self._writer.start(conn)
+
+    def _check_folder(self) -> None:
+        folder = Path(self.path).expanduser().parent
+        if self.create_folder:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise HistoryError(
+                    f"cannot create the folder {folder} for the history database: {exc.strerror or exc}; "
+                    "pass --db with another path"
+                ) from None
+        elif not folder.is_dir():
+            raise HistoryError(
+                f"the folder {folder} of the history database {self.path} does not exist; "
+                "create it or pass --db with another path"
+            )
+
+    def _connect(self, memory: bool) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(
+                self.path if memory else str(Path(self.path).expanduser()),
+                timeout=0.5,  # a write that finds the database locked waits this long, then retries later
+                check_same_thread=False,
+                isolation_level=None,
+            )
+        except sqlite3.Error as exc:
+            raise HistoryError(
+                f"cannot open the history database {self.path}: {exc}; check that it can be written there, "
+                "or pass --db with another path"
+            ) from None
+
+    def _prepare(self, conn: sqlite3.Connection, memory: bool) -> bool:
+        """Settings, a check of the pages, the schema (created or upgraded); ``True`` for a new database."""
+        if not memory:
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash may lose the last commits, never corrupts
+        # span and event keys are random (trace ids): a page cache larger than the default 2 MiB keeps the
+        # index pages that inserts touch in memory as the history grows (it fills only as it is used)
+        conn.execute("PRAGMA cache_size=-32768")
+        if not memory:
+            problem = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if problem is None or problem[0] != "ok":
+                raise sqlite3.DatabaseError("its pages are damaged")  # the details span lines
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executescript(_SCHEMA)  # commits the probe transaction first
+        row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+        elif row[0] == "1":
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ALTER TABLE spans ADD COLUMN event_id TEXT")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
+            conn.execute("COMMIT")
+        elif row[0] != _SCHEMA_VERSION:
+            raise HistoryError(
+                f"{self.path} has otelflow schema {row[0]}, this viewer uses {_SCHEMA_VERSION}; "
+                "pass --db with another path"
+            )
+        return row is None
 
     def _open_journal(self, conn: sqlite3.Connection, created: bool) -> None:
         journal = Journal(f"{Path(self.path).expanduser()}.intake")
@@ -415,35 +426,26 @@ class SqliteHistory:
 
         return await self.query(fn)
 
-    async def list_runs(
-        self,
-        *,
-        status: Iterable[str] = (),
-        name: str | None = None,
-        service: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Run summaries, newest first, and the total count matching the filters."""
+    async def list_runs(self, query: RunQuery) -> tuple[list[dict[str, Any]], int]:
+        """Run summaries, newest first, and the total count matching the query."""
         where: list[str] = []
         args: list[Any] = []
-        statuses = list(status)
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            args.extend(statuses)
-        if name:
+        if query.status:
+            where.append(f"status IN ({','.join('?' * len(query.status))})")
+            args.extend(query.status)
+        if query.name:
             where.append("(name = ? OR run_id = ?)")
-            args.extend([name, name])
-        if service:
+            args.extend([query.name, query.name])
+        if query.service:
             where.append("service = ?")
-            args.append(service)
+            args.append(query.service)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
 
         def fn(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
             total = conn.execute(f"SELECT COUNT(*) FROM runs {clause}", args).fetchone()[0]  # noqa: S608
             rows = conn.execute(
                 f"SELECT summary FROM runs {clause} ORDER BY start_ns DESC, trace_id LIMIT ? OFFSET ?",  # noqa: S608
-                [*args, limit, offset],
+                [*args, query.limit, query.offset],
             ).fetchall()
             return [json.loads(r[0]) for r in rows], int(total)
 

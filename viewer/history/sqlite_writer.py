@@ -302,41 +302,50 @@ class SqliteWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
-    def _write(self, conn: sqlite3.Connection, rows: Rows) -> None:
-        """One transaction with every row; raises what SQLite (or binding a value) raises, nothing left open."""
-        spans, runs, events = rows.spans, rows.runs, rows.events
-        if not (spans or runs or events or rows.journal_end):
-            return
+    @staticmethod
+    def _tables(rows: Rows) -> tuple[tuple[str, list[Any], int, str], ...]:
+        """``(insert statement head, flat values, row width, stats key)`` of each table, in writing order."""
+        return (
+            ("INSERT OR REPLACE INTO spans", rows.spans, SPAN_WIDTH, "spans"),
+            ("INSERT OR REPLACE INTO runs", [v for row in rows.runs.values() for v in row], RUN_WIDTH, "runs"),
+            ("INSERT INTO events (event_id, trace_id, type, data)", rows.events, EVENT_WIDTH, "events"),
+        )
+
+    def _transaction(self, conn: sqlite3.Connection, rows: Rows, insert: Callable[[], None]) -> None:
+        """``insert()`` and the intake log's position in one transaction; nothing left open after any error."""
         conn.execute("BEGIN")
         try:
-            max_vars = self.max_vars
-            _insert_many(conn, "INSERT OR REPLACE INTO spans", spans, SPAN_WIDTH, max_vars)
-            run_values = [v for row in runs.values() for v in row]
-            _insert_many(conn, "INSERT OR REPLACE INTO runs", run_values, RUN_WIDTH, max_vars)
-            _insert_many(conn, "INSERT INTO events (event_id, trace_id, type, data)", events, EVENT_WIDTH, max_vars)
+            insert()
             if rows.journal_end:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('journal', ?)", (str(rows.journal_end),))
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
             raise
-        self.stats["spans"] += len(spans) // SPAN_WIDTH
-        self.stats["runs"] += len(runs)
-        self.stats["events"] += len(events) // EVENT_WIDTH
+
+    def _write(self, conn: sqlite3.Connection, rows: Rows) -> None:
+        """One transaction with every row; raises what SQLite (or binding a value) raises."""
+        if not (len(rows) or rows.journal_end):
+            return
+        tables = self._tables(rows)
+
+        def insert() -> None:
+            for head, values, width, _ in tables:
+                _insert_many(conn, head, values, width, self.max_vars)
+
+        self._transaction(conn, rows, insert)
+        for _, values, width, stat in tables:
+            self.stats[stat] += len(values) // width
         self.stats["batches"] += 1
 
     def _write_one_by_one(self, conn: sqlite3.Connection, rows: Rows) -> None:
         """Write row by row in one transaction, dropping (and counting) the rows that cannot be written;
         raises ``sqlite3.Error`` when the database itself refuses."""
-        tables = (
-            ("INSERT OR REPLACE INTO spans", rows.spans, SPAN_WIDTH, "spans"),
-            ("INSERT OR REPLACE INTO runs", [v for row in rows.runs.values() for v in row], RUN_WIDTH, "runs"),
-            ("INSERT INTO events (event_id, trace_id, type, data)", rows.events, EVENT_WIDTH, "events"),
-        )
-        conn.execute("BEGIN")
         dropped = 0
-        try:
-            for head, values, width, stat in tables:
+
+        def insert() -> None:
+            nonlocal dropped
+            for head, values, width, stat in self._tables(rows):
                 for i in range(0, len(values), width):
                     try:
                         conn.execute(_values_sql(head, width, 1), values[i : i + width])
@@ -344,12 +353,8 @@ class SqliteWriter:
                     except _DATA_ERRORS as exc:
                         dropped += 1
                         _rate_limited(log.error, "a history row cannot be written and is dropped: %s", exc)
-            if rows.journal_end:
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('journal', ?)", (str(rows.journal_end),))
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback(conn)
-            raise
+
+        self._transaction(conn, rows, insert)
         self.stats["dropped_rows"] += dropped
         self.stats["errors"] += 1 if dropped else 0
 
