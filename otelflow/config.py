@@ -321,60 +321,14 @@ def configure(
                 raise ValueError(f"max_value_bytes={max_value_bytes} must be at least 64")
             new_settings.max_value_bytes = max_value_bytes
         exporters = _wants_otlp(otlp, otlp_endpoint)
-
-        provider = tracer_provider
-        if provider is None:
-            current = trace.get_tracer_provider()
-            if isinstance(current, TracerProvider):
-                provider = current
-                wanted = service_name or (resource_attributes or {}).get("service.name")
-                if getattr(current, "_otelflow_owned", False) and (service_name or resource_attributes):
-                    # otelflow made this provider (an earlier configure(), `otelflow run`,
-                    # `opentelemetry-instrument`): the program's own service name wins. Tracers made from
-                    # now on, otelflow's included, carry the updated resource.
-                    attrs = dict(resource_attributes or {})
-                    if service_name:
-                        attrs["service.name"] = service_name
-                    _update_resource(current, Resource(attrs))
-                elif wanted and current.resource.attributes.get("service.name") != wanted:
-                    logger.warning(
-                        "otelflow.configure: a tracer provider is already installed with service.name=%r; "
-                        "%r is ignored (call configure() before anything else sets up tracing, or pass "
-                        "tracer_provider=)",
-                        current.resource.attributes.get("service.name"),
-                        wanted,
-                    )
-            else:
-                attrs = dict(resource_attributes or {})
-                if service_name:
-                    attrs["service.name"] = service_name
-                # Attribute values are bounded by default (the SDK's own default is no limit); the standard
-                # OTEL_*ATTRIBUTE_VALUE_LENGTH_LIMIT variables, when set, are the SDK's to read.
-                limits = (
-                    None
-                    if any(os.environ.get(n, "").strip() for n in _ENV_VALUE_LENGTH)
-                    else SpanLimits(max_attribute_length=DEFAULT_VALUE_LIMIT)
-                )
-                provider = TracerProvider(resource=Resource.create(attrs), span_limits=limits)
-                provider._otelflow_owned = True  # type: ignore[attr-defined]
-                trace.set_tracer_provider(provider)
-        elif not isinstance(provider, TracerProvider):
-            raise TypeError("tracer_provider must be an opentelemetry.sdk.trace.TracerProvider")
-
+        provider = _provider(tracer_provider, service_name, resource_attributes)
         board = _switchboard(provider)
         old = _state if _state is not None and _state.tracer_provider is provider else None
         if old is not None:
             old.shutdown()
 
-        processors: list[SpanProcessor] = []
-        otlp_processor: SpanProcessor | None = None
         limit = new_settings.max_value_length
-        for name in exporters:
-            if name == "otlp":
-                otlp_processor = _batch_processor(_otlp_exporter(otlp_endpoint, otlp_protocol, otlp_headers, limit))
-                processors.append(otlp_processor)
-            else:
-                processors.append(_batch_processor(CleanExporter(ConsoleSpanExporter(), limit)))
+        processors, otlp_processor = _export_processors(exporters, otlp_endpoint, otlp_protocol, otlp_headers, limit)
         sink = _live_sink(live, token)
         live_processor: LiveSpanProcessor | None = None
         if sink is not None:
@@ -397,6 +351,65 @@ def configure(
             processors=tuple(processors),
         )
         return _state
+
+
+def _export_processors(
+    exporters: list[str],
+    endpoint: str | None,
+    protocol: str | None,
+    headers: Mapping[str, str] | None,
+    limit: int | None,
+) -> tuple[list[SpanProcessor], SpanProcessor | None]:
+    """Batch processors for the exporters asked for, and the OTLP one among them."""
+    processors: list[SpanProcessor] = []
+    otlp_processor: SpanProcessor | None = None
+    for name in exporters:
+        if name == "otlp":
+            otlp_processor = _batch_processor(_otlp_exporter(endpoint, protocol, headers, limit))
+            processors.append(otlp_processor)
+        else:
+            processors.append(_batch_processor(CleanExporter(ConsoleSpanExporter(), limit)))
+    return processors, otlp_processor
+
+
+def _provider(
+    given: TracerProvider | None, service_name: str | None, resource_attributes: Mapping[str, Any] | None
+) -> TracerProvider:
+    """The provider to attach to: ``given``, else the global SDK provider (renamed when otelflow made it), else a
+    new one, made global, whose attribute values are bounded."""
+    if given is not None:
+        if not isinstance(given, TracerProvider):
+            raise TypeError("tracer_provider must be an opentelemetry.sdk.trace.TracerProvider")
+        return given
+    attrs = dict(resource_attributes or {})
+    if service_name:
+        attrs["service.name"] = service_name
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        wanted = attrs.get("service.name")
+        if getattr(current, "_otelflow_owned", False) and attrs:
+            # otelflow made this provider (an earlier configure(), `otelflow run`, `opentelemetry-instrument`):
+            # the program's own service name wins. Tracers made from now on, otelflow's included, carry it.
+            _update_resource(current, Resource(attrs))
+        elif wanted and current.resource.attributes.get("service.name") != wanted:
+            logger.warning(
+                "otelflow.configure: a tracer provider is already installed with service.name=%r; "
+                "%r is ignored (call configure() before anything else sets up tracing, or pass tracer_provider=)",
+                current.resource.attributes.get("service.name"),
+                wanted,
+            )
+        return current
+    # Attribute values are bounded by default (the SDK's own default is no limit); the standard
+    # OTEL_*ATTRIBUTE_VALUE_LENGTH_LIMIT variables, when set, are the SDK's to read.
+    limits = (
+        None
+        if any(os.environ.get(n, "").strip() for n in _ENV_VALUE_LENGTH)
+        else SpanLimits(max_attribute_length=DEFAULT_VALUE_LIMIT)
+    )
+    provider = TracerProvider(resource=Resource.create(attrs), span_limits=limits)
+    provider._otelflow_owned = True  # type: ignore[attr-defined]
+    trace.set_tracer_provider(provider)
+    return provider
 
 
 def current() -> Telemetry | None:

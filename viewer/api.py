@@ -18,7 +18,7 @@ from otelflow.records import SpanRecord, to_otlp_json
 from otelflow.scrub import fix_surrogates
 from otelflow.wire import finite
 
-from .history import SqliteHistory
+from .history import RunQuery, SqliteHistory
 from .live import Hub
 
 __all__ = ["ApiResponse", "api_router", "run_has_ended"]
@@ -66,15 +66,18 @@ async def run_has_ended(hub: Hub, history: SqliteHistory, run: str) -> bool:
     return summary is not None and summary["status"] != A.STATUS_RUNNING
 
 
-def api_router(hub: Hub, history: SqliteHistory) -> APIRouter:
-    """The REST routes over ``hub`` (live runs) and ``history`` (the rest)."""
-    router = APIRouter()
+class _Api:
+    """The route handlers, over ``hub`` (live runs) and ``history`` (the rest)."""
 
-    async def resolve(run: str) -> str | None:
-        return hub.resolve(run) or hub.resolve(run.lower()) or await history.resolve(run)
+    def __init__(self, hub: Hub, history: SqliteHistory) -> None:
+        self.hub = hub
+        self.history = history
 
-    @router.get("/api/runs")
+    async def _resolve(self, run: str) -> str | None:
+        return self.hub.resolve(run) or self.hub.resolve(run.lower()) or await self.history.resolve(run)
+
     async def runs(
+        self,
         status: str | None = None,
         name: str | None = None,
         service: str | None = None,
@@ -83,27 +86,26 @@ def api_router(hub: Hub, history: SqliteHistory) -> APIRouter:
     ) -> Response:
         if not 1 <= limit <= 500 or offset < 0:
             return _error(400, "limit must be 1..500 and offset ≥ 0")
-        statuses = [s.strip() for s in status.split(",") if s.strip()] if status else []
-        items, total = await history.list_runs(status=statuses, name=name, service=service, limit=limit, offset=offset)
+        statuses = tuple(s.strip() for s in status.split(",") if s.strip()) if status else ()
+        query = RunQuery(status=statuses, name=name, service=service, limit=limit, offset=offset)
+        items, total = await self.history.list_runs(query)
         for i, item in enumerate(items):
-            live = hub.run(item["trace_id"])
+            live = self.hub.run(item["trace_id"])
             if live is not None:
                 items[i] = live.to_dict()
         return ApiResponse({"runs": items, "total": total, "limit": limit, "offset": offset})
 
-    @router.get("/api/runs/{run}")
-    async def run_detail(run: str) -> Response:
-        live = hub.run(run)
+    async def run_detail(self, run: str) -> Response:
+        live = self.hub.run(run)
+        last = self.hub.broadcast.last_id
         if live is not None:
             spans = sorted(live.spans.values(), key=lambda s: (s.start_time_ns, s.span_id))
             summary: dict[str, Any] | None = live.to_dict()
-            last = hub.last_id
         else:
-            trace = await history.resolve(run)
+            trace = await self.history.resolve(run)
             if trace is None:
                 return _error(404, f"no run {run!r}: give a trace id or an otelflow.run.id")
-            last = hub.last_id
-            summary, spans = await history.get_run(trace)
+            summary, spans = await self.history.get_run(trace)
             if summary is None:
                 return _error(404, f"no run {run!r}")
         return ApiResponse(
@@ -116,49 +118,54 @@ def api_router(hub: Hub, history: SqliteHistory) -> APIRouter:
             }
         )
 
-    @router.get("/api/runs/{run}/events")
-    async def run_events(run: str, after: str | None = None, limit: int = 10_000) -> Response:
-        trace = await resolve(run)
+    async def run_events(self, run: str, after: str | None = None, limit: int = 10_000) -> Response:
+        trace = await self._resolve(run)
         if trace is None:
             return _error(404, f"no run {run!r}")
-        events = await history.events(trace, after, max(1, min(limit, 10_000)))
+        events = await self.history.events(trace, after, max(1, min(limit, 10_000)))
         if events is None:
             return _error(404, f"event {after!r} is not in the history; fetch /api/runs/{run} instead")
         return ApiResponse({"run_id": trace, "events": events})
 
-    @router.get("/api/runs/{run}/export")
-    async def run_export(run: str) -> Response:
-        trace = await resolve(run)
+    async def run_export(self, run: str) -> Response:
+        trace = await self._resolve(run)
         if trace is None:
             return _error(404, f"no run {run!r}")
-        live = hub.run(trace)
-        spans = list(live.spans.values()) if live is not None else (await history.get_run(trace))[1]
+        live = self.hub.run(trace)
+        spans = list(live.spans.values()) if live is not None else (await self.history.get_run(trace))[1]
         headers = {"Content-Disposition": f'attachment; filename="{trace}.otlp.json"'}
         return ApiResponse(to_otlp_json(spans), headers=headers)
 
-    @router.get("/api/stats")
-    async def stats(kind: str | None = None) -> Response:
+    async def stats(self, kind: str | None = None) -> Response:
         kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else list(_DEFAULT_KINDS)
-        return ApiResponse({"stats": await history.stats_by_name(kinds)})
+        return ApiResponse({"stats": await self.history.stats_by_name(kinds)})
 
-    @router.get("/healthz")
-    async def healthz() -> Response:
+    async def healthz(self) -> Response:
+        hub, history = self.hub, self.history
         status, reason = history.health()
+        store = {**history.stats, "backlog_rows": history.backlog_rows, "backlog_bytes": history.backlog_bytes}
         return ApiResponse(
             {
-                "status": "shutting_down" if hub.shutting_down else status,
+                "status": "shutting_down" if hub.broadcast.shutting_down else status,
                 "reason": reason,
-                "epoch": hub.epoch,
-                "last_event_id": hub.last_id,
-                "subscribers": hub.subscriber_count,
+                "epoch": hub.broadcast.epoch,
+                "last_event_id": hub.broadcast.last_id,
+                "subscribers": hub.broadcast.subscriber_count,
                 "live_runs": sum(1 for r in hub.runs() if r.status == A.STATUS_RUNNING),
-                "hub": {**hub.stats, "ring_bytes": hub.ring_nbytes, "live_bytes": hub.live_nbytes},
-                "store": {
-                    **history.stats,
-                    "backlog_rows": history.backlog_rows,
-                    "backlog_bytes": history.backlog_bytes,
-                },
+                "hub": {**hub.stats, "ring_bytes": hub.broadcast.ring_nbytes, "live_bytes": hub.state.live_nbytes},
+                "store": store,
             }
         )
 
+
+def api_router(hub: Hub, history: SqliteHistory) -> APIRouter:
+    """The REST routes over ``hub`` (live runs) and ``history`` (the rest)."""
+    api = _Api(hub, history)
+    router = APIRouter()
+    router.add_api_route("/api/runs", api.runs, methods=["GET"])
+    router.add_api_route("/api/runs/{run}", api.run_detail, methods=["GET"])
+    router.add_api_route("/api/runs/{run}/events", api.run_events, methods=["GET"])
+    router.add_api_route("/api/runs/{run}/export", api.run_export, methods=["GET"])
+    router.add_api_route("/api/stats", api.stats, methods=["GET"])
+    router.add_api_route("/healthz", api.healthz, methods=["GET"])
     return router

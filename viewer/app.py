@@ -89,35 +89,14 @@ def create_app(
     hub.tap(Recorder(history))
     intake = Intake(hub, history, max_body_bytes=max_body_bytes, max_value_length=max_value_length)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if not history.opened:
-            history.open()
-        runs, spans = await history.load_live()
-        hub.restore(runs, spans)
-        intake.replay()
-        await hub.start()
-        try:
-            yield
-        finally:
-            hub.shutdown()
-            await hub.stop()
-            history.close()
-
-    extra: dict[str, Any] = {}
-    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
-        # FastAPI >= 0.165 traces its own requests through the global tracer provider. In a process that
-        # also streams to this viewer (otelflow run, otelflow demo) every POST /v1/traces would make a span
-        # that is posted again, for ever; and stream connections would show up as runs.
-        extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
     app = ViewerApp(
         title="otelflow viewer",
-        lifespan=lifespan,
+        lifespan=_lifespan(hub, history, intake),
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
         default_response_class=ApiResponse,
-        **extra,
+        **_no_self_tracing(),
     )
     app.state.hub = hub
     app.state.history = history
@@ -143,16 +122,54 @@ def create_app(
     async def closed(run: str) -> bool:
         return await run_has_ended(hub, history, run)
 
-    sse = app.sse = SseEndpoint(hub, closed=closed, heartbeat_s=heartbeat_s, send_deadline_s=send_deadline_s)
-
-    # The stream routes as the framework knows them: other methods get 405, HEAD the headers alone, and a GET
-    # that reaches here (ViewerApp serves them ahead of the framework) is served the same way.
-    @app.api_route("/api/stream", methods=["GET", "HEAD"], include_in_schema=False)
-    @app.api_route("/api/runs/{run}/stream", methods=["GET", "HEAD"], include_in_schema=False)
-    async def stream(request: Request) -> Response:
-        return _Asgi(sse)
+    app.sse = _stream_routes(
+        app, SseEndpoint(hub, closed=closed, heartbeat_s=heartbeat_s, send_deadline_s=send_deadline_s)
+    )
     app.security = SecurityMiddleware(app, token=token, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
     return app
+
+
+def _lifespan(hub: Hub, history: SqliteHistory, intake: Intake) -> Callable[[FastAPI], Any]:
+    """Open the history (unless open), restore the runs that were live, ingest what the intake log holds beyond
+    the history, start the hub; on the way out, tell the streams, stop the hub and flush the history."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if not history.opened:
+            history.open()
+        runs, spans = await history.load_live()
+        hub.restore(runs, spans)
+        intake.replay()
+        await hub.start()
+        try:
+            yield
+        finally:
+            hub.shutdown()
+            await hub.stop()
+            history.close()
+
+    return lifespan
+
+
+def _no_self_tracing() -> dict[str, Any]:
+    """FastAPI >= 0.165 traces its own requests through the global tracer provider. In a process that also
+    streams to this viewer (otelflow run, otelflow demo) every POST /v1/traces would make a span that is posted
+    again, for ever; and stream connections would show up as runs. Turn that off where it exists."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    return {}
+
+
+def _stream_routes(app: FastAPI, sse: SseEndpoint) -> SseEndpoint:
+    """The stream routes as the framework knows them: other methods get 405, HEAD the headers alone, and a GET
+    that reaches the framework (ViewerApp serves them ahead of it) is served the same way."""
+
+    async def stream(request: Request) -> Response:
+        return _Asgi(sse)
+
+    for path in ("/api/stream", "/api/runs/{run}/stream"):
+        app.add_api_route(path, stream, methods=["GET", "HEAD"], include_in_schema=False)
+    return sse
 
 
 class _Asgi(Response):
@@ -194,7 +211,7 @@ class _Server(uvicorn.Server):
         self.hub.shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(2.0, float(self.config.timeout_graceful_shutdown or 2))
-        while self.hub.subscriber_count and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll of a count
+        while self.hub.broadcast.subscriber_count and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll of a count
             await asyncio.sleep(0.02)
         await super().shutdown(sockets)
 
