@@ -328,7 +328,7 @@ def build_otlp(n_spans: int, *, trace_id: bytes | None = None, sent_ns: int | No
 
 def naive_body(otlp: bytes) -> bytes:
     """The envelopes otelflow publishes for these spans (run.started, span.ended..., run.ended per trace)."""
-    from otelflow.viewer.otlp import decode_protobuf
+    from otelflow.viewer.decode import decode_protobuf
 
     out: list[dict[str, Any]] = []
     for rec in decode_protobuf(otlp).records:

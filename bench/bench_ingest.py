@@ -193,7 +193,7 @@ def parse_rate(payloads: list[bytes]) -> float:
 
 def decode_rate(payloads: list[bytes]) -> float:
     """Spans/s of the viewer's decode_protobuf (parse + SpanRecords), no HTTP, hub or store."""
-    from otelflow.viewer.otlp import decode_protobuf
+    from otelflow.viewer.decode import decode_protobuf
 
     start = time.perf_counter()
     for body in payloads:

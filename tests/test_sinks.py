@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import otelflow
 from otelflow import attributes as A
-from otelflow.records import from_otlp_json
+from otelflow.viewer.decode import from_otlp_json
 from tests.conftest import wait_for
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
-import os
 import resource
 import signal
 import socket
@@ -21,14 +20,14 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otelflow import attributes as A
 from otelflow.viewer.history import SqliteHistory
 from otelflow.viewer.live import Hub
 from tests.test_live_exporter import free_port
@@ -37,29 +36,23 @@ from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id,
 PROTOBUF = "application/x-protobuf"
 
 
-def _request(count: int, *, worker: str | None = None, start: int | None = None) -> tuple[bytes, list[str]]:
-    """``count`` ended spans in traces of 10 (a root and nine children), as one protobuf request."""
-    req = ExportTraceServiceRequest()
-    rs = req.resource_spans.add()
-    rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="faults")))
-    if worker:
-        rs.resource.attributes.append(KeyValue(key=A.WORKER_ID, value=AnyValue(string_value=worker)))
-    ss = rs.scope_spans.add()
-    now = start or time.time_ns()
-    ids = []
-    for t in range(0, count, 10):
-        trace, root = os.urandom(16), os.urandom(8)
-        for i in range(min(10, count - t)):
-            span = ss.spans.add()
-            span.trace_id = trace
-            span.span_id = root if i == 0 else os.urandom(8)
-            if i:
-                span.parent_span_id = root
-            span.name = f"step-{i}"
-            span.start_time_unix_nano = now
-            span.end_time_unix_nano = now + 1_000_000
-            ids.append(span.span_id.hex())
-    return req.SerializeToString(), ids
+_PROVIDER = TracerProvider(resource=Resource.create({"service.name": "faults"}))
+_FINISHED = InMemorySpanExporter()
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_FINISHED))
+
+
+def _request(count: int) -> tuple[bytes, list[str]]:
+    """``count`` ended spans of the real SDK in traces of 10 (a root and nine children), encoded by the stock
+    OTLP exporter's encoder as one protobuf request; and their span ids."""
+    tracer = _PROVIDER.get_tracer("faults")
+    _FINISHED.clear()
+    for done in range(0, count, 10):
+        with tracer.start_as_current_span("step-0", context=Context()):
+            for i in range(1, min(10, count - done)):
+                with tracer.start_as_current_span(f"step-{i}"):
+                    pass
+    spans = _FINISHED.get_finished_spans()
+    return encode_spans(spans).SerializeToString(), [format(s.context.span_id, "016x") for s in spans]
 
 
 class Sender:
@@ -96,11 +89,9 @@ class Sender:
 
 
 def stored(db: Path) -> set[str]:
-    conn = sqlite3.connect(db)
-    try:
+    """The span ids in the history file, read as another process would (the viewer has stopped)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         return {row[0] for row in conn.execute("SELECT span_id FROM spans")}
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager
@@ -306,7 +297,7 @@ def test_kill_9_under_load_loses_no_acknowledged_span(tmp_path: Path) -> None:
 def test_a_request_of_20000_spans_cuts_no_client_and_stalls_nothing(viewer: Viewer) -> None:
     body, ids = _request(20_000)
     clients = [SseClient(f"{viewer.url}/api/stream?type=span.ended", read_timeout=60) for _ in range(3)]
-    wait_for(lambda: viewer.hub.subscriber_count == 3)
+    wait_for(lambda: viewer.hub.broadcast.subscriber_count == 3)
     readers = [
         threading.Thread(target=c.read_until, args=(lambda e: e["data"]["span"]["span_id"] == ids[-1],), daemon=True)
         for c in clients
@@ -355,7 +346,7 @@ def test_a_client_cut_before_its_first_event_resumes_without_a_gap(make_viewer: 
         while not line.startswith("id: "):  # the first frame names where the stream starts
             line = next(first.lines)
         start = line[4:]
-        wait_for(lambda: viewer.hub.subscriber_count == 1)
+        wait_for(lambda: viewer.hub.broadcast.subscriber_count == 1)
         t = trace_id()
         spans = [record(t, span_id(), f"s{i}", ended=True) for i in range(200)]
         viewer.post_json(spans)

@@ -265,12 +265,12 @@ def test_huge_attribute_values_are_cut_and_marked(viewer: Viewer) -> None:
 def test_replay_ring_and_live_state_are_bounded_in_bytes(make_viewer: Callable[..., Viewer]) -> None:
     hub = Hub(ring_bytes=2_000_000, max_live_bytes=1_000_000, max_ended_runs=500)
     viewer = make_viewer(hub=hub)
-    first = viewer.call(lambda: hub.last_id)
+    first = viewer.call(lambda: hub.broadcast.last_id)
     runs = [trace_id() for _ in range(40)]
     for t in runs:  # 40 ended runs, each about 120 kB in the ring (span.ended frame and data) and 60 kB live
         viewer.post_json([record(t, span_id(), "big", kind="workflow", ended=True, attributes={"blob": "y" * 60_000})])
-    assert viewer.call(lambda: hub.ring_nbytes) <= 2_000_000
-    assert viewer.call(lambda: hub.live_nbytes) <= 1_000_000
+    assert viewer.call(lambda: hub.broadcast.ring_nbytes) <= 2_000_000
+    assert viewer.call(lambda: hub.state.live_nbytes) <= 1_000_000
     assert viewer.call(lambda: len(hub.runs())) < 40  # older runs left memory ...
     assert all(httpx.get(f"{viewer.url}/api/runs/{t}", timeout=10).status_code == 200 for t in runs)  # ... not history
     with SseClient(f"{viewer.url}/api/stream?last_event_id={first}") as sse:
