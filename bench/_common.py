@@ -3,6 +3,10 @@
 Every bench runs from the repository root as ``python bench/bench_x.py``, so this module is found next to
 the script (``from _common import ...``). Servers are children of the bench process, bound to 127.0.0.1,
 and stopped with :func:`stop`.
+
+Importing this module pins the checkout: the bench process and every child it starts import ``otelflow``
+(and the viewer) from the repository this file sits in, not from whichever copy ``pip install -e`` points
+at, so that two checkouts can be measured against each other by running each one's script.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 HOST = "127.0.0.1"
 VIEWER_READY = "listening on http://"

@@ -14,7 +14,7 @@ has stopped). Nothing here is a verdict; every figure is printed.
   ``/api/stream``: the largest ``/healthz`` latency, and how many clients were cut or missed events.
 
 Run from the repository root: ``python bench/bench_faults.py [--only lock,full,kill,big]``. To compare two
-checkouts, run it from the root of each (the viewer subprocess imports the checkout it is started in).
+checkouts, run each checkout's copy (``_common`` makes it import the checkout it sits in).
 """
 
 from __future__ import annotations
