@@ -7,8 +7,8 @@ receives every published event. A round is timed from its first POST until both 
 
 - stored: the store's writer has committed every span (``store.spans`` in ``GET /healthz`` — the
   ``Store.stats`` counter, bumped after each ``COMMIT``);
-- published: the SSE subscriber has received every event (per trace: ``run.started``, 10 ``span.ended``,
-  ``run.ended``).
+- published: the SSE subscriber has received every event (per trace: ``run.started``, 10 ``span.started``,
+  10 ``span.ended``, ``run.ended``: every span starts on the stream before it ends, also one that arrives ended).
 
 Baselines, measured in the same run on the same payloads (in-process, without HTTP — which flatters them):
 
@@ -42,7 +42,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 SPANS_PER_REQUEST = 500
 SPANS_PER_TRACE = 10
-EVENTS_PER_TRACE = SPANS_PER_TRACE + 2  # span.ended each, run.started, run.ended
+EVENTS_PER_TRACE = 2 * SPANS_PER_TRACE + 2  # span.started and span.ended each, run.started, run.ended
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from otelflow import attributes as A
-from otelflow.records import STATUS_ERROR, SpanRecord, format_time
+from otelflow.records import PHASE_START, STATUS_ERROR, STATUS_RUNNING, SpanRecord, format_time
 
 __all__ = [
     "CLOSE_ERROR",
@@ -39,9 +39,11 @@ __all__ = [
     "SPAN_EVENT",
     "SPAN_STARTED",
     "SPAN_UPDATED",
+    "derived_start",
     "dumps",
     "encode_exact",
     "encode_span",
+    "encode_span_pair",
     "finite",
     "quote",
     "to_json",
@@ -140,24 +142,90 @@ def encode_span(rec: SpanRecord) -> tuple[bytes, bool]:
     The hot path of ingestion: the fixed fields are written here, the open-ended ones by the C encoder; any
     value this does not expect falls back to encoding ``to_dict()`` (the tests hold the two equal).
     """
-    start, end = rec.start_time_ns, rec.end_time_ns
-    if type(start) is int and (end is None or type(end) is int):
+    parts = _span_parts(rec)
+    if parts is not None:
         try:
-            attributes = rec.attributes if type(rec.attributes) is dict else dict(rec.attributes)
-            text = (
-                f'{{"trace_id":{quote(rec.trace_id)},"span_id":{quote(rec.span_id)},'
-                f'"parent_span_id":{_opt(rec.parent_span_id)},"name":{quote(rec.name)},"kind":{quote(rec.kind)},'
-                f'"status":{quote(rec.status)},"start_time":"{format_time(start)}",'
-                f'"end_time":{"null" if end is None else chr(34) + format_time(end) + chr(34)},'
-                f'"duration_ms":{"null" if end is None else float.__repr__((end - start) / 1e6)},'
-                f'"service":{quote(rec.service)},"attributes":{to_json(attributes)},'
-                f'"events":{to_json([e.to_dict() for e in rec.events]) if rec.events else "[]"},'
-                f'"error":{"null" if rec.status != STATUS_ERROR else to_json(rec.error())}}}'
-            )
-            return text.encode("ascii"), True
+            return _ended_text(rec, *parts).encode("ascii"), True
         except (TypeError, ValueError):
             pass
     return encode_exact(rec.to_dict())
+
+
+def encode_span_pair(rec: SpanRecord) -> tuple[bytes, bytes, bool]:
+    """For a span that arrived ended: ``encode_span(derived_start(rec))`` and ``encode_span(rec)`` (with
+    whether the second is exact), sharing the work the two have in common."""
+    parts = _span_parts(rec)
+    if parts is not None:
+        try:
+            head, start_time, middle = parts
+            started = (
+                f'{head}"{STATUS_RUNNING}",{start_time}"end_time":null,"duration_ms":null,'
+                f'{middle}"events":[],"error":null}}'
+            )
+            return started.encode("ascii"), _ended_text(rec, *parts).encode("ascii"), True
+        except (TypeError, ValueError):
+            pass
+    ended, exact = encode_exact(rec.to_dict())
+    return encode_exact(derived_start(rec).to_dict())[0], ended, exact
+
+
+def _span_parts(rec: SpanRecord) -> tuple[str, str, str] | None:
+    """The pieces of a span's JSON that do not depend on whether it has ended: up to ``"status":``, the start
+    time, the service and attributes; ``None`` when a value is not what the fast path expects."""
+    start, end = rec.start_time_ns, rec.end_time_ns
+    if type(start) is not int or (end is not None and type(end) is not int):
+        return None
+    try:
+        attributes = rec.attributes if type(rec.attributes) is dict else dict(rec.attributes)
+        head = (
+            f'{{"trace_id":{quote(rec.trace_id)},"span_id":{quote(rec.span_id)},'
+            f'"parent_span_id":{_opt(rec.parent_span_id)},"name":{quote(rec.name)},"kind":{quote(rec.kind)},'
+            '"status":'
+        )
+        return (
+            head,
+            f'"start_time":"{format_time(start)}",',
+            f'"service":{quote(rec.service)},"attributes":{to_json(attributes)},',
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _ended_text(rec: SpanRecord, head: str, start_time: str, middle: str) -> str:
+    start, end = rec.start_time_ns, rec.end_time_ns
+    return (
+        f"{head}{quote(rec.status)},{start_time}"
+        f'"end_time":{"null" if end is None else chr(34) + format_time(end) + chr(34)},'
+        f'"duration_ms":{"null" if end is None else float.__repr__((end - start) / 1e6)},'
+        f'{middle}"events":{to_json([e.to_dict() for e in rec.events]) if rec.events else "[]"},'
+        f'"error":{"null" if rec.status != STATUS_ERROR else to_json(rec.error())}}}'
+    )
+
+
+def derived_start(rec: SpanRecord) -> SpanRecord:
+    """The ``span.started`` snapshot of a span that arrived already ended: running, no end, no events yet.
+
+    The stream publishes it (see :func:`encode_span_pair`); the history rebuilds it from the stored span rather
+    than keeping it.
+    """
+    return SpanRecord(
+        rec.trace_id,
+        rec.span_id,
+        rec.name,
+        rec.parent_span_id,
+        rec.kind,
+        rec.span_kind,
+        rec.start_time_ns,
+        None,
+        STATUS_RUNNING,
+        "",
+        rec.attributes,
+        (),
+        rec.service,
+        rec.resource,
+        rec.scope,
+        PHASE_START,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

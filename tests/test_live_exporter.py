@@ -208,6 +208,15 @@ def test_viewer_killed_and_restarted_mid_run(serve: Serve) -> None:
         worker.go()  # the worker carries on regardless
         worker.expect("waiting 1")
         serve.start()
+
+        def reconnected() -> bool:
+            # step1 started while the viewer was down: only the worker's resync after its backoff brings it here.
+            # Waiting for it keeps the rest from racing the backoff (a worker that exits while its circuit is
+            # open gets one attempt at shutdown, which a slow restart can miss).
+            spans = httpx.get(f"{serve.url}/api/runs/job-restart", timeout=5).json()["spans"]
+            return "invoke_agent step1" in {s["name"] for s in spans}
+
+        wait_for(reconnected, timeout=20, what="the worker to reconnect to the restarted viewer")
         with SseClient(f"{serve.url}/api/runs/job-restart/stream", read_timeout=30) as sse:
             worker.go()
             worker.expect("waiting 2")

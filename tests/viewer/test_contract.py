@@ -1,5 +1,6 @@
 """The stream contract under a busy, uneven workload: every span starts exactly once before it ends, on SSE, on
-the WebSocket and on the live-flow compat session, also when its start and end reach the viewer together."""
+the WebSocket, on the live-flow compat session and in a run's stored events, also when its start and end reach
+the viewer together."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import httpx
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -117,3 +119,19 @@ def test_every_span_starts_once_before_it_ends_on_every_stream(viewer: Viewer) -
     assert len(compat) >= 200
     _assert_started_once_before_the_rest(compat, "agent_completed")
     assert ours != other
+
+    # the history replays the same events, ids included (the browser's replay and `?after=` read them): also the
+    # starts the viewer made up for spans that arrived ended, which it stores as the span's id alone
+    for trace in (ours, other):
+        live = [e["data"] for e in sse.events if e["data"].get("run_id") == trace]
+        count = len(live)
+        wait_for(lambda t=trace, n=count: len(_stored(viewer, t)) == n, what="the history to hold every event")
+        assert _stored(viewer, trace) == live
+    made_up = [e for e in _stored(viewer, other) if e["type"] == SPAN_STARTED]
+    assert len(made_up) == 51
+    assert {e["span"]["status"] for e in made_up} == {"running"}
+
+
+def _stored(viewer: Viewer, run: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = httpx.get(f"{viewer.url}/api/runs/{run}/events", timeout=10).json()["events"]
+    return events

@@ -19,7 +19,7 @@ from otelflow.records import EventRecord, SpanRecord
 from otelflow.viewer.history import Recorder, SqliteHistory
 from otelflow.viewer.history.rows import record_from_row, record_to_row, span_row
 from otelflow.viewer.live import Hub
-from otelflow.wire import dumps, encode_exact, encode_span
+from otelflow.wire import derived_start, dumps, encode_exact, encode_span, encode_span_pair
 
 
 def _records() -> list[SpanRecord]:
@@ -86,6 +86,19 @@ def test_encode_span_equals_dumps_of_to_dict() -> None:
         assert exact == (encode_exact(rec.to_dict())[1])
         assert data.isascii()
         assert b"\n" not in data
+
+
+def test_a_span_that_arrived_ended_encodes_its_made_up_start_and_its_end_together() -> None:
+    ended = [rec for rec in _records() if rec.ended]
+    assert len(ended) > 100
+    # and one the fast path does not take
+    ended.append(SpanRecord("a" * 32, "c" * 16, "nan", start_time_ns=1, end_time_ns=2, attributes={"x": math.nan}))
+    for rec in ended:
+        started, data, exact = encode_span_pair(rec)
+        assert started == dumps(derived_start(rec).to_dict())
+        assert (data, exact) == encode_span(rec)
+        assert json.loads(started)["status"] == "running"
+        assert json.loads(started)["end_time"] is None
 
 
 def test_span_row_and_its_event_give_the_record_back() -> None:

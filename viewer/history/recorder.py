@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from otelflow.wire import quote
+
 from ..live import Batch, Event
 from .protocols import HistoryWriter
 
@@ -21,6 +23,12 @@ class Recorder:
         spans: dict[tuple[str, str], tuple[Event, bool]] = {}
         with history.batch(droppable=batch.local):
             for ev in events:
+                if ev.derived:
+                    # the start of a span that arrived ended is its end minus the ending: the row keeps only
+                    # the span id, and reading rebuilds the envelope from the span (HistoryReader.events)
+                    assert ev.record is not None
+                    history.put_event(ev.id, ev.run_id, ev.type, quote(ev.record.span_id).encode("ascii"))
+                    continue
                 if not ev.quiet:
                     history.put_event(ev.id, ev.run_id, ev.type, ev.data)
                 if ev.summary is not None:

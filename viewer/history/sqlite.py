@@ -34,6 +34,7 @@ from typing import Any, Final, TypeVar
 
 from otelflow import attributes as A
 from otelflow.records import SpanRecord
+from otelflow.wire import SPAN_STARTED, derived_start
 
 from .journal import Journal, JournalError
 from .protocols import RunQuery
@@ -90,6 +91,28 @@ SPANS_OF_TRACE: Final = (
     "WHERE s.trace_id = ?"
 )
 _SCHEMA_VERSION: Final = "2"  # 2: spans.event_id (schema 1 databases are upgraded in place)
+
+
+def _envelopes(conn: sqlite3.Connection, trace_id: str, rows: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """Event rows as envelopes. A derived ``span.started`` (see :class:`viewer.history.Recorder`) is stored as
+    the id of its span and rebuilt from the span's row, which by then holds its end."""
+    spans: dict[str, SpanRecord] = {}
+    out: list[dict[str, Any]] = []
+    for event_id, type_, data in rows:
+        if type_ != SPAN_STARTED or not data.startswith('"'):
+            out.append(json.loads(data))
+            continue
+        if not spans:
+            spans = {rec.span_id: rec for rec in map(_record, conn.execute(SPANS_OF_TRACE, (trace_id,)))}
+        rec = spans.get(json.loads(data))
+        if rec is not None:
+            span = derived_start(rec).to_dict()
+            out.append({"id": event_id, "type": type_, "run_id": trace_id, "span": span})
+    return out
+
+
+def _record(row: tuple[str, str | None]) -> SpanRecord:
+    return record_from_row(*row)
 
 
 class HistoryError(RuntimeError):
@@ -475,9 +498,10 @@ class SqliteHistory:
                     return None
                 start = int(row[0])
             rows = conn.execute(
-                "SELECT data FROM events WHERE trace_id = ? AND n > ? ORDER BY n LIMIT ?", (trace_id, start, limit)
-            )
-            return [json.loads(r[0]) for r in rows]
+                "SELECT event_id, type, data FROM events WHERE trace_id = ? AND n > ? ORDER BY n LIMIT ?",
+                (trace_id, start, limit),
+            ).fetchall()
+            return _envelopes(conn, trace_id, rows)
 
         return await self.query(fn)
 

@@ -3,7 +3,7 @@
 Contracts:
 
 - Event ids are ``<epoch>.<seq>``: epoch is random per broadcast, seq starts at 1 and has no gaps. Every
-  event is encoded once (its JSON and its SSE frame) and the same bytes go to every subscriber.
+  event is encoded once (its JSON and its SSE lines) and the same bytes go to every subscriber.
 - The last ``ring_size`` events (at most ``ring_bytes`` of them) are kept for resume: :meth:`Broadcast.open`
   with a ``last_event_id`` inside the ring replays every later event exactly once, else the subscription
   starts with a ``reset`` event. Replay is bounded by the ring, not by the subscriber's queue.
@@ -36,6 +36,7 @@ from otelflow.wire import (
     dumps,
     encode_exact,
     encode_span,
+    encode_span_pair,
     quote,
 )
 
@@ -49,11 +50,14 @@ __all__ = ["Broadcast", "Event", "Filters", "Subscription", "Tap"]
 
 @dataclass(slots=True, eq=False)
 class Event:
-    """One event, encoded once. ``frame`` is the SSE frame, ``data`` the JSON object (WebSocket).
+    """One event, encoded once. ``data`` is the JSON object (WebSocket), ``head`` the SSE lines before it: the
+    frame is ``head + data + b"\n\n"``, joined only into a stream's write (see :attr:`frame`).
 
     For taps: ``record`` is the span a ``span.*`` or ``span.event`` event is about (``exact`` when ``data``
-    holds exactly its envelope object), ``summary`` the run of a ``run.*`` event (``summary_json`` its JSON);
-    ``quiet`` events have no id and reach no subscriber.
+    holds exactly its envelope object; ``derived`` for the ``span.started`` of a span that arrived already ended,
+    whose ``record`` is then the ended span),
+    ``summary`` the run of a ``run.*`` event (``summary_json`` its JSON); ``quiet`` events have no id and reach
+    no subscriber.
     """
 
     seq: int
@@ -65,12 +69,18 @@ class Event:
     name: str | None
     status: str | None
     data: bytes
-    frame: bytes
+    head: bytes
     record: SpanRecord | None = None
     exact: bool = False
+    derived: bool = False
     summary: dict[str, Any] | None = None
     summary_json: str | None = None
     quiet: bool = False
+
+    @property
+    def frame(self) -> bytes:
+        """The SSE frame (``id:``, ``event:`` and ``data:`` lines)."""
+        return b"".join((self.head, self.data, b"\n\n"))
 
     @property
     def text(self) -> str:
@@ -95,14 +105,14 @@ def _wrapped(event_id: str, type_: str, run: RunState | None, key: str, raw: byt
     return b"".join((head.encode("ascii"), raw, b"}"))
 
 
-def _frame(event_id: str, type_: str, data: bytes) -> bytes:
-    return b"".join((b"id: ", event_id.encode(), b"\nevent: ", type_.encode(), b"\ndata: ", data, b"\n\n"))
+def _head(event_id: str, type_: str) -> bytes:
+    return f"id: {event_id}\nevent: {type_}\ndata: ".encode("ascii")
 
 
 def _bare(seq: int, event_id: str, type_: str, body: dict[str, Any]) -> Event:
     """An event of no run (``reset``, ``shutdown``)."""
     data = _envelope(event_id, type_, None, body)
-    return Event(seq, event_id, type_, None, None, None, None, None, data, _frame(event_id, type_, data))
+    return Event(seq, event_id, type_, None, None, None, None, None, data, _head(event_id, type_))
 
 
 def _split(value: str | Iterable[str] | None) -> frozenset[str] | None:
@@ -325,6 +335,7 @@ class Broadcast:
         self.ring_bytes = ring_bytes
         self.queue_limit = queue_limit
         self._seq = 0
+        self._ended: tuple[SpanRecord, bytes, bool] | None = None  # encoded with a made-up start, next out
         self._ring: deque[Event] = deque()
         self.ring_nbytes = 0
         self._subs: set[Subscription] = set()
@@ -382,23 +393,35 @@ class Broadcast:
             data = _envelope(event_id, type_, run, {"span": record.to_dict(), "worker_id": change.worker})
             meta = (record.kind, record.name, record.status)
             extra = {"record": record}
+        elif change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
+            assert record is not None
+            raw, ended, exact = encode_span_pair(record)
+            self._ended = (record, ended, exact)
+            data = _wrapped(event_id, type_, run, "span", raw)
+            meta = (record.kind, record.name, A.STATUS_RUNNING)
+            extra = {"record": record, "derived": True}
         else:  # span.started, span.updated, span.ended: the span object is encoded once
             assert record is not None
-            raw, exact = encode_span(record)
+            ended_before = self._ended
+            if ended_before is not None and ended_before[0] is record:
+                _, raw, exact = ended_before
+                self._ended = None
+            else:
+                raw, exact = encode_span(record)
             data = _wrapped(event_id, type_, run, "span", raw)
             meta = (record.kind, record.name, record.status)
             extra = {"record": record, "exact": exact}
-        ev = Event(seq, event_id, type_, run.trace_id, run.alias, *meta, data, _frame(event_id, type_, data), **extra)
+        ev = Event(seq, event_id, type_, run.trace_id, run.alias, *meta, data, _head(event_id, type_), **extra)
         self._offer(ev)
         return ev
 
     def _offer(self, ev: Event) -> None:
         ring = self._ring
         ring.append(ev)
-        self.ring_nbytes += len(ev.frame) + len(ev.data)
+        self.ring_nbytes += len(ev.head) + len(ev.data)
         while len(ring) > self.ring_size or (self.ring_nbytes > self.ring_bytes and len(ring) > 1):
             old = ring.popleft()
-            self.ring_nbytes -= len(old.frame) + len(old.data)
+            self.ring_nbytes -= len(old.head) + len(old.data)
         self.stats["events"] += 1
         for sub in tuple(self._subs):
             sub._offer(ev)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from otelflow import attributes as A
-from otelflow.records import PHASE_START, EventRecord, SpanRecord, format_time
+from otelflow.records import EventRecord, SpanRecord, format_time
 from otelflow.wire import (
     RUN_ENDED,
     RUN_STARTED,
@@ -66,6 +66,7 @@ class Change:
     span: SpanRecord | None = None
     event: EventRecord | None = None
     worker: str | None = None
+    derived: bool = False  # a span.started made up for ``span``, which arrived already ended
 
 
 @dataclass(slots=True)
@@ -133,11 +134,6 @@ def _size(rec: SpanRecord) -> int:
         else:
             size += 40
     return size
-
-
-def _started(rec: SpanRecord) -> SpanRecord:
-    """The start of a span that arrived already ended: running, no end, no events yet."""
-    return replace(rec, end_time_ns=None, status=A.STATUS_RUNNING, status_message="", events=(), phase=PHASE_START)
 
 
 class LiveState:
@@ -235,7 +231,10 @@ class LiveState:
             run_changed = False
             out.append(Change(RUN_STARTED, run))
         if prev is None:
-            out.append(Change(SPAN_STARTED, run, rec if not rec.ended else _started(rec)))
+            if rec.ended:
+                out.append(Change(SPAN_STARTED, run, rec, derived=True))  # the span is the ended one
+            else:
+                out.append(Change(SPAN_STARTED, run, rec))
         elif not rec.ended and (
             prev.attributes != rec.attributes or prev.name != rec.name or prev.status != rec.status
         ):

@@ -139,7 +139,8 @@ async def sse_stream(
         # resumes from there (EventSource keeps the id of an event-less frame as its Last-Event-ID).
         chunks = [f"retry: {retry_ms}\nid: {sub.start_id}\n: otelflow {hub.broadcast.epoch}\n\n".encode()]
         while True:
-            chunks.extend(ev.frame for ev in sub.drain())
+            for ev in sub.drain():
+                chunks += (ev.head, ev.data, b"\n\n")
             if sub.closed == "client":
                 break
             if chunks:
