@@ -21,6 +21,8 @@ from otelflow import attributes as A
 from otelflow.records import PHASE_START, STATUS_ERROR, STATUS_RUNNING, SpanRecord, format_time
 
 __all__ = [
+    "ALERT_FIRED",
+    "ALERT_RESOLVED",
     "CLOSE_ERROR",
     "CLOSE_GOING_AWAY",
     "CLOSE_NORMAL",
@@ -37,8 +39,11 @@ __all__ = [
     "SPAN_ABANDONED",
     "SPAN_ENDED",
     "SPAN_EVENT",
+    "SPAN_STALLED",
     "SPAN_STARTED",
+    "SPAN_UNSTALLED",
     "SPAN_UPDATED",
+    "STALLED",
     "derived_start",
     "dumps",
     "encode_exact",
@@ -58,6 +63,11 @@ SPAN_UPDATED: Final = "span.updated"  # new attributes or name mid-span
 SPAN_EVENT: Final = "span.event"  # one lifecycle event of a span
 SPAN_ENDED: Final = "span.ended"
 SPAN_ABANDONED: Final = "span.abandoned"  # its worker went silent
+SPAN_STALLED: Final = "span.stalled"  # a running span went quiet (or runs far past its usual time): a live flag
+SPAN_UNSTALLED: Final = "span.unstalled"  # it moved again, ended or was abandoned
+ALERT_FIRED: Final = "alert.fired"  # an alert rule matched a subject (once until it resolves)
+ALERT_RESOLVED: Final = "alert.resolved"
+STALLED: Final = "stalled"  # not a status: the stream and /api/runs filter `status=stalled` means "flagged now"
 RESET: Final = "reset"  # resume impossible: fetch the snapshot it names
 SHUTDOWN: Final = "shutdown"  # the viewer is going away: reconnect later
 # WebSocket close codes (RFC 6455 numbers, with what they mean here)
@@ -77,6 +87,10 @@ EVENT_TYPES: Final = (
     SPAN_EVENT,
     SPAN_ENDED,
     SPAN_ABANDONED,
+    SPAN_STALLED,
+    SPAN_UNSTALLED,
+    ALERT_FIRED,
+    ALERT_RESOLVED,
     RESET,
     SHUTDOWN,
 )

@@ -1,4 +1,5 @@
-"""The REST API: runs (list, detail, recorded events, OTLP export), stats per name, and health.
+"""The REST API: runs (list, detail, recorded events, OTLP export), stats per name, what runs now, alerts, and
+health.
 
 ``{run}`` is a trace id (as Jaeger shows it) or an ``otelflow.run.id``. Runs still in the live state are
 answered from it; ended runs from the history. Every answer is JSON that always renders (:class:`ApiResponse`).
@@ -16,10 +17,11 @@ from starlette.responses import Response
 from otelflow import attributes as A
 from otelflow.records import SpanRecord, to_otlp_json
 from otelflow.scrub import fix_surrogates
-from otelflow.wire import finite
+from otelflow.wire import STALLED, finite
 
+from .alerts import AlertEngine
 from .history import RunQuery, SqliteHistory
-from .live import Hub
+from .live import Hub, RunState
 
 __all__ = ["ApiResponse", "api_router", "run_has_ended"]
 
@@ -69,9 +71,10 @@ async def run_has_ended(hub: Hub, history: SqliteHistory, run: str) -> bool:
 class _Api:
     """The route handlers, over ``hub`` (live runs) and ``history`` (the rest)."""
 
-    def __init__(self, hub: Hub, history: SqliteHistory) -> None:
+    def __init__(self, hub: Hub, history: SqliteHistory, alerts: AlertEngine | None) -> None:
         self.hub = hub
         self.history = history
+        self.alerts = alerts
 
     async def _resolve(self, run: str) -> str | None:
         return self.hub.resolve(run) or self.hub.resolve(run.lower()) or await self.history.resolve(run)
@@ -87,6 +90,11 @@ class _Api:
         if not 1 <= limit <= 500 or offset < 0:
             return _error(400, "limit must be 1..500 and offset ≥ 0")
         statuses = tuple(s.strip() for s in status.split(",") if s.strip()) if status else ()
+        if STALLED in statuses and not set(statuses) - {STALLED, A.STATUS_RUNNING}:
+            # stalled is a live flag: the live state answers (with `running` too, it narrows to stalled runs)
+            stalled = [r for r in self._live(name, service) if r.stalled]
+            page = [r.to_dict() for r in stalled[offset : offset + limit]]
+            return ApiResponse({"runs": page, "total": len(stalled), "limit": limit, "offset": offset})
         query = RunQuery(status=statuses, name=name, service=service, limit=limit, offset=offset)
         items, total = await self.history.list_runs(query)
         for i, item in enumerate(items):
@@ -95,12 +103,68 @@ class _Api:
                 items[i] = live.to_dict()
         return ApiResponse({"runs": items, "total": total, "limit": limit, "offset": offset})
 
+    def _live(self, name: str | None = None, service: str | None = None) -> list[RunState]:
+        """Running runs of the live state, newest first."""
+        runs = [
+            r
+            for r in self.hub.runs()
+            if r.status == A.STATUS_RUNNING
+            and (name is None or name in (r.name, r.alias, r.workflow))
+            and (service is None or r.service == service)
+        ]
+        return sorted(runs, key=lambda r: (-r.start_ns, r.trace_id))
+
+    async def now(self) -> Response:
+        """What runs now: running runs, those with stalled work, open alerts (the pages' header)."""
+        running = self._live()
+        return ApiResponse(
+            {
+                "running": len(running),
+                "stalled": sum(1 for r in running if r.stalled),
+                "open_alerts": len(self.alerts.open) if self.alerts is not None else 0,
+                "last_event_id": self.hub.broadcast.last_id,
+            }
+        )
+
+    async def alert_list(self, status: str = "open", limit: int = 200) -> Response:
+        if status not in ("open", "resolved", "all") or not 1 <= limit <= 1000:
+            return _error(400, "status must be open, resolved or all, and limit 1..1000")
+        engine = self.alerts
+        if status == "open":
+            items = sorted(engine.open.values(), key=lambda a: -a["fired_ns"])[:limit] if engine else []
+        else:
+            stored = await self.history.alerts(None if status == "all" else status, limit)
+            # the engine's own are the newest state (the history stores them a moment later)
+            newest = {a["id"]: a for a in engine.resolved} if engine is not None else {}
+            if engine is not None and status == "all":
+                newest.update((a["id"], a) for a in engine.open.values())
+            merged = {a["id"]: a for a in stored}
+            merged.update(newest)
+            items = sorted(merged.values(), key=lambda a: -a["fired_ns"])[:limit]
+        return ApiResponse(
+            {
+                "alerts": items,
+                "open": len(engine.open) if engine else 0,
+                "rules": [r.name for r in engine.rules] if engine else [],
+                "stats": engine.stats if engine else {},
+                "delivery": engine.delivery.stats if engine else {},
+            }
+        )
+
+    async def alert_resolve(self, alert_id: str) -> Response:
+        done = self.alerts.resolve_by_id(alert_id) if self.alerts is not None else None
+        if done is None:
+            return _error(404, f"no open alert {alert_id!r}")
+        return ApiResponse({"alert": done})
+
     async def run_detail(self, run: str) -> Response:
         live = self.hub.run(run)
         last = self.hub.broadcast.last_id
+        stalled: dict[str, Any] = {}
         if live is not None:
             spans = sorted(live.spans.values(), key=lambda s: (s.start_time_ns, s.span_id))
             summary: dict[str, Any] | None = live.to_dict()
+            stalled = {span_id: why.to_dict() for span_id, why in live.stalled.items()}
         else:
             trace = await self.history.resolve(run)
             if trace is None:
@@ -114,6 +178,7 @@ class _Api:
                 "spans": [s.to_dict() for s in spans],
                 "tree": _span_tree(spans),
                 "progress": summary.get("progress") if summary else None,
+                "stalled": stalled,
                 "last_event_id": last,
             }
         )
@@ -158,10 +223,13 @@ class _Api:
         )
 
 
-def api_router(hub: Hub, history: SqliteHistory) -> APIRouter:
-    """The REST routes over ``hub`` (live runs) and ``history`` (the rest)."""
-    api = _Api(hub, history)
+def api_router(hub: Hub, history: SqliteHistory, alerts: AlertEngine | None = None) -> APIRouter:
+    """The REST routes over ``hub`` (live runs), ``history`` (the rest) and ``alerts``."""
+    api = _Api(hub, history, alerts)
     router = APIRouter()
+    router.add_api_route("/api/now", api.now, methods=["GET"])
+    router.add_api_route("/api/alerts", api.alert_list, methods=["GET"])
+    router.add_api_route("/api/alerts/{alert_id}/resolve", api.alert_resolve, methods=["POST"])
     router.add_api_route("/api/runs", api.runs, methods=["GET"])
     router.add_api_route("/api/runs/{run}", api.run_detail, methods=["GET"])
     router.add_api_route("/api/runs/{run}/events", api.run_events, methods=["GET"])

@@ -25,12 +25,15 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from otelflow import attributes as A
 from otelflow.scrub import DEFAULT_VALUE_LIMIT
 
+from .alerts import AlertConfig, AlertConfigError, AlertEngine, Delivery, load_rules
 from .api import ApiResponse, api_router, run_has_ended
 from .history import Recorder, SqliteHistory, default_db_path
 from .intake import Intake
 from .live import Hub
+from .live.stall import DEFAULT_QUIET_S, StallPolicy
 from .otlp import DEFAULT_MAX_BYTES
 from .pages import install_pages, jaeger_url_from_env
 from .security import LOOPBACK_HOSTS, SecurityMiddleware, ViewerConfigError, allowed_host, is_loopback
@@ -72,6 +75,9 @@ def create_app(
     jaeger_url: str | None = None,
     max_value_length: int | None = DEFAULT_VALUE_LIMIT,
     idle_run_s: float = 300.0,
+    alerts: AlertConfig | None = None,
+    stall_after_s: float | None = DEFAULT_QUIET_S,
+    durations_every_s: float = 60.0,
 ) -> FastAPI:
     """The viewer as an ASGI app. ``app.state.hub`` and ``app.state.history`` are its hub and history.
 
@@ -80,18 +86,25 @@ def create_app(
     on shutdown publishes ``shutdown``, closes streams and flushes the history. ``jaeger_url`` (default
     ``$OTELFLOW_JAEGER_URL``) adds "Open in Jaeger" links to run pages. Attribute values longer than
     ``max_value_length`` characters are cut (marked). Runs nothing was heard of for ``idle_run_s`` with no live
-    worker end as abandoned (0: never; applies when ``hub`` is not given).
+    worker end as abandoned (0: never; applies when ``hub`` is not given). A running span quiet for
+    ``stall_after_s`` (``None``: never) is flagged stalled, and for less when a ``stalled`` rule of ``alerts`` says
+    so; ``alerts`` (see :mod:`viewer.alerts`) fire on the stream, in ``/api/alerts`` and at their webhooks.
+    What "slow" means (p95 durations per name) is read from the history every ``durations_every_s``.
     """
     history = (
         db if isinstance(db, SqliteHistory) else SqliteHistory(db, retention_days=retention_days, max_runs=max_runs)
     )
     hub = hub or Hub(idle_run_s=idle_run_s)
+    config = alerts or AlertConfig()
+    hub.state.stall = StallPolicy(config.stall_rules(), default_quiet_s=stall_after_s)
     hub.tap(Recorder(history))
+    engine = AlertEngine(config, hub, history, Delivery(config.actions))
+    hub.tap(engine)
     intake = Intake(hub, history, max_body_bytes=max_body_bytes, max_value_length=max_value_length)
 
     app = ViewerApp(
         title="otelflow viewer",
-        lifespan=_lifespan(hub, history, intake),
+        lifespan=_lifespan(hub, history, intake, engine, durations_every_s),
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
@@ -100,6 +113,7 @@ def create_app(
     )
     app.state.hub = hub
     app.state.history = history
+    app.state.alerts = engine
     app.add_middleware(SecurityMiddleware, token=token, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
 
     @app.post("/v1/traces")
@@ -116,7 +130,7 @@ def create_app(
     async def live_flow(websocket: WebSocket, job_id: str) -> None:
         await LiveFlowSession(websocket, hub, job_id, send_deadline_s=send_deadline_s).run()
 
-    app.include_router(api_router(hub, history))
+    app.include_router(api_router(hub, history, engine))
     install_pages(app, jaeger_url=jaeger_url if jaeger_url is not None else jaeger_url_from_env())
 
     async def closed(run: str) -> bool:
@@ -129,9 +143,12 @@ def create_app(
     return app
 
 
-def _lifespan(hub: Hub, history: SqliteHistory, intake: Intake) -> Callable[[FastAPI], Any]:
-    """Open the history (unless open), restore the runs that were live, ingest what the intake log holds beyond
-    the history, start the hub; on the way out, tell the streams, stop the hub and flush the history."""
+def _lifespan(
+    hub: Hub, history: SqliteHistory, intake: Intake, alerts: AlertEngine, durations_every_s: float
+) -> Callable[[FastAPI], Any]:
+    """Open the history (unless open), restore the runs that were live and the open alerts, ingest what the
+    intake log holds beyond the history, start the hub and the alerts; on the way out, tell the streams, stop
+    the hub and the alerts and flush the history."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -139,16 +156,46 @@ def _lifespan(hub: Hub, history: SqliteHistory, intake: Intake) -> Callable[[Fas
             history.open()
         runs, spans = await history.load_live()
         hub.restore(runs, spans)
+        alerts.restore(await history.alerts("open", 10_000))
         intake.replay()
         await hub.start()
+        await alerts.delivery.start()
+        tasks = [
+            asyncio.create_task(_every(1.0, alerts.tick), name="otelflow-alerts"),
+            asyncio.create_task(_durations(hub, history, durations_every_s), name="otelflow-durations"),
+        ]
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             hub.shutdown()
             await hub.stop()
+            await alerts.delivery.stop()
             history.close()
 
     return lifespan
+
+
+async def _every(interval_s: float, fn: Callable[[], None]) -> None:
+    """Call ``fn`` every ``interval_s`` for ever; an exception is logged, not fatal."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            fn()
+        except Exception:
+            log.exception("periodic %s failed", getattr(fn, "__qualname__", fn))
+
+
+async def _durations(hub: Hub, history: SqliteHistory, interval_s: float) -> None:
+    """Give the stall policy the p95 durations per (kind, name) the history knows, now and every minute."""
+    while True:
+        try:
+            hub.state.stall.set_durations(await history.stats_by_name(A.KINDS))
+        except Exception:
+            log.exception("could not read span durations for the stall check")
+        await asyncio.sleep(interval_s)
 
 
 def _no_self_tracing() -> dict[str, Any]:
@@ -275,14 +322,17 @@ def serve(
     log_level: str = "info",
     idle_run_s: float = 300.0,
     max_backlog_bytes: int = 128 * 1024 * 1024,
+    alerts_path: str | os.PathLike[str] | None = None,
+    stall_after_s: float | None = DEFAULT_QUIET_S,
 ) -> None:
     """Run the viewer until SIGINT/SIGTERM (what ``otelflow serve`` calls).
 
     ``db`` defaults to :func:`viewer.history.default_db_path`, whose folders are created; the folder of a ``db``
     given must exist. ``token`` defaults to ``$OTELFLOW_TOKEN``.
     Raises :class:`ViewerConfigError` for a non-loopback ``host`` without a token, a token of only whitespace,
-    a port outside 0..65535 or one that cannot be bound (in use), and :class:`viewer.history.HistoryError` for an
-    unusable database, all before serving anything.
+    a port outside 0..65535 or one that cannot be bound (in use) or an alert rules file (``alerts_path``) that
+    cannot be used, and :class:`viewer.history.HistoryError` for an unusable database, all before serving
+    anything.
     ``ready_callback(host, port)`` is called once the socket listens (``port=0`` picks a free port).
     The loopback names are accepted as Host, plus ``host`` itself when it is not a wildcard, plus
     ``allowed_hosts``; a wildcard bind without ``allowed_hosts`` accepts any Host (the token protects it).
@@ -301,6 +351,10 @@ def serve(
         )
     if not 0 <= port <= 65535:
         raise ViewerConfigError(f"port {port} is out of range: use 0..65535 (0 picks a free port)")
+    try:
+        alerts = load_rules(alerts_path) if alerts_path is not None else None
+    except AlertConfigError as exc:
+        raise ViewerConfigError(str(exc)) from None
     extra = {allowed_host(h) for h in allowed_hosts or ()}
     hosts: frozenset[str] | None
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only names what a wildcard bind means
@@ -325,7 +379,13 @@ def serve(
     # young generation (700 objects) makes the collector run every few spans, about 15% of the loop's time.
     gc.set_threshold(20_000, 20, 20)
     app = create_app(
-        db=history, token=token, allowed_hosts=hosts, allowed_origins=allowed_origins, idle_run_s=idle_run_s
+        db=history,
+        token=token,
+        allowed_hosts=hosts,
+        allowed_origins=allowed_origins,
+        idle_run_s=idle_run_s,
+        alerts=alerts,
+        stall_after_s=stall_after_s,
     )
     server = make_server(app, host, port, ready_callback=ready_callback, log_level=log_level)
     try:

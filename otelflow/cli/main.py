@@ -76,6 +76,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             idle_run_s=args.idle_run_timeout,
             max_backlog_bytes=args.history_backlog_mb * 1024 * 1024,
+            alerts_path=args.alerts,
+            stall_after_s=args.stall_after or None,
         )
     except (ViewerConfigError, HistoryError) as exc:
         print(f"otelflow serve: {exc}", file=sys.stderr)
@@ -164,6 +166,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=128,
         metavar="MB",
         help="rows waiting for the history database beyond this: new spans get 503 (default 128)",
+    )
+    serve.add_argument(
+        "--alerts",
+        default=os.environ.get("OTELFLOW_ALERTS") or None,
+        metavar="RULES.toml",
+        help="alert rules and webhooks (see README, 'Stuck work and alerts'; default $OTELFLOW_ALERTS)",
+    )
+    serve.add_argument(
+        "--stall-after",
+        type=_non_negative,
+        default=300.0,
+        metavar="SECONDS",
+        help="flag a running span stalled when nothing of it moved for this long (0: only by rules; default 300)",
     )
     serve.add_argument("--log-level", default=logging.getLevelName(logging.WARNING).lower(), choices=_LOG_LEVELS)
     serve.set_defaults(func=_cmd_serve)

@@ -39,6 +39,9 @@ class HistoryWriter(Protocol):
     def put_event(self, event_id: str, trace_id: str | None, type_: str, data: bytes) -> None:
         """An event of the stream, as its envelope JSON."""
 
+    def put_alert(self, alert: Mapping[str, Any]) -> None:
+        """An alert's latest state (its ``id`` names it)."""
+
     @property
     def full(self) -> bool:
         """Too much waits to be written: new spans must be refused until it drains."""
@@ -67,3 +70,6 @@ class HistoryReader(Protocol):
 
     async def load_live(self) -> tuple[list[dict[str, Any]], list[SpanRecord]]:
         """Runs still running when the viewer last stopped, and their spans."""
+
+    async def alerts(self, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Stored alerts, newest first (``status``: ``open`` or ``resolved``)."""

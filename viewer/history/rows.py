@@ -15,6 +15,7 @@ from otelflow.records import EventRecord, SpanRecord
 from otelflow.wire import quote, to_json
 
 __all__ = [
+    "ALERT_WIDTH",
     "EVENT_WIDTH",
     "RUN_WIDTH",
     "SPAN_WIDTH",
@@ -29,6 +30,7 @@ __all__ = [
 SPAN_WIDTH: Final = 10  # trace_id, span_id, parent_span_id, name, kind, status, start_ns, end_ns, record, event_id
 EVENT_WIDTH: Final = 4  # event_id, trace_id, type, data
 RUN_WIDTH: Final = 9  # trace_id, run_id, name, service, status, start_ns, end_ns, updated, summary
+ALERT_WIDTH: Final = 6  # alert_id, rule, status, fired_ns, resolved_ns, data
 
 
 def record_to_row(rec: SpanRecord) -> str:
@@ -137,23 +139,25 @@ class Rows:
     time, to be bound in multi-row statements. ``seq`` numbers queued batches (1, 2, ...); ``nbytes`` is about
     what their text takes; ``journal_end`` is the intake log's position once they commit (0: no change)."""
 
-    __slots__ = ("events", "journal_end", "nbytes", "runs", "seq", "spans")
+    __slots__ = ("alerts", "events", "journal_end", "nbytes", "runs", "seq", "spans")
 
     def __init__(self) -> None:
         self.spans: list[Any] = []
         self.events: list[Any] = []
         self.runs: dict[str, tuple[Any, ...]] = {}
+        self.alerts: dict[str, tuple[Any, ...]] = {}
         self.seq = 0
         self.nbytes = 0
         self.journal_end = 0
 
     def __len__(self) -> int:
-        return (len(self.spans) // SPAN_WIDTH) + (len(self.events) // EVENT_WIDTH) + len(self.runs)
+        return (len(self.spans) // SPAN_WIDTH) + (len(self.events) // EVENT_WIDTH) + len(self.runs) + len(self.alerts)
 
     def merge(self, other: Rows) -> None:
         self.spans += other.spans
         self.events += other.events
         self.runs.update(other.runs)
+        self.alerts.update(other.alerts)
         self.seq = max(self.seq, other.seq)
         self.nbytes += other.nbytes
         self.journal_end = max(self.journal_end, other.journal_end)
@@ -192,6 +196,19 @@ class Rows:
             summary_json if summary_json is not None else json.dumps(summary, separators=(",", ":"), default=str),
         )
         self.nbytes += len(row[-1]) + 100
+
+    def add_alert(self, alert: Mapping[str, Any]) -> None:
+        """An alert's row (the latest state of it wins)."""
+        data = json.dumps(alert, separators=(",", ":"), default=str, ensure_ascii=True)
+        self.alerts[alert["id"]] = (
+            alert["id"],
+            text(str(alert.get("rule") or "")),
+            alert["status"],
+            alert["fired_ns"],
+            alert.get("resolved_ns"),
+            data,
+        )
+        self.nbytes += len(data) + 100
 
     def add_event(self, event_id: str, trace_id: str | None, type_: str, data: bytes) -> None:
         """An event's row (its envelope JSON)."""

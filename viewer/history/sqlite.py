@@ -85,6 +85,15 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_trace ON events (trace_id, n);
 CREATE INDEX IF NOT EXISTS events_id ON events (event_id);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    status TEXT NOT NULL,
+    fired_ns INTEGER NOT NULL,
+    resolved_ns INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, fired_ns);
 """
 SPANS_OF_TRACE: Final = (
     "SELECT s.record, e.data FROM spans s LEFT JOIN events e ON e.event_id = s.event_id AND e.trace_id = s.trace_id "
@@ -353,6 +362,23 @@ class SqliteHistory:
         rows.add_run(summary, summary_json, time.time())
         if alone:
             self._enqueue(rows)
+
+    def put_alert(self, alert: Mapping[str, Any]) -> None:
+        """Queue an alert's latest state (see :mod:`viewer.alerts`)."""
+        rows, alone = self._rows()
+        rows.add_alert(alert)
+        if alone:
+            self._enqueue(rows)
+
+    async def alerts(self, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Stored alerts, newest first; ``status`` ``open`` or ``resolved`` narrows them."""
+
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = ("WHERE status = ?", [status]) if status else ("", [])
+            sql = f"SELECT data FROM alerts {where} ORDER BY fired_ns DESC LIMIT ?"  # noqa: S608
+            return [json.loads(r[0]) for r in conn.execute(sql, [*args, limit])]
+
+        return await self.query(fn)
 
     def put_event(self, event_id: str, trace_id: str | None, type_: str, data: bytes) -> None:
         """Queue an event (its envelope JSON)."""

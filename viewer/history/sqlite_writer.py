@@ -33,7 +33,7 @@ from typing import Any, Final
 from otelflow import attributes as A
 
 from .journal import Journal
-from .rows import EVENT_WIDTH, RUN_WIDTH, SPAN_WIDTH, Rows
+from .rows import ALERT_WIDTH, EVENT_WIDTH, RUN_WIDTH, SPAN_WIDTH, Rows
 
 __all__ = ["SqliteWriter"]
 
@@ -127,6 +127,7 @@ class SqliteWriter:
             "spans": 0,
             "events": 0,
             "runs": 0,
+            "alerts": 0,
             "errors": 0,
             "batches": 0,
             "retries": 0,
@@ -309,6 +310,7 @@ class SqliteWriter:
             ("INSERT OR REPLACE INTO spans", rows.spans, SPAN_WIDTH, "spans"),
             ("INSERT OR REPLACE INTO runs", [v for row in rows.runs.values() for v in row], RUN_WIDTH, "runs"),
             ("INSERT INTO events (event_id, trace_id, type, data)", rows.events, EVENT_WIDTH, "events"),
+            ("INSERT OR REPLACE INTO alerts", [v for row in rows.alerts.values() for v in row], ALERT_WIDTH, "alerts"),
         )
 
     def _transaction(self, conn: sqlite3.Connection, rows: Rows, insert: Callable[[], None]) -> None:
@@ -380,11 +382,24 @@ class SqliteWriter:
                 (A.STATUS_RUNNING, self.max_runs),
             )
             doomed.update(r[0] for r in rows)
+        self._alert_retention(conn)
         if not doomed:
             return
         conn.execute("BEGIN")
         for table in ("runs", "spans", "events"):
             conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", [(t,) for t in doomed])  # noqa: S608
+        conn.execute("COMMIT")
+
+    def _alert_retention(self, conn: sqlite3.Connection) -> None:
+        """Resolved alerts leave after ``retention_days``, and beyond the newest 10,000; open ones stay."""
+        conn.execute("BEGIN")
+        if self.retention_days is not None:
+            cutoff = time.time_ns() - int(self.retention_days * 86400e9)
+            conn.execute("DELETE FROM alerts WHERE status = 'resolved' AND resolved_ns < ?", (cutoff,))
+        conn.execute(
+            "DELETE FROM alerts WHERE status = 'resolved' AND alert_id NOT IN "
+            "(SELECT alert_id FROM alerts WHERE status = 'resolved' ORDER BY fired_ns DESC LIMIT 10000)"
+        )
         conn.execute("COMMIT")
 
     def _done(self, rows: Rows) -> None:

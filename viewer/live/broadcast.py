@@ -33,6 +33,9 @@ from otelflow.wire import (
     SHUTDOWN,
     SPAN_ABANDONED,
     SPAN_EVENT,
+    SPAN_STALLED,
+    SPAN_UNSTALLED,
+    STALLED,
     dumps,
     encode_exact,
     encode_span,
@@ -73,6 +76,7 @@ class Event:
     record: SpanRecord | None = None
     exact: bool = False
     derived: bool = False
+    stalled: bool = False  # about stalled work: passes the `status=stalled` filter
     summary: dict[str, Any] | None = None
     summary_json: str | None = None
     quiet: bool = False
@@ -129,7 +133,8 @@ class Filters:
 
     ``run`` matches the trace id or ``otelflow.run.id``; ``type`` matches an event type exactly, or a prefix
     without a dot (``span`` = every ``span.*``); ``kind`` and ``name`` apply to span events (run events pass);
-    ``status`` is the span's or the run's status. ``reset`` and ``shutdown`` always pass.
+    ``status`` is the span's or the run's status (``stalled``: events about stalled spans and their runs).
+    ``reset`` and ``shutdown`` always pass.
     """
 
     run: frozenset[str] | None = None
@@ -169,7 +174,7 @@ class Filters:
             return False
         if self.name is not None and is_span and ev.name not in self.name:
             return False
-        return self.status is None or ev.status in self.status
+        return self.status is None or ev.status in self.status or (ev.stalled and STALLED in self.status)
 
 
 class Subscription:
@@ -356,6 +361,29 @@ class Broadcast:
             tap(events, batch)
         return events
 
+    def publish_alert(self, type_: str, alert: dict[str, Any], run: RunState | None) -> Event:
+        """Number, encode and offer an ``alert.fired``/``alert.resolved`` event (``run``: the run it is about, if
+        any); the taps get it like any other."""
+        self._seq += 1
+        event_id = f"{self.epoch}.{self._seq}"
+        data = _envelope(event_id, type_, run, {"alert": alert})
+        ev = Event(
+            self._seq,
+            event_id,
+            type_,
+            run.trace_id if run else None,
+            run.alias if run else None,
+            None,
+            alert.get("rule"),
+            alert.get("status"),
+            data,
+            _head(event_id, type_),
+        )
+        self._offer(ev)
+        for tap in self._taps:
+            tap([ev], Batch())
+        return ev
+
     def _event(self, change: Change) -> Event:
         run = change.run
         type_ = change.type
@@ -372,7 +400,11 @@ class Broadcast:
             raw, exact = encode_exact(summary)  # once, for the event and the stored run
             data = _wrapped(event_id, type_, run, "run", raw)
             meta = (A.KIND_WORKFLOW, run.name, run.status)
-            extra = {"summary": summary, "summary_json": raw.decode("ascii") if exact else None}
+            extra = {
+                "summary": summary,
+                "summary_json": raw.decode("ascii") if exact else None,
+                "stalled": run.had_stall,
+            }
             if type_ == RUN_STARTED and not run.first_seq:
                 run.first_seq = seq  # where a stream of this run replays from
         elif type_ == SPAN_EVENT:
@@ -388,6 +420,14 @@ class Broadcast:
             data = _envelope(event_id, type_, run, body)
             meta = (record.kind, record.name, A.STATUS_RUNNING)
             extra = {"record": record}
+        elif type_ in (SPAN_STALLED, SPAN_UNSTALLED):
+            assert record is not None
+            body = {"span": record.to_dict()}
+            if change.stall is not None:
+                body["stalled"] = change.stall.to_dict()
+            data = _envelope(event_id, type_, run, body)
+            meta = (record.kind, record.name, record.status)
+            extra = {"record": record, "stalled": True}
         elif type_ == SPAN_ABANDONED:
             assert record is not None
             data = _envelope(event_id, type_, run, {"span": record.to_dict(), "worker_id": change.worker})

@@ -11,6 +11,9 @@ Contracts:
   ended (the start is then derived from the span); per span the order is started, updates and events, ended.
 - A run's progress is the newest ``otelflow.progress`` event of its most run-like span that reports any:
   the root span, else a workflow span, else any span. This is the one place that rule lives.
+- A running span with no running child is *stalled* (a live flag, not a status) when the checker finds it
+  quiet or slow by the :class:`viewer.live.stall.StallPolicy` (``span.stalled``); it is cleared (``span.unstalled``) when the span
+  moves again (a quiet stall), ends or is abandoned. A run counts its stalled spans (``stalled_count``).
 - Time enters only through batches: ``Batch.at_ns`` (when it was received) and the decisions a checker
   took with :meth:`LiveState.due` and published as a batch. The same batches in the same order give the
   same changes, wherever they are applied.
@@ -32,9 +35,13 @@ from otelflow.wire import (
     SPAN_ABANDONED,
     SPAN_ENDED,
     SPAN_EVENT,
+    SPAN_STALLED,
     SPAN_STARTED,
+    SPAN_UNSTALLED,
     SPAN_UPDATED,
 )
+
+from .stall import Stall, StallPolicy, workflow_name
 
 __all__ = ["RUN_STORED", "Batch", "Change", "LiveState", "RunState"]
 
@@ -54,6 +61,7 @@ class Batch:
     local: bool = False  # from this process: its workers never go silent
     silent_workers: tuple[tuple[str, int], ...] = ()
     idle_runs: tuple[tuple[str, int], ...] = ()
+    stalls: tuple[tuple[str, str, int, Stall], ...] = ()  # trace, span, quiet since, why
 
 
 @dataclass(slots=True)
@@ -67,6 +75,7 @@ class Change:
     event: EventRecord | None = None
     worker: str | None = None
     derived: bool = False  # a span.started made up for ``span``, which arrived already ended
+    stall: Stall | None = None  # span.stalled: why
 
 
 @dataclass(slots=True)
@@ -91,6 +100,9 @@ class RunState:
     heard_ns: int = 0  # when a record of it last arrived
     nbytes: int = 0  # about what its spans take in memory
     first_seq: int = 0  # the broadcast's number of its first event (0: none yet), where its streams replay from
+    quiet: dict[str, int] = field(default_factory=dict)  # running span id -> when it last moved (wall clock, ns)
+    stalled: dict[str, Stall] = field(default_factory=dict)
+    had_stall: bool = False  # a span of it was stalled at some point (its run events pass `status=stalled`)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``run`` object of run events and of the REST API."""
@@ -110,7 +122,13 @@ class RunState:
             "span_count": len(self.spans),
             "agent_count": self.agent_count,
             "error_count": self.error_count,
+            "stalled_count": len(self.stalled),
         }
+
+    @property
+    def workflow(self) -> str:
+        """The workflow this run is of (see :func:`viewer.live.stall.workflow_name`)."""
+        return workflow_name(self.name, self.spans.get(self.root_span_id) if self.root_span_id else None)
 
 
 def _progress_of(event: EventRecord, span: SpanRecord) -> dict[str, Any]:
@@ -160,6 +178,7 @@ class LiveState:
         self._activity: OrderedDict[str, None] = OrderedDict()  # running runs, least recently heard first
         self.live_nbytes = 0
         self.stats: dict[str, int] = {"spans": 0, "errors": 0}
+        self.stall = StallPolicy()
 
     # ------------------------------------------------------------------ queries
 
@@ -187,6 +206,8 @@ class LiveState:
             self._silent_worker(worker, heard, out)
         for trace, heard in batch.idle_runs:
             self._idle_run(trace, heard, out)
+        for trace, span_id, since, why in batch.stalls:
+            self._stall(trace, span_id, since, why, out)
         for rec in batch.records:
             try:
                 self._apply_one(rec, batch.local, at, out)
@@ -230,6 +251,7 @@ class LiveState:
             run.announced = True
             run_changed = False
             out.append(Change(RUN_STARTED, run))
+        told = len(out)
         if prev is None:
             if rec.ended:
                 out.append(Change(SPAN_STARTED, run, rec, derived=True))  # the span is the ended one
@@ -243,6 +265,8 @@ class LiveState:
         for event in rec.events:
             if (event.name, event.time_ns) not in seen:
                 out.append(Change(SPAN_EVENT, run, rec, event))
+        if len(out) > told or rec.ended:
+            run_changed = self._moved(run, rec, prev is None, at, out) or run_changed
         if rec.ended:
             out.append(Change(SPAN_ENDED, run, rec))
         # A root that ends after its run was declared abandoned (its worker was only cut off, e.g. while a
@@ -254,6 +278,41 @@ class LiveState:
             self._run_ended(run)
         elif run_changed:
             out.append(Change(RUN_UPDATED if run.status == A.STATUS_RUNNING else RUN_STORED, run))
+
+    def _moved(self, run: RunState, rec: SpanRecord, started: bool, at: int, out: list[Change]) -> bool:
+        """A span started, changed or ended: it (and, when it starts, its parent) is not quiet any more. True
+        when that cleared a stall."""
+        cleared = False
+        if rec.ended:
+            run.quiet.pop(rec.span_id, None)
+            cleared = self._unstall(run, rec, out, always=True)
+        else:
+            run.quiet[rec.span_id] = at
+            cleared = self._unstall(run, rec, out)
+        parent = run.spans.get(rec.parent_span_id) if started and rec.parent_span_id else None
+        if parent is not None and parent.span_id in run.quiet:
+            run.quiet[parent.span_id] = at
+            cleared = self._unstall(run, parent, out) or cleared
+        return cleared
+
+    def _unstall(self, run: RunState, rec: SpanRecord, out: list[Change], *, always: bool = False) -> bool:
+        """Clear ``rec``'s stall: a quiet one when it moves, any when it ends (``always``)."""
+        stall = run.stalled.get(rec.span_id)
+        if stall is None or (stall.reason != "quiet" and not always):
+            return False
+        del run.stalled[rec.span_id]
+        out.append(Change(SPAN_UNSTALLED, run, rec))
+        return True
+
+    def _stall(self, trace: str, span_id: str, since: int, why: Stall, out: list[Change]) -> None:
+        run = self._runs.get(trace)
+        if run is None or run.quiet.get(span_id) != since or span_id in run.stalled:
+            return  # moved, ended or stalled since the decision was taken
+        rec = run.spans[span_id]
+        run.stalled[span_id] = why
+        run.had_stall = True
+        out.append(Change(SPAN_STALLED, run, rec, stall=why))
+        out.append(Change(RUN_UPDATED, run))
 
     def _resize(self, run: RunState, prev: SpanRecord | None, rec: SpanRecord) -> None:
         delta = _size(rec) - (_size(prev) if prev is not None else 0)
@@ -320,9 +379,33 @@ class LiveState:
                     break  # the rest were heard from more recently
                 if not any(self._worker_alive(r, now_ns) for r in run.spans.values() if r.status == A.STATUS_RUNNING):
                     idle.append((trace, run.heard_ns))
-        if not silent and not idle:
+        stalls = self._stalls_due(now_ns)
+        if not silent and not idle and not stalls:
             return None
-        return Batch(at_ns=now_ns, silent_workers=silent, idle_runs=tuple(idle))
+        return Batch(at_ns=now_ns, silent_workers=silent, idle_runs=tuple(idle), stalls=stalls)
+
+    def _stalls_due(self, now_ns: int) -> tuple[tuple[str, str, int, Stall], ...]:
+        """Running spans that the stall policy finds stalled now and that are not flagged yet. A span waiting on
+        a running child is not the stuck one: only the deepest running spans are checked."""
+        due: list[tuple[str, str, int, Stall]] = []
+        check = self.stall.check
+        for trace in self._activity:
+            run = self._runs.get(trace)
+            if run is None or not run.quiet:
+                continue
+            workflow = run.workflow
+            spans = run.spans
+            waiting = {s.parent_span_id for i in run.quiet if (s := spans.get(i)) is not None}
+            for span_id, since in run.quiet.items():
+                if span_id in run.stalled or span_id in waiting:
+                    continue
+                rec = run.spans.get(span_id)
+                if rec is None or rec.status != A.STATUS_RUNNING:
+                    continue
+                why = check(rec, workflow, since, now_ns)
+                if why is not None:
+                    due.append((trace, span_id, since, why))
+        return tuple(due)
 
     def _worker_alive(self, rec: SpanRecord, now_ns: int) -> bool:
         worker = rec.resource.get(A.WORKER_ID)
@@ -356,6 +439,8 @@ class LiveState:
         self._abandon_run(run, out)
 
     def _abandon_span(self, run: RunState, rec: SpanRecord, heard: int, worker: str | None, out: list[Change]) -> None:
+        run.quiet.pop(rec.span_id, None)
+        self._unstall(run, rec, out, always=True)
         abandoned = replace(rec, status=A.STATUS_ABANDONED, end_time_ns=max(rec.start_time_ns, heard))
         run.spans[rec.span_id] = abandoned
         out.append(Change(SPAN_ABANDONED, run, abandoned, worker=worker))
@@ -413,6 +498,8 @@ class LiveState:
             if rec.kind == A.KIND_AGENT:
                 owner.agent_count += 1
             worker = rec.resource.get(A.WORKER_ID)
+            if rec.status == A.STATUS_RUNNING:
+                owner.quiet[rec.span_id] = now_ns  # quiet from the restart on: what came before is unknown
             if rec.status == A.STATUS_RUNNING and isinstance(worker, str):
                 self._workers.setdefault(worker, now_ns)
                 self._running_by_worker.setdefault(worker, set()).add((rec.trace_id, rec.span_id))
