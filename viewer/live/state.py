@@ -12,8 +12,9 @@ Contracts:
 - A run's progress is the newest ``otelflow.progress`` event of its most run-like span that reports any:
   the root span, else a workflow span, else any span. This is the one place that rule lives.
 - A running span with no running child is *stalled* (a live flag, not a status) when the checker finds it
-  quiet or slow by the :class:`viewer.live.stall.StallPolicy` (``span.stalled``); it is cleared (``span.unstalled``) when the span
-  moves again (a quiet stall), ends or is abandoned. A run counts its stalled spans (``stalled_count``).
+  quiet or slow by the :class:`viewer.live.stall.StallPolicy` (``span.stalled``); it is cleared
+  (``span.unstalled``) when the span moves again (a quiet stall), ends or is abandoned. A run counts its
+  stalled spans (``stalled_count``).
 - Time enters only through batches: ``Batch.at_ns`` (when it was received) and the decisions a checker
   took with :meth:`LiveState.due` and published as a batch. The same batches in the same order give the
   same changes, wherever they are applied.
