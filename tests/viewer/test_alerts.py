@@ -620,3 +620,25 @@ def test_an_alert_fires_once_for_a_cluster_of_replicas(tmp_path: Path, receiver:
     finally:
         for r in replicas:
             r.kill()
+
+
+def test_an_open_alert_of_a_rule_taken_out_of_the_file_is_resolved_at_start(
+    make_viewer: Callable[..., Viewer], tmp_path: Path
+) -> None:
+    db = tmp_path / "viewer.db"
+    first = make_viewer(db=db, alerts=rules('[[rule]]\nname = "old"\nwhen = "run_slow"\nover_s = 0.2\n'))
+    telemetry = in_process(first)
+    release = threading.Event()
+    thread = threading.Thread(target=_blocked_workflow, args=("long", release), daemon=True)
+    try:
+        thread.start()
+        fired = wait_for(lambda: alerts(first.url)["alerts"], what="the alert")[0]
+        first.stop()
+    finally:
+        release.set()
+        thread.join(10)
+        telemetry.shutdown()
+    second = make_viewer(db=db, alerts=rules('[[rule]]\nname = "new"\nwhen = "run_failed"\n'))
+    assert alerts(second.url)["alerts"] == []
+    stored = wait_for(lambda: alerts(second.url, "resolved")["alerts"], what="the resolved alert")
+    assert [(a["id"], a["resolution"]) for a in stored] == [(fired["id"], "its rule is no longer in the rules file")]

@@ -74,11 +74,18 @@ class AlertEngine:
     # ------------------------------------------------------------------ restart
 
     def restore(self, alerts: list[dict[str, Any]]) -> None:
-        """Take back the alerts that were open when the viewer stopped (of rules that still exist)."""
+        """Take back the alerts that were open when the viewer stopped; those of rules the rules file no longer
+        has are stored resolved."""
         names = {r.name for r in self.rules}
         for alert in alerts:
-            if alert.get("status") == "open" and alert.get("rule") in names:
+            if alert.get("status") != "open":
+                continue
+            if alert.get("rule") in names:
                 self.open[str(alert["subject"])] = alert
+            else:
+                now = self._clock_ns()
+                gone = {"status": "resolved", "resolved_at": format_time(now), "resolved_ns": now}
+                self.history.put_alert({**alert, **gone, "resolution": "its rule is no longer in the rules file"})
 
     # ------------------------------------------------------------------ the stream
 
