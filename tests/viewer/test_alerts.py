@@ -642,3 +642,26 @@ def test_an_open_alert_of_a_rule_taken_out_of_the_file_is_resolved_at_start(
     assert alerts(second.url)["alerts"] == []
     stored = wait_for(lambda: alerts(second.url, "resolved")["alerts"], what="the resolved alert")
     assert [(a["id"], a["resolution"]) for a in stored] == [(fired["id"], "its rule is no longer in the rules file")]
+
+
+def test_an_alert_resolved_by_hand_stays_resolved_while_its_span_stays_stuck(
+    make_viewer: Callable[..., Viewer],
+) -> None:
+    viewer = make_viewer(alerts=rules('[[rule]]\nname = "stuck"\nwhen = "stalled"\nquiet_s = 1\n'), stall_after_s=None)
+    telemetry = in_process(viewer)
+    release = threading.Event()
+    thread = threading.Thread(target=_blocked_workflow, args=("held", release), daemon=True)
+    try:
+        thread.start()
+        fired = wait_for(lambda: alerts(viewer.url)["alerts"], what="the alert")[0]
+        done = httpx.post(f"{viewer.url}/api/alerts/{fired['id']}/resolve", timeout=5).json()["alert"]
+        assert (done["status"], done["resolution"]) == ("resolved", "resolved by hand")
+        ticks = alerts(viewer.url)["stats"]["ticks"]
+        wait_for(lambda: alerts(viewer.url)["stats"]["ticks"] >= ticks + 2, what="two more checks")
+        assert httpx.get(f"{viewer.url}/api/now", timeout=5).json()["stalled"] == 1  # still stuck
+        assert alerts(viewer.url)["stats"]["fired"] == 1  # but not alerted again
+        assert httpx.post(f"{viewer.url}/api/alerts/{fired['id']}/resolve", timeout=5).status_code == 404
+    finally:
+        release.set()
+        thread.join(10)
+        telemetry.shutdown()

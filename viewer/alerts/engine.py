@@ -62,14 +62,15 @@ class AlertEngine:
         self._clock_ns = clock_ns
         self.open: dict[str, dict[str, Any]] = {}  # subject -> alert
         self.resolved: deque[dict[str, Any]] = deque(maxlen=200)  # the latest, also before the history has them
-        self.stats = {"fired": 0, "resolved": 0, "suppressed": 0}
+        self._muted: set[str] = set()  # resolved by hand while their cause lasts: not fired again until it ends
+        self.stats = {"fired": 0, "resolved": 0, "suppressed": 0, "ticks": 0}
         self._recent: dict[str, deque[float]] = {r.name: deque() for r in self.rules}
         self._samples: dict[tuple[str, str], deque[tuple[int, bool]]] = {}  # (rule, group) -> (ended ns, failed)
         self._stall_checks = {
             r.name: StallPolicy([r.stall_rule()], default_quiet_s=None) for r in self.rules if r.when == STALLED
         }
         self._busy = False
-        self._later: list[tuple[str, dict[str, Any], RunState | None]] = []
+        self._later: list[tuple[str, dict[str, Any]]] = []
 
     # ------------------------------------------------------------------ restart
 
@@ -113,10 +114,13 @@ class AlertEngine:
             why = (
                 "the span moved again" if quiet_only or type_ == SPAN_UNSTALLED else f"the span {ev.status or 'ended'}"
             )
-            self._resolve_prefix(f"{STALLED}:", f":{ev.run_id}:{ev.record.span_id}", why, quiet_only=quiet_only)
+            tail = f":{ev.run_id}:{ev.record.span_id}"
+            self._resolve_prefix(f"{STALLED}:", tail, why, quiet_only=quiet_only)
+            self._muted = {s for s in self._muted if not s.endswith(tail)}
             if type_ == SPAN_ENDED and ev.record.kind == A.KIND_AGENT:
                 self._sample_agent(ev.record)
         elif type_ == RUN_ENDED and ev.run_id:
+            self._muted = {s for s in self._muted if f":{ev.run_id}" not in s}
             run = self.hub.state.run(ev.run_id)
             if run is not None:
                 self._run_ended(run)
@@ -154,6 +158,7 @@ class AlertEngine:
 
     def tick(self) -> None:
         """Once a second: stalled spans reaching a rule's limit, slow runs, error windows."""
+        self.stats["ticks"] += 1
         now = self._clock_ns()
         for run in self.hub.state.runs():
             if run.status != A.STATUS_RUNNING:
@@ -237,6 +242,7 @@ class AlertEngine:
                 details = {"failures": failures, "count": len(samples), "rate": round(rate, 4), "group": group}
                 self._fire(rule, subject, run, message, details)
         elif rate < rule.threshold:
+            self._muted.discard(subject)
             self._resolve(subject, f"the failure rate fell to {rate:.0%}")
         if not samples:
             self._samples.pop((rule.name, group), None)
@@ -270,6 +276,8 @@ class AlertEngine:
         details: dict[str, Any],
         rec: SpanRecord | None = None,
     ) -> None:
+        if subject in self._muted:
+            return
         now_s = time.monotonic()
         recent = self._recent[rule.name]
         while recent and now_s - recent[0] > 60:
@@ -303,7 +311,7 @@ class AlertEngine:
         }
         self.open[subject] = alert
         self.stats["fired"] += 1
-        self._later.append((ALERT_FIRED, alert, run))
+        self._later.append((ALERT_FIRED, alert))
 
     def _resolve(self, subject: str, why: str) -> None:
         alert = self.open.pop(subject, None)
@@ -313,8 +321,7 @@ class AlertEngine:
         alert = {**alert, "status": "resolved", "resolved_at": format_time(now), "resolved_ns": now, "resolution": why}
         self.stats["resolved"] += 1
         self.resolved.append(alert)
-        run = self.hub.state.run(str(alert["run_id"])) if alert.get("run_id") else None
-        self._later.append((ALERT_RESOLVED, alert, run))
+        self._later.append((ALERT_RESOLVED, alert))
 
     def _resolve_prefix(
         self, head: str, tail: str, why: str, workflow: str | None = None, *, quiet_only: bool = False
@@ -329,9 +336,11 @@ class AlertEngine:
             self._resolve(subject, why)
 
     def resolve_by_id(self, alert_id: str, why: str = "resolved by hand") -> dict[str, Any] | None:
-        """Resolve an open alert named by its id (the API's); the resolved alert, or ``None``."""
+        """Resolve an open alert named by its id (the API's); the resolved alert, or ``None``. Its subject does
+        not fire again while the cause lasts (the span stays stalled, the run runs, the rate stays high)."""
         for subject, alert in list(self.open.items()):
             if alert["id"] == alert_id:
+                self._muted.add(subject)
                 self._resolve(subject, why)
                 done = self._later[-1][1] if self._later else None
                 self._flush()
@@ -341,10 +350,10 @@ class AlertEngine:
     def _flush(self) -> None:
         """Publish, store and send what fired or resolved (after the events that caused it)."""
         later, self._later = self._later, []
-        for type_, alert, run in later:
+        for type_, alert in later:
             self._busy = True
             try:
-                self.hub.broadcast.publish_alert(type_, alert, run)
+                self.hub.broadcast.publish_alert(type_, alert)
             finally:
                 self._busy = False
             self.history.put_alert(alert)
@@ -358,7 +367,7 @@ def _duration(seconds: float) -> str:
     """``1 m 12 s``, ``45 s``, ``2 h 3 m``."""
     s = int(seconds)
     if s < 60:
-        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
+        return f"{s} s" if seconds >= 1 else f"{seconds:.1f} s"
     if s < 3600:
         return f"{s // 60} m {s % 60} s"
     return f"{s // 3600} h {s % 3600 // 60} m"

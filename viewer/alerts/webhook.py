@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import httpx
 
+from otelflow.records import format_time
 from otelflow.scrub import scrub_text
 
 from .rules import Action
@@ -108,4 +109,4 @@ class Delivery:
     def _failed(self, why: str) -> None:
         self.stats["failed_attempts"] += 1
         self.stats["last_error"] = scrub_text(why)
-        self.stats["last_error_time"] = time.time()
+        self.stats["last_error_time"] = format_time(time.time_ns())

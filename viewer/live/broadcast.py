@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord
+from otelflow.records import SpanRecord, format_time
 from otelflow.wire import (
     RESET,
     RUN_ENDED,
@@ -361,18 +361,20 @@ class Broadcast:
             tap(events, batch)
         return events
 
-    def publish_alert(self, type_: str, alert: dict[str, Any], run: RunState | None) -> Event:
-        """Number, encode and offer an ``alert.fired``/``alert.resolved`` event (``run``: the run it is about, if
-        any); the taps get it like any other."""
+    def publish_alert(self, type_: str, alert: dict[str, Any]) -> Event:
+        """Number, encode and offer an ``alert.fired``/``alert.resolved`` event (its ``run_id`` is the alert's,
+        also when the run has left the live state); the taps get it like any other."""
         self._seq += 1
         event_id = f"{self.epoch}.{self._seq}"
-        data = _envelope(event_id, type_, run, {"alert": alert})
+        run_id, alias = alert.get("run_id"), alert.get("otelflow_run_id")
+        envelope = {"id": event_id, "type": type_, "run_id": run_id, "alert": alert}
+        data = dumps(envelope)
         ev = Event(
             self._seq,
             event_id,
             type_,
-            run.trace_id if run else None,
-            run.alias if run else None,
+            run_id if isinstance(run_id, str) else None,
+            alias if isinstance(alias, str) else None,
             None,
             alert.get("rule"),
             alert.get("status"),
@@ -422,10 +424,12 @@ class Broadcast:
             extra = {"record": record}
         elif type_ in (SPAN_STALLED, SPAN_UNSTALLED):
             assert record is not None
-            body = {"span": record.to_dict()}
+            flag: dict[str, Any] = {"span": record.to_dict()}
             if change.stall is not None:
-                body["stalled"] = change.stall.to_dict()
-            data = _envelope(event_id, type_, run, body)
+                flag["stalled"] = change.stall.to_dict()
+            if change.cleared is not None:
+                flag["unstalled"] = {"reason": change.cleared[0], "at": format_time(change.cleared[1])}
+            data = _envelope(event_id, type_, run, flag)
             meta = (record.kind, record.name, record.status)
             extra = {"record": record, "stalled": True}
         elif type_ == SPAN_ABANDONED:

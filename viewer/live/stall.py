@@ -17,9 +17,24 @@ from typing import Final
 from otelflow import attributes as A
 from otelflow.records import SpanRecord
 
-__all__ = ["DEFAULT_QUIET_S", "MIN_SAMPLES", "Stall", "StallPolicy", "StallRule", "agent_name", "workflow_name"]
+__all__ = [
+    "DEFAULT_QUIET_S",
+    "MIN_SAMPLES",
+    "STALL_ABANDONED",
+    "STALL_ENDED",
+    "STALL_MOVED",
+    "Stall",
+    "StallPolicy",
+    "StallRule",
+    "agent_name",
+    "workflow_name",
+]
 
 DEFAULT_QUIET_S: Final = 300.0
+# why a stall cleared (``span.unstalled``)
+STALL_MOVED: Final = "moved"  # an update, a lifecycle event, a child starting or ending (quiet stalls only)
+STALL_ENDED: Final = "ended"
+STALL_ABANDONED: Final = "abandoned"
 MIN_SAMPLES: Final = 20  # ended spans of a name before its p95 says what "slow" is
 
 _PREFIXES: Final = (f"{A.OP_INVOKE_WORKFLOW} ", f"{A.OP_INVOKE_AGENT} ", f"{A.OP_EXECUTE_TOOL} ")

@@ -42,7 +42,7 @@ from otelflow.wire import (
     SPAN_UPDATED,
 )
 
-from .stall import Stall, StallPolicy, workflow_name
+from .stall import STALL_ABANDONED, STALL_ENDED, STALL_MOVED, Stall, StallPolicy, workflow_name
 
 __all__ = ["RUN_STORED", "Batch", "Change", "LiveState", "RunState"]
 
@@ -77,6 +77,7 @@ class Change:
     worker: str | None = None
     derived: bool = False  # a span.started made up for ``span``, which arrived already ended
     stall: Stall | None = None  # span.stalled: why
+    cleared: tuple[str, int] | None = None  # span.unstalled: why (moved, ended, abandoned) and when (ns)
 
 
 @dataclass(slots=True)
@@ -209,14 +210,18 @@ class LiveState:
             self._idle_run(trace, heard, out)
         for trace, span_id, since, why in batch.stalls:
             self._stall(trace, span_id, since, why, out)
+        ending: dict[str, RunState] = {}
         for rec in batch.records:
             try:
-                self._apply_one(rec, batch.local, at, out)
+                self._apply_one(rec, batch.local, at, out, ending)
             except Exception:  # noqa: BLE001 - one bad record must not stop the others
                 self.stats["errors"] += 1
+        for run in ending.values():  # after every span of the batch: a run ends after the spans that came with it
+            out.append(Change(RUN_ENDED, run))
+            self._run_ended(run)
         return out
 
-    def _apply_one(self, rec: SpanRecord, local: bool, at: int, out: list[Change]) -> None:
+    def _apply_one(self, rec: SpanRecord, local: bool, at: int, out: list[Change], ending: dict[str, RunState]) -> None:
         self.stats["spans"] += 1
         run = self._runs.get(rec.trace_id)
         new_run = run is None
@@ -275,34 +280,33 @@ class LiveState:
         if rec.ended and rec.span_id == run.root_span_id and run.status in (A.STATUS_RUNNING, A.STATUS_ABANDONED):
             run.status = rec.status
             run.end_ns = rec.end_time_ns
-            out.append(Change(RUN_ENDED, run))
-            self._run_ended(run)
+            ending[run.trace_id] = run
         elif run_changed:
             out.append(Change(RUN_UPDATED if run.status == A.STATUS_RUNNING else RUN_STORED, run))
 
     def _moved(self, run: RunState, rec: SpanRecord, started: bool, at: int, out: list[Change]) -> bool:
-        """A span started, changed or ended: it (and, when it starts, its parent) is not quiet any more. True
-        when that cleared a stall."""
+        """A span started, changed or ended: it (and, when it starts or ends, its parent) is not quiet any more.
+        True when that cleared a stall."""
         cleared = False
         if rec.ended:
             run.quiet.pop(rec.span_id, None)
-            cleared = self._unstall(run, rec, out, always=True)
+            cleared = self._unstall(run, rec, out, STALL_ENDED, at)
         else:
             run.quiet[rec.span_id] = at
-            cleared = self._unstall(run, rec, out)
-        parent = run.spans.get(rec.parent_span_id) if started and rec.parent_span_id else None
+            cleared = self._unstall(run, rec, out, STALL_MOVED, at)
+        parent = run.spans.get(rec.parent_span_id) if (started or rec.ended) and rec.parent_span_id else None
         if parent is not None and parent.span_id in run.quiet:
             run.quiet[parent.span_id] = at
-            cleared = self._unstall(run, parent, out) or cleared
+            cleared = self._unstall(run, parent, out, STALL_MOVED, at) or cleared
         return cleared
 
-    def _unstall(self, run: RunState, rec: SpanRecord, out: list[Change], *, always: bool = False) -> bool:
-        """Clear ``rec``'s stall: a quiet one when it moves, any when it ends (``always``)."""
+    def _unstall(self, run: RunState, rec: SpanRecord, out: list[Change], why: str, at: int) -> bool:
+        """Clear ``rec``'s stall: a quiet one when it moves (``why`` = moved), any when it ends or is abandoned."""
         stall = run.stalled.get(rec.span_id)
-        if stall is None or (stall.reason != "quiet" and not always):
+        if stall is None or (stall.reason != "quiet" and why == STALL_MOVED):
             return False
         del run.stalled[rec.span_id]
-        out.append(Change(SPAN_UNSTALLED, run, rec))
+        out.append(Change(SPAN_UNSTALLED, run, rec, cleared=(why, at)))
         return True
 
     def _stall(self, trace: str, span_id: str, since: int, why: Stall, out: list[Change]) -> None:
@@ -441,8 +445,8 @@ class LiveState:
 
     def _abandon_span(self, run: RunState, rec: SpanRecord, heard: int, worker: str | None, out: list[Change]) -> None:
         run.quiet.pop(rec.span_id, None)
-        self._unstall(run, rec, out, always=True)
         abandoned = replace(rec, status=A.STATUS_ABANDONED, end_time_ns=max(rec.start_time_ns, heard))
+        self._unstall(run, abandoned, out, STALL_ABANDONED, abandoned.end_time_ns or heard)
         run.spans[rec.span_id] = abandoned
         out.append(Change(SPAN_ABANDONED, run, abandoned, worker=worker))
 
