@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,7 +28,9 @@ from rich.console import Console
 from otelflow import attributes as A
 from otelflow.cli.stream import Backoff, SseEvent
 from otelflow.cli.tail import Tail
-from otelflow.cli.tail_view import STATUS_GLYPH, LiveView, clean, describe
+from otelflow.cli.tail_view import STALLED_STYLE, STATUS_GLYPH, LiveView, clean, describe
+from otelflow.records import EventRecord
+from otelflow.viewer.alerts import parse_rules
 from otelflow.viewer.app import create_app, make_server
 from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
 
@@ -318,6 +323,86 @@ def test_a_reader_that_closes_stdout_ends_tail_quietly(make_viewer: Callable[...
     assert complaints == []
 
 
+def test_running_shows_stalls_and_only_what_runs(
+    make_viewer: Callable[..., Viewer], procs: Callable[..., Proc]
+) -> None:
+    rules = parse_rules('[[rule]]\nname = "agent stuck"\nwhen = "stalled"\nquiet_s = 1\nkind = "agent"\n')
+    viewer = make_viewer(stall_after_s=1.0, alerts=rules)
+    old = [record(trace_id(), span_id(), "invoke_workflow before", kind=A.KIND_WORKFLOW, run_id="job-old", ended=True)]
+    assert viewer.post_json(old).is_success
+    running = procs(tail_cmd("--viewer", viewer.url, "--running"))
+    as_json = procs(tail_cmd("--viewer", viewer.url, "--running", "--json"))
+    every = procs(tail_cmd("--viewer", viewer.url, "--all"))
+    for p in (running, as_json, every):
+        wait_for(lambda p=p: any("following" in line for line in list(p.err)), 10, "tail connected")
+
+    trace, root, stuck, tool = trace_id(), span_id(), span_id(), span_id()
+    began = time.time_ns()
+
+    def agent(*events: EventRecord, ended: bool = False) -> Any:
+        name = "invoke_agent stuck"
+        return record(trace, stuck, name, parent=root, kind=A.KIND_AGENT, start=began, events=events, ended=ended)
+
+    live = record(trace, root, "invoke_workflow live", kind=A.KIND_WORKFLOW, run_id="job-live", start=began)
+    assert viewer.post_json([live, agent()]).is_success
+    line = running.wait_line(lambda s: "span.stalled" in s, "the stall, as it happens")
+    assert re.search(r"agent +invoke_agent stuck  stalled: quiet for \d+ s  rule agent stuck$", line), line
+    running.wait_line(lambda s: "alert.fired" in s and "agent stuck:" in s and "run job-live" in s, "its alert")
+    # a tail started now finds the stall in the run's snapshot
+    late = procs(tail_cmd("--viewer", viewer.url, "--running"))
+    late.wait_line(lambda s: "span.stalled" in s and "stalled: quiet for" in s and "(snapshot)" in s, "the stall")
+
+    # the agent moves: its stall clears
+    progress = EventRecord(A.EVENT_PROGRESS, time.time_ns(), {A.PROGRESS_PERCENT: 50})
+    assert viewer.post_json([agent(progress)]).is_success
+    for p in (running, late, every):
+        p.wait_line(lambda s: "span.unstalled" in s and "invoke_agent stuck  moving again" in s, "the unstall")
+    running.wait_line(lambda s: "alert.resolved" in s and "(the span moved again)" in s, "the alert resolved")
+
+    # a tool runs and ends; a run starts and ends in one batch; the live run ends; then another run starts
+    tool_span = record(trace, tool, "execute_tool quick", parent=stuck, kind=A.KIND_TOOL)
+    assert viewer.post_json([tool_span]).is_success
+    running.wait_line(lambda s: "span.started" in s and "execute_tool quick" in s, "the tool reported running")
+    tool_ended = record(trace, tool, "execute_tool quick", parent=stuck, kind=A.KIND_TOOL, ended=True)
+    assert viewer.post_json([tool_ended]).is_success
+    during, during_root = trace_id(), span_id()
+    once = [
+        record(during, during_root, "invoke_workflow during", kind=A.KIND_WORKFLOW, run_id="job-during", ended=True),
+        record(during, span_id(), "step during", parent=during_root, ended=True),
+    ]
+    assert viewer.post_json(once).is_success
+    live_ended = record(
+        trace, root, "invoke_workflow live", kind=A.KIND_WORKFLOW, run_id="job-live", start=began, ended=True
+    )
+    assert viewer.post_json([agent(ended=True), live_ended]).is_success
+    following = record(trace_id(), span_id(), "invoke_workflow next", kind=A.KIND_WORKFLOW, run_id="job-next")
+    assert viewer.post_json([following]).is_success
+    # one ordered stream: whatever came before the next run was printed before its start
+    for p in (running, late, every):
+        p.wait_line(lambda s: "run.started" in s and "run job-next" in s, "the next run")
+    as_json.wait_line(lambda s: '"run.started"' in s and '"job-next"' in s, "the next run, as JSON")
+
+    for p in (running, late):
+        lines = p.lines()
+        assert not [s for s in lines if "job-old" in s or "during" in s], lines  # runs that ended before or at once
+        assert not [s for s in lines if "span.ended" in s or "run.ended" in s or "span.abandoned" in s], lines
+    assert any("span.started" in s and "execute_tool quick" in s for s in running.lines())
+    envs = envelopes(as_json)
+    types = {e["type"] for e in envs}
+    assert {"span.stalled", "span.unstalled", "alert.fired", "alert.resolved"} <= types, types
+    assert not types & {"span.ended", "span.abandoned", "run.ended"}, types
+    assert {e["run_id"] for e in envs} == {trace, following.trace_id}
+    stall = next(e for e in envs if e["type"] == "span.stalled")
+    assert stall["stalled"]["reason"] == "quiet"
+    assert stall["span"]["span_id"] == stuck
+    # without --running, the ends are there too, and the stall lines as well
+    lines = every.lines()
+    assert any("span.stalled" in s and "invoke_agent stuck" in s for s in lines), lines
+    assert any("span.ended" in s and "execute_tool quick" in s for s in lines), lines
+    assert any("run.ended" in s and "run job-during" in s for s in lines), lines
+    assert any("alert.fired" in s for s in lines), lines
+
+
 # --------------------------------------------------------------------------------------------------
 # In-process: the follower's bookkeeping and the rich view
 # --------------------------------------------------------------------------------------------------
@@ -414,6 +499,59 @@ def test_rich_view_shows_colours_spinners_progress_and_literal_span_data() -> No
     html = console.export_html()
     assert "<script>" not in html
     assert "&lt;script&gt;" in html
+
+
+def test_running_view_lists_stalled_spans_first_in_amber_and_drops_what_ended() -> None:
+    tail = Tail(running=True)
+    root, waiting, stuck, busy, done = "a" * 16, "b" * 16, "c" * 16, "d" * 16, "e" * 16
+    since = datetime.fromtimestamp(time.time() - 72.4, timezone.utc).isoformat().replace("+00:00", "Z")
+    stalled = {"reason": "quiet", "seconds": 60.0, "since": since, "rule": "default", "limit_s": 60.0, "p95_ms": None}
+    events = [
+        ev(1, "run.started", run=run_summary()),
+        ev(2, "span.started", span=span(root, "invoke_workflow pipeline", kind="workflow")),
+        ev(3, "span.started", span=span(waiting, "waiting agent", parent=root)),
+        ev(4, "span.started", span=span(busy, "busy tool", parent=waiting, kind="tool")),
+        ev(5, "span.started", span=span(stuck, "stuck agent", parent=root)),
+        ev(6, "span.started", span=span(done, "done tool", parent=waiting, kind="tool")),
+        ev(7, "span.stalled", span=span(stuck, "stuck agent", parent=root), stalled=stalled),
+        ev(8, "span.ended", span=span(done, "done tool", "ok", parent=waiting, kind="tool")),
+    ]
+    reported = [e["type"] for x in events for e in tail.on_event(x)]
+    assert reported == ["run.started", *["span.started"] * 5, "span.stalled"]  # the end is not reported
+    assert tail.on_event(ev(9, "span.stalled", span=span(stuck, "stuck agent", parent=root), stalled=stalled)) == []
+
+    console = Console(record=True, width=160, force_terminal=True, color_system="truecolor")
+    view = LiveView(tail)
+    console.print(view)
+    text = console.export_text()
+    rows = text.splitlines()
+    names = ("stuck agent", "invoke_workflow pipeline workflow", "busy tool")
+    at = [next(i for i, row in enumerate(rows) if name in row) for name in names]
+    assert at == sorted(at), text  # the stalled span first, then the tree of the running ones
+    assert "done tool" not in text, "an ended span drops out"
+    assert re.search(r"stuck agent agent [\d.]+s  stalled: quiet for 1 m 1\d s", text), text
+    assert "1 stalled" in text
+    styled = [seg for seg in console.render(view) if seg.style and seg.style.color]
+    assert any("stuck agent" in seg.text and seg.style.color.name == STALLED_STYLE for seg in styled), styled
+
+    # a snapshot without the stall (it cleared while we were away) reports the unstall
+    spans = [span(root, "invoke_workflow pipeline", kind="workflow"), span(stuck, "stuck agent", parent=root)]
+    cleared = tail.on_snapshot({"run": run_summary(), "spans": spans, "stalled": {}})
+    assert [(e["type"], e["snapshot"]) for e in cleared] == [("span.unstalled", True)]
+    console.print(view)
+    text = console.export_text()
+    assert "‖" not in text
+    assert "1 stalled" not in text
+    assert "stuck agent  unstalled" in text  # among the latest events
+
+    # the run ends: it drops out, and nothing about it is reported any more
+    assert tail.on_event(ev(10, "run.ended", run=run_summary("ok"))) == []
+    assert tail.on_event(ev(11, "span.ended", span=span(busy, "busy tool", "ok", parent=waiting, kind="tool"))) == []
+    console.print(view)
+    text = console.export_text()
+    assert "job-[red]1" not in text
+    assert "busy tool" not in text
+    assert "nothing runs now" in text
 
 
 def test_the_same_state_is_reported_once_across_a_reset() -> None:

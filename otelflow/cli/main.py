@@ -226,6 +226,11 @@ def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tail.add_argument("--token", default=os.environ.get("OTELFLOW_TOKEN"))
     tail.add_argument("--all", action="store_true", help="follow every run")
     tail.add_argument("--kind", action="append", help="only these span kinds (repeatable)")
+    tail.add_argument(
+        "--running",
+        action="store_true",
+        help="only what runs now: running runs and their running spans, stalled ones first; ended ones drop out",
+    )
     tail.add_argument("--json", action="store_true", help="print raw envelopes, one per line")
     tail.set_defaults(func=_cmd_tail)
 

@@ -5,6 +5,12 @@ Three outputs (:mod:`otelflow.cli.tail_view`) over one follower, which reads the
 spinners, a progress bar per run, the latest lifecycle events below), plain lines when stdout is not a
 terminal, and raw envelopes with ``--json``. What to follow: ``RUN`` (trace id or ``otelflow.run.id``; exits
 when it ends), ``--all`` (every run), or by default the newest running run and every run that starts later.
+``--running`` narrows any of these to what runs now: every running run (or RUN while it runs) and, in it,
+only running spans, stalled ones first; nothing about ended spans or runs is reported, they drop out.
+
+Stalled spans (``span.stalled``, and the run detail's ``stalled`` map in snapshots) are reported once per stall,
+``span.unstalled`` once when it clears; ``alert.fired``/``alert.resolved`` once per alert, for followed runs
+(alerts about no run in particular, such as an error rate, only when not following one run or ``--running``).
 
 Contracts:
 
@@ -13,7 +19,8 @@ Contracts:
   refetches the runs over REST and reports only what changed meanwhile. Nothing is reported twice: a span is
   started, ended, and each of its events shown at most once.
 - Snapshot-derived envelopes (the state found at start or after a ``reset``) have ``"id": null`` and
-  ``"snapshot": true``; every other ``--json`` line is the viewer's envelope as it was sent.
+  ``"snapshot": true``; every other ``--json`` line is the viewer's envelope as it was sent. Snapshots report
+  stalls found in the run detail (``span.stalled``) and stalls that cleared meanwhile (``span.unstalled``).
 - Span data is never interpreted as rich markup, and control characters are shown escaped, never emitted.
 - Ctrl-C, and a reader that closes standard output (`| head`), exit with status 0. Only the standard library
   speaks HTTP; rich is needed for the terminal view.
@@ -37,6 +44,7 @@ from otelflow import attributes as A
 from otelflow.cli.client import ViewerError, ViewerRequestError, ViewerUnreachable, get_json, run_path
 from otelflow.cli.stream import Backoff, SseEvent, SseStream
 from otelflow.cli.tail_view import (
+    ALERT_TYPES,
     ENDED,
     RUN_TYPES,
     Envelope,
@@ -48,8 +56,12 @@ from otelflow.cli.tail_view import (
     clean,
     clock,
     describe_event,
+    describe_stall,
+    flagged_at,
+    stalled_for,
 )
 from otelflow.wire import (
+    ALERT_FIRED,
     RESET,
     RUN_ENDED,
     RUN_STARTED,
@@ -58,13 +70,17 @@ from otelflow.wire import (
     SPAN_ABANDONED,
     SPAN_ENDED,
     SPAN_EVENT,
+    SPAN_STALLED,
     SPAN_STARTED,
+    SPAN_UNSTALLED,
     SPAN_UPDATED,
+    STALLED,
 )
 
 __all__ = ["RunView", "Tail", "main"]
 
 RECENT_EVENTS: Final = 8
+_GONE: Final = (SPAN_ENDED, SPAN_ABANDONED, RUN_ENDED)  # what --running leaves out
 
 
 @dataclass
@@ -75,6 +91,7 @@ class RunView:
     summary: dict[str, Any] = field(default_factory=dict)
     spans: dict[str, dict[str, Any]] = field(default_factory=dict)
     events_seen: set[tuple[str, str, str]] = field(default_factory=set)
+    stalled: dict[str, dict[str, Any]] = field(default_factory=dict)  # span id -> the stalled object
     ended: bool = False
 
     @property
@@ -91,6 +108,8 @@ class Tail:
 
     ``run`` is a trace id or ``otelflow.run.id`` (follow only it), ``all_runs`` follows every run, otherwise the
     newest running run and every run starting after ``started_ns`` are followed. ``kinds`` limits spans.
+    ``running`` follows every running run (or ``run`` while it runs) and reports only running work: a run or
+    span that ended is forgotten, and its ``span.ended``/``span.abandoned``/``run.ended`` is not reported.
     """
 
     def __init__(
@@ -100,13 +119,16 @@ class Tail:
         all_runs: bool = False,
         kinds: frozenset[str] | None = None,
         started_ns: int | None = None,
+        running: bool = False,
     ) -> None:
         self.run = run
         self.all_runs = all_runs
+        self.running = running
         self.kinds = kinds
         self.started_ns = started_ns if started_ns is not None else time.time_ns()
         self.runs: dict[str, RunView] = {}
         self.ignored: set[str] = set()
+        self.alerts_seen: set[tuple[str, str]] = set()  # (alert id, event type)
         self.last_id: str | None = None
         self.recent: deque[tuple[str, str]] = deque(maxlen=RECENT_EVENTS)  # (time, line)
         self.done = False
@@ -121,6 +143,15 @@ class Tail:
             return view
         if trace in self.ignored and not new:
             return None
+        if self.running and self.run is None:
+            if summary is None:
+                return None  # not known to be running (yet)
+            if summary.get("status") != A.STATUS_RUNNING:
+                self.ignored.add(trace)
+                return None
+            self.ignored.discard(trace)
+            view = self.runs[trace] = RunView(trace)
+            return view
         start_ns = int((summary or {}).get("start_time_ns") or 0)
         if self.run is not None or self.all_runs or new or (start_ns and start_ns >= self.started_ns):
             self.ignored.discard(trace)
@@ -149,6 +180,8 @@ class Tail:
             type_ = str(data.get("type") or ev.type)
             if type_ in (RESET, SHUTDOWN):
                 return [data]
+            if type_ in ALERT_TYPES:
+                return [data] if self._alert(type_, data) else []
             trace = data.get("run_id")
             if not isinstance(trace, str):
                 return []
@@ -156,7 +189,41 @@ class Tail:
             view = self._follows(trace, summary, new=type_ == RUN_STARTED)
             if view is None:
                 return []
-            return [data] if self._apply(view, type_, data) else []
+            return [data] if self._apply(view, type_, data) and self._shown(view, type_, data) else []
+
+    def _shown(self, view: RunView, type_: str, data: Envelope) -> bool:
+        """Whether a new report is about running work (always, without ``--running``)."""
+        if not self.running:
+            return True
+        if type_ in _GONE or view.ended or view.status != A.STATUS_RUNNING:
+            return False  # includes what a run that arrived already ended reports
+        if type_ in (SPAN_STARTED, SPAN_UPDATED, SPAN_EVENT):
+            span = view.spans.get(str(data.get("span_id") or "")) if type_ == SPAN_EVENT else data.get("span")
+            return span is None or span.get("status") == A.STATUS_RUNNING
+        return True
+
+    def _alert(self, type_: str, data: Envelope) -> bool:
+        """Whether an ``alert.*`` envelope is new and about something followed (see the module doc)."""
+        alert = data.get("alert")
+        if not isinstance(alert, dict):
+            return False
+        trace = data.get("run_id") or alert.get("run_id")
+        if isinstance(trace, str) and trace:
+            view = self.runs.get(trace)
+            if view is None or (self.running and view.ended):
+                return False
+        elif self.running or self.run is not None:
+            return False  # about no run: not about the run followed, nor about running work
+        if self.kinds is not None and alert.get("kind") and alert.get("kind") not in self.kinds:
+            return False
+        key = (str(alert.get("id")), type_)
+        if key in self.alerts_seen:
+            return False
+        self.alerts_seen.add(key)
+        when = alert.get("fired_at") if type_ == ALERT_FIRED else alert.get("resolved_at")
+        verb = "alert" if type_ == ALERT_FIRED else "alert resolved"
+        self._remember(when, f"{verb} {clean(alert.get('rule') or '', 40)}: {clean(alert.get('message') or '', 80)}")
+        return True
 
     def _apply(self, view: RunView, type_: str, data: Envelope) -> bool:
         """Fold one envelope into ``view``; ``True`` if it reports something new."""
@@ -171,7 +238,13 @@ class Tail:
                 if view.ended:
                     return False
                 view.ended = True
-                self._remember(summary.get("end_time"), f"{clean(view.name)}  run {clean(view.status)}")
+                view.stalled.clear()
+                if self.running:
+                    # it drops out: forget it (its late events are ignored, as are runs that ended unseen)
+                    self.runs.pop(view.trace_id, None)
+                    self.ignored.add(view.trace_id)
+                else:
+                    self._remember(summary.get("end_time"), f"{clean(view.name)}  run {clean(view.status)}")
                 if self.run is not None:
                     self.done = True
                 return True
@@ -199,15 +272,39 @@ class Tail:
         prev = view.spans.get(span_id)
         if prev is not None and prev.get("status") in ENDED:
             return False  # ended spans are final
+        if type_ in (SPAN_STALLED, SPAN_UNSTALLED):
+            return self._stall(view, type_, span, data.get(STALLED))
         view.spans[span_id] = span
+        if span.get("status") in ENDED:
+            view.stalled.pop(span_id, None)  # the viewer says span.unstalled first; a snapshot may not
         if type_ == SPAN_STARTED:
             return prev is None
         if type_ == SPAN_UPDATED:
             return True
-        if span.get("status") == A.STATUS_ERROR or type_ == SPAN_ABANDONED:
+        if not self.running and (span.get("status") == A.STATUS_ERROR or type_ == SPAN_ABANDONED):
             err = span.get("error") or {}
             detail = f" {clean(err.get('type') or '')}: {clean(err.get('message') or '', 80)}" if err else ""
             self._remember(span.get("end_time"), f"{clean(span.get('name', ''), 40)}  {span.get('status')}{detail}")
+        return True
+
+    def _stall(self, view: RunView, type_: str, span: dict[str, Any], stalled: Any) -> bool:
+        """Fold a ``span.stalled``/``span.unstalled`` into ``view``: a stall is reported once (by when the span
+        went quiet), and its clearing once."""
+        span_id = str(span.get("span_id"))
+        name = clean(span.get("name", ""), 40)
+        if type_ == SPAN_UNSTALLED:
+            if view.stalled.pop(span_id, None) is None:
+                return False
+            self._remember(None, f"{name}  unstalled")
+            return True
+        if not isinstance(stalled, dict) or span.get("status") != A.STATUS_RUNNING:
+            return False
+        known = view.stalled.get(span_id)
+        if known is not None and all(known.get(k) == stalled.get(k) for k in ("since", "reason")):
+            return False
+        view.stalled[span_id] = stalled
+        view.spans[span_id] = span
+        self._remember(flagged_at(stalled, span), f"{name}  {describe_stall(stalled, stalled_for(stalled, span))}")
         return True
 
     def _remember(self, when: Any, line: str) -> None:
@@ -227,11 +324,13 @@ class Tail:
                 return []
             out: list[Envelope] = []
 
-            def emit(type_: str, body: dict[str, Any]) -> None:
+            def emit(type_: str, body: dict[str, Any], show: bool = True) -> None:
                 env: Envelope = {"id": None, "type": type_, "run_id": trace, **body, "snapshot": True}
-                if self._apply(view, type_, env):
+                if self._apply(view, type_, env) and show and self._shown(view, type_, env):
                     out.append(env)
 
+            found = detail.get(STALLED)
+            stalls: dict[str, Any] = found if isinstance(found, dict) else {}
             if not view.summary:
                 emit(RUN_STARTED, {"run": summary})
             spans = sorted(
@@ -244,7 +343,8 @@ class Tail:
                 span_id = str(span.get("span_id"))
                 prev = view.spans.get(span_id)
                 status = span.get("status")
-                if status == A.STATUS_RUNNING and prev is None:
+                running = status == A.STATUS_RUNNING
+                if running and prev is None:
                     emit(SPAN_STARTED, {"span": span})
                 for event in span.get("events") or ():
                     if isinstance(event, dict) and event.get("name") in A.LIFECYCLE_EVENTS:
@@ -259,8 +359,14 @@ class Tail:
                                     "span_kind": span.get("kind"),
                                     "event": event,
                                 },
+                                show=running,
                             )
-                if status != A.STATUS_RUNNING and (prev is None or prev.get("status") not in ENDED):
+                stall = stalls.get(span_id) if running else None
+                if isinstance(stall, dict):
+                    emit(SPAN_STALLED, {"span": span, STALLED: stall})
+                elif span_id in view.stalled:
+                    emit(SPAN_UNSTALLED, {"span": span})
+                if not running and (prev is None or prev.get("status") not in ENDED):
                     emit(SPAN_ABANDONED if status == A.STATUS_ABANDONED else SPAN_ENDED, {"span": span})
             if summary.get("status") in ENDED:
                 emit(RUN_ENDED, {"run": summary})
@@ -317,7 +423,7 @@ class Follower:
             tail.last_id = str(health.get("last_event_id")) if health.get("last_event_id") else None
         listing = self._fetch("/api/runs?status=running&limit=500")
         running = [r for r in listing.get("runs") or () if isinstance(r, dict)]
-        if initial and not tail.all_runs and running:
+        if initial and not tail.all_runs and not tail.running and running:
             tail.follow(str(running[0]["trace_id"]))
         traces = [str(r["trace_id"]) for r in running]
         with tail.lock:
@@ -385,7 +491,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``otelflow tail``; 0 on Ctrl-C, when RUN ended, or when standard output is closed by its reader
     (``| head``); 2 when the viewer refuses us."""
     kinds = frozenset(k.strip() for item in args.kind or () for k in item.split(",") if k.strip()) or None
-    tail = Tail(args.run, all_runs=args.all, kinds=kinds)
+    tail = Tail(args.run, all_runs=args.all, kinds=kinds, running=args.running)
     try:
         output = _output(args, tail)
     except ImportError as exc:

@@ -1,5 +1,9 @@
 """What ``otelflow tail`` shows: span data as safe one-line text, plain lines, raw JSON, and the rich live view.
 
+Stalled spans (``span.stalled``) are marked amber in the live view, with how long they have been quiet (or
+running, when slow) counting up; with ``--running`` the live view shows only running spans of running runs,
+the stalled ones first.
+
 Span data is never interpreted as rich markup (every piece becomes a :class:`rich.text.Text`), and control
 characters are shown escaped, never emitted. rich is imported only by the live view, which needs it.
 """
@@ -16,7 +20,18 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from otelflow import attributes as A
-from otelflow.wire import RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_EVENT, SPAN_STARTED
+from otelflow.wire import (
+    ALERT_FIRED,
+    ALERT_RESOLVED,
+    RUN_ENDED,
+    RUN_STARTED,
+    RUN_UPDATED,
+    SPAN_EVENT,
+    SPAN_STALLED,
+    SPAN_STARTED,
+    SPAN_UNSTALLED,
+    STALLED,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -25,8 +40,10 @@ if TYPE_CHECKING:
     from otelflow.cli.tail import RunView, Tail
 
 __all__ = [
+    "ALERT_TYPES",
     "ENDED",
     "RUN_TYPES",
+    "STALLED_STYLE",
     "STATUS_GLYPH",
     "Envelope",
     "JsonOutput",
@@ -39,12 +56,17 @@ __all__ = [
     "clock",
     "describe",
     "describe_event",
+    "describe_stall",
+    "flagged_at",
+    "seconds_text",
+    "stalled_for",
 ]
 
 MAX_TREE_SPANS: Final = 80
 KEEP_ENDED_RUNS: Final = 3
 ENDED: Final = frozenset({A.STATUS_OK, A.STATUS_ERROR, A.STATUS_ABANDONED})
 RUN_TYPES: Final = (RUN_STARTED, RUN_UPDATED, RUN_ENDED)
+ALERT_TYPES: Final = (ALERT_FIRED, ALERT_RESOLVED)
 
 STATUS_STYLE: Final = {
     A.STATUS_RUNNING: "yellow",
@@ -53,6 +75,9 @@ STATUS_STYLE: Final = {
     A.STATUS_ABANDONED: "magenta",
 }
 STATUS_GLYPH: Final = {A.STATUS_OK: "✓", A.STATUS_ERROR: "✗", A.STATUS_ABANDONED: "⚠", A.STATUS_RUNNING: "•"}
+STALLED_STYLE: Final = "orange1"  # amber: running, but stuck
+STALLED_GLYPH: Final = "‖"
+SLOW: Final = "slow"  # the stalled object's ``reason`` when running far past its p95 (else ``quiet``)
 SPINNER: Final = "dots"
 
 Envelope = dict[str, Any]
@@ -72,12 +97,19 @@ def clean(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def clock(when: Any) -> str:
-    """``HH:MM:SS.mmm`` local time of an ISO 8601 timestamp (now when missing)."""
+def _epoch(when: Any) -> float | None:
+    """Seconds since the epoch of an ISO 8601 timestamp, ``None`` when it is not one."""
     if isinstance(when, str) and when:
         with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(when.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S.%f")[:-3]
-    return datetime.now().strftime("%H:%M:%S.%f")[:-3]
+            return datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def clock(when: Any) -> str:
+    """``HH:MM:SS.mmm`` local time of an ISO 8601 timestamp (now when missing)."""
+    at = when if isinstance(when, (int, float)) else _epoch(when)
+    moment = datetime.fromtimestamp(at) if at is not None else datetime.now()
+    return moment.strftime("%H:%M:%S.%f")[:-3]
 
 
 def _number(value: Any) -> str:
@@ -117,6 +149,64 @@ def describe_event(event: dict[str, Any]) -> str:
     return f"event {clean(name, 60)}"
 
 
+def seconds_text(seconds: float) -> str:
+    """A span of time for people: ``0.5 s``, ``12 s``, ``1 m 12 s``, ``2 h 05 m``."""
+    if seconds < 1:
+        return f"{max(0.0, seconds):.1f} s"
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} m {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} m"
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def stalled_for(stalled: dict[str, Any], span: dict[str, Any], now: float | None = None) -> float:
+    """How long a stalled span has been quiet (``reason`` quiet: since ``since``) or running (slow: since it
+    started), at ``now`` (seconds since the epoch); without ``now``, at the moment it was flagged."""
+    if now is None:
+        return _float(stalled.get("seconds")) or 0.0
+    start = _epoch(span.get("start_time")) if stalled.get("reason") == SLOW else None
+    base = start if start is not None else _epoch(stalled.get("since"))
+    return max(0.0, now - base) if base is not None else _float(stalled.get("seconds")) or 0.0
+
+
+def flagged_at(stalled: dict[str, Any], span: dict[str, Any]) -> float | None:
+    """When the viewer flagged the span stalled (seconds since the epoch), ``None`` when unknown."""
+    base = _epoch(span.get("start_time")) if stalled.get("reason") == SLOW else _epoch(stalled.get("since"))
+    seconds = _float(stalled.get("seconds"))
+    return base + seconds if base is not None and seconds is not None else None
+
+
+def describe_stall(stalled: dict[str, Any], seconds: float) -> str:
+    """``stalled: quiet for 1 m 12 s`` or ``slow: running for 3 m 2 s, over 40 s (p95 13 s)``."""
+    if stalled.get("reason") == SLOW:
+        limit = _float(stalled.get("limit_s"))
+        p95 = _float(stalled.get("p95_ms"))
+        over = f", over {seconds_text(limit)}" if limit is not None else ""
+        usual = f" (p95 {seconds_text(p95 / 1000)})" if p95 is not None else ""
+        return f"slow: running for {seconds_text(seconds)}{over}{usual}"
+    return f"stalled: quiet for {seconds_text(seconds)}"
+
+
+def _describe_alert(type_: str, env: Envelope, mark: str) -> str | None:
+    alert = env.get("alert")
+    if not isinstance(alert, dict):
+        return None
+    fired = type_ == ALERT_FIRED
+    when = alert.get("fired_at") if fired else alert.get("resolved_at")
+    kind = clean(alert.get("kind") or "", 8)
+    about = alert.get("otelflow_run_id") or alert.get("run_id") or env.get("run_id")
+    run = f"  run {clean(about, 60)}" if about else ""
+    why = f"  ({clean(alert['resolution'], 60)})" if not fired and alert.get("resolution") else ""
+    text = f"{clean(alert.get('rule') or '', 60)}: {clean(alert.get('message') or '', 160)}"
+    return f"{clock(when)}  {type_:<14} {kind:<8} {text}{run}{why}{mark}"
+
+
 def _duration(span: dict[str, Any]) -> str:
     ms = span.get("duration_ms")
     if not isinstance(ms, (int, float)):
@@ -144,6 +234,8 @@ def describe(env: Envelope) -> str | None:
         kind = clean(env.get("span_kind") or "", 8)
         name = clean(env.get("span_name") or "", 80)
         return f"{clock(event.get('time'))}  {type_:<14} {kind:<8} {name}  {describe_event(event)}{mark}"
+    if type_ in ALERT_TYPES:
+        return _describe_alert(type_, env, mark)
     span = env.get("span")
     if not isinstance(span, dict):
         return None
@@ -151,6 +243,18 @@ def describe(env: Envelope) -> str | None:
     name = clean(span.get("name") or "", 80)
     if type_ == SPAN_STARTED:
         return f"{clock(span.get('start_time'))}  {type_:<14} {kind:<8} {name}{mark}"
+    if type_ == SPAN_STALLED:
+        stalled = env.get(STALLED)
+        if not isinstance(stalled, dict):
+            return None
+        why = describe_stall(stalled, stalled_for(stalled, span))
+        rule = f"  rule {clean(stalled['rule'], 40)}" if stalled.get("rule") else ""
+        return f"{clock(flagged_at(stalled, span))}  {type_:<14} {kind:<8} {name}  {why}{rule}{mark}"
+    if type_ == SPAN_UNSTALLED:
+        status = span.get("status")
+        ended = status in ENDED
+        now = f"ended {clean(status, 12)}" if ended else "moving again"
+        return f"{clock(span.get('end_time') if ended else None)}  {type_:<14} {kind:<8} {name}  {now}{mark}"
     status = clean(span.get("status") or "", 12)
     detail = ""
     err = span.get("error")
@@ -232,21 +336,24 @@ class LiveView:
         glyph = Text(STATUS_GLYPH.get(status, "?"), style=STATUS_STYLE.get(status, ""))
         return Text.assemble(glyph, " ", label)
 
-    def _span_label(self, span: dict[str, Any]) -> Any:
+    def _span_label(self, span: dict[str, Any], stalled: dict[str, Any] | None = None) -> Any:
         from rich.text import Text
 
         status = str(span.get("status") or A.STATUS_RUNNING)
         label = Text.assemble(
-            (clean(span.get("name") or "", 80), "bold"),
+            (clean(span.get("name") or "", 80), f"bold {STALLED_STYLE}" if stalled is not None else "bold"),
             " ",
             (clean(span.get("kind") or "", 10), "dim"),
         )
         if status == A.STATUS_RUNNING:
-            started = span.get("start_time")
-            if isinstance(started, str):
-                with contextlib.suppress(ValueError):
-                    began = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
-                    label.append(f" {max(0.0, time.time() - began):.1f}s", "dim")
+            now = time.time()
+            began = _epoch(span.get("start_time"))
+            if began is not None:
+                label.append(f" {max(0.0, now - began):.1f}s", "dim")
+            if stalled is not None:
+                label.append(f"  {describe_stall(stalled, stalled_for(stalled, span, now))}", STALLED_STYLE)
+                self._spinners.pop(str(span.get("span_id")), None)
+                return Text.assemble((STALLED_GLYPH, f"bold {STALLED_STYLE}"), " ", label)
         else:
             label.append(f" {_duration(span)}" if _duration(span) else "", "dim")
             label.append(f" {status}", STATUS_STYLE.get(status, ""))
@@ -298,9 +405,24 @@ class LiveView:
         errors = view.summary.get("error_count")
         if errors:
             label.append(f"  {errors} error{'s' if errors != 1 else ''}", "red")
+        if view.stalled:
+            label.append(f"  {len(view.stalled)} stalled", STALLED_STYLE)
         head = self._mark(f"run:{view.trace_id}", view.status, label)
         tree = Tree(Group(head, self._progress(view)), guide_style="dim")
         spans = sorted(view.spans.values(), key=lambda s: (str(s.get("start_time")), str(s.get("span_id"))))
+        shown = 0
+        if self.tail.running:
+            # only what runs now, the stalled spans first (longest stalled first), then the rest as a tree
+            spans = [s for s in spans if s.get("status") == A.STATUS_RUNNING]
+            stuck = [s for s in spans if str(s.get("span_id")) in view.stalled]
+            stuck.sort(key=lambda s: -stalled_for(view.stalled[str(s.get("span_id"))], s, time.time()))
+            for s in stuck[:MAX_TREE_SPANS]:
+                tree.add(self._span_label(s, view.stalled[str(s.get("span_id"))]))
+            shown = min(len(stuck), MAX_TREE_SPANS)
+            spans = [s for s in spans if str(s.get("span_id")) not in view.stalled]
+            total = shown + len(spans)
+        else:
+            total = len(spans)
         nodes: dict[str, Tree] = {}
         children: dict[str, list[dict[str, Any]]] = {}
         ids = {str(s.get("span_id")) for s in spans}
@@ -311,21 +433,21 @@ class LiveView:
                 children.setdefault(parent, []).append(s)
             else:
                 roots.append(s)
-        shown = 0
 
         def add(into: Tree, span: dict[str, Any]) -> None:
             nonlocal shown
             if shown >= MAX_TREE_SPANS:
                 return
             shown += 1
-            node = nodes[str(span.get("span_id"))] = into.add(self._span_label(span))
-            for child in children.get(str(span.get("span_id")), ()):
+            span_id = str(span.get("span_id"))
+            node = nodes[span_id] = into.add(self._span_label(span, view.stalled.get(span_id)))
+            for child in children.get(span_id, ()):
                 add(node, child)
 
         for root in roots:
             add(tree, root)
-        if len(spans) > shown:
-            tree.add(Text(f"… {len(spans) - shown} more spans", style="dim"))
+        if total > shown:
+            tree.add(Text(f"… {total - shown} more spans", style="dim"))
         return tree
 
     def renderables(self) -> list[Any]:
@@ -334,11 +456,12 @@ class LiveView:
         with self.tail.lock:
             views = sorted(self.tail.runs.values(), key=lambda v: int(v.summary.get("start_time_ns") or 0))
             ended = [v for v in views if v.ended]
-            keep = {id(v) for v in ended[-KEEP_ENDED_RUNS:]}
+            keep = {id(v) for v in ended[-KEEP_ENDED_RUNS:]} if not self.tail.running else set()
             shown = [v for v in views if not v.ended or id(v) in keep]
             out: list[Any] = [self._run_tree(v) for v in shown]
             if not shown:
-                out.append(Text("waiting for a run to start…", style="dim"))
+                nothing = "nothing runs now; " if self.tail.running else ""
+                out.append(Text(f"{nothing}waiting for a run to start…", style="dim"))
             if self.tail.recent:
                 out.append(Text("latest events", style="bold dim"))
                 for when, line in self.tail.recent:
