@@ -110,6 +110,35 @@ export function formatWhen(ms) {
   return d.toDateString() === today.toDateString() ? time : `${d.toLocaleDateString()} ${time}`;
 }
 
+/** Whole seconds as stall labels say them: `45 s`, `1 m 12 s`, `1 m`, `2 h 3 m` (under a second: `0.5 s`). */
+export function formatSeconds(seconds) {
+  if (!Number.isFinite(seconds)) return "–";
+  if (seconds < 1) return `${Math.max(0, Number(seconds.toFixed(1)))} s`;
+  const s = Math.floor(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return s % 60 ? `${Math.floor(s / 60)} m ${s % 60} s` : `${s / 60} m`;
+  const m = Math.floor(s / 60) % 60;
+  return m ? `${Math.floor(s / 3600)} h ${m} m` : `${Math.floor(s / 3600)} h`;
+}
+
+// Why a span is stalled (the `reason` of a span.stalled event's `stalled` object, see viewer/live/stall.py;
+// otelflow/wire.py does not name these): nothing of it moved for a while, or it runs far past its usual p95.
+export const STALL_QUIET = "quiet";
+export const STALL_SLOW = "slow";
+
+/**
+ * The label of a stalled span at `now` (ms): "quiet for 1 m 12 s" or "slow: 3 m 4 s, over 1 m". It ticks from
+ * the stall's `since` (quiet) or the span's start (slow), never showing less than the server measured.
+ */
+export function stallLabel(stall, span, now) {
+  if (stall.reason === STALL_SLOW) {
+    const running = Math.max(stall.seconds || 0, span ? (now - parseTime(span.start_time)) / 1000 : 0);
+    return `slow: ${formatSeconds(running)}, over ${formatSeconds(stall.limit_s)}`;
+  }
+  const quiet = Math.max(stall.seconds || 0, (now - parseTime(stall.since)) / 1000 || 0);
+  return `quiet for ${formatSeconds(quiet)}`;
+}
+
 /** Compares `<epoch>.<seq>` ids of one epoch: negative, 0, positive; null when epochs differ. */
 export function compareIds(a, b) {
   if (!a || !b) return null;

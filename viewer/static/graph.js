@@ -1,10 +1,10 @@
 // The run graph: one node per agent/node/tool, laid out left to right by dependency, drawn in SVG with pan/zoom.
 
-import { formatDuration, parseTime, svg } from "./common.js";
+import { formatDuration, parseTime, stallLabel, svg } from "./common.js";
 import {
   DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_RETRY, GEN_AI_AGENT_NAME, GEN_AI_TOOL_NAME, KIND_AGENT, KIND_NODE,
-  KIND_TOOL, KIND_WORKFLOW, NODE_ID, OP_EXECUTE_TOOL, OP_INVOKE_AGENT, OP_INVOKE_WORKFLOW, STATUS_OK, STATUS_RUNNING,
-  WORKFLOW_GRAPH,
+  KIND_TOOL, KIND_WORKFLOW, NODE_ID, OP_EXECUTE_TOOL, OP_INVOKE_AGENT, OP_INVOKE_WORKFLOW, STALLED, STATUS_OK,
+  STATUS_RUNNING, WORKFLOW_GRAPH,
 } from "./wire.js";
 
 export const PENDING = "pending"; // a planned node that has not run: the pages' own status, not the stream's
@@ -16,6 +16,9 @@ const GAP_Y = 22;
 const NAME_PREFIXES = [OP_INVOKE_AGENT, OP_EXECUTE_TOOL, OP_INVOKE_WORKFLOW].map((op) => `${op} `); // "<operation> <name>"
 const GRAPH_KINDS = new Set([KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_WORKFLOW]);
 const PARTICLE_MS = 900;
+const META_X = 20;
+const STALL_CHARS = 22; // a stall label fits a node at 11px mono (its spinner is hidden); a longer one is squeezed
+const STALL_W = NODE_W - META_X - 8;
 
 /** The span that carries the planned graph: the root, else the earliest span with one. */
 export function graphOwner(spans, root) {
@@ -118,6 +121,26 @@ export function buildGraph(spans, root, owner = root) {
     }
   }
   return { nodes, edges };
+}
+
+/**
+ * Marks the nodes of `graph` that have a stalled running span (`stalled`: span id -> its `stalled` object):
+ * `node.stall` and `node.stallSpan` (the latest such span), else null. Returns `graph`.
+ */
+export function markStalls(graph, stalled) {
+  for (const node of graph.nodes.values()) {
+    node.stall = null;
+    node.stallSpan = null;
+    if (!stalled.size) continue;
+    for (const span of node.spans) {
+      const stall = span.status === STATUS_RUNNING ? stalled.get(span.span_id) : null;
+      if (stall) {
+        node.stall = stall;
+        node.stallSpan = span;
+      }
+    }
+  }
+  return graph;
 }
 
 /** Column per node by longest path from the sources (cycles broken by DFS), rows ordered by barycenter. */
@@ -372,7 +395,7 @@ export class GraphView {
     const stripe = svg("rect", { class: "gnode-stripe", width: 4, height: NODE_H - 16, x: 7, y: 8, rx: 2 });
     const label = svg("text", { class: "gnode-label", x: 20, y: 20 });
     label.textContent = truncate(node.label, 21);
-    const meta = svg("text", { class: "gnode-meta", x: 20, y: 37 });
+    const meta = svg("text", { class: "gnode-meta", x: META_X, y: 37 });
     const spinner = svg("circle", { class: "gnode-spinner", cx: NODE_W - 18, cy: NODE_H / 2, r: 7 });
     const badge = svg("g", { class: "gnode-badge", transform: `translate(${NODE_W - 6} -6)` });
     badge.append(svg("circle", { r: 10 }));
@@ -397,17 +420,27 @@ export class GraphView {
   updateNode(node, visible, now) {
     const g = this.nodeEls.get(node.key);
     if (!g) return;
+    const stall = node.status === STATUS_RUNNING && node.stall ? stallLabel(node.stall, node.stallSpan, now) : "";
     g.dataset.status = node.status;
     g.dataset.kind = node.kind;
-    g.setAttribute("class", `gnode st-${node.status} kind-${node.kind}${visible ? "" : " dim"}${node.latest && node.latest.span_id === this.selectedSpanId ? " selected" : ""}`);
-    g.setAttribute("aria-label", `${node.label}: ${node.status}`);
+    g.dataset.stalled = stall ? node.stall.reason : "";
+    g.setAttribute("class", `gnode st-${node.status} kind-${node.kind}${stall ? ` ${STALLED}` : ""}${visible ? "" : " dim"}${node.latest && node.latest.span_id === this.selectedSpanId ? " selected" : ""}`);
+    g.setAttribute("aria-label", `${node.label}: ${node.status}${stall ? `, ${stall}` : ""}`);
     const runs = node.spans.length > 1 ? ` · ×${node.spans.length}` : "";
     let meta = node.kind;
-    if (node.status === STATUS_RUNNING && node.latest) meta = `${node.kind} · ${formatDuration(now - parseTime(node.latest.start_time))}`;
+    if (stall) meta = stall;
+    else if (node.status === STATUS_RUNNING && node.latest) meta = `${node.kind} · ${formatDuration(now - parseTime(node.latest.start_time))}`;
     else if (node.latest && node.durationMs !== null && node.durationMs !== undefined) meta = `${node.kind} · ${formatDuration(node.durationMs)}`;
     else if (node.status === PENDING) meta = `${node.kind} · pending`;
-    g.refs.meta.textContent = meta + runs;
-    g.refs.title.textContent = `${node.label} (${node.key}) — ${node.status}`;
+    const text = stall ? meta : meta + runs;
+    g.refs.meta.textContent = text;
+    if (stall && text.length > STALL_CHARS) {
+      g.refs.meta.setAttribute("textLength", STALL_W);
+      g.refs.meta.setAttribute("lengthAdjust", "spacingAndGlyphs");
+    } else {
+      g.refs.meta.removeAttribute("textLength");
+    }
+    g.refs.title.textContent = `${node.label} (${node.key}) — ${node.status}${stall ? `, ${stall}` : ""}`;
     g.refs.badge.setAttribute("class", node.retries ? "gnode-badge" : "gnode-badge hidden");
     g.refs.badgeText.textContent = node.retries ? `↻${node.retries}` : "";
     g.dataset.retries = String(node.retries);

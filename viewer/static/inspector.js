@@ -1,6 +1,8 @@
-// The inspector: one span's status, error, input/output (collapsible JSON tree), attributes and events.
+// The inspector: one span's status, stall, error, input/output (collapsible JSON tree), attributes and events.
 
-import { clear, copyButton, formatClock, formatDuration, h, parseTime, statusLabel } from "./common.js";
+import {
+  STALL_SLOW, clear, copyButton, formatClock, formatDuration, formatSeconds, h, parseTime, stallLabel, statusLabel,
+} from "./common.js";
 import { displayName } from "./graph.js";
 import { INPUT_VALUE, OUTPUT_VALUE, STATUS_RUNNING, WORKFLOW_GRAPH } from "./wire.js";
 
@@ -93,14 +95,16 @@ export class Inspector {
     this.signature = "";
   }
 
-  /** Shows `span` (or a hint when null); re-renders only when the span changed. */
-  show(span, now) {
-    const signature = span ? `${span.span_id}|${span.status}|${span.end_time}|${(span.events || []).length}|${Object.keys(span.attributes || {}).length}` : "";
+  /** Shows `span` (or a hint when null) and its `stall` (null: not stalled); re-renders only when they changed. */
+  show(span, now, stall = null) {
+    const stalled = stall ? `${stall.reason}|${stall.since}|${stall.rule}` : "";
+    const signature = span ? `${span.span_id}|${span.status}|${span.end_time}|${(span.events || []).length}|${Object.keys(span.attributes || {}).length}|${stalled}` : "";
     this.spanId = span ? span.span_id : null;
     if (signature === this.signature) {
-      this.tick(span, now);
+      this.tick(span, now, stall);
       return;
     }
+    this.stallEl = null;
     this.signature = signature;
     clear(this.el);
     if (!span) {
@@ -121,7 +125,8 @@ export class Inspector {
         h("div", {}, h("dt", { text: "Duration" }), this.durationEl),
         h("div", {}, h("dt", { text: "Service" }), h("dd", { text: span.service || "–" }))),
     );
-    this.tick(span, now);
+    if (stall) this.el.append(this.stallSection(stall));
+    this.tick(span, now, stall);
     if (span.error) {
       const err = span.error;
       const stack = err.stack ? h("pre", { class: "stack", text: err.stack }) : null;
@@ -153,7 +158,18 @@ export class Inspector {
     this.el.append(section(`Events (${events.length})`, events.length ? list : h("p", { class: "muted", text: "No events." })));
   }
 
-  tick(span, now) {
+  /** Why the span is stalled: its label (kept ticking), since when it is quiet or what its usual time is, the rule. */
+  stallSection(stall) {
+    this.stallEl = h("div", { class: "insp-stall-label" });
+    const why = stall.reason === STALL_SLOW
+      ? `It runs far past its usual time${stall.p95_ms ? ` (p95 ${formatDuration(stall.p95_ms)})` : ""}: rule “${stall.rule}” allows ${formatSeconds(stall.limit_s)}.`
+      : `Nothing of it has moved since ${formatClock(parseTime(stall.since))}: rule “${stall.rule}” allows ${formatSeconds(stall.limit_s)} of quiet.`;
+    return section("Stalled", h("div", { class: "insp-stall", "data-reason": stall.reason },
+      this.stallEl, h("div", { class: "insp-stall-why", text: why })));
+  }
+
+  tick(span, now, stall = null) {
+    if (stall && this.stallEl) this.stallEl.textContent = stallLabel(stall, span, now);
     if (!span || !this.durationEl) return;
     const ms = span.end_time ? span.duration_ms : now - parseTime(span.start_time);
     this.durationEl.textContent = span.status === STATUS_RUNNING ? `${formatDuration(ms)} (running)` : formatDuration(ms);

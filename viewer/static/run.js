@@ -1,16 +1,18 @@
 // The run page: snapshot + live events into one state, drawn as graph, timeline, inspector and logs; replay.
+// Stalled spans (a live flag: quiet or slow) are marked amber in the graph, the timeline and the inspector.
 
 import {
   LiveConnection, apiUrl, clear, compareIds, every, formatClock, formatDuration, getJSON, h, parseTime, progressPercent,
   statusLabel,
 } from "./common.js";
-import { GraphView, PENDING, buildGraph, displayName, graphOwner } from "./graph.js";
+import { GraphView, PENDING, buildGraph, displayName, graphOwner, markStalls } from "./graph.js";
+import { header } from "./header.js";
 import { Inspector } from "./inspector.js";
 import { TimelineView } from "./timeline.js";
 import {
   DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_EXCEPTION, EVENT_LOG, EXCEPTION_MESSAGE, EXCEPTION_TYPE,
   KIND_WORKFLOW, LOG_LEVEL, LOG_LEVELS, LOG_MESSAGE, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED,
-  SPAN_EVENT, SPAN_STARTED, SPAN_UPDATED, STATUS_ERROR, STATUS_OK, STATUS_RUNNING,
+  SPAN_EVENT, SPAN_STALLED, SPAN_STARTED, SPAN_UNSTALLED, SPAN_UPDATED, STATUS_ERROR, STATUS_OK, STATUS_RUNNING,
 } from "./wire.js";
 
 // LOG_LEVELS lists the levels least severe first (debug, info, warning, error, critical): that is their rank
@@ -22,6 +24,7 @@ const RUN_TYPES = new Set([RUN_STARTED, RUN_UPDATED, RUN_ENDED]);
 const FINAL = new Set([STATUS_OK, STATUS_ERROR]);
 const WATCHDOG_MS = 4000; // silence on an open SSE stream before the buffering check
 const REPLAY_TICKS = 1000;
+const NOT_STALLED = new Map(); // replay shows no stalls: they are a live flag
 
 const $ = (id) => document.getElementById(id);
 const runKey = document.body.dataset.run;
@@ -29,7 +32,7 @@ const jaegerUrl = document.body.dataset.jaegerUrl;
 
 // ------------------------------------------------------------------------------------------- state
 
-const live = { run: null, spans: new Map() };
+const live = { run: null, spans: new Map(), stalled: new Map() }; // stalled: span id -> its `stalled` object
 let connection = null;
 let resyncing = null; // buffered events while a snapshot is re-fetched
 let selectedSpanId = null;
@@ -66,6 +69,13 @@ function applyEvent(envelope, { animate = true } = {}) {
     const existing = live.spans.get(envelope.span.span_id);
     if (existing && existing.placeholder) envelope.span.events = mergeEvents(envelope.span.events, existing.events);
     mergeSpan(live.spans, envelope.span);
+    if (live.spans.get(envelope.span.span_id).status !== STATUS_RUNNING) live.stalled.delete(envelope.span.span_id);
+  } else if (envelope.type === SPAN_STALLED) {
+    const span = envelope.span;
+    if (!live.spans.has(span.span_id)) mergeSpan(live.spans, span);
+    if (envelope.stalled && live.spans.get(span.span_id).status === STATUS_RUNNING) live.stalled.set(span.span_id, envelope.stalled);
+  } else if (envelope.type === SPAN_UNSTALLED) {
+    live.stalled.delete(envelope.span.span_id);
   } else if (envelope.type === SPAN_EVENT) {
     const added = addSpanEvent(live.spans, envelope);
     if (added && animate && envelope.event.name === EVENT_DATA_FLOW) {
@@ -82,6 +92,7 @@ function mergeEvents(a = [], b = []) {
 }
 
 function onEvent(envelope) {
+  header.onEvent(envelope);
   if (resyncing) {
     resyncing.push(envelope);
     return;
@@ -95,10 +106,12 @@ async function loadSnapshot() {
   live.run = data.run;
   live.spans = new Map();
   for (const span of data.spans) live.spans.set(span.span_id, span);
+  live.stalled = new Map(Object.entries(data.stalled || {}));
   return data;
 }
 
 async function resync() {
+  header.refresh();
   if (resyncing) return;
   resyncing = [];
   try {
@@ -164,8 +177,10 @@ function nodeMatches(node, f) {
 
 /** What the views show: the live state, or the replayed state at the scrubbed time. */
 function view() {
-  if (!replay) return { run: live.run, spans: live.spans, now: Date.now(), live: live.run?.status === STATUS_RUNNING };
-  return { run: live.run, spans: replayState(replay.t), now: replay.t, live: false };
+  if (!replay) {
+    return { run: live.run, spans: live.spans, stalled: live.stalled, now: Date.now(), live: live.run?.status === STATUS_RUNNING };
+  }
+  return { run: live.run, spans: replayState(replay.t), stalled: NOT_STALLED, now: replay.t, live: false };
 }
 
 function rootOf(spans, run) {
@@ -195,15 +210,22 @@ function render() {
   const v = view();
   const f = filters();
   const root = rootOf(v.spans, v.run);
-  const g = buildGraph(v.spans, root, graphOwner(v.spans, root));
+  const g = markStalls(buildGraph(v.spans, root, graphOwner(v.spans, root)), v.stalled);
   graph.render(g, (node) => nodeMatches(node, f), v.now);
   timeline.replaying = Boolean(replay);
-  timeline.render(v.spans, (span) => spanMatches(span, f), v.now, v.live);
-  inspector.show(selectedSpanId ? v.spans.get(selectedSpanId) || null : null, v.now);
+  timeline.render(v.spans, (span) => spanMatches(span, f), v.now, v.live, v.stalled);
+  inspector.show(selectedSpanId ? v.spans.get(selectedSpanId) || null : null, v.now, stallOf(v, selectedSpanId));
   renderHeader(v, root);
   renderLogs(v.spans, f);
   document.body.dataset.spanCount = String(v.spans.size);
+  document.body.dataset.stalledCount = String(v.stalled.size);
   document.body.dataset.runStatus = v.run ? v.run.status : "";
+}
+
+/** The stall of a running span of the view, or null. */
+function stallOf(v, spanId) {
+  const span = spanId ? v.spans.get(spanId) : null;
+  return span && span.status === STATUS_RUNNING ? v.stalled.get(spanId) || null : null;
 }
 
 function renderHeader(v, root) {
@@ -517,7 +539,7 @@ async function main() {
     graph.tick(v.now);
     timeline.tick(v.now, v.spans);
     tickHeader(v);
-    inspector.tick(selectedSpanId ? v.spans.get(selectedSpanId) : null, v.now);
+    inspector.tick(selectedSpanId ? v.spans.get(selectedSpanId) : null, v.now, stallOf(v, selectedSpanId));
   });
   setInterval(watchdog, WATCHDOG_MS / 2);
 }

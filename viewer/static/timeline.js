@@ -1,8 +1,8 @@
-// The timeline: a waterfall of every span, nested under its parent, with a live "now" line.
+// The timeline: a waterfall of every span, nested under its parent, with a live "now" line; stalled spans amber.
 
-import { formatDuration, h, parseTime } from "./common.js";
+import { formatDuration, h, parseTime, stallLabel } from "./common.js";
 import { displayName } from "./graph.js";
-import { STATUS_RUNNING } from "./wire.js";
+import { STALLED, STATUS_RUNNING } from "./wire.js";
 
 const LABEL_PX = 260;
 const INDENT_PX = 14;
@@ -41,12 +41,17 @@ export class TimelineView {
     this.range = { start: 0, end: 1 };
     this.items = [];
     this.selected = null;
+    this.stalled = new Map();
   }
 
-  /** `spans` Map; `visible(span)` applies filters; `now` ms; `live` whether the run is still running. */
-  render(spans, visible, now, live) {
+  /**
+   * `spans` Map; `visible(span)` applies filters; `now` ms; `live` whether the run is still running; `stalled`
+   * span id -> its `stalled` object.
+   */
+  render(spans, visible, now, live, stalled = new Map()) {
     const items = treeOrder(spans);
     this.items = items;
+    this.stalled = stalled;
     let start = Infinity;
     let end = -Infinity;
     for (const { span } of items) {
@@ -90,7 +95,8 @@ export class TimelineView {
 
   createRow(span) {
     const row = h("div", { class: "tl-row", role: "button", tabindex: 0, "data-span-id": span.span_id },
-      h("div", { class: "tl-label" }, h("span", { class: "tl-kind" }), h("span", { class: "tl-name" })),
+      h("div", { class: "tl-label" },
+        h("span", { class: "tl-kind" }), h("span", { class: "tl-name" }), h("span", { class: "tl-stall", hidden: true })),
       h("div", { class: "tl-track" }, h("div", { class: "tl-bar" }, h("span", { class: "tl-dur" }))));
     const select = () => this.onSelect(row.dataset.spanId);
     row.addEventListener("click", select);
@@ -113,12 +119,24 @@ export class TimelineView {
     row.classList.toggle("selected", span.span_id === this.selected);
     const label = row.firstChild;
     label.style.paddingLeft = `${10 + depth * INDENT_PX}px`;
-    const kind = label.firstChild;
+    const [kind, name] = label.children;
     kind.textContent = span.kind;
     kind.dataset.kind = span.kind;
-    label.lastChild.textContent = displayName(span);
-    row.title = `${span.name} — ${span.status}`;
+    name.textContent = displayName(span);
     this.place(row, span, now);
+    this.showStall(row, span, now);
+  }
+
+  /** The amber mark and its label ("quiet for 12 s") on the row of a stalled running span; cleared otherwise. */
+  showStall(row, span, now) {
+    const stall = span.status === STATUS_RUNNING ? this.stalled.get(span.span_id) : null;
+    const text = stall ? stallLabel(stall, span, now) : "";
+    const label = row.firstChild.lastChild;
+    label.hidden = !stall;
+    label.textContent = text;
+    row.classList.toggle(STALLED, Boolean(stall)); // .stalled in style.css
+    row.dataset.stalled = stall ? stall.reason : "";
+    row.title = `${span.name} — ${span.status}${text ? `, ${text}` : ""}`;
   }
 
   place(row, span, now) {
@@ -141,7 +159,10 @@ export class TimelineView {
     if (this.live) {
       if (now > end) this.range.end = now + Math.max(400, 0.08 * (now - start));
       for (const { span } of this.items) {
-        if (span.status === STATUS_RUNNING && spans.has(span.span_id)) this.place(this.rows.get(span.span_id), span, now);
+        if (span.status !== STATUS_RUNNING || !spans.has(span.span_id)) continue;
+        const row = this.rows.get(span.span_id);
+        this.place(row, span, now);
+        if (this.stalled.has(span.span_id)) this.showStall(row, span, now);
       }
     }
     const f = (Math.min(now, this.range.end) - start) / (this.range.end - start);
