@@ -69,6 +69,7 @@ class AlertEngine:
         self._stall_checks = {
             r.name: StallPolicy([r.stall_rule()], default_quiet_s=None) for r in self.rules if r.when == STALLED
         }
+        self._per_agent = any(r.when == ERROR_RATE and r.per == "agent" for r in self.rules)
         self._busy = False
         self._later: list[tuple[str, dict[str, Any]]] = []
 
@@ -92,8 +93,8 @@ class AlertEngine:
 
     def __call__(self, events: list[Event], batch: Batch) -> None:
         """The broadcast tap."""
-        if self._busy:
-            return  # our own alert events
+        if self._busy or not self.rules:
+            return  # our own alert events; or nothing to watch for
         self._busy = True
         try:
             for ev in events:
@@ -109,6 +110,10 @@ class AlertEngine:
             if run is not None:
                 self._check_stalled(run, ev.record, self._clock_ns())
         elif type_ in _SPAN_MOVES and ev.record is not None:
+            if type_ == SPAN_ENDED and ev.record.kind == A.KIND_AGENT and self._per_agent:
+                self._sample_agent(ev.record)
+            if not (self.open or self._muted):
+                return
             # an update or a lifecycle event ends a quiet stall; a slow span stays slow until it ends
             quiet_only = type_ in (SPAN_UPDATED, SPAN_EVENT)
             why = (
@@ -116,9 +121,8 @@ class AlertEngine:
             )
             tail = f":{ev.run_id}:{ev.record.span_id}"
             self._resolve_prefix(f"{STALLED}:", tail, why, quiet_only=quiet_only)
-            self._muted = {s for s in self._muted if not s.endswith(tail)}
-            if type_ == SPAN_ENDED and ev.record.kind == A.KIND_AGENT:
-                self._sample_agent(ev.record)
+            if self._muted:
+                self._muted = {s for s in self._muted if not s.endswith(tail)}
         elif type_ == RUN_ENDED and ev.run_id:
             self._muted = {s for s in self._muted if f":{ev.run_id}" not in s}
             run = self.hub.state.run(ev.run_id)
