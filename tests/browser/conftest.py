@@ -202,6 +202,7 @@ class BufferingProxy:
         self.sse_requests = 0
         self.held_bytes = 0
         self.closing = threading.Event()
+        self.lock = threading.Lock()
         self.sockets: list[socket.socket] = []
         self.thread = threading.Thread(target=self._accept, name="buffering-proxy", daemon=True)
         self.thread.start()
@@ -216,7 +217,8 @@ class BufferingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            self.sockets.append(client)
+            with self.lock:
+                self.sockets.append(client)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
@@ -228,7 +230,11 @@ class BufferingProxy:
                     return
                 head += chunk
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self.sockets.append(upstream)
+            with self.lock:
+                self.sockets.append(upstream)
+                if self.closing.is_set():  # close() has run meanwhile: it would not see this one
+                    upstream.close()
+                    return
             request_line, _, rest = head.partition(b"\r\n")
             path = request_line.split(b" ")[1]
             if b"\r\nupgrade:" in b"\r\n" + rest.lower():
@@ -281,11 +287,12 @@ class BufferingProxy:
                 sink.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        self.closing.set()
-        self.listener.close()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
+        with self.lock:
+            self.closing.set()
+            self.listener.close()
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
 
 
 @pytest.fixture
