@@ -8,6 +8,7 @@ answered from it; ended runs from the history. Every answer is JSON that always 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Final
 
 from fastapi import APIRouter
@@ -26,6 +27,13 @@ from .live import Hub, RunState
 __all__ = ["ApiResponse", "api_router", "run_has_ended"]
 
 _DEFAULT_KINDS: Final = (A.KIND_WORKFLOW, A.KIND_AGENT, A.KIND_NODE, A.KIND_TOOL)
+# /api/stats?since=: how far back (whole hours: "1h" is the current hour and the one before)
+_RANGES: Final[dict[str, int | None]] = {
+    "1h": 3_600 * 10**9,
+    "1d": 86_400 * 10**9,
+    "7d": 7 * 86_400 * 10**9,
+    "all": None,
+}
 
 
 class ApiResponse(JSONResponse):
@@ -201,9 +209,13 @@ class _Api:
         headers = {"Content-Disposition": f'attachment; filename="{trace}.otlp.json"'}
         return ApiResponse(to_otlp_json(spans), headers=headers)
 
-    async def stats(self, kind: str | None = None) -> Response:
+    async def stats(self, kind: str | None = None, since: str = "all") -> Response:
         kinds = [k.strip() for k in kind.split(",") if k.strip()] if kind else list(_DEFAULT_KINDS)
-        return ApiResponse({"stats": await self.history.stats_by_name(kinds)})
+        if since not in _RANGES:
+            return _error(400, f"since must be one of {', '.join(_RANGES)}")
+        window = _RANGES[since]
+        since_ns = time.time_ns() - window if window is not None else None
+        return ApiResponse({"stats": await self.history.stats_by_name(kinds, since_ns), "since": since})
 
     async def healthz(self) -> Response:
         hub, history = self.hub, self.history

@@ -377,13 +377,21 @@ def test_stats_page(viewer: Viewer, page: Any, artifacts: Path) -> None:
                 duration_ns=(i + 1) * 50_000_000,
             )
         )
+    # and a tool that last ran three hours ago: in "All time", not in "Last hour"
+    old_start = time.time_ns() - 3 * 3_600 * 10**9
+    spans.append(
+        record(trace, span_id(), "execute_tool archive", parent=root, kind=A.KIND_TOOL, ended=True, start=old_start)
+    )
     post(viewer, spans)
-    wait_for(lambda: len(httpx.get(f"{viewer.url}/api/stats", timeout=10).json()["stats"]) == 4, what="stored spans")
+    wait_for(lambda: len(httpx.get(f"{viewer.url}/api/stats", timeout=10).json()["stats"]) == 5, what="stored spans")
     page.goto(f"{viewer.url}/stats")
-    expect(page.locator("#stats tbody tr")).to_have_count(4)
+    expect(page.locator("#stats tbody tr")).to_have_count(5)
     expect(page.locator('#stats tr[data-name="execute_tool search"] td').nth(5)).to_have_text("50%")
     expect(page.locator('#stats tr[data-name="execute_tool search"] td').first).to_have_text("search")
     page.screenshot(path=str(artifacts / "stats.png"))
+    page.select_option("#stats-since", "1h")
+    expect(page.locator("#stats tbody tr")).to_have_count(4)
+    expect(page.locator('#stats tr[data-name="execute_tool archive"]')).to_have_count(0)
     page.probe.assert_clean()
 
 

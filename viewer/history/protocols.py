@@ -65,8 +65,8 @@ class HistoryReader(Protocol):
     async def events(self, trace_id: str, after: str | None, limit: int = 10_000) -> list[dict[str, Any]] | None:
         """A run's stored events after ``after`` (``None``: that event is unknown)."""
 
-    async def stats_by_name(self, kinds: Iterable[str]) -> list[dict[str, Any]]:
-        """Per (kind, name): count, p50/p95 duration in ms, error rate."""
+    async def stats_by_name(self, kinds: Iterable[str], since_ns: int | None = None) -> list[dict[str, Any]]:
+        """Per (kind, name): count, p50/p95 duration in ms, error rate (of the hours from ``since_ns``'s on)."""
 
     async def load_live(self) -> tuple[list[dict[str, Any]], list[SpanRecord]]:
         """Runs still running when the viewer last stopped, and their spans."""

@@ -36,6 +36,7 @@ from otelflow import attributes as A
 from otelflow.records import SpanRecord
 from otelflow.wire import SPAN_STARTED, derived_start
 
+from . import name_stats
 from .journal import Journal, JournalError
 from .protocols import RunQuery
 from .rows import ResourceCache, Rows, record_from_row
@@ -47,7 +48,8 @@ log = logging.getLogger("otelflow.viewer")
 
 T = TypeVar("T")
 
-_SCHEMA: Final = """
+_SCHEMA: Final = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     trace_id TEXT PRIMARY KEY,
@@ -95,11 +97,13 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, fired_ns);
 """
+    + name_stats.SCHEMA
+)
 SPANS_OF_TRACE: Final = (
     "SELECT s.record, e.data FROM spans s LEFT JOIN events e ON e.event_id = s.event_id AND e.trace_id = s.trace_id "
     "WHERE s.trace_id = ?"
 )
-_SCHEMA_VERSION: Final = "2"  # 2: spans.event_id (schema 1 databases are upgraded in place)
+_SCHEMA_VERSION: Final = "3"  # 2: spans.event_id; 3: name_stats (older databases are upgraded in place)
 
 
 def _envelopes(conn: sqlite3.Connection, trace_id: str, rows: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
@@ -253,9 +257,11 @@ class SqliteHistory:
         row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-        elif row[0] == "1":
+        elif row[0] in ("1", "2"):
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ALTER TABLE spans ADD COLUMN event_id TEXT")
+            if row[0] == "1":
+                conn.execute("ALTER TABLE spans ADD COLUMN event_id TEXT")
+            name_stats.backfill(conn)  # statistics were computed from the spans on each read before
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
             conn.execute("COMMIT")
         elif row[0] != _SCHEMA_VERSION:
@@ -531,37 +537,12 @@ class SqliteHistory:
 
         return await self.query(fn)
 
-    async def stats_by_name(self, kinds: Iterable[str]) -> list[dict[str, Any]]:
-        """Per (kind, name) of ended spans: count, p50/p95 duration in ms, error rate."""
+    async def stats_by_name(self, kinds: Iterable[str], since_ns: int | None = None) -> list[dict[str, Any]]:
+        """Per (kind, name) of ended spans: count, p50/p95 duration in ms, error rate; of all time, or of the hours
+        from ``since_ns``'s on. Read from the statistics kept as spans are written (:mod:`.name_stats`)."""
         kind_list = list(kinds)
 
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            marks = ",".join("?" * len(kind_list))
-            sql = f"SELECT kind, name, status, end_ns - start_ns FROM spans WHERE end_ns IS NOT NULL AND kind IN ({marks})"  # noqa: S608, E501
-            args: list[Any] = list(kind_list)
-            groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
-            for kind, name, status, duration in conn.execute(sql, args):
-                groups.setdefault((kind, name), []).append((status, duration))
-            out = []
-            for (kind, name), items in sorted(groups.items()):
-                durations = sorted(d / 1e6 for _, d in items)
-                errors = sum(1 for s, _ in items if s == A.STATUS_ERROR)
-                out.append(
-                    {
-                        "kind": kind,
-                        "name": name,
-                        "count": len(items),
-                        "p50_ms": _percentile(durations, 0.50),
-                        "p95_ms": _percentile(durations, 0.95),
-                        "error_rate": errors / len(items),
-                    }
-                )
-            return out
+            return name_stats.read_stats(conn, kind_list, since_ns)
 
         return await self.query(fn)
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of a sorted, non-empty list."""
-    rank = max(1, -(-int(q * len(sorted_values) * 1000) // 1000))  # ceil(q * n), robust to float error
-    return round(sorted_values[min(rank, len(sorted_values)) - 1], 3)

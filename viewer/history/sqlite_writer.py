@@ -33,6 +33,7 @@ from typing import Any, Final
 from otelflow import attributes as A
 
 from .journal import Journal
+from .name_stats import HOUR_NS, add_spans
 from .rows import ALERT_WIDTH, EVENT_WIDTH, RUN_WIDTH, SPAN_WIDTH, Rows
 
 __all__ = ["SqliteWriter"]
@@ -334,6 +335,7 @@ class SqliteWriter:
         def insert() -> None:
             for head, values, width, _ in tables:
                 _insert_many(conn, head, values, width, self.max_vars)
+            add_spans(conn, rows.spans)
 
         self._transaction(conn, rows, insert)
         for _, values, width, stat in tables:
@@ -355,6 +357,7 @@ class SqliteWriter:
                     except _DATA_ERRORS as exc:
                         dropped += 1
                         _rate_limited(log.error, "a history row cannot be written and is dropped: %s", exc)
+            add_spans(conn, rows.spans)
 
         self._transaction(conn, rows, insert)
         self.stats["dropped_rows"] += dropped
@@ -396,6 +399,7 @@ class SqliteWriter:
         if self.retention_days is not None:
             cutoff = time.time_ns() - int(self.retention_days * 86400e9)
             conn.execute("DELETE FROM alerts WHERE status = 'resolved' AND resolved_ns < ?", (cutoff,))
+            conn.execute("DELETE FROM name_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,))
         conn.execute(
             "DELETE FROM alerts WHERE status = 'resolved' AND alert_id NOT IN "
             "(SELECT alert_id FROM alerts WHERE status = 'resolved' ORDER BY fired_ns DESC LIMIT 10000)"

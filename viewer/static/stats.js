@@ -4,11 +4,12 @@ import { clear, formatDuration, getJSON, h } from "./common.js";
 import { displayName } from "./graph.js";
 
 const tbody = document.querySelector("#stats tbody");
+const since = document.getElementById("stats-since");
 
 async function load() {
   let data;
   try {
-    data = await getJSON("/api/stats");
+    data = await getJSON(`/api/stats?since=${encodeURIComponent(since.value)}`);
   } catch (err) {
     clear(tbody);
     tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted", text: `Could not load stats: ${err.message}` })));
@@ -36,4 +37,5 @@ async function load() {
 }
 
 document.getElementById("stats-refresh").addEventListener("click", load);
+since.addEventListener("change", load);
 load();

@@ -1,0 +1,95 @@
+"""Duration statistics per name, kept as spans are written: as accurate as the exact ones within the sketch's 1%,
+narrowed by time, and built for a history written before they were kept."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from otelflow import attributes as A
+from otelflow.viewer.history import SqliteHistory
+
+from .conftest import Viewer, record, span_id, trace_id, wait_for
+
+HOUR_NS = 3_600 * 10**9
+
+
+def exact(values: list[float], q: float) -> float:
+    """The percentile as numpy's default (linear) computes it."""
+    ordered = sorted(values)
+    rank = q * (len(ordered) - 1)
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def post_spans(viewer: Viewer, durations_ms: list[float], *, errors: int = 0, ended_ago_ns: int = 0) -> None:
+    now = time.time_ns() - ended_ago_ns
+    trace = trace_id()
+    records = [
+        record(
+            trace,
+            span_id(),
+            "execute_tool lookup",
+            kind=A.KIND_TOOL,
+            ended=True,
+            error=i < errors,
+            start=now - int(ms * 1e6),
+            duration_ns=int(ms * 1e6),
+        )
+        for i, ms in enumerate(durations_ms)
+    ]
+    assert viewer.post_json(records).status_code == 200
+
+
+def lookup(viewer: Viewer, since: str = "all") -> dict[str, float]:
+    stats = httpx.get(f"{viewer.url}/api/stats", params={"kind": "tool", "since": since}, timeout=5).json()["stats"]
+    return next((s for s in stats if s["name"] == "execute_tool lookup"), {})
+
+
+def test_p50_and_p95_are_within_one_percent_of_the_exact_ones(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer()
+    rng = random.Random(5)
+    durations = [rng.lognormvariate(3.0, 1.2) for _ in range(400)]  # ms, a long tail like LLM calls have
+    post_spans(viewer, durations, errors=40)
+    got = wait_for(lambda: (s := lookup(viewer)).get("count") == 400 and s, what="the statistics")
+    assert got["error_rate"] == 0.1
+    for q, key in ((0.5, "p50_ms"), (0.95, "p95_ms")):
+        # the sketch's value is within 1% of a value near the exact rank
+        assert abs(got[key] - exact(durations, q)) <= 0.011 * exact(durations, q) + 0.01 * (
+            exact(durations, q + 0.005) - exact(durations, q - 0.005)
+        )
+
+
+def test_stats_narrow_to_the_last_hour_or_day(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer()
+    post_spans(viewer, [10.0] * 3, ended_ago_ns=3 * HOUR_NS)  # three hours ago
+    post_spans(viewer, [20.0] * 2)  # now
+    wait_for(lambda: lookup(viewer).get("count") == 5, what="the statistics")
+    assert lookup(viewer, "1h")["count"] == 2
+    assert lookup(viewer, "1d")["count"] == 5
+    assert httpx.get(f"{viewer.url}/api/stats", params={"since": "1y"}, timeout=5).status_code == 400
+
+
+def test_a_history_from_before_the_statistics_gets_them_when_opened(
+    make_viewer: Callable[..., Viewer], tmp_path: Path
+) -> None:
+    db = tmp_path / "old.db"
+    first = make_viewer(db=db)
+    post_spans(first, [5.0, 50.0, 500.0], errors=1)
+    wait_for(lambda: lookup(first).get("count") == 3, what="the statistics")
+    first.stop()
+    # what a schema 2 database (before the statistics were kept) looks like
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE name_stats")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    reopened = make_viewer(db=SqliteHistory(db))
+    got = lookup(reopened)
+    assert got["count"] == 3
+    assert abs(got["p50_ms"] - 50.0) <= 0.5
+    assert abs(got["error_rate"] - 1 / 3) < 1e-9
