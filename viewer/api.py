@@ -65,6 +65,14 @@ def _span_tree(spans: list[SpanRecord]) -> list[dict[str, Any]]:
     return roots
 
 
+def _cursor(value: str) -> tuple[int, str] | None:
+    """``<start_ns>.<trace id>`` (the ``next`` of a page of runs), or ``None`` when it is not one."""
+    start, _, trace = value.partition(".")
+    if not start.isdigit() or not trace or len(trace) > 64:
+        return None
+    return int(start), trace
+
+
 async def run_has_ended(hub: Hub, history: SqliteHistory, run: str) -> bool:
     """Whether ``run`` is only in the history, ended: its stream then replays what is stored and closes."""
     if hub.resolve(run) is not None:
@@ -94,22 +102,28 @@ class _Api:
         service: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        after: str | None = None,
     ) -> Response:
         if not 1 <= limit <= 500 or offset < 0:
             return _error(400, "limit must be 1..500 and offset ≥ 0")
+        cursor = _cursor(after) if after else None
+        if after and cursor is None:
+            return _error(400, "after must be the `next` of a previous page")
         statuses = tuple(s.strip() for s in status.split(",") if s.strip()) if status else ()
         if STALLED in statuses and not set(statuses) - {STALLED, A.STATUS_RUNNING}:
             # stalled is a live flag: the live state answers (with `running` too, it narrows to stalled runs)
             stalled = [r for r in self._live(name, service) if r.stalled]
             page = [r.to_dict() for r in stalled[offset : offset + limit]]
             return ApiResponse({"runs": page, "total": len(stalled), "limit": limit, "offset": offset})
-        query = RunQuery(status=statuses, name=name, service=service, limit=limit, offset=offset)
+        query = RunQuery(status=statuses, name=name, service=service, limit=limit, offset=offset, after=cursor)
         items, total = await self.history.list_runs(query)
+        last = items[-1] if len(items) == limit else None
+        following = f"{int(last.get('start_time_ns') or 0)}.{last['trace_id']}" if last else None
         for i, item in enumerate(items):
             live = self.hub.run(item["trace_id"])
             if live is not None:
                 items[i] = live.to_dict()
-        return ApiResponse({"runs": items, "total": total, "limit": limit, "offset": offset})
+        return ApiResponse({"runs": items, "total": total, "limit": limit, "offset": offset, "next": following})
 
     def _live(self, name: str | None = None, service: str | None = None) -> list[RunState]:
         """Running runs of the live state, newest first."""

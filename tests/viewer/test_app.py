@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -152,6 +153,30 @@ def test_runs_list_filters_and_pagination(viewer: Viewer) -> None:
     assert named["total"] == 3
     assert httpx.get(f"{viewer.url}/api/runs", params={"limit": 0}, timeout=5).status_code == 400
     assert httpx.get(f"{viewer.url}/api/runs", params={"service": "other"}, timeout=5).json()["total"] == 0
+
+
+def test_runs_page_by_cursor_through_every_run_once_in_order(viewer: Viewer) -> None:
+    for i in range(9):  # three runs start at each of three instants: ties are ordered by trace id
+        start = 5_000_000_000 + (i // 3) * 1_000_000_000
+        viewer.post_json(
+            [record(trace_id(), span_id(), "wf", kind="workflow", run_id=f"job-{i}", ended=True, start=start)]
+        )
+
+    def runs(**params: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.get(f"{viewer.url}/api/runs", params=params, timeout=5).json()
+        return answer
+
+    wait_for(lambda: runs()["total"] == 9, what="nine stored runs")
+    everything = [r["trace_id"] for r in runs(limit=100)["runs"]]
+    seen: list[str] = []
+    page = runs(limit=2)
+    while True:
+        seen += [r["trace_id"] for r in page["runs"]]
+        if page["next"] is None:
+            break
+        page = runs(limit=2, after=page["next"])
+    assert seen == everything
+    assert runs(after="nonsense")["error"].startswith("after must be")
 
 
 def test_export_round_trips_and_events_replay(make_viewer: Callable[..., Viewer]) -> None:

@@ -15,13 +15,15 @@ __all__ = ["HistoryReader", "HistoryWriter", "RunQuery"]
 @dataclass(frozen=True, slots=True)
 class RunQuery:
     """Which runs to list, newest first: any of ``status``, named ``name`` (or with that ``otelflow.run.id``),
-    of ``service``; ``limit`` of them from ``offset``."""
+    of ``service``; ``limit`` of them from ``offset``, or after the run ``after`` (a keyset cursor: the
+    ``(start_ns, trace_id)`` of the last run of the previous page, which costs the same on every page)."""
 
     status: tuple[str, ...] = ()
     name: str | None = None
     service: str | None = None
     limit: int = 50
     offset: int = 0
+    after: tuple[int, str] | None = None
 
 
 class HistoryWriter(Protocol):

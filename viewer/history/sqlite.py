@@ -495,12 +495,18 @@ class SqliteHistory:
             where.append("service = ?")
             args.append(query.service)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        page, page_args = list(where), list(args)
+        if query.after is not None:  # newest first, ties by trace id: the runs that come after the cursor
+            page.append("(start_ns < ? OR (start_ns = ? AND trace_id > ?))")
+            page_args.extend([query.after[0], query.after[0], query.after[1]])
+        page_clause = f"WHERE {' AND '.join(page)}" if page else ""
+        offset = 0 if query.after is not None else query.offset
 
         def fn(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
             total = conn.execute(f"SELECT COUNT(*) FROM runs {clause}", args).fetchone()[0]  # noqa: S608
             rows = conn.execute(
-                f"SELECT summary FROM runs {clause} ORDER BY start_ns DESC, trace_id LIMIT ? OFFSET ?",  # noqa: S608
-                [*args, query.limit, query.offset],
+                f"SELECT summary FROM runs {page_clause} ORDER BY start_ns DESC, trace_id LIMIT ? OFFSET ?",  # noqa: S608
+                [*page_args, query.limit, offset],
             ).fetchall()
             return [json.loads(r[0]) for r in rows], int(total)
 
