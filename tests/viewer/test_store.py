@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from otelflow.viewer import ViewerConfigError, serve
 from otelflow.viewer.history import HistoryError, RunQuery, SqliteHistory, default_db_path
 from otelflow.viewer.live import Hub
-from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
+from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 
 
 def test_restart_keeps_history_and_resumes_live_runs(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
@@ -117,3 +118,25 @@ def test_serve_refuses_a_public_address_without_a_token(monkeypatch: pytest.Monk
     for host in ("0.0.0.0", "192.168.1.20", "::"):
         with pytest.raises(ViewerConfigError, match="--token"):
             serve(host, 0, db=":memory:")
+
+
+def test_max_runs_holds_while_runs_keep_ending(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
+    viewer = make_viewer(db=tmp_path / "viewer.db", max_runs=20)
+    stored = 0
+    for batch in range(20):  # 100 ended runs, five a request
+        runs = [
+            record(trace_id(), span_id(), "wf", kind="workflow", run_id=f"job-{batch}-{i}", ended=True)
+            for i in range(5)
+        ]
+        assert viewer.post_json(runs).status_code == 200
+        stored += 5
+        wait_for(lambda n=stored: _health(viewer)["store"]["spans"] >= n, what="the batch to be stored")
+        total = httpx.get(f"{viewer.url}/api/runs", timeout=5).json()["total"]
+        assert total <= 21, f"{total} runs held with max_runs=20 after {stored} were written"  # 1.05 x
+    kept = {r["otelflow_run_id"] for r in httpx.get(f"{viewer.url}/api/runs", timeout=5).json()["runs"]}
+    assert kept >= {f"job-{b}-{i}" for b in range(16, 20) for i in range(5)}  # the newest twenty stay
+
+
+def _health(viewer: Viewer) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{viewer.url}/healthz", timeout=5).json()
+    return answer

@@ -11,9 +11,10 @@ Contracts:
   transaction is left open after any error.
 - The intake log's position rides with the rows (``Rows.journal_end``) and is committed with them; committed
   segments of the log are then released.
-- Retention runs when the writer starts, then at most once a minute while writes succeed: runs that ended
-  more than ``retention_days`` ago, and the oldest ended runs beyond ``max_runs``, leave with their spans
-  and events (running runs never).
+- Retention runs when the writer starts and once a minute while writes succeed: runs that ended more than
+  ``retention_days`` ago, and the oldest ended runs beyond ``max_runs``, leave with their spans and events
+  (running runs never). A write that could take the history past 1.05 x ``max_runs`` ended runs trims it
+  back to ``max_runs`` in its own transaction, so no commit holds more.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ class SqliteWriter:
         self._done_rows = 0
         self._done_bytes = 0
         self.journal_pos = 0  # committed: the intake log is in the database up to here
+        # ended runs at the last retention, and ended runs written since (an upper bound: a run written twice
+        # counts twice): retention runs as soon as their sum passes max_runs, not only once a minute
+        self._runs_known = 0
+        self._ended_since = 0
         self.failure: str | None = None  # why the last write failed, while the backlog waits; None when healthy
         self.failing_since: float | None = None  # time.time() of the first failure of the current outage
         self.stats: dict[str, int] = {
@@ -332,15 +337,26 @@ class SqliteWriter:
             return
         tables = self._tables(rows)
 
+        ended = sum(1 for row in rows.runs.values() if row[4] != A.STATUS_RUNNING)
+        # 5% of slack: a trim (a scan of the runs index) once every max_runs / 20 ended runs, not every write
+        over = self.max_runs is not None and self._runs_known + self._ended_since + ended > self.max_runs * 1.05
+        held: list[int] = []
+
         def insert() -> None:
             for head, values, width, _ in tables:
                 _insert_many(conn, head, values, width, self.max_vars)
             add_spans(conn, rows.spans)
+            if over:  # in the same transaction: no commit holds more than 1.05 x max_runs ended runs
+                held.append(self._trim_runs(conn))
 
         self._transaction(conn, rows, insert)
         for _, values, width, stat in tables:
             self.stats[stat] += len(values) // width
         self.stats["batches"] += 1
+        if held:
+            self._runs_known, self._ended_since = held[0], 0
+        else:
+            self._ended_since += ended
 
     def _write_one_by_one(self, conn: sqlite3.Connection, rows: Rows) -> None:
         """Write row by row in one transaction, dropping (and counting) the rows that cannot be written;
@@ -386,12 +402,32 @@ class SqliteWriter:
             )
             doomed.update(r[0] for r in rows)
         self._alert_retention(conn)
-        if not doomed:
-            return
-        conn.execute("BEGIN")
+        if doomed:
+            conn.execute("BEGIN")
+            for table in ("runs", "spans", "events"):
+                conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", [(t,) for t in doomed])  # noqa: S608
+            conn.execute("COMMIT")
+        if self.max_runs is not None:
+            row = conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()
+            self._runs_known, self._ended_since = int(row[0]), 0
+
+    def _trim_runs(self, conn: sqlite3.Connection) -> int:
+        """Inside a transaction: delete the oldest ended runs beyond ``max_runs`` (with their spans and events);
+        how many ended runs remain."""
+        assert self.max_runs is not None
+        doomed = [
+            (r[0],)
+            for r in conn.execute(
+                "SELECT trace_id FROM runs WHERE status != ? ORDER BY start_ns DESC LIMIT -1 OFFSET ?",
+                (A.STATUS_RUNNING, self.max_runs),
+            )
+        ]
         for table in ("runs", "spans", "events"):
-            conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", [(t,) for t in doomed])  # noqa: S608
-        conn.execute("COMMIT")
+            conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", doomed)  # noqa: S608
+        return min(
+            self.max_runs,
+            int(conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0]),
+        )
 
     def _alert_retention(self, conn: sqlite3.Connection) -> None:
         """Resolved alerts leave after ``retention_days``, and beyond the newest 10,000; open ones stay."""
