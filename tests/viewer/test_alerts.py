@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import otelflow
 from otelflow.viewer.alerts import AlertConfigError, parse_rules
 from otelflow.wire import ALERT_FIRED, ALERT_RESOLVED, RUN_ENDED, SPAN_ENDED, SPAN_STALLED, SPAN_UNSTALLED
-from tests.test_live_exporter import Serve, free_port
+from tests.test_live_exporter import Serve, Worker, free_port
 from tests.viewer.conftest import SseClient, Viewer, wait_for
 
 # ------------------------------------------------------------------------------------------------
@@ -117,8 +117,9 @@ GATED = textwrap.dedent(
 )
 
 
-class Gated:
-    """A worker process in an agent span that waits for stdin: ``move`` emits progress, anything else ends it."""
+class Gated(Worker):
+    """A worker process in an agent span that waits for stdin: ``move`` logs a line (the span moves), anything
+    else ends it (closed like the live-exporter tests' workers)."""
 
     def __init__(self, url: str, workflow: str, *, fail: bool = False) -> None:
         self.proc = subprocess.Popen(
@@ -128,28 +129,13 @@ class Gated:
             text=True,
         )
 
-    def expect(self, word: str) -> None:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        assert line == word, f"expected {word!r}, got {line!r}"
-
     def say(self, word: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(word + "\n")
-        self.proc.stdin.flush()
+        self.stdin.write(word + "\n")
+        self.stdin.flush()
 
-    def finish(self) -> None:
+    def finish(self) -> str:
         self.say("end")
-        self.expect("done")
-        assert self.proc.wait(30) == 0
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
+        return super().finish()
 
 
 @pytest.fixture
