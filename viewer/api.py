@@ -22,18 +22,14 @@ from otelflow.wire import STALLED, finite
 
 from .alerts import AlertEngine
 from .history import RunQuery, SqliteHistory
+from .history.name_stats import HOUR_NS
 from .live import Hub, RunState
 
 __all__ = ["ApiResponse", "api_router", "run_has_ended"]
 
 _DEFAULT_KINDS: Final = (A.KIND_WORKFLOW, A.KIND_AGENT, A.KIND_NODE, A.KIND_TOOL)
 # /api/stats?since=: how far back (whole hours: "1h" is the current hour and the one before)
-_RANGES: Final[dict[str, int | None]] = {
-    "1h": 3_600 * 10**9,
-    "1d": 86_400 * 10**9,
-    "7d": 7 * 86_400 * 10**9,
-    "all": None,
-}
+_RANGES: Final[dict[str, int | None]] = {"1h": HOUR_NS, "1d": 24 * HOUR_NS, "7d": 168 * HOUR_NS, "all": None}
 
 
 class ApiResponse(JSONResponse):

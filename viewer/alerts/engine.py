@@ -33,7 +33,7 @@ from otelflow.wire import (
 
 from ..history import HistoryWriter
 from ..live import Batch, Event, Hub, RunState
-from ..live.stall import MIN_SAMPLES, StallPolicy, agent_name
+from ..live.stall import MIN_SAMPLES, STALL_QUIET, agent_name
 from .rules import ERROR_RATE, RUN_FAILED, RUN_SLOW, STALLED, AlertConfig, Rule
 from .webhook import Delivery
 
@@ -66,9 +66,7 @@ class AlertEngine:
         self.stats = {"fired": 0, "resolved": 0, "suppressed": 0, "ticks": 0}
         self._recent: dict[str, deque[float]] = {r.name: deque() for r in self.rules}
         self._samples: dict[tuple[str, str], deque[tuple[int, bool]]] = {}  # (rule, group) -> (ended ns, failed)
-        self._stall_checks = {
-            r.name: StallPolicy([r.stall_rule()], default_quiet_s=None) for r in self.rules if r.when == STALLED
-        }
+        self._stall_rules = {r.name: r.stall_rule() for r in self.rules if r.when == STALLED}
         self._per_agent = any(r.when == ERROR_RATE and r.per == "agent" for r in self.rules)
         self._busy = False
         self._later: list[tuple[str, dict[str, Any]]] = []
@@ -199,12 +197,11 @@ class AlertEngine:
             subject = f"{STALLED}:{rule.name}:{run.trace_id}:{rec.span_id}"
             if subject in self.open:
                 continue
-            checker = self._stall_checks[rule.name]
-            checker.p95_ms = self.hub.state.stall.p95_ms  # the durations the viewer last read
-            why = checker.check(rec, workflow, since, now)
+            # against the durations the viewer last read
+            why = self._stall_rules[rule.name].check(rec, workflow, since, now, self.hub.state.stall.p95_ms)
             if why is None:
                 continue
-            if why.reason == "quiet":
+            if why.reason == STALL_QUIET:
                 message = f"{rec.name} has been quiet for {_duration(why.seconds)}"
             else:
                 message = f"{rec.name} has run for {_duration(why.seconds)}, over {_duration(why.limit_s)}"
@@ -335,7 +332,7 @@ class AlertEngine:
                 continue
             if workflow is not None and alert.get("workflow") != workflow:
                 continue
-            if quiet_only and alert.get("details", {}).get("stalled", {}).get("reason") != "quiet":
+            if quiet_only and alert.get("details", {}).get("stalled", {}).get("reason") != STALL_QUIET:
                 continue
             self._resolve(subject, why)
 

@@ -59,6 +59,12 @@ def _values_sql(head: str, width: int, rows: int) -> str:
     return f"{head} VALUES {','.join([one] * rows)}"
 
 
+def _delete_runs(conn: sqlite3.Connection, traces: list[tuple[str]]) -> None:
+    """Delete these runs (``(trace_id,)`` rows) with their spans and events, inside the caller's transaction."""
+    for table in ("runs", "spans", "events"):
+        conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", traces)  # noqa: S608
+
+
 def _insert_many(conn: sqlite3.Connection, head: str, values: list[Any], width: int, max_vars: int) -> None:
     """Insert rows of ``width`` values, given flat, with multi-row ``VALUES`` statements (not ``executemany``).
 
@@ -387,47 +393,33 @@ class SqliteWriter:
                 op.future.set_exception(exc)
 
     def _retention(self, conn: sqlite3.Connection) -> None:
-        doomed: set[str] = set()
-        if self.retention_days is not None:
-            cutoff = time.time_ns() - int(self.retention_days * 86400e9)
-            rows = conn.execute(
-                "SELECT trace_id FROM runs WHERE status != ? AND COALESCE(end_ns, start_ns) < ?",
-                (A.STATUS_RUNNING, cutoff),
-            )
-            doomed.update(r[0] for r in rows)
-        if self.max_runs is not None:
-            rows = conn.execute(
-                "SELECT trace_id FROM runs WHERE status != ? ORDER BY start_ns DESC LIMIT -1 OFFSET ?",
-                (A.STATUS_RUNNING, self.max_runs),
-            )
-            doomed.update(r[0] for r in rows)
         self._alert_retention(conn)
-        if doomed:
-            conn.execute("BEGIN")
-            for table in ("runs", "spans", "events"):
-                conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", [(t,) for t in doomed])  # noqa: S608
+        conn.execute("BEGIN")
+        try:
+            if self.retention_days is not None:
+                cutoff = time.time_ns() - int(self.retention_days * 86400e9)
+                old = conn.execute(
+                    "SELECT trace_id FROM runs WHERE status != ? AND COALESCE(end_ns, start_ns) < ?",
+                    (A.STATUS_RUNNING, cutoff),
+                ).fetchall()
+                _delete_runs(conn, old)
+            if self.max_runs is not None:
+                self._runs_known, self._ended_since = self._trim_runs(conn), 0
             conn.execute("COMMIT")
-        if self.max_runs is not None:
-            row = conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()
-            self._runs_known, self._ended_since = int(row[0]), 0
+        except BaseException:
+            self._rollback(conn)
+            raise
 
     def _trim_runs(self, conn: sqlite3.Connection) -> int:
         """Inside a transaction: delete the oldest ended runs beyond ``max_runs`` (with their spans and events);
         how many ended runs remain."""
         assert self.max_runs is not None
-        doomed = [
-            (r[0],)
-            for r in conn.execute(
-                "SELECT trace_id FROM runs WHERE status != ? ORDER BY start_ns DESC LIMIT -1 OFFSET ?",
-                (A.STATUS_RUNNING, self.max_runs),
-            )
-        ]
-        for table in ("runs", "spans", "events"):
-            conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", doomed)  # noqa: S608
-        return min(
-            self.max_runs,
-            int(conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0]),
-        )
+        beyond = conn.execute(
+            "SELECT trace_id FROM runs WHERE status != ? ORDER BY start_ns DESC LIMIT -1 OFFSET ?",
+            (A.STATUS_RUNNING, self.max_runs),
+        ).fetchall()
+        _delete_runs(conn, beyond)
+        return int(conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0])
 
     def _alert_retention(self, conn: sqlite3.Connection) -> None:
         """Resolved alerts leave after ``retention_days``, and beyond the newest 10,000; open ones stay."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord
+from otelflow.records import SpanRecord, format_time
 
 __all__ = [
     "DEFAULT_QUIET_S",
@@ -23,6 +23,8 @@ __all__ = [
     "STALL_ABANDONED",
     "STALL_ENDED",
     "STALL_MOVED",
+    "STALL_QUIET",
+    "STALL_SLOW",
     "Stall",
     "StallPolicy",
     "StallRule",
@@ -31,6 +33,9 @@ __all__ = [
 ]
 
 DEFAULT_QUIET_S: Final = 300.0
+# why a span stalled (``Stall.reason``)
+STALL_QUIET: Final = "quiet"  # nothing of it moved for a while
+STALL_SLOW: Final = "slow"  # it has run far past the p95 of its name
 # why a stall cleared (``span.unstalled``)
 STALL_MOVED: Final = "moved"  # an update, a lifecycle event, a child starting or ending (quiet stalls only)
 STALL_ENDED: Final = "ended"
@@ -84,6 +89,29 @@ class StallRule:
             return False
         return self.services is None or rec.service in self.services
 
+    def check(
+        self,
+        rec: SpanRecord,
+        workflow: str,
+        quiet_since_ns: int,
+        now_ns: int,
+        p95_ms: Mapping[tuple[str, str], tuple[int, float]],
+    ) -> Stall | None:
+        """Whether this rule finds ``rec`` (running, quiet since ``quiet_since_ns``) stalled at ``now_ns``, given
+        the p95 durations per (kind, name) with their sample counts."""
+        if not self.matches(rec, workflow):
+            return None
+        quiet = (now_ns - quiet_since_ns) / 1e9
+        if self.quiet_s is not None and quiet >= self.quiet_s:
+            return Stall(STALL_QUIET, quiet, quiet_since_ns, self.name, self.quiet_s)
+        if self.slow_factor is not None:
+            known = p95_ms.get((rec.kind, rec.name))
+            if known is not None and known[0] >= MIN_SAMPLES:
+                running, limit = (now_ns - rec.start_time_ns) / 1e9, self.slow_factor * known[1] / 1000
+                if running > limit:
+                    return Stall(STALL_SLOW, running, quiet_since_ns, self.name, limit, known[1])
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Stall:
@@ -98,8 +126,6 @@ class Stall:
     p95_ms: float | None = None
 
     def to_dict(self) -> dict[str, object]:
-        from otelflow.records import format_time
-
         return {
             "reason": self.reason,
             "seconds": round(self.seconds, 3),
@@ -129,18 +155,10 @@ class StallPolicy:
         self.p95_ms = p95
 
     def check(self, rec: SpanRecord, workflow: str, quiet_since_ns: int, now_ns: int) -> Stall | None:
-        """Whether ``rec`` (running, quiet since ``quiet_since_ns``) is stalled at ``now_ns``, and why."""
-        quiet = (now_ns - quiet_since_ns) / 1e9
-        running = (now_ns - rec.start_time_ns) / 1e9
+        """Whether ``rec`` (running, quiet since ``quiet_since_ns``) is stalled at ``now_ns``, and why: the first
+        rule that says so."""
         for rule in self.rules:
-            if not rule.matches(rec, workflow):
-                continue
-            if rule.quiet_s is not None and quiet >= rule.quiet_s:
-                return Stall("quiet", quiet, quiet_since_ns, rule.name, rule.quiet_s)
-            if rule.slow_factor is not None:
-                known = self.p95_ms.get((rec.kind, rec.name))
-                if known is not None and known[0] >= MIN_SAMPLES:
-                    limit = rule.slow_factor * known[1] / 1000
-                    if running > limit:
-                        return Stall("slow", running, quiet_since_ns, rule.name, limit, known[1])
+            why = rule.check(rec, workflow, quiet_since_ns, now_ns, self.p95_ms)
+            if why is not None:
+                return why
         return None

@@ -42,7 +42,7 @@ from otelflow.wire import (
     SPAN_UPDATED,
 )
 
-from .stall import STALL_ABANDONED, STALL_ENDED, STALL_MOVED, Stall, StallPolicy, workflow_name
+from .stall import STALL_ABANDONED, STALL_ENDED, STALL_MOVED, STALL_QUIET, Stall, StallPolicy, workflow_name
 
 __all__ = ["RUN_STORED", "Batch", "Change", "LiveState", "RunState"]
 
@@ -303,7 +303,7 @@ class LiveState:
     def _unstall(self, run: RunState, rec: SpanRecord, out: list[Change], why: str, at: int) -> bool:
         """Clear ``rec``'s stall: a quiet one when it moves (``why`` = moved), any when it ends or is abandoned."""
         stall = run.stalled.get(rec.span_id)
-        if stall is None or (stall.reason != "quiet" and why == STALL_MOVED):
+        if stall is None or (stall.reason != STALL_QUIET and why == STALL_MOVED):
             return False
         del run.stalled[rec.span_id]
         out.append(Change(SPAN_UNSTALLED, run, rec, cleared=(why, at)))
