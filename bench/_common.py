@@ -11,6 +11,7 @@ at, so that two checkouts can be measured against each other by running each one
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -20,6 +21,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +29,33 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+# The viewer is the folder viewer/, installed as otelflow.viewer (pyproject's package-dir): putting the root on
+# the path finds otelflow, not otelflow.viewer, which an editable install would then take from wherever it
+# points. A sitecustomize module, on the path of this process and its children, maps it to this checkout.
+_PIN = f"""import importlib.util, sys
+class _Viewer:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "otelflow.viewer":
+            return importlib.util.spec_from_file_location(
+                name, {str(ROOT / "viewer" / "__init__.py")!r}, submodule_search_locations=[{str(ROOT / "viewer")!r}]
+            )
+        return None
+sys.meta_path.insert(0, _Viewer)
+"""
+_PIN_DIR = Path(tempfile.gettempdir()) / f"otelflow-bench-pin-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+if (ROOT / "viewer" / "__init__.py").exists():
+    _PIN_DIR.mkdir(exist_ok=True)
+    if not (_PIN_DIR / "sitecustomize.py").exists() or (_PIN_DIR / "sitecustomize.py").read_text() != _PIN:
+        (_PIN_DIR / "sitecustomize.py").write_text(_PIN)
+    _paths = [str(_PIN_DIR), str(ROOT)]
+    sys.path[:0] = _paths
+    import sitecustomize  # noqa: F401  (this process: its site setup ran before the path had it)
+else:
+    _paths = [str(ROOT)]
+    sys.path[:0] = _paths
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*_paths, os.environ.get("PYTHONPATH")]))
 
 HOST = "127.0.0.1"
 VIEWER_READY = "listening on http://"

@@ -1,14 +1,19 @@
 """Viewer ingestion: OTLP protobuf spans from POST to stored (committed) and published, against baselines.
 
 An ``otelflow serve`` subprocess (loopback, free port, SQLite file in a temp dir) receives OTLP/HTTP
-protobuf requests of 500 ended spans each (traces of 10: a root and 9 children) from a few concurrent
+protobuf requests of 500 ended spans each (traces of 10: a root and 9 children; each span with 3 attributes and 2
+events, ``--events``) from a few concurrent
 keep-alive clients (threads with ``http.client``), while one raw-socket SSE subscriber on ``/api/stream``
 receives every published event. A round is timed from its first POST until both hold:
 
 - stored: the store's writer has committed every span (``store.spans`` in ``GET /healthz`` — the
   ``Store.stats`` counter, bumped after each ``COMMIT``);
-- published: the SSE subscriber has received every event (per trace: ``run.started``, 10 ``span.started``,
-  10 ``span.ended``, ``run.ended``: every span starts on the stream before it ends, also one that arrives ended).
+- published: the SSE subscriber has received every event (per trace: ``run.started``, per span ``span.started``,
+  a ``span.event`` per event and ``span.ended``, then ``run.ended``: every span starts on the stream before it
+  ends, also one that arrives ended).
+
+After the rounds, the size of the SQLite file in use (pages not on its free list) divided by the spans it holds
+gives the history's bytes per span (target <= 0.8 KiB), with each table's share (``dbstat``).
 
 Baselines, measured in the same run on the same payloads (in-process, without HTTP — which flatters them):
 
@@ -17,7 +22,7 @@ Baselines, measured in the same run on the same payloads (in-process, without HT
 - wire-decode ceiling: ``ExportTraceServiceRequest.ParseFromString`` alone (C upb), and the viewer's own
   ``decode_protobuf`` (parse + SpanRecord building), to show how much of the budget decoding takes.
 
-Target: >= 20,000 spans/s. Run: ``python bench/bench_ingest.py [--spans 50000] [--rounds 3] [--clients 4]``.
+Target: >= 30,000 spans/s. Run: ``python bench/bench_ingest.py [--spans 50000] [--rounds 3] [--clients 4]``.
 Prints figures and ratios (medians of the rounds), not a verdict.
 """
 
@@ -42,7 +47,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 SPANS_PER_REQUEST = 500
 SPANS_PER_TRACE = 10
-EVENTS_PER_TRACE = 2 * SPANS_PER_TRACE + 2  # span.started and span.ended each, run.started, run.ended
+
+
+def events_per_trace(span_events: int) -> int:
+    """Stream events per trace: span.started, one span.event per span event and span.ended for each span,
+    then run.started and run.ended."""
+    return SPANS_PER_TRACE * (2 + span_events) + 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,8 +66,9 @@ def _kv(key: str, value: str | int) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=value))
 
 
-def build_payloads(n_spans: int) -> list[bytes]:
-    """``n_spans`` (a multiple of 500) new, ended spans as OTLP protobuf requests of 500."""
+def build_payloads(n_spans: int, span_events: int = 2) -> list[bytes]:
+    """``n_spans`` (a multiple of 500) new, ended spans as OTLP protobuf requests of 500; each span has 3
+    attributes and ``span_events`` events (a progress and a log event, alternately, with attributes)."""
     out = []
     now = time.time_ns()
     for _ in range(n_spans // SPANS_PER_REQUEST):
@@ -92,6 +103,19 @@ def build_payloads(n_spans: int) -> list[bytes]:
                 span.start_time_unix_nano = now + i * 1000
                 span.end_time_unix_nano = now + 1_000_000 - i * 1000
                 span.status.code = Status.STATUS_CODE_OK
+                for e in range(span_events):
+                    event = span.events.add()
+                    event.time_unix_nano = now + 2000 + e * 1000
+                    if e % 2:
+                        event.name = "otelflow.log"
+                        event.attributes.extend(
+                            [_kv("otelflow.log.level", "info"), _kv("otelflow.log.message", f"item {e} done")]
+                        )
+                    else:
+                        event.name = "otelflow.progress"
+                        event.attributes.extend(
+                            [_kv("otelflow.progress.current", e), _kv("otelflow.progress.total", 4)]
+                        )
         out.append(req.SerializeToString())
     return out
 
@@ -151,13 +175,15 @@ def post_all(port: int, payloads: list[bytes], clients: int) -> list[str]:
     return post_many(port, "/v1/traces", "application/x-protobuf", payloads, clients)
 
 
-def ingest_round(port: int, sse: SseCounter, payloads: list[bytes], clients: int, timeout: float) -> float:
+def ingest_round(
+    port: int, sse: SseCounter, payloads: list[bytes], clients: int, timeout: float, span_events: int
+) -> float:
     """Seconds from the first POST until every span is committed and every event reached the subscriber."""
     n_spans = len(payloads) * SPANS_PER_REQUEST
     store0 = healthz(port)["store"]
     assert isinstance(store0, dict)
     stored_goal = int(store0["spans"]) + n_spans
-    frames_goal = sse.frames + n_spans // SPANS_PER_TRACE * EVENTS_PER_TRACE
+    frames_goal = sse.frames + n_spans // SPANS_PER_TRACE * events_per_trace(span_events)
     start = time.perf_counter()
     errors = post_all(port, payloads, clients)
     if errors:
@@ -176,6 +202,26 @@ def ingest_round(port: int, sse: SseCounter, payloads: list[bytes], clients: int
             raise RuntimeError("the SSE subscriber was cut (fell behind?) — see hub.cut in /healthz")
         time.sleep(0.005)
     raise RuntimeError(f"round not complete after {timeout:.0f}s (stored={stored}, published={published})")
+
+
+def history_bytes(db: Path) -> tuple[float, dict[str, int]]:
+    """Bytes of the SQLite file in use (pages not on the free list) per stored span, and bytes per table with
+    its indexes (from the ``dbstat`` table when SQLite has it)."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        used = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        spans = conn.execute("SELECT count(*) FROM spans").fetchone()[0]
+        tables: dict[str, int] = {}
+        with contextlib.suppress(sqlite3.Error):
+            owner = dict(conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type IN ('table', 'index')"))
+            for name, size in conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"):
+                table = owner.get(name, name)
+                tables[table] = tables.get(table, 0) + size
+        return used * page / max(1, spans), tables
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,13 +293,14 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=50_000, help="spans per round (multiple of 500)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4, help="concurrent keep-alive POST connections")
+    parser.add_argument("--events", type=int, default=2, help="events per span")
     parser.add_argument("--naive-seconds", type=float, default=3.0, help="time budget of the naive baseline")
     args = parser.parse_args()
     n_spans = max(SPANS_PER_REQUEST, args.spans // SPANS_PER_REQUEST * SPANS_PER_REQUEST)
 
     print(f"building {args.rounds} x {n_spans} spans ({SPANS_PER_REQUEST}/request, traces of {SPANS_PER_TRACE})")
-    rounds = [build_payloads(n_spans) for _ in range(args.rounds)]
-    warmup = build_payloads(5 * SPANS_PER_REQUEST)
+    rounds = [build_payloads(n_spans, args.events) for _ in range(args.rounds)]
+    warmup = build_payloads(5 * SPANS_PER_REQUEST, args.events)
     size = statistics.mean(len(p) for p in rounds[0])
     print(f"request size: {size / 1024:.0f} KiB protobuf")
 
@@ -264,10 +311,10 @@ def main() -> None:
         try:
             sse = SseCounter(port)
             sse.start()
-            ingest_round(port, sse, warmup, args.clients, 60)
+            ingest_round(port, sse, warmup, args.clients, 60, args.events)
             times = []
             for i, payloads in enumerate(rounds):
-                t = ingest_round(port, sse, payloads, args.clients, 120)
+                t = ingest_round(port, sse, payloads, args.clients, 120, args.events)
                 times.append(t)
                 print(f"  round {i + 1}: {n_spans / t:,.0f} spans/s ({t:.2f} s)")
             health = healthz(port)
@@ -277,6 +324,7 @@ def main() -> None:
                     sse.close()
             finally:
                 stop(proc)
+        per_span, tables = history_bytes(tmp / "viewer.db")
         naive = naive_rate(rounds[0], tmp, args.naive_seconds)
 
     parse = statistics.median(parse_rate(rounds[0]) for _ in range(3))
@@ -285,10 +333,17 @@ def main() -> None:
     hub = health["hub"]
     assert isinstance(hub, dict)
     print()
-    print(f"otelflow serve, POST -> stored + published : {rate:,.0f} spans/s  (target >= 20,000; median of rounds)")
+    print(f"otelflow serve, POST -> stored + published : {rate:,.0f} spans/s  (target >= 30,000; median of rounds)")
     print(f"baseline naive receiver (1 commit per span): {naive:,.0f} spans/s  ratio {rate / naive:,.1f}x")
     print(f"viewer decode_protobuf alone (no HTTP)     : {decode:,.0f} spans/s  otelflow at {rate / decode:.0%} of it")
     print(f"ParseFromString alone (wire ceiling)       : {parse:,.0f} spans/s  otelflow at {rate / parse:.1%} of it")
+    total = sum(tables.values()) or 1
+    shares = ", ".join(
+        f"{t} {b / total:.0%}" for t, b in sorted(tables.items(), key=lambda kv: -kv[1]) if b / total >= 0.01
+    )
+    print(
+        f"history bytes per span ({args.events} events each): {per_span / 1024:.2f} KiB (target <= 0.8 KiB) [{shares}]"
+    )
     print(f"subscribers cut: {hub.get('cut')}, hub errors: {hub.get('errors')}, store: {health['store']}")
 
 
