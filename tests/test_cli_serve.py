@@ -175,7 +175,7 @@ def test_a_database_with_damaged_pages_is_one_line(tmp_path: Path) -> None:
     async def fill() -> None:
         store = SqliteHistory(db)
         store.open()
-        for _ in range(60):  # running runs: their spans are what a starting viewer reads first
+        for _ in range(120):  # running runs: their spans are what a starting viewer reads first
             trace, root = trace_id(), span_id()
             with store.batch():
                 store.put_run({"trace_id": trace, "status": "running", "start_time_ns": time.time_ns()})

@@ -1,5 +1,6 @@
-"""Encode once: the hub's hand-written span JSON equals ``dumps(to_dict())``; a store row that keeps the span
-object only in its event gives the same record back; a schema-1 database is upgraded in place."""
+"""Encode once: the hub's hand-written span JSON equals ``dumps(to_dict())``; a span row gives its record back;
+the events stored as references to their span read back as the stream told them; schema-1 and schema-3
+databases are upgraded in place."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from otelflow.records import EventRecord, SpanRecord
 from otelflow.viewer.history import Recorder, SqliteHistory
-from otelflow.viewer.history.rows import record_from_row, record_to_row, span_row
+from otelflow.viewer.history.rows import record_from_row, record_to_row
 from otelflow.viewer.live import Hub
 from otelflow.wire import derived_start, dumps, encode_exact, encode_span, encode_span_pair
 
@@ -101,15 +102,33 @@ def test_a_span_that_arrived_ended_encodes_its_made_up_start_and_its_end_togethe
         assert json.loads(started)["end_time"] is None
 
 
-def test_span_row_and_its_event_give_the_record_back() -> None:
+def _plain(rec: SpanRecord) -> SpanRecord:
+    return replace(rec, attributes=dict(rec.attributes))
+
+
+def _row(rec: SpanRecord, record: str) -> tuple[Any, ...]:
+    head = (rec.trace_id, rec.span_id, rec.parent_span_id, rec.name, rec.kind, rec.status)
+    return (*head, rec.start_time_ns, rec.end_time_ns, record, json.dumps(rec.resource))
+
+
+def test_a_span_row_gives_its_record_back() -> None:
     for rec in _records():
-        data, exact = encode_span(rec)
-        row = span_row(rec)
-        if not exact or row is None:
-            continue
-        event = b'{"id":"e.1","type":"span.ended","run_id":null,"span":' + data + b"}"
-        plain = replace(rec, attributes=dict(rec.attributes))  # record_to_row would write a mappingproxy as a string
-        assert record_from_row(row, event.decode()) == record_from_row(record_to_row(plain))
+        back = record_from_row(_row(rec, record_to_row(rec)))
+        if any(isinstance(v, float) and not math.isfinite(v) for v in rec.attributes.values()):
+            assert dumps(back.to_dict()) == dumps(rec.to_dict())  # nan != nan
+        else:
+            assert back == _plain(rec)
+
+
+def _v1_record(rec: SpanRecord) -> str:
+    """A whole record as schemas 1 to 3 wrote it."""
+    data = {
+        **{k: getattr(rec, k) for k in ("trace_id", "span_id", "parent_span_id", "name", "kind", "span_kind")},
+        **{k: getattr(rec, k) for k in ("start_time_ns", "end_time_ns", "status", "status_message", "attributes")},
+        "events": [[e.name, e.time_ns, dict(e.attributes)] for e in rec.events],
+        **{k: getattr(rec, k) for k in ("service", "resource", "scope", "phase")},
+    }
+    return json.dumps(data)
 
 
 def test_schema_1_database_is_upgraded_and_keeps_its_spans(tmp_path: Path) -> None:
@@ -127,7 +146,7 @@ def test_schema_1_database_is_upgraded_and_keeps_its_spans(tmp_path: Path) -> No
     old = SpanRecord("a" * 32, "b" * 16, "old", start_time_ns=5, end_time_ns=9, status="ok")
     conn.execute(
         "INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (old.trace_id, old.span_id, None, "old", "span", "ok", 5, 9, record_to_row(old)),
+        (old.trace_id, old.span_id, None, "old", "span", "ok", 5, 9, _v1_record(old)),
     )
     conn.commit()
     conn.close()
@@ -154,13 +173,136 @@ def test_schema_1_database_is_upgraded_and_keeps_its_spans(tmp_path: Path) -> No
             _, spans = await store.get_run("a" * 32)
             assert spans == [old, new]
             version = await store.query(lambda c: c.execute("SELECT value FROM meta").fetchone()[0])
-            assert version == "3"  # 1 -> 2 (spans.event_id) -> 3 (name_stats), in one step
-            # the new span's object is stored once, in its event
-            row = await store.query(
-                lambda c: c.execute("SELECT record, event_id FROM spans WHERE name='new'").fetchone()
+            assert version == "4"  # 1 -> 2 (spans.event_id) -> 3 (name_stats) -> 4 (stored once), in one step
+            # the new span is stored once, in its row; its start and end events refer to it
+            row = await store.query(lambda c: c.execute("SELECT record FROM spans WHERE name='new'").fetchone())
+            assert '"k":"v"' in row[0]
+            refs = await store.query(
+                lambda c: c.execute("SELECT span_id, data FROM events WHERE span_id IS NOT NULL").fetchall()
             )
-            assert row[1] is not None
-            assert '"attributes"' not in row[0]
+            assert refs == [("c" * 16, "s,e")]  # its start and end, in one row
+            events = await store.events("a" * 32, None)
+            assert events is not None
+            ended = [e for e in events if e["type"] == "span.ended"]
+            assert [e["span"] for e in ended] == [new.to_dict()]
+        finally:
+            store.close()
+
+    asyncio.run(check())
+
+
+def test_schema_3_database_is_upgraded_and_replays_the_same_events(tmp_path: Path) -> None:
+    """A schema-3 file, as that version wrote it: a span that arrived ended (its start stored as its id, its
+    envelope object only in its span.ended event, the rest in its row) and a span kept whole."""
+    db = tmp_path / "v3.db"
+    trace, epoch = "e" * 32, "0badcafe"
+    ended = SpanRecord(
+        trace,
+        "1" * 16,
+        "ended",
+        start_time_ns=10,
+        end_time_ns=20,
+        status="ok",
+        attributes={"a": 1},
+        events=(EventRecord("otelflow.log", 15, {"m": "x"}),),
+        service="svc",
+        resource={"service.name": "svc"},
+        phase="end",
+    )
+    whole = SpanRecord(trace, "2" * 16, "whole", parent_span_id="1" * 16, start_time_ns=11, status="running")
+    run_started = {"id": f"{epoch}.1", "type": "run.started", "run_id": trace, "run": {"trace_id": trace}}
+    ended_event = {"id": f"{epoch}.4", "type": "span.ended", "run_id": trace, "span": ended.to_dict()}
+    x_row = json.dumps({"x": [10, 20, 1, "", "", "end", [15]], "resource": {"service.name": "svc"}})
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '3');
+        CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL,
+            kind TEXT NOT NULL, status TEXT NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER,
+            record TEXT NOT NULL, event_id TEXT, PRIMARY KEY (trace_id, span_id));
+        CREATE INDEX spans_name ON spans (name, kind);
+        CREATE TABLE events (n INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, trace_id TEXT,
+            type TEXT NOT NULL, data TEXT NOT NULL);
+        CREATE INDEX events_trace ON events (trace_id, n);
+        CREATE INDEX events_id ON events (event_id);
+        """
+    )
+    conn.executemany(
+        "INSERT INTO events (event_id, trace_id, type, data) VALUES (?, ?, ?, ?)",
+        [
+            (f"{epoch}.1", trace, "run.started", json.dumps(run_started)),
+            (f"{epoch}.2", trace, "span.started", json.dumps("1" * 16)),
+            (f"{epoch}.3", None, "alert.fired", "{}"),
+            (f"{epoch}.4", trace, "span.ended", json.dumps(ended_event)),
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (trace, ended.span_id, None, "ended", "span", "ok", 10, 20, x_row, f"{epoch}.4"),
+            (trace, whole.span_id, "1" * 16, "whole", "span", "running", 11, None, _v1_record(whole), None),
+        ],
+    )
+    conn.commit()
+    conn.close()
+
+    async def check() -> None:
+        store = SqliteHistory(db)
+        store.open()
+        try:
+            _, spans = await store.get_run(trace)
+            assert spans == [ended, whole]
+            events = await store.events(trace, None)
+            assert events == [
+                run_started,
+                {"id": f"{epoch}.2", "type": "span.started", "run_id": trace, "span": derived_start(ended).to_dict()},
+                ended_event,
+            ]
+            assert await store.events(trace, f"{epoch}.2") == [ended_event]  # ids still resume a read
+            version = await store.query(lambda c: c.execute("SELECT value FROM meta").fetchone()[0])
+            assert version == "4"
+        finally:
+            store.close()
+
+    asyncio.run(check())
+
+
+def test_a_read_resumes_after_any_event_even_inside_one_spans_row() -> None:
+    """Spans that arrive ended with events are stored one row each (start, events, end): reading after any of
+    their events, or a page of any size, gives exactly the rest of what the stream told."""
+
+    async def check() -> None:
+        store = SqliteHistory(":memory:")
+        store.open()
+        try:
+            hub = Hub()
+            hub.tap(Recorder(store))
+            told: list[dict[str, Any]] = []
+            hub.tap(lambda events, _batch: told.extend(e.payload() for e in events if not e.quiet))
+            await hub.start()
+            trace = "f" * 32
+            steps = [
+                SpanRecord(
+                    trace,
+                    f"{i + 1:016x}",
+                    f"s{i}",
+                    parent_span_id=None if i == 0 else f"{1:016x}",
+                    start_time_ns=100 + i,
+                    end_time_ns=200 + i,
+                    status="ok",
+                    events=tuple(EventRecord("otelflow.log", 150 + j, {"j": j}) for j in range(i)),
+                )
+                for i in range(5)
+            ]
+            hub.ingest(steps)
+            await hub.stop()
+            stream = [e for e in told if e.get("run_id") == trace]
+            assert len(stream) == 2 + 5 * 2 + sum(range(5))  # run.started/ended, start/end and events of each
+            assert await store.events(trace, None) == stream
+            for k, event in enumerate(stream):
+                assert await store.events(trace, event["id"]) == stream[k + 1 :]
+                assert await store.events(trace, None, k + 1) == stream[: k + 1]
         finally:
             store.close()
 

@@ -32,14 +32,15 @@ class HistoryWriter(Protocol):
     def batch(self, *, droppable: bool = False, journal_end: int = 0) -> AbstractContextManager[None]:
         """Rows put inside go to the store together (``droppable``: may be dropped while the backlog is full)."""
 
-    def put_span(self, rec: SpanRecord, event_id: str | None = None) -> None:
-        """A span's latest snapshot (``event_id``: the stored event whose span object is exactly it)."""
+    def put_span(self, rec: SpanRecord) -> None:
+        """A span's latest snapshot."""
 
     def put_run(self, summary: Mapping[str, Any], summary_json: str | None = None) -> None:
         """A run's summary."""
 
-    def put_event(self, event_id: str, trace_id: str | None, type_: str, data: bytes) -> None:
-        """An event of the stream, as its envelope JSON."""
+    def put_event(self, event_id: str, trace_id: str, type_: str, data: str | None, span_id: str | None = None) -> None:
+        """An event of a run: its envelope JSON; or, with ``span_id``, span-referenced events rebuilt from their
+        span on reading (``data``: what the span's row does not tell, see :mod:`viewer.history.rows`)."""
 
     def put_alert(self, alert: Mapping[str, Any]) -> None:
         """An alert's latest state (its ``id`` names it)."""

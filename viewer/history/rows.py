@@ -1,8 +1,19 @@
 """History rows: how runs, spans and events are written down, shared by every history store.
 
-A span row keeps what the envelope's ``span`` object leaves out (:func:`span_row`) when that object is stored
-once, in the event that published it; otherwise the whole record (:func:`record_to_row`). :func:`record_from_row`
-reads either back. :class:`Rows` collects rows flat, per table, for a writer to bind in multi-row statements.
+Each thing is stored once:
+
+- a span is one row: its indexed fields in columns and the rest in one compact JSON array (:func:`record_to_row`,
+  read back by :func:`record_from_row`); its resource is a reference to a row of the resources table, which
+  holds each distinct resource once;
+- the events of the stream that only tell a span's life (``span.started``, ``span.event``, ``span.ended``) are
+  references to the span: consecutive ones of one span share one row (:data:`LIFE`, e.g. ``s,0,1,e`` for the
+  start, the events 0 and 1 and the end of a span that arrived ended), and reading rebuilds their envelopes from
+  the span's row (:func:`span_envelope`). A live start also keeps what its snapshot had of its own
+  (:func:`start_data`). Other events keep their envelope JSON;
+- an event's id ``<epoch>.<seq>`` is stored as one integer, ``n`` = the epoch's ordinal << 40 | seq, which
+  orders a run's events and finds the one a client resumes after (:func:`event_position`).
+
+:class:`Rows` collects rows flat, per table, for a writer to bind in multi-row statements.
 """
 
 from __future__ import annotations
@@ -12,51 +23,202 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from otelflow.records import EventRecord, SpanRecord
-from otelflow.wire import quote, to_json
+from otelflow.wire import (
+    ALERT_FIRED,
+    ALERT_RESOLVED,
+    RUN_ENDED,
+    RUN_STARTED,
+    RUN_UPDATED,
+    SPAN_ABANDONED,
+    SPAN_ENDED,
+    SPAN_EVENT,
+    SPAN_STALLED,
+    SPAN_STARTED,
+    SPAN_UNSTALLED,
+    SPAN_UPDATED,
+    derived_start,
+    to_json,
+)
 
 __all__ = [
     "ALERT_WIDTH",
     "EVENT_WIDTH",
+    "LIFE",
+    "MAX_LIFE",
     "RUN_WIDTH",
+    "SEQ_BITS",
+    "SPAN_REFERENCED",
     "SPAN_WIDTH",
+    "TYPE_CODES",
+    "TYPE_NAMES",
     "ResourceCache",
     "Rows",
+    "event_position",
+    "life_envelopes",
+    "life_item",
     "record_from_row",
     "record_to_row",
-    "span_row",
+    "span_envelope",
+    "start_data",
     "text",
 ]
 
-SPAN_WIDTH: Final = 10  # trace_id, span_id, parent_span_id, name, kind, status, start_ns, end_ns, record, event_id
-EVENT_WIDTH: Final = 4  # event_id, trace_id, type, data
+SPAN_WIDTH: Final = 10  # trace_id, span_id, parent_span_id, name, kind, status, start_ns, end_ns, record, resource
+EVENT_WIDTH: Final = 5  # trace_id, event_id, type, span_id, data (the writer turns event_id and type into integers)
 RUN_WIDTH: Final = 9  # trace_id, run_id, name, service, status, start_ns, end_ns, updated, summary
 ALERT_WIDTH: Final = 6  # alert_id, rule, status, fired_ns, resolved_ns, data
 
+SEQ_BITS: Final = 40  # n = epoch ordinal << SEQ_BITS | seq
+# Event types as stored (one byte instead of a name). Codes are part of the file format: add, never renumber.
+TYPE_CODES: Final[Mapping[str, int]] = {
+    "span.life": 0,  # LIFE, below
+    RUN_STARTED: 1,
+    RUN_UPDATED: 2,
+    RUN_ENDED: 3,
+    SPAN_STARTED: 4,
+    SPAN_UPDATED: 5,
+    SPAN_EVENT: 6,
+    SPAN_ENDED: 7,
+    SPAN_ABANDONED: 8,
+    SPAN_STALLED: 9,
+    SPAN_UNSTALLED: 10,
+    ALERT_FIRED: 11,
+    ALERT_RESOLVED: 12,
+}
+TYPE_NAMES: Final[Mapping[int, str]] = {code: name for name, code in TYPE_CODES.items()}
+# Events stored as a reference to their span: the span's row rebuilds them exactly (ended spans are final; a
+# start is the span with its ending taken away, as the stream tells the start of a span that arrived ended).
+SPAN_REFERENCED: Final = frozenset({SPAN_STARTED, SPAN_EVENT, SPAN_ENDED})
+# Storage only: consecutive span-referenced events of one span, in one row whose data lists them: ``s`` a start
+# (of a span that arrived ended), ``e`` the end, a number the index of a span.event's event in the span.
+LIFE: Final = "span.life"
+MAX_LIFE: Final = 256  # events in one LIFE row (a read that resumes in one goes back this far)
+
+
+def life_item(type_: str, index: int) -> str:
+    """The item of a LIFE row for an event of ``type_`` (``index``: a span.event's)."""
+    return "s" if type_ == SPAN_STARTED else "e" if type_ == SPAN_ENDED else str(index)
+
+
+def life_envelopes(epoch: str, seq: int, rec: SpanRecord, items: str, after: int) -> list[dict[str, Any]]:
+    """The envelopes of a LIFE row whose first event is ``<epoch>.<seq>``, those of seq above ``after``."""
+    out = []
+    for i, item in enumerate(items.split(",")):
+        if seq + i <= after:
+            continue
+        event_id = f"{epoch}.{seq + i}"
+        if item == "s":
+            envelope = span_envelope(event_id, SPAN_STARTED, rec, None)
+        elif item == "e":
+            envelope = span_envelope(event_id, SPAN_ENDED, rec, None)
+        else:
+            envelope = span_envelope(event_id, SPAN_EVENT, rec, int(item))
+        if envelope is not None:
+            out.append(envelope)
+    return out
+
+
+def event_position(event_id: str, ordinals: Mapping[str, int]) -> int | None:
+    """``n`` of an event id ``<epoch>.<seq>`` whose epoch has an ordinal, else ``None``."""
+    epoch, _, seq = event_id.partition(".")
+    ordinal = ordinals.get(epoch)
+    if ordinal is None or not seq.isdigit() or int(seq) >= 1 << SEQ_BITS:
+        return None
+    return ordinal << SEQ_BITS | int(seq)
+
 
 def record_to_row(rec: SpanRecord) -> str:
-    """A record as JSON holding every field (``record_from_row`` gives it back)."""
+    """What a span's columns leave out, as one JSON array: ``[span kind, status message, scope, phase, service,
+    attributes, [[event name, time, attributes], ...]]``; :func:`record_from_row` reads it back."""
     return json.dumps(
-        {
-            "trace_id": rec.trace_id,
-            "span_id": rec.span_id,
-            "parent_span_id": rec.parent_span_id,
-            "name": rec.name,
-            "kind": rec.kind,
-            "span_kind": rec.span_kind,
-            "start_time_ns": rec.start_time_ns,
-            "end_time_ns": rec.end_time_ns,
-            "status": rec.status,
-            "status_message": rec.status_message,
-            "attributes": rec.attributes,
-            "events": [[e.name, e.time_ns, dict(e.attributes)] for e in rec.events],
-            "service": rec.service,
-            "resource": rec.resource,
-            "scope": rec.scope,
-            "phase": rec.phase,
-        },
+        [
+            rec.span_kind,
+            rec.status_message,
+            rec.scope,
+            rec.phase,
+            rec.service,
+            rec.attributes,
+            [[e.name, e.time_ns, e.attributes] for e in rec.events],
+        ],
         separators=(",", ":"),
-        default=str,
+        default=_plain,
     )
+
+
+def _plain(value: object) -> object:
+    """Mappings (a record's attributes may be read-only views) as dicts; anything else as its text."""
+    return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+def record_from_row(row: tuple[Any, ...], resources: dict[str, Any] | None = None) -> SpanRecord:
+    """A record from its columns ``(trace_id, span_id, parent_span_id, name, kind, status, start_ns, end_ns,
+    record, resource JSON)``; ``resources`` caches parsed resources across the rows of one read."""
+    trace_id, span_id, parent, name, kind, status, start, end, record, resource_json = row
+    span_kind, status_message, scope, phase, service, attributes, events = json.loads(record)
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=span_id,
+        name=name,
+        parent_span_id=parent,
+        kind=kind,
+        span_kind=span_kind,
+        start_time_ns=start,
+        end_time_ns=end,
+        status=status,
+        status_message=status_message,
+        attributes=attributes,
+        events=tuple(EventRecord(n, t, a) for n, t, a in events),
+        service=service,
+        resource=_resource(resource_json, resources),
+        scope=scope,
+        phase=phase,
+    )
+
+
+def _resource(text: str | None, cache: dict[str, Any] | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    if cache is None:
+        return dict(json.loads(text))
+    found: dict[str, Any] | None = cache.get(text)
+    if found is None:
+        found = cache[text] = json.loads(text)
+    return found  # shared by the spans of the read, as by those of one export request
+
+
+def start_data(rec: SpanRecord) -> str:
+    """What the first snapshot of a span that started live has of its own: ``[name, attributes, how many of the
+    span's events it had, phase]``. The rest of it is the span's later snapshot with its ending taken away
+    (events are only ever added)."""
+    data = [rec.name, rec.attributes, len(rec.events), rec.phase]
+    return json.dumps(data, separators=(",", ":"), default=_plain)
+
+
+def span_envelope(event_id: str, type_: str, rec: SpanRecord, data: int | str | None) -> dict[str, Any] | None:
+    """The envelope of a span-referenced event (:data:`SPAN_REFERENCED`) rebuilt from its span and the row's
+    ``data``: the index of a ``span.event``'s lifecycle event in the span, or a live start's :func:`start_data`
+    (none for the start of a span that arrived ended). ``None`` when the span no longer has the event."""
+    head: dict[str, Any] = {"id": event_id, "type": type_, "run_id": rec.trace_id}
+    if type_ == SPAN_EVENT:
+        index = data if isinstance(data, int) else -1
+        if not 0 <= index < len(rec.events):
+            return None
+        head.update(
+            trace_id=rec.trace_id,
+            span_id=rec.span_id,
+            span_name=rec.name,
+            span_kind=rec.kind,
+            event=rec.events[index].to_dict(),
+        )
+    elif type_ == SPAN_STARTED:
+        start = derived_start(rec)
+        if isinstance(data, str):
+            start.name, start.attributes, events, start.phase = json.loads(data)
+            start.events = rec.events[:events]
+        head["span"] = start.to_dict()
+    else:
+        head["span"] = rec.to_dict()
+    return head
 
 
 class ResourceCache:
@@ -68,65 +230,14 @@ class ResourceCache:
         self.resource: object = None
         self.json = ""
 
-
-def span_row(rec: SpanRecord, cache: ResourceCache | None = None) -> str | None:
-    """What a record's envelope ``span`` object leaves out, as JSON: the row of a span whose ``span`` object
-    is stored once, in the event that published it (``spans.event_id``); :func:`record_from_row` joins the
-    two. ``None`` when it cannot be exact (then store :func:`record_to_row`)."""
-    start, end, times = rec.start_time_ns, rec.end_time_ns, [e.time_ns for e in rec.events]
-    if (
-        type(start) is not int
-        or not (end is None or type(end) is int)
-        or type(rec.span_kind) is not int
-        or not all(type(t) is int for t in times)
-    ):
-        return None
-    try:
-        if cache is not None and cache.resource is rec.resource:
-            resource = cache.json
-        else:
-            resource = to_json(rec.resource)
-            if cache is not None:
-                cache.resource, cache.json = rec.resource, resource
-        # [start, end, span kind, status message, scope, phase, [event times]], written as json.dumps would
-        text = ",".join([str(t) for t in times])
-        return (
-            f'{{"x":[{start},{"null" if end is None else end},{rec.span_kind},{quote(rec.status_message)},'
-            f'{quote(rec.scope)},{quote(rec.phase)},[{text}]],"resource":{resource}}}'
-        )
-    except (ValueError, TypeError):
-        return None
-
-
-def record_from_row(text: str, event: str | None = None) -> SpanRecord:
-    """A record from a row written by :func:`record_to_row`, or by :func:`span_row` with the stored ``event``
-    whose ``span`` object it is."""
-    data = json.loads(text)
-    if "x" in data:
-        if event is None:
-            raise ValueError("this span row needs the event that carries its span object")
-        s = json.loads(event)["span"]
-        start, end, span_kind, status_message, scope, phase, times = data["x"]
-        return SpanRecord(
-            trace_id=s["trace_id"],
-            span_id=s["span_id"],
-            name=s["name"],
-            parent_span_id=s["parent_span_id"],
-            kind=s["kind"],
-            span_kind=span_kind,
-            start_time_ns=start,
-            end_time_ns=end,
-            status=s["status"],
-            status_message=status_message,
-            attributes=s["attributes"],
-            events=tuple(EventRecord(e["name"], t, e["attributes"]) for e, t in zip(s["events"], times, strict=True)),
-            service=s["service"],
-            resource=data["resource"],
-            scope=scope,
-            phase=phase,
-        )
-    data["events"] = tuple(EventRecord(n, t, a) for n, t, a in data["events"])
-    return SpanRecord(**data)
+    def get(self, resource: Mapping[str, Any]) -> str:
+        if resource is not self.resource:
+            try:
+                self.json = to_json(resource) if resource else ""
+            except (ValueError, TypeError):
+                self.json = json.dumps(resource, separators=(",", ":"), default=_plain)
+            self.resource = resource
+        return self.json
 
 
 def text(value: str) -> str:
@@ -162,12 +273,9 @@ class Rows:
         self.nbytes += other.nbytes
         self.journal_end = max(self.journal_end, other.journal_end)
 
-    def add_span(self, rec: SpanRecord, event_id: str | None, cache: ResourceCache | None = None) -> None:
-        """A span's row. ``event_id``: a stored event whose ``span`` object is exactly this record's envelope
-        object; the row then keeps only the rest (no second copy)."""
-        row = span_row(rec, cache) if event_id is not None else None
-        if row is None:
-            row, event_id = record_to_row(rec), None
+    def add_span(self, rec: SpanRecord, resource_json: str) -> None:
+        """A span's row (``resource_json``: its resource as JSON, the writer keeps each distinct one once)."""
+        row = record_to_row(rec)
         self.spans += (
             rec.trace_id,
             rec.span_id,
@@ -178,7 +286,7 @@ class Rows:
             rec.start_time_ns,
             rec.end_time_ns,
             row,
-            event_id,
+            resource_json,
         )
         self.nbytes += len(row) + len(rec.name) + 100
 
@@ -210,7 +318,8 @@ class Rows:
         )
         self.nbytes += len(data) + 100
 
-    def add_event(self, event_id: str, trace_id: str | None, type_: str, data: bytes) -> None:
-        """An event's row (its envelope JSON)."""
-        self.events += (event_id, trace_id, type_, data.decode("ascii"))
-        self.nbytes += len(data) + 60
+    def add_event(self, event_id: str, trace_id: str, type_: str, data: str | None, span_id: str | None) -> None:
+        """An event's row: its envelope JSON (``data``), or for span-referenced events, their span and what the
+        span's row does not tell (a live start's :func:`start_data`, a :data:`LIFE` row's items)."""
+        self.events += (trace_id, event_id, type_, span_id, data)
+        self.nbytes += (len(data) if data is not None else 0) + 60

@@ -34,12 +34,24 @@ from typing import Any, Final, TypeVar
 
 from otelflow import attributes as A
 from otelflow.records import SpanRecord
-from otelflow.wire import SPAN_STARTED, derived_start
 
 from . import name_stats
 from .journal import Journal, JournalError
 from .protocols import RunQuery
-from .rows import ResourceCache, Rows, record_from_row
+from .rows import (
+    LIFE,
+    MAX_LIFE,
+    SEQ_BITS,
+    TYPE_CODES,
+    TYPE_NAMES,
+    ResourceCache,
+    Rows,
+    event_position,
+    life_envelopes,
+    record_from_row,
+    span_envelope,
+)
+from .sqlite_migrate import upgrade
 from .sqlite_writer import SqliteWriter, _rate_limited
 
 __all__ = ["HistoryError", "SqliteHistory", "default_db_path"]
@@ -74,19 +86,19 @@ CREATE TABLE IF NOT EXISTS spans (
     start_ns INTEGER NOT NULL,
     end_ns INTEGER,
     record TEXT NOT NULL,
-    event_id TEXT,
+    resource INTEGER,
     PRIMARY KEY (trace_id, span_id)
-);
-CREATE INDEX IF NOT EXISTS spans_name ON spans (name, kind);
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resources (id INTEGER PRIMARY KEY, data TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS epochs (epoch TEXT PRIMARY KEY, ordinal INTEGER NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS events (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    trace_id TEXT,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_trace ON events (trace_id, n);
-CREATE INDEX IF NOT EXISTS events_id ON events (event_id);
+    trace_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    type NOT NULL,
+    span_id TEXT,
+    data,
+    PRIMARY KEY (trace_id, n)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id TEXT PRIMARY KEY,
     rule TEXT NOT NULL,
@@ -100,32 +112,50 @@ CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, fired_ns);
     + name_stats.SCHEMA
 )
 SPANS_OF_TRACE: Final = (
-    "SELECT s.record, e.data FROM spans s LEFT JOIN events e ON e.event_id = s.event_id AND e.trace_id = s.trace_id "
-    "WHERE s.trace_id = ?"
+    "SELECT s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.status, s.start_ns, s.end_ns, s.record, "
+    "r.data FROM spans s LEFT JOIN resources r ON r.id = s.resource WHERE s.trace_id = ?"
 )
-_SCHEMA_VERSION: Final = "3"  # 2: spans.event_id; 3: name_stats (older databases are upgraded in place)
+# 2: spans.event_id; 3: name_stats; 4: each thing stored once (older databases are upgraded in place)
+_SCHEMA_VERSION: Final = "4"
 
 
-def _envelopes(conn: sqlite3.Connection, trace_id: str, rows: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
-    """Event rows as envelopes. A derived ``span.started`` (see :class:`viewer.history.Recorder`) is stored as
-    the id of its span and rebuilt from the span's row, which by then holds its end."""
-    spans: dict[str, SpanRecord] = {}
+def _statements(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
+def _spans(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[SpanRecord]:
+    resources: dict[str, dict[str, Any]] = {}
+    return [record_from_row(row, resources) for row in conn.execute(sql, args)]
+
+
+def _envelopes(
+    conn: sqlite3.Connection, trace_id: str, rows: list[tuple[int, Any, str | None, Any]], after: int
+) -> list[dict[str, Any]]:
+    """Event rows ``(n, type, span_id, data)`` as the envelopes of the events after ``n`` = ``after``;
+    span-referenced ones are rebuilt from their span."""
+    spans: dict[str, SpanRecord] | None = None
+    epochs = {ordinal: epoch for epoch, ordinal in conn.execute("SELECT epoch, ordinal FROM epochs")}
+    mask = (1 << SEQ_BITS) - 1
     out: list[dict[str, Any]] = []
-    for event_id, type_, data in rows:
-        if type_ != SPAN_STARTED or not data.startswith('"'):
-            out.append(json.loads(data))
+    for n, code, span_id, data in rows:
+        epoch, seq = epochs.get(n >> SEQ_BITS, ""), n & mask
+        if span_id is None:
+            if n > after:
+                out.append(json.loads(data))
             continue
-        if not spans:
-            spans = {rec.span_id: rec for rec in map(_record, conn.execute(SPANS_OF_TRACE, (trace_id,)))}
-        rec = spans.get(json.loads(data))
-        if rec is not None:
-            span = derived_start(rec).to_dict()
-            out.append({"id": event_id, "type": type_, "run_id": trace_id, "span": span})
+        if spans is None:
+            spans = {rec.span_id: rec for rec in _spans(conn, SPANS_OF_TRACE, (trace_id,))}
+        rec = spans.get(span_id)
+        if rec is None:
+            continue
+        if code == TYPE_CODES[LIFE]:
+            out.extend(life_envelopes(epoch, seq, rec, data, after - (n - seq)))
+        elif n > after:
+            type_ = TYPE_NAMES.get(code, str(code)) if isinstance(code, int) else str(code)
+            rebuilt = span_envelope(f"{epoch}.{seq}", type_, rec, data)
+            if rebuilt is not None:
+                out.append(rebuilt)
     return out
-
-
-def _record(row: tuple[str, str | None]) -> SpanRecord:
-    return record_from_row(*row)
 
 
 class HistoryError(RuntimeError):
@@ -252,23 +282,23 @@ class SqliteHistory:
             problem = conn.execute("PRAGMA quick_check(1)").fetchone()
             if problem is None or problem[0] != "ok":
                 raise sqlite3.DatabaseError("its pages are damaged")  # the details span lines
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executescript(_SCHEMA)  # commits the probe transaction first
+        conn.execute("BEGIN IMMEDIATE")  # fails at once when another process holds the database
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
+            for statement in _statements(_SCHEMA):
+                conn.execute(statement)
             conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-        elif row[0] in ("1", "2"):
-            conn.execute("BEGIN IMMEDIATE")
-            if row[0] == "1":
-                conn.execute("ALTER TABLE spans ADD COLUMN event_id TEXT")
-            name_stats.backfill(conn)  # statistics were computed from the spans on each read before
+        elif row[0] in ("1", "2", "3"):
+            upgrade(conn, row[0], _statements(_SCHEMA))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
-            conn.execute("COMMIT")
         elif row[0] != _SCHEMA_VERSION:
+            conn.execute("ROLLBACK")
             raise HistoryError(
                 f"{self.path} has otelflow schema {row[0]}, this viewer uses {_SCHEMA_VERSION}; "
                 "pass --db with another path"
             )
+        conn.execute("COMMIT")
         return row is None
 
     def _open_journal(self, conn: sqlite3.Connection, created: bool) -> None:
@@ -354,11 +384,10 @@ class SqliteHistory:
             return self._batch, False
         return Rows(), True
 
-    def put_span(self, rec: SpanRecord, event_id: str | None = None) -> None:
-        """Queue a span. ``event_id``: a stored event (:meth:`put_event`, queued before) whose ``span`` object
-        is exactly this record's envelope object; the row then keeps only the rest."""
+    def put_span(self, rec: SpanRecord) -> None:
+        """Queue a span's latest snapshot."""
         rows, alone = self._rows()
-        rows.add_span(rec, event_id, self._resource_cache)
+        rows.add_span(rec, self._resource_cache.get(rec.resource))
         if alone:
             self._enqueue(rows)
 
@@ -386,10 +415,11 @@ class SqliteHistory:
 
         return await self.query(fn)
 
-    def put_event(self, event_id: str, trace_id: str | None, type_: str, data: bytes) -> None:
-        """Queue an event (its envelope JSON)."""
+    def put_event(self, event_id: str, trace_id: str, type_: str, data: str | None, span_id: str | None = None) -> None:
+        """Queue an event of a run: its envelope JSON; or, with ``span_id``, span-referenced events (``data``:
+        what the span's row does not tell, see :mod:`.rows`)."""
         rows, alone = self._rows()
-        rows.add_event(event_id, trace_id, type_, data)
+        rows.add_event(event_id, trace_id, type_, data, span_id)
         if alone:
             self._enqueue(rows)
 
@@ -463,7 +493,7 @@ class SqliteHistory:
             ]
             spans: list[SpanRecord] = []
             for run in runs:
-                spans.extend(record_from_row(*r) for r in conn.execute(SPANS_OF_TRACE, (run["trace_id"],)))
+                spans.extend(_spans(conn, SPANS_OF_TRACE, (run["trace_id"],)))
             return runs, spans
 
         return await self.query(fn)
@@ -517,10 +547,7 @@ class SqliteHistory:
 
         def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, list[SpanRecord]]:
             row = conn.execute("SELECT summary FROM runs WHERE trace_id = ?", (trace_id,)).fetchone()
-            spans = [
-                record_from_row(*r)
-                for r in conn.execute(SPANS_OF_TRACE + " ORDER BY s.start_ns, s.span_id", (trace_id,))
-            ]
+            spans = _spans(conn, SPANS_OF_TRACE + " ORDER BY s.start_ns, s.span_id", (trace_id,))
             return (json.loads(row[0]) if row else None), spans
 
         return await self.query(fn)
@@ -529,17 +556,18 @@ class SqliteHistory:
         """A run's stored events after the event ``after`` (all when ``None``); ``None`` if ``after`` is unknown."""
 
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]] | None:
-            start = 0
+            start = -1
             if after:
-                row = conn.execute("SELECT n FROM events WHERE event_id = ?", (after,)).fetchone()
-                if row is None:
+                found = event_position(after, dict(conn.execute("SELECT epoch, ordinal FROM epochs")))
+                if found is None:
                     return None
-                start = int(row[0])
+                start = found
+            # a LIFE row that begins up to MAX_LIFE - 1 events before the start may hold events after it
             rows = conn.execute(
-                "SELECT event_id, type, data FROM events WHERE trace_id = ? AND n > ? ORDER BY n LIMIT ?",
-                (trace_id, start, limit),
+                "SELECT n, type, span_id, data FROM events WHERE trace_id = ? AND n > ? ORDER BY n LIMIT ?",
+                (trace_id, start - MAX_LIFE, limit + MAX_LIFE),
             ).fetchall()
-            return _envelopes(conn, trace_id, rows)
+            return _envelopes(conn, trace_id, rows, start)[:limit]
 
         return await self.query(fn)
 

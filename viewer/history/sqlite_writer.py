@@ -35,7 +35,7 @@ from otelflow import attributes as A
 
 from .journal import Journal
 from .name_stats import HOUR_NS, add_spans
-from .rows import ALERT_WIDTH, EVENT_WIDTH, RUN_WIDTH, SPAN_WIDTH, Rows
+from .rows import ALERT_WIDTH, EVENT_WIDTH, RUN_WIDTH, SEQ_BITS, SPAN_WIDTH, TYPE_CODES, Rows
 
 __all__ = ["SqliteWriter"]
 
@@ -133,6 +133,11 @@ class SqliteWriter:
         # counts twice): retention runs as soon as their sum passes max_runs, not only once a minute
         self._runs_known = 0
         self._ended_since = 0
+        # epoch -> ordinal (event ids are stored as integers) and resource JSON -> id, as committed
+        self._ordinals: dict[str, int] = {}
+        self._resources: dict[str, int] = {}
+        self._pending_ordinals: dict[str, int] = {}  # of the transaction under way
+        self._pending_resources: dict[str, int] = {}
         self.failure: str | None = None  # why the last write failed, while the backlog waits; None when healthy
         self.failing_since: float | None = None  # time.time() of the first failure of the current outage
         self.stats: dict[str, int] = {
@@ -152,6 +157,7 @@ class SqliteWriter:
 
     def start(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._ordinals = dict(conn.execute("SELECT epoch, ordinal FROM epochs"))
         self._thread = threading.Thread(target=self._run, name="otelflow-history", daemon=True)
         self._thread.start()
 
@@ -315,18 +321,62 @@ class SqliteWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
-    @staticmethod
-    def _tables(rows: Rows) -> tuple[tuple[str, list[Any], int, str], ...]:
-        """``(insert statement head, flat values, row width, stats key)`` of each table, in writing order."""
+    def _tables(self, conn: sqlite3.Connection, rows: Rows) -> tuple[tuple[str, list[Any], int, str], ...]:
+        """Inside the transaction: ``(insert statement head, flat values, row width, stats key)`` of each table,
+        in writing order, with event ids and types as integers and resources as references (new epochs and
+        resources are inserted on the way; :meth:`_committed` keeps them once the transaction commits)."""
         return (
-            ("INSERT OR REPLACE INTO spans", rows.spans, SPAN_WIDTH, "spans"),
+            ("INSERT OR REPLACE INTO spans", self._span_values(conn, rows.spans), SPAN_WIDTH, "spans"),
             ("INSERT OR REPLACE INTO runs", [v for row in rows.runs.values() for v in row], RUN_WIDTH, "runs"),
-            ("INSERT INTO events (event_id, trace_id, type, data)", rows.events, EVENT_WIDTH, "events"),
+            ("INSERT OR REPLACE INTO events", self._event_values(conn, rows.events), EVENT_WIDTH, "events"),
             ("INSERT OR REPLACE INTO alerts", [v for row in rows.alerts.values() for v in row], ALERT_WIDTH, "alerts"),
         )
 
+    def _event_values(self, conn: sqlite3.Connection, flat: list[Any]) -> list[Any]:
+        """``(trace_id, event_id, type, span_id, data)`` rows as ``(trace_id, n, type code, span_id, data)``."""
+        out = flat[:]
+        ordinals, codes = self._ordinals, TYPE_CODES
+        pending = self._pending_ordinals
+        for i in range(0, len(out), EVENT_WIDTH):
+            epoch, _, seq = out[i + 1].partition(".")
+            ordinal = ordinals.get(epoch) or pending.get(epoch)
+            if ordinal is None:
+                ordinal = pending[epoch] = max([0, *ordinals.values(), *pending.values()]) + 1
+                conn.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?)", (epoch, ordinal))
+            out[i + 1] = ordinal << SEQ_BITS | (int(seq) if seq.isdigit() else 0)
+            out[i + 2] = codes.get(out[i + 2], out[i + 2])
+        return out
+
+    def _span_values(self, conn: sqlite3.Connection, flat: list[Any]) -> list[Any]:
+        """Span rows with their resource JSON as the id of its row in ``resources`` (``NULL`` for none)."""
+        out = flat[:]
+        resources, pending = self._resources, self._pending_resources
+        last, last_id = None, None
+        for i in range(SPAN_WIDTH - 1, len(out), SPAN_WIDTH):
+            data = out[i]
+            if data is not last:
+                last = data
+                last_id = resources.get(data) or pending.get(data) if data else None
+                if last_id is None and data:
+                    conn.execute("INSERT OR IGNORE INTO resources (data) VALUES (?)", (data,))
+                    last_id = pending[data] = conn.execute(
+                        "SELECT id FROM resources WHERE data = ?", (data,)
+                    ).fetchone()[0]
+            out[i] = last_id
+        return out
+
+    def _committed(self) -> None:
+        self._ordinals.update(self._pending_ordinals)
+        if len(self._resources) + len(self._pending_resources) > 10_000:
+            self._resources.clear()  # a cache: ids are looked up again
+        self._resources.update(self._pending_resources)
+        self._pending_ordinals.clear()
+        self._pending_resources.clear()
+
     def _transaction(self, conn: sqlite3.Connection, rows: Rows, insert: Callable[[], None]) -> None:
         """``insert()`` and the intake log's position in one transaction; nothing left open after any error."""
+        self._pending_ordinals.clear()
+        self._pending_resources.clear()
         conn.execute("BEGIN")
         try:
             insert()
@@ -336,12 +386,13 @@ class SqliteWriter:
         except BaseException:
             self._rollback(conn)
             raise
+        self._committed()
 
     def _write(self, conn: sqlite3.Connection, rows: Rows) -> None:
         """One transaction with every row; raises what SQLite (or binding a value) raises."""
         if not (len(rows) or rows.journal_end):
             return
-        tables = self._tables(rows)
+        tables: tuple[tuple[str, list[Any], int, str], ...] = ()
 
         ended = sum(1 for row in rows.runs.values() if row[4] != A.STATUS_RUNNING)
         # 5% of slack: a trim (a scan of the runs index) once every max_runs / 20 ended runs, not every write
@@ -349,6 +400,8 @@ class SqliteWriter:
         held: list[int] = []
 
         def insert() -> None:
+            nonlocal tables
+            tables = self._tables(conn, rows)
             for head, values, width, _ in tables:
                 _insert_many(conn, head, values, width, self.max_vars)
             add_spans(conn, rows.spans)
@@ -371,7 +424,7 @@ class SqliteWriter:
 
         def insert() -> None:
             nonlocal dropped
-            for head, values, width, stat in self._tables(rows):
+            for head, values, width, stat in self._tables(conn, rows):
                 for i in range(0, len(values), width):
                     try:
                         conn.execute(_values_sql(head, width, 1), values[i : i + width])

@@ -56,9 +56,9 @@ class Event:
     """One event, encoded once. ``data`` is the JSON object (WebSocket), ``head`` the SSE lines before it: the
     frame is ``head + data + b"\n\n"``, joined only into a stream's write (see :attr:`frame`).
 
-    For taps: ``record`` is the span a ``span.*`` or ``span.event`` event is about (``exact`` when ``data``
-    holds exactly its envelope object; ``derived`` for the ``span.started`` of a span that arrived already ended,
-    whose ``record`` is then the ended span),
+    For taps: ``record`` is the span a ``span.*`` or ``span.event`` event is about (``derived`` for the
+    ``span.started`` of a span that arrived already ended, whose ``record`` is then the ended span;
+    ``event_index`` the place of a ``span.event``'s lifecycle event in it),
     ``summary`` the run of a ``run.*`` event (``summary_json`` its JSON); ``quiet`` events have no id and reach
     no subscriber.
     """
@@ -74,7 +74,7 @@ class Event:
     data: bytes
     head: bytes
     record: SpanRecord | None = None
-    exact: bool = False
+    event_index: int = -1  # span.event: the place of its lifecycle event in ``record.events``
     derived: bool = False
     stalled: bool = False  # about stalled work: passes the `status=stalled` filter
     summary: dict[str, Any] | None = None
@@ -340,7 +340,7 @@ class Broadcast:
         self.ring_bytes = ring_bytes
         self.queue_limit = queue_limit
         self._seq = 0
-        self._ended: tuple[SpanRecord, bytes, bool] | None = None  # encoded with a made-up start, next out
+        self._ended: tuple[SpanRecord, bytes] | None = None  # encoded with a made-up start, next out
         self._ring: deque[Event] = deque()
         self.ring_nbytes = 0
         self._subs: set[Subscription] = set()
@@ -421,7 +421,7 @@ class Broadcast:
             }
             data = _envelope(event_id, type_, run, body)
             meta = (record.kind, record.name, A.STATUS_RUNNING)
-            extra = {"record": record}
+            extra = {"record": record, "event_index": change.event_index}
         elif type_ in (SPAN_STALLED, SPAN_UNSTALLED):
             assert record is not None
             flag: dict[str, Any] = {"span": record.to_dict()}
@@ -439,8 +439,8 @@ class Broadcast:
             extra = {"record": record}
         elif change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
             assert record is not None
-            raw, ended, exact = encode_span_pair(record)
-            self._ended = (record, ended, exact)
+            raw, ended, _ = encode_span_pair(record)
+            self._ended = (record, ended)
             data = _wrapped(event_id, type_, run, "span", raw)
             meta = (record.kind, record.name, A.STATUS_RUNNING)
             extra = {"record": record, "derived": True}
@@ -448,13 +448,13 @@ class Broadcast:
             assert record is not None
             ended_before = self._ended
             if ended_before is not None and ended_before[0] is record:
-                _, raw, exact = ended_before
+                raw = ended_before[1]
                 self._ended = None
             else:
-                raw, exact = encode_span(record)
+                raw, _ = encode_span(record)
             data = _wrapped(event_id, type_, run, "span", raw)
             meta = (record.kind, record.name, record.status)
-            extra = {"record": record, "exact": exact}
+            extra = {"record": record}
         ev = Event(seq, event_id, type_, run.trace_id, run.alias, *meta, data, _head(event_id, type_), **extra)
         self._offer(ev)
         return ev

@@ -74,6 +74,7 @@ class Change:
     run: RunState
     span: SpanRecord | None = None
     event: EventRecord | None = None
+    event_index: int = -1  # span.event: the place of ``event`` in ``span.events``
     worker: str | None = None
     derived: bool = False  # a span.started made up for ``span``, which arrived already ended
     stall: Stall | None = None  # span.stalled: why
@@ -268,9 +269,9 @@ class LiveState:
         ):
             out.append(Change(SPAN_UPDATED, run, rec))
         seen = {(e.name, e.time_ns) for e in prev.events} if rec.events and prev is not None else ()
-        for event in rec.events:
+        for index, event in enumerate(rec.events):
             if (event.name, event.time_ns) not in seen:
-                out.append(Change(SPAN_EVENT, run, rec, event))
+                out.append(Change(SPAN_EVENT, run, rec, event, index))
         if len(out) > told or rec.ended:
             run_changed = self._moved(run, rec, prev is None, at, out) or run_changed
         if rec.ended:
