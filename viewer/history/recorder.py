@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from otelflow.records import SpanRecord
-from otelflow.wire import SPAN_STARTED
+from otelflow.wire import RUN_ENDED, SPAN_STARTED
 
 from ..live import Batch, Event
 from .protocols import HistoryWriter
@@ -16,7 +16,8 @@ class Recorder:
     """A broadcast tap (:meth:`viewer.live.Hub.tap`) that keeps what the stream tells: every event of a run, the
     latest snapshot of every span it names, every run summary. Each is kept once: the events that only tell a
     span's life (``span.started``, ``span.event``, ``span.ended``) are kept as references to the span, whose row
-    rebuilds them, consecutive ones of a span in one row (see :mod:`viewer.history.rows`). Rows of this
+    rebuilds them, consecutive ones of a span in one row (see :mod:`viewer.history.rows`); ``run.ended`` is
+    rebuilt from the run's row. Rows of this
     process's own spans may be dropped (counted) while the history's backlog is full; nothing else is."""
 
     def __init__(self, history: HistoryWriter) -> None:
@@ -54,6 +55,8 @@ class Recorder:
                     life = None
                 if record is not None and ev.type == SPAN_STARTED:  # a live start: what its snapshot has of its own
                     history.put_event(ev.id, run_id, ev.type, start_data(record), record.span_id)
+                elif ev.type == RUN_ENDED and ev.summary is not None:  # the run's row holds its summary
+                    history.put_event(ev.id, run_id, ev.type, None)
                 else:
                     history.put_event(ev.id, run_id, ev.type, ev.text)
             if life is not None:

@@ -9,7 +9,7 @@ Each thing is stored once:
   references to the span: consecutive ones of one span share one row (:data:`LIFE`, e.g. ``s,0,1,e`` for the
   start, the events 0 and 1 and the end of a span that arrived ended), and reading rebuilds their envelopes from
   the span's row (:func:`span_envelope`). A live start also keeps what its snapshot had of its own
-  (:func:`start_data`). Other events keep their envelope JSON;
+  (:func:`start_data`). A ``run.ended`` is rebuilt from the run's row; other events keep their envelope JSON;
 - an event's id ``<epoch>.<seq>`` is stored as one integer, ``n`` = the epoch's ordinal << 40 | seq, which
   orders a run's events and finds the one a client resumes after (:func:`event_position`).
 
@@ -68,6 +68,7 @@ EVENT_WIDTH: Final = 5  # trace_id, event_id, type, span_id, data (the writer tu
 RUN_WIDTH: Final = 9  # trace_id, run_id, name, service, status, start_ns, end_ns, updated, summary
 ALERT_WIDTH: Final = 6  # alert_id, rule, status, fired_ns, resolved_ns, data
 
+_SERVICE_NAME: Final = "service.name"
 SEQ_BITS: Final = 40  # n = epoch ordinal << SEQ_BITS | seq
 # Event types as stored (one byte instead of a name). Codes are part of the file format: add, never renumber.
 TYPE_CODES: Final[Mapping[str, int]] = {
@@ -128,17 +129,19 @@ def event_position(event_id: str, ordinals: Mapping[str, int]) -> int | None:
 
 
 def record_to_row(rec: SpanRecord) -> str:
-    """What a span's columns leave out, as one JSON array: ``[span kind, status message, scope, phase, service,
-    attributes, [[event name, time, attributes], ...]]``; :func:`record_from_row` reads it back."""
+    """What a span's columns leave out, as one JSON array: ``[span kind, status message, scope, phase, service
+    (null: its resource's service.name), attributes, [[event name, time - span start, attributes], ...]]``;
+    :func:`record_from_row` reads it back."""
+    start = rec.start_time_ns
     return json.dumps(
         [
             rec.span_kind,
             rec.status_message,
             rec.scope,
             rec.phase,
-            rec.service,
+            None if rec.service == rec.resource.get(_SERVICE_NAME) else rec.service,
             rec.attributes,
-            [[e.name, e.time_ns, e.attributes] for e in rec.events],
+            [[e.name, e.time_ns - start, e.attributes] for e in rec.events],
         ],
         separators=(",", ":"),
         default=_plain,
@@ -155,6 +158,9 @@ def record_from_row(row: tuple[Any, ...], resources: dict[str, Any] | None = Non
     record, resource JSON)``; ``resources`` caches parsed resources across the rows of one read."""
     trace_id, span_id, parent, name, kind, status, start, end, record, resource_json = row
     span_kind, status_message, scope, phase, service, attributes, events = json.loads(record)
+    resource = _resource(resource_json, resources)
+    if service is None:
+        service = resource.get(_SERVICE_NAME, "")
     return SpanRecord(
         trace_id=trace_id,
         span_id=span_id,
@@ -167,9 +173,9 @@ def record_from_row(row: tuple[Any, ...], resources: dict[str, Any] | None = Non
         status=status,
         status_message=status_message,
         attributes=attributes,
-        events=tuple(EventRecord(n, t, a) for n, t, a in events),
+        events=tuple(EventRecord(n, start + t, a) for n, t, a in events),
         service=service,
-        resource=_resource(resource_json, resources),
+        resource=resource,
         scope=scope,
         phase=phase,
     )

@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS spans (
     record TEXT NOT NULL,
     resource INTEGER,
     PRIMARY KEY (trace_id, span_id)
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS resources (id INTEGER PRIMARY KEY, data TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS epochs (epoch TEXT PRIMARY KEY, ordinal INTEGER NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS events (
@@ -132,7 +132,7 @@ def _envelopes(
     conn: sqlite3.Connection, trace_id: str, rows: list[tuple[int, Any, str | None, Any]], after: int
 ) -> list[dict[str, Any]]:
     """Event rows ``(n, type, span_id, data)`` as the envelopes of the events after ``n`` = ``after``;
-    span-referenced ones are rebuilt from their span."""
+    span-referenced ones are rebuilt from their span, a ``run.ended`` from its run."""
     spans: dict[str, SpanRecord] | None = None
     epochs = {ordinal: epoch for epoch, ordinal in conn.execute("SELECT epoch, ordinal FROM epochs")}
     mask = (1 << SEQ_BITS) - 1
@@ -140,8 +140,16 @@ def _envelopes(
     for n, code, span_id, data in rows:
         epoch, seq = epochs.get(n >> SEQ_BITS, ""), n & mask
         if span_id is None:
-            if n > after:
+            if n <= after:
+                continue
+            if data is not None:
                 out.append(json.loads(data))
+                continue
+            # a run.ended: the run's row holds its summary (the latest one, should spans have come after it)
+            row = conn.execute("SELECT summary FROM runs WHERE trace_id = ?", (trace_id,)).fetchone()
+            if row is not None:
+                type_ = TYPE_NAMES.get(code, str(code)) if isinstance(code, int) else str(code)
+                out.append({"id": f"{epoch}.{seq}", "type": type_, "run_id": trace_id, "run": json.loads(row[0])})
             continue
         if spans is None:
             spans = {rec.span_id: rec for rec in _spans(conn, SPANS_OF_TRACE, (trace_id,))}
