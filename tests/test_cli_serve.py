@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,8 +18,10 @@ import httpx
 import pytest
 
 from otelflow import attributes as A
+from otelflow.records import to_otlp_json
 from otelflow.viewer import ViewerConfigError, serve
 from otelflow.viewer.history import SqliteHistory
+from tests.conftest import wait_for
 from tests.test_live_exporter import Serve, free_port
 from tests.viewer.conftest import record, span_id, trace_id
 
@@ -197,3 +201,59 @@ def test_a_database_with_damaged_pages_is_one_line(tmp_path: Path) -> None:
     assert str(db) in line
     assert "move it away" in line
     assert "--db" in line
+
+
+def _pages_in_use(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_max_db_mb_holds_the_history_under_its_size(tmp_path: Path, started: list[subprocess.Popen[str]]) -> None:
+    """About 4 MB of runs written to a history limited to 1 MB: the oldest ended runs leave as it fills, the
+    newest stay, and the pages in use never pass the limit by more than one request's worth."""
+    db = tmp_path / "h.db"
+    url = start_serve(started, "--db", str(db), "--max-db-mb", "1")
+    limit = 1024 * 1024
+    written, largest = 0, 0
+    posted: list[str] = []
+    for batch in range(40):
+        runs = []
+        for i in range(10):
+            trace, root = trace_id(), span_id()
+            posted.append(trace)
+            runs.append(record(trace, root, "wf", kind=A.KIND_WORKFLOW, run_id=f"job-{batch}-{i}", ended=True))
+            runs += [
+                record(trace, span_id(), "step", parent=root, ended=True, attributes={"out": "x" * 2000})
+                for _ in range(4)
+            ]
+        body = json.dumps(to_otlp_json(runs))
+        written += len(body)
+        response = httpx.post(
+            f"{url}/v1/traces", content=body, headers={"content-type": "application/json"}, timeout=10
+        )
+        assert response.status_code == 200
+        spans = len(posted) * 5
+        wait_for(
+            lambda n=spans: httpx.get(f"{url}/healthz", timeout=5).json()["store"]["spans"] >= n,
+            what="the request to be stored",
+        )
+        largest = max(largest, _pages_in_use(db))
+    assert written > 3 * limit
+    assert largest <= limit + 256 * 1024, f"{largest} bytes in use with --max-db-mb 1"
+    store = httpx.get(f"{url}/healthz", timeout=5).json()["store"]
+    assert store["trimmed_for_size"] > 0
+    listed = httpx.get(f"{url}/api/runs", params={"limit": 500}, timeout=5).json()
+    kept = [run["trace_id"] for run in listed["runs"]]
+    assert listed["total"] < len(posted)
+    assert kept[0] == posted[-1]  # the newest stay
+    assert posted[0] not in kept  # the oldest left
+
+
+def test_max_db_mb_must_be_a_number(tmp_path: Path) -> None:
+    done = run_cli("serve", "--port", "0", "--db", str(tmp_path / "h.db"), "--max-db-mb", "lots")
+    assert done.returncode == 2
+    assert "not a number of megabytes" in done.stderr

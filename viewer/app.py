@@ -322,6 +322,7 @@ def serve(
     log_level: str = "info",
     idle_run_s: float = 300.0,
     max_backlog_bytes: int = 128 * 1024 * 1024,
+    max_db_bytes: int | None = None,
     alerts_path: str | os.PathLike[str] | None = None,
     stall_after_s: float | None = DEFAULT_QUIET_S,
 ) -> None:
@@ -366,6 +367,7 @@ def serve(
         retention_days=retention_days,
         max_runs=max_runs,
         max_backlog_bytes=max_backlog_bytes,
+        max_db_bytes=max_db_bytes,
         create_folder=db is None,
     )
     history.open()

@@ -76,6 +76,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             idle_run_s=args.idle_run_timeout,
             max_backlog_bytes=args.history_backlog_mb * 1024 * 1024,
+            max_db_bytes=int(args.max_db_mb * 1024 * 1024) or None,
             alerts_path=args.alerts,
             stall_after_s=args.stall_after or None,
         )
@@ -115,6 +116,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return export_main(args)
 
 
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of megabytes") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -145,6 +156,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--token", default=None, help="required for non-loopback hosts (or OTELFLOW_TOKEN)")
     serve.add_argument("--retention-days", type=float, default=30.0, help="drop runs older than this (0: keep)")
     serve.add_argument("--max-runs", type=int, default=10_000, help="keep at most this many runs (0: no limit)")
+    serve.add_argument(
+        "--max-db-mb",
+        type=_megabytes,
+        default=0.0,
+        metavar="MB",
+        help="past this size in use, the oldest ended runs leave the history (0: no limit, the default)",
+    )
     serve.add_argument(
         "--allowed-host",
         action="append",

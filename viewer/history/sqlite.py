@@ -187,6 +187,7 @@ class SqliteHistory:
         max_runs: int | None = 10_000,
         max_backlog_bytes: int = 128 * 1024 * 1024,
         max_journal_bytes: int = 1024 * 1024 * 1024,
+        max_db_bytes: int | None = None,
         create_folder: bool = False,
     ) -> None:
         self.path = str(path)
@@ -195,7 +196,7 @@ class SqliteHistory:
         self.max_journal_bytes = max_journal_bytes
         self.journal: Journal | None = None
         self.journal_failure: str | None = None
-        self._writer = SqliteWriter(retention_days=retention_days, max_runs=max_runs)
+        self._writer = SqliteWriter(retention_days=retention_days, max_runs=max_runs, max_db_bytes=max_db_bytes)
         self._resource_cache = ResourceCache()
         self._batch: Rows | None = None
         self._batch_droppable = False

@@ -14,7 +14,8 @@ Contracts:
 - Retention runs when the writer starts and once a minute while writes succeed: runs that ended more than
   ``retention_days`` ago, and the oldest ended runs beyond ``max_runs``, leave with their spans and events
   (running runs never). A write that could take the history past 1.05 x ``max_runs`` ended runs trims it
-  back to ``max_runs`` in its own transaction, so no commit holds more.
+  back to ``max_runs`` in its own transaction, so no commit holds more. After each write, when the pages in
+  use pass ``max_db_bytes``, the oldest ended runs leave until they are back under 90% of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -112,9 +114,17 @@ _DATA_ERRORS: Final = (
 class SqliteWriter:
     """The thread that owns the connection (see the module docstring)."""
 
-    def __init__(self, *, retention_days: float | None, max_runs: int | None, max_vars: int = 999) -> None:
+    def __init__(
+        self,
+        *,
+        retention_days: float | None,
+        max_runs: int | None,
+        max_db_bytes: int | None = None,
+        max_vars: int = 999,
+    ) -> None:
         self.retention_days = retention_days
         self.max_runs = max_runs
+        self.max_db_bytes = max_db_bytes
         self.max_vars = max_vars
         self.journal: Journal | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -149,6 +159,7 @@ class SqliteWriter:
             "batches": 0,
             "retries": 0,
             "dropped_rows": 0,
+            "trimmed_for_size": 0,
         }
 
     @property
@@ -300,6 +311,12 @@ class SqliteWriter:
                 self.journal_pos = chunk.journal_end
                 if self.journal is not None:
                     self.journal.release(chunk.journal_end)
+        if self.max_db_bytes is not None:
+            try:
+                self._hold_size(conn)
+            except sqlite3.Error as exc:  # what was written stays written; the next write tries again
+                self.stats["errors"] += 1
+                _rate_limited(log.error, "history size limit not applied: %s", exc)
         if self.failure is not None:
             log.warning("history writes work again; the backlog is written")
         self.failure = None
@@ -416,6 +433,47 @@ class SqliteWriter:
             self._runs_known, self._ended_since = held[0], 0
         else:
             self._ended_since += ended
+
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        """Bytes of the database's pages in use (not on the free list): two reads of its header."""
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    def _hold_size(self, conn: sqlite3.Connection) -> None:
+        """Past ``max_db_bytes`` in use, delete the oldest ended runs (with their spans and events) down to 90% of
+        it, in one transaction; freed pages are reused by later writes, so the file stops growing about there."""
+        assert self.max_db_bytes is not None
+        used = self._used_bytes(conn)
+        if used <= self.max_db_bytes:
+            return
+        goal = self.max_db_bytes * 0.9
+        conn.execute("BEGIN")
+        try:
+            for _ in range(8):  # rows do not fill their pages evenly: estimate, delete, measure again
+                runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+                ended = conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0]
+                if not ended:
+                    _rate_limited(
+                        log.warning, "the history is past --max-db-mb and holds only running runs: nothing to delete"
+                    )
+                    break
+                drop = max(1, math.ceil((used - goal) / (used / max(1, runs))))
+                oldest = conn.execute(
+                    "SELECT trace_id FROM runs WHERE status != ? ORDER BY start_ns LIMIT ?", (A.STATUS_RUNNING, drop)
+                ).fetchall()
+                _delete_runs(conn, oldest)
+                self.stats["trimmed_for_size"] += len(oldest)
+                used = self._used_bytes(conn)
+                if used <= goal:
+                    break
+            self._runs_known = conn.execute(
+                "SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)
+            ).fetchone()[0]
+            self._ended_since = 0
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
 
     def _write_one_by_one(self, conn: sqlite3.Connection, rows: Rows) -> None:
         """Write row by row in one transaction, dropping (and counting) the rows that cannot be written;
