@@ -3,8 +3,10 @@
 Contracts:
 
 - A request is decoded (:mod:`viewer.otlp`), appended to the history's intake log, and published to the hub a
-  slice at a time (the loop is free in between). The 2xx then means the spans reach the history even if the
-  viewer is killed right after: :meth:`Intake.replay` ingests, before serving, what the log holds beyond it.
+  slice at a time; the loop is free in between as soon as :data:`YIELD_AFTER_S` passed since it last was, so
+  that a request of any size holds it for about that long at a time. The 2xx then means the spans reach the
+  history even if the viewer is killed right after: :meth:`Intake.replay` ingests, before serving, what the
+  log holds beyond it.
 - Requests are taken one at a time, so that the log and the history agree on their order: the log's position
   commits with the rows of the request's last slice.
 - 503 with ``Retry-After: 2`` when the log cannot be written or the history's backlog is full; nothing of
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Intake"]
 
 log = logging.getLogger("otelflow.viewer")
+
+YIELD_AFTER_S: Final = 0.005  # the longest the intake holds the event loop at a time (about: a slice may end later)
 
 
 class Intake:
@@ -66,14 +71,16 @@ class Intake:
             batch = next(batches, None)
             if batch is None:
                 self.history.mark_journal(end)  # every span was rejected: only the position moves
+            since = time.perf_counter()
             while batch is not None:
                 following = next(batches, None)
                 # the last slice's rows carry the log position: it commits with them
                 with self.history.batch(journal_end=end if following is None else 0):
                     self.hub.ingest(batch)
                 batch = following
-                if batch is not None:
+                if batch is not None and time.perf_counter() - since >= YIELD_AFTER_S:
                     await asyncio.sleep(0)  # let streams write, and other requests read their bodies
+                    since = time.perf_counter()
 
     def replay(self) -> int:
         """Ingest what the intake log holds beyond the history (the viewer stopped before committing it);

@@ -34,7 +34,7 @@ __all__ = ["INGEST_SLICE", "Hub"]
 
 log = logging.getLogger("otelflow.viewer")
 
-INGEST_SLICE: Final = 512  # records published between two yields to the event loop
+INGEST_SLICE: Final = 128  # records published at most in one batch (about 5 ms of work)
 
 
 class Hub:
