@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from otelflow import attributes as A
-from otelflow.records import PHASE_START, STATUS_ERROR, STATUS_RUNNING, SpanRecord, format_time
+from otelflow.records import PHASE_START, STATUS_ERROR, STATUS_RUNNING, EventRecord, SpanRecord, format_time
 
 __all__ = [
     "ALERT_FIRED",
@@ -49,6 +49,7 @@ __all__ = [
     "encode_exact",
     "encode_span",
     "encode_span_pair",
+    "event_json",
     "finite",
     "quote",
     "to_json",
@@ -149,6 +150,15 @@ def _opt(value: str | None) -> str:
     return "null" if value is None else quote(value)
 
 
+def event_json(event: EventRecord) -> str:
+    """``to_json(event.to_dict())``, a span event as the stream writes it; raises ``ValueError`` for a value JSON
+    cannot hold (then encode the whole object with :func:`dumps`)."""
+    return (
+        f'{{"name":{quote(event.name)},"time":"{format_time(event.time_ns)}",'
+        f'"attributes":{to_json(event.attributes if type(event.attributes) is dict else dict(event.attributes))}}}'
+    )
+
+
 def encode_span(rec: SpanRecord) -> tuple[bytes, bool]:
     """``dumps(rec.to_dict())`` (the envelope's ``span`` object), and whether it is exact (see
     :func:`encode_exact`), so that the store may keep these bytes instead of encoding the span again.
@@ -165,9 +175,10 @@ def encode_span(rec: SpanRecord) -> tuple[bytes, bool]:
     return encode_exact(rec.to_dict())
 
 
-def encode_span_pair(rec: SpanRecord) -> tuple[bytes, bytes, bool]:
+def encode_span_pair(rec: SpanRecord, events: list[str] | None = None) -> tuple[bytes, bytes, bool]:
     """For a span that arrived ended: ``encode_span(derived_start(rec))`` and ``encode_span(rec)`` (with
-    whether the second is exact), sharing the work the two have in common."""
+    whether the second is exact), sharing the work the two have in common. ``events``: the span's events
+    already encoded (:func:`event_json`), when the caller has them."""
     parts = _span_parts(rec)
     if parts is not None:
         try:
@@ -176,7 +187,7 @@ def encode_span_pair(rec: SpanRecord) -> tuple[bytes, bytes, bool]:
                 f'{head}"{STATUS_RUNNING}",{start_time}"end_time":null,"duration_ms":null,'
                 f'{middle}"events":[],"error":null}}'
             )
-            return started.encode("ascii"), _ended_text(rec, *parts).encode("ascii"), True
+            return started.encode("ascii"), _ended_text(rec, *parts, events).encode("ascii"), True
         except (TypeError, ValueError):
             pass
     ended, exact = encode_exact(rec.to_dict())
@@ -205,13 +216,17 @@ def _span_parts(rec: SpanRecord) -> tuple[str, str, str] | None:
         return None
 
 
-def _ended_text(rec: SpanRecord, head: str, start_time: str, middle: str) -> str:
+def _ended_text(rec: SpanRecord, head: str, start_time: str, middle: str, events: list[str] | None = None) -> str:
     start, end = rec.start_time_ns, rec.end_time_ns
+    if events is not None:
+        events_text = f"[{','.join(events)}]"
+    else:
+        events_text = to_json([e.to_dict() for e in rec.events]) if rec.events else "[]"
     return (
         f"{head}{quote(rec.status)},{start_time}"
         f'"end_time":{"null" if end is None else chr(34) + format_time(end) + chr(34)},'
         f'"duration_ms":{"null" if end is None else float.__repr__((end - start) / 1e6)},'
-        f'{middle}"events":{to_json([e.to_dict() for e in rec.events]) if rec.events else "[]"},'
+        f'{middle}"events":{events_text},'
         f'"error":{"null" if rec.status != STATUS_ERROR else to_json(rec.error())}}}'
     )
 

@@ -20,7 +20,7 @@ from otelflow.records import EventRecord, SpanRecord
 from otelflow.viewer.history import Recorder, SqliteHistory
 from otelflow.viewer.history.rows import record_from_row, record_to_row
 from otelflow.viewer.live import Hub
-from otelflow.wire import derived_start, dumps, encode_exact, encode_span, encode_span_pair
+from otelflow.wire import derived_start, dumps, encode_exact, encode_span, encode_span_pair, event_json
 
 
 def _records() -> list[SpanRecord]:
@@ -100,6 +100,37 @@ def test_a_span_that_arrived_ended_encodes_its_made_up_start_and_its_end_togethe
         assert (data, exact) == encode_span(rec)
         assert json.loads(started)["status"] == "running"
         assert json.loads(started)["end_time"] is None
+
+
+def test_events_encoded_once_give_the_same_bytes() -> None:
+    """A span that arrives ended has its events encoded once, for its span.ended and its span.event envelopes:
+    both are the bytes the general encoder gives."""
+    records = [rec for rec in _records() if rec.ended and rec.events]
+    assert len(records) > 50
+    for rec in records:
+        try:
+            events = [event_json(e) for e in rec.events]
+        except ValueError:
+            continue  # a non-finite number: the general path
+        assert events == [dumps(e.to_dict()).decode() for e in rec.events]
+        assert encode_span_pair(rec, events) == encode_span_pair(rec)
+
+    async def check() -> None:
+        hub = Hub()
+        told: list[Any] = []
+        hub.tap(lambda events, _batch: told.extend(events))
+        await hub.start()
+        hub.ingest(records)
+        await hub.stop()
+        span_events = [e for e in told if e.type == "span.event"]
+        assert len(span_events) == sum(len(rec.events) for rec in records)
+        for e in span_events:
+            rec = e.record
+            body = {"trace_id": rec.trace_id, "span_id": rec.span_id, "span_name": rec.name, "span_kind": rec.kind}
+            event = rec.events[e.event_index].to_dict()
+            assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, **body, "event": event})
+
+    asyncio.run(check())
 
 
 def _plain(rec: SpanRecord) -> SpanRecord:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord, format_time
+from otelflow.records import EventRecord, SpanRecord, format_time
 from otelflow.wire import (
     RESET,
     RUN_ENDED,
@@ -40,6 +40,7 @@ from otelflow.wire import (
     encode_exact,
     encode_span,
     encode_span_pair,
+    event_json,
     quote,
 )
 
@@ -107,6 +108,31 @@ def _wrapped(event_id: str, type_: str, run: RunState | None, key: str, raw: byt
     run_id = quote(run.trace_id) if run else "null"
     head = f'{{"id":{quote(event_id)},"type":{quote(type_)},"run_id":{run_id},"{key}":'
     return b"".join((head.encode("ascii"), raw, b"}"))
+
+
+def _span_event(
+    event_id: str,
+    run: RunState,
+    record: SpanRecord,
+    event: EventRecord,
+    index: int,
+    encoded: tuple[SpanRecord, list[str]] | None,
+) -> bytes | None:
+    """The envelope of a ``span.event`` (the same bytes as :func:`_envelope`'s), its ``event`` (``index`` in
+    ``record.events``) taken from ``encoded`` when they are ``record``'s; ``None`` when a value needs the
+    general path."""
+    try:
+        if encoded is not None and encoded[0] is record and 0 <= index < len(encoded[1]):
+            text = encoded[1][index]
+        else:
+            text = event_json(event)
+        return (
+            f'{{"id":"{event_id}","type":"{SPAN_EVENT}","run_id":{quote(run.trace_id)},'
+            f'"trace_id":{quote(record.trace_id)},"span_id":{quote(record.span_id)},'
+            f'"span_name":{quote(record.name)},"span_kind":{quote(record.kind)},"event":{text}}}'
+        ).encode("ascii")
+    except (TypeError, ValueError):
+        return None
 
 
 def _head(event_id: str, type_: str) -> bytes:
@@ -341,6 +367,7 @@ class Broadcast:
         self.queue_limit = queue_limit
         self._seq = 0
         self._ended: tuple[SpanRecord, bytes] | None = None  # encoded with a made-up start, next out
+        self._events: tuple[SpanRecord, list[str]] | None = None  # its events, encoded for its span.event too
         self._ring: deque[Event] = deque()
         self.ring_nbytes = 0
         self._subs: set[Subscription] = set()
@@ -412,14 +439,18 @@ class Broadcast:
         elif type_ == SPAN_EVENT:
             assert record is not None
             assert change.event is not None
-            body = {
-                "trace_id": record.trace_id,
-                "span_id": record.span_id,
-                "span_name": record.name,
-                "span_kind": record.kind,
-                "event": change.event.to_dict(),
-            }
-            data = _envelope(event_id, type_, run, body)
+            fast = _span_event(event_id, run, record, change.event, change.event_index, self._events)
+            if fast is not None:
+                data = fast
+            else:
+                body = {
+                    "trace_id": record.trace_id,
+                    "span_id": record.span_id,
+                    "span_name": record.name,
+                    "span_kind": record.kind,
+                    "event": change.event.to_dict(),
+                }
+                data = _envelope(event_id, type_, run, body)
             meta = (record.kind, record.name, A.STATUS_RUNNING)
             extra = {"record": record, "event_index": change.event_index}
         elif type_ in (SPAN_STALLED, SPAN_UNSTALLED):
@@ -439,8 +470,13 @@ class Broadcast:
             extra = {"record": record}
         elif change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
             assert record is not None
-            raw, ended, _ = encode_span_pair(record)
+            try:
+                events: list[str] | None = [event_json(e) for e in record.events]
+            except (TypeError, ValueError):
+                events = None
+            raw, ended, _ = encode_span_pair(record, events)
             self._ended = (record, ended)
+            self._events = (record, events) if events else None
             data = _wrapped(event_id, type_, run, "span", raw)
             meta = (record.kind, record.name, A.STATUS_RUNNING)
             extra = {"record": record, "derived": True}
