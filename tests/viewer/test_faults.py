@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import http.client
@@ -28,7 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otelflow.viewer.history import SqliteHistory
+from otelflow.viewer.history import RunQuery, SqliteHistory
 from otelflow.viewer.live import Hub
 from tests.test_live_exporter import free_port
 from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id, trace_id, wait_for
@@ -392,3 +393,26 @@ def test_runs_without_root_or_heartbeat_end_as_abandoned(make_viewer: Callable[.
         lambda: httpx.get(f"{viewer.url}/api/runs?status=abandoned", timeout=5).json()["total"] == 2,
         what="retention to keep two ended runs",
     )
+
+
+def test_the_backlog_empties_when_batches_waiting_together_share_a_run(tmp_path: Path) -> None:
+    """Batches that wait together (the database was locked) are written as one; a run written by several of them
+    is one row, and the backlog still counts down to nothing once they commit."""
+    db = tmp_path / "v.db"
+    store = SqliteHistory(db)
+    store.open()
+    try:
+        trace = trace_id()
+        with locked(db):
+            for status in ("running", "running", "ok"):
+                with store.batch():
+                    store.put_run({"trace_id": trace, "status": status, "start_time_ns": 1})
+                    store.put_span(record(trace, span_id(), "step", ended=True))
+            wait_for(lambda: store.failure is not None, what="the writer to meet the lock")
+            assert store.backlog_rows == 6
+        asyncio.run(store.flush())
+        wait_for(lambda: store.failure is None and store.backlog_rows == 0, what="the backlog to empty")
+        runs, total = asyncio.run(store.list_runs(RunQuery()))
+        assert (total, runs[0]["status"]) == (1, "ok")
+    finally:
+        store.close()

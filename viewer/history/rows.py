@@ -254,9 +254,11 @@ def text(value: str) -> str:
 class Rows:
     """Rows for a writer, kept flat (one list of values per table, not a tuple per row), a batch's worth at a
     time, to be bound in multi-row statements. ``seq`` numbers queued batches (1, 2, ...); ``nbytes`` is about
-    what their text takes; ``journal_end`` is the intake log's position once they commit (0: no change)."""
+    what their text takes; ``journal_end`` is the intake log's position once they commit (0: no change).
+    ``len()`` counts rows as queued: a run or alert written twice (merged into one row) counts twice, so that
+    what the writer took and what it committed add up to the same."""
 
-    __slots__ = ("alerts", "events", "journal_end", "nbytes", "runs", "seq", "spans")
+    __slots__ = ("alerts", "events", "journal_end", "merged", "nbytes", "runs", "seq", "spans")
 
     def __init__(self) -> None:
         self.spans: list[Any] = []
@@ -266,15 +268,19 @@ class Rows:
         self.seq = 0
         self.nbytes = 0
         self.journal_end = 0
+        self.merged = 0  # rows of merged batches that replaced a row of this one (same run or alert)
 
     def __len__(self) -> int:
-        return (len(self.spans) // SPAN_WIDTH) + (len(self.events) // EVENT_WIDTH) + len(self.runs) + len(self.alerts)
+        spans, events = len(self.spans) // SPAN_WIDTH, len(self.events) // EVENT_WIDTH
+        return spans + events + len(self.runs) + len(self.alerts) + self.merged
 
     def merge(self, other: Rows) -> None:
+        before = len(self.runs) + len(self.alerts)
         self.spans += other.spans
         self.events += other.events
         self.runs.update(other.runs)
         self.alerts.update(other.alerts)
+        self.merged += other.merged + before + len(other.runs) + len(other.alerts) - len(self.runs) - len(self.alerts)
         self.seq = max(self.seq, other.seq)
         self.nbytes += other.nbytes
         self.journal_end = max(self.journal_end, other.journal_end)
