@@ -272,22 +272,34 @@ def _span_id(raw: bytes, where: str, *, required: bool) -> str | None:
 
 
 def _from_proto(span: Span, resource: dict[str, Any], scope: str, where: str, limit: int | None) -> SpanRecord:
-    if len(span.trace_id) != 16 or not any(span.trace_id):
+    trace, raw_id = span.trace_id, span.span_id
+    if len(trace) != 16 or not any(trace):
         raise OtlpDecodeError(f"{where}.traceId: must be 16 bytes, not all zero")
-    span_id = _span_id(span.span_id, f"{where}.spanId", required=True)
+    span_id = raw_id.hex() if len(raw_id) == 8 and any(raw_id) else _span_id(raw_id, f"{where}.spanId", required=True)
     assert span_id is not None
-    events = [
-        (e.name, _time(e.time_unix_nano, f"{where}.events[{i}].timeUnixNano"), _attrs(e.attributes))
-        for i, e in enumerate(span.events)
-    ]
+    # times are checked inline; the message (and its text) is made only for a time that fails
+    events: list[tuple[str, int, dict[str, Any]]] = []
+    for e in span.events:
+        t = e.time_unix_nano
+        if not 0 <= t <= MAX_TIME_NS:
+            _time(t, f"{where}.events[{len(events)}].timeUnixNano")
+        events.append((e.name, t, _attrs(e.attributes)))
+    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+    if not 0 <= start <= MAX_TIME_NS:
+        _time(start, f"{where}.startTimeUnixNano")
+    if not 0 <= end <= MAX_TIME_NS:
+        _time(end, f"{where}.endTimeUnixNano")
+    raw_parent = span.parent_span_id
     return _record(
-        trace_id=span.trace_id.hex(),
+        trace_id=trace.hex(),
         span_id=span_id,
-        parent_id=_span_id(span.parent_span_id, f"{where}.parentSpanId", required=False),
+        parent_id=raw_parent.hex()
+        if len(raw_parent) == 8 and any(raw_parent)
+        else _span_id(raw_parent, f"{where}.parentSpanId", required=False),
         name=span.name,
         span_kind=span.kind,
-        start=_time(span.start_time_unix_nano, f"{where}.startTimeUnixNano"),
-        end=_time(span.end_time_unix_nano, f"{where}.endTimeUnixNano"),
+        start=start,
+        end=end,
         status_code=span.status.code,
         status_message=span.status.message,
         attrs=_attrs(span.attributes),
