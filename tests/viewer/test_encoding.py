@@ -9,6 +9,7 @@ import json
 import math
 import random
 import sqlite3
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -334,6 +335,45 @@ def test_a_read_resumes_after_any_event_even_inside_one_spans_row() -> None:
             for k, event in enumerate(stream):
                 assert await store.events(trace, event["id"]) == stream[k + 1 :]
                 assert await store.events(trace, None, k + 1) == stream[: k + 1]
+        finally:
+            store.close()
+
+    asyncio.run(check())
+
+
+def test_a_live_run_replays_as_told_its_updates_included() -> None:
+    """A run told live: spans start, report progress (each a run.updated, stored as what changed, every 64th
+    whole) and end. The history gives back exactly the stream, from the start and resuming after any event."""
+
+    async def check() -> None:
+        store = SqliteHistory(":memory:")
+        store.open()
+        try:
+            hub = Hub()
+            hub.tap(Recorder(store))
+            told: list[dict[str, Any]] = []
+            hub.tap(lambda events, _batch: told.extend(e.payload() for e in events if not e.quiet))
+            await hub.start()
+            trace, root, step = "c" * 32, "1" * 16, "2" * 16
+            start = time.time_ns()
+            wf = SpanRecord(trace, root, "wf", kind="workflow", start_time_ns=start, attributes={"in": 1})
+            node = SpanRecord(trace, step, "step", parent_span_id=root, start_time_ns=start + 1)
+            hub.ingest([wf, node])
+            progress: list[EventRecord] = []
+            for i in range(70):
+                progress.append(EventRecord("otelflow.progress", start + 10 + i, {"otelflow.progress.completed": i}))
+                hub.ingest([replace(wf, events=tuple(progress), phase="update")])
+            hub.ingest([replace(node, end_time_ns=start + 200, status="ok", attributes={"out": 2}, phase="end")])
+            hub.ingest([replace(wf, end_time_ns=start + 300, status="ok", events=tuple(progress), phase="end")])
+            await hub.stop()
+            stream = [e for e in told if e.get("run_id") == trace]
+            assert sum(1 for e in stream if e["type"] == "run.updated") >= 70
+            assert await store.events(trace, None) == stream
+            for k in range(0, len(stream), 7):
+                assert await store.events(trace, stream[k]["id"]) == stream[k + 1 :]
+            kinds = await store.query(lambda c: dict(c.execute("SELECT type, COUNT(*) FROM events GROUP BY type")))
+            assert kinds[13] > 60  # deltas
+            assert kinds[2] >= 1  # and whole updates
         finally:
             store.close()
 

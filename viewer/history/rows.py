@@ -9,7 +9,8 @@ Each thing is stored once:
   references to the span: consecutive ones of one span share one row (:data:`LIFE`, e.g. ``s,0,1,e`` for the
   start, the events 0 and 1 and the end of a span that arrived ended), and reading rebuilds their envelopes from
   the span's row (:func:`span_envelope`). A live start also keeps what its snapshot had of its own
-  (:func:`start_data`). A ``run.ended`` is rebuilt from the run's row; other events keep their envelope JSON;
+  (:func:`start_data`). A ``run.ended`` is rebuilt from the run's row, a ``run.updated`` is what changed in the
+  run's summary (:data:`RUN_DELTA`); other events keep their envelope JSON;
 - an event's id ``<epoch>.<seq>`` is stored as one integer, ``n`` = the epoch's ordinal << 40 | seq, which
   orders a run's events and finds the one a client resumes after (:func:`event_position`).
 
@@ -45,6 +46,8 @@ __all__ = [
     "EVENT_WIDTH",
     "LIFE",
     "MAX_LIFE",
+    "RUN_DELTA",
+    "RUN_DELTA_EVERY",
     "RUN_WIDTH",
     "SEQ_BITS",
     "SPAN_REFERENCED",
@@ -85,6 +88,7 @@ TYPE_CODES: Final[Mapping[str, int]] = {
     SPAN_UNSTALLED: 10,
     ALERT_FIRED: 11,
     ALERT_RESOLVED: 12,
+    "run.updated.delta": 13,  # RUN_DELTA, below
 }
 TYPE_NAMES: Final[Mapping[int, str]] = {code: name for name, code in TYPE_CODES.items()}
 # Events stored as a reference to their span: the span's row rebuilds them exactly (ended spans are final; a
@@ -93,6 +97,10 @@ SPAN_REFERENCED: Final = frozenset({SPAN_STARTED, SPAN_EVENT, SPAN_ENDED})
 # Storage only: consecutive span-referenced events of one span, in one row whose data lists them: ``s`` a start
 # (of a span that arrived ended), ``e`` the end, a number the index of a span.event's event in the span.
 LIFE: Final = "span.life"
+# Storage only: a run.updated kept as the fields of the run's summary that changed since its last stored one;
+# reading applies it to the summary before it. Every RUN_DELTA_EVERY-th update is kept whole.
+RUN_DELTA: Final = "run.updated.delta"
+RUN_DELTA_EVERY: Final = 64
 MAX_LIFE: Final = 256  # events in one LIFE row (a read that resumes in one goes back this far)
 
 
