@@ -170,7 +170,8 @@ def embedded_viewer(make: Maker, n: int) -> tuple[float, float, float]:
     from otelflow.cli.embedded import EmbeddedViewer
 
     sink = InProcessSink()
-    viewer = EmbeddedViewer("127.0.0.1", 0, db=":memory:").start(sink)
+    thresholds = gc.get_threshold()
+    viewer = EmbeddedViewer("127.0.0.1", 0, db=":memory:").start(sink)  # it may tune the collector
     try:
         hub = viewer._server.config.app.state.hub  # type: ignore[union-attr]
         published = [0]
@@ -199,6 +200,8 @@ def embedded_viewer(make: Maker, n: int) -> tuple[float, float, float]:
         return cpu, made, total
     finally:
         viewer.stop(10.0)
+        gc.unfreeze()  # the baselines run with the collector as the application had it
+        gc.set_threshold(*thresholds)
 
 
 def run(n: int, repeats: int, only: set[str]) -> dict[str, list[float]]:
