@@ -174,8 +174,7 @@ class LiveSpanProcessor(SpanProcessor):
         self._queue: deque[object] = deque()
         self._active: dict[int, Span] = {}  # started, not ended
         self._pending: dict[int, Span] = {}  # started, start not yet taken by a delivery nor by on_end
-        # ended before a delivery took the start: a capture (or, briefly, under the delivery lock, the span)
-        self._captures: dict[int, tuple[object, ...] | ReadableSpan] = {}
+        self._captures: dict[int, tuple[object, ...]] = {}  # ended before a delivery took the start
         self._ended: dict[int, SpanRecord] = {}  # end records made early, waiting for their end item
         self._delivering = threading.Lock()  # held while taking items from the queue and exporting them
         self._wake = threading.Event()
