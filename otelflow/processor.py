@@ -7,11 +7,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Final, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanContext
 
 from otelflow._log import problems
 from otelflow.records import (
@@ -66,12 +68,33 @@ class _Flush:
         self.ok = True
 
 
+class _Gate(Protocol):
+    active: bool
+
+
+class _Fixed:
+    """A gate that never changes: for a sink with no ``active`` attribute (open), and after shutdown (closed)."""
+
+    __slots__ = ("active",)
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+
+
+_OPEN: Final = _Fixed(True)
+_CLOSED: Final = _Fixed(False)
 _STOP = object()
+# (span_id, trace_flags) of a SpanContext in one C call: the API's SpanContext is a tuple (trace_id, span_id,
+# is_remote, trace_flags, ...) whose properties each cost a Python call.
+_ids: Callable[[SpanContext], tuple[int, int]] = (
+    itemgetter(1, 3) if issubclass(SpanContext, tuple) else attrgetter("span_id", "trace_flags")
+)
 _SAMPLED: Final = 0x01  # the W3C sampled flag; TraceFlags is an int, and its .sampled property costs a call
-# Inline delivery is turned off for good once this many deliveries from on_end took longer than this
-# (a pause of the whole process, such as a long garbage collection, can make one look slow).
+# Inline delivery is turned off for good once this many deliveries from on_end, within one watch, each used
+# more than this much of the delivering thread's CPU time (see LiveSpanProcessor, "Who delivers").
 _INLINE_SLOW_S: Final = 0.02
 _INLINE_STRIKES: Final = 3
+_INLINE_WATCH_S: Final = 10.0  # how long after a delivery slow by the clock the CPU time of deliveries is read
 _live_processors: weakref.WeakSet[LiveSpanProcessor] = weakref.WeakSet()
 
 
@@ -101,6 +124,15 @@ class LiveSpanProcessor(SpanProcessor):
     between threads, which is what makes a hand-over to a worker thread expensive in Python (see
     :func:`otelflow.records.capture`). A span that starts and ends with nothing queued in between is
     delivered by its ``on_end`` at once, start and end together, as deferred records.
+
+    A subscriber that is slow on the application's thread loses inline delivery, for good: after a delivery
+    from ``on_end`` takes more than 20 ms by the clock, the deliveries of the next 10 s are also timed by the
+    delivering thread's own CPU time (:func:`time.thread_time`, read only then, as it costs a system call),
+    and three of them that each use more than 20 ms of CPU within one such watch move delivery to the worker
+    thread. Only CPU time counts, so a busy machine, where the thread waits for a core or for the
+    interpreter lock, never turns inline delivery off. The price: a subscriber that blocks (sleeps, waits for
+    I/O or a lock) uses no CPU and is not caught, as its wait cannot be told apart from that one; the sink
+    contract forbids blocking.
     """
 
     def __init__(
@@ -115,9 +147,12 @@ class LiveSpanProcessor(SpanProcessor):
         if max_queue_size < 1 or max_batch_size < 1 or inline_limit < 0:
             raise ValueError("max_queue_size and max_batch_size must be at least 1, inline_limit at least 0")
         self.sink = sink
-        self._gate = sink if hasattr(sink, "active") else None
-        self._inline = inline_limit if getattr(sink, "inline", False) else 0
-        self._slow_inline = 0
+        self._gate: _Gate = sink if hasattr(sink, "active") else _OPEN  # type: ignore[assignment]
+        # most items the queue may hold for on_end to deliver them itself; -1: never (one comparison in on_end)
+        self._inline = inline_limit if inline_limit and getattr(sink, "inline", False) else -1
+        self._strikes = 0
+        self._watching = False  # inline deliveries are timed by CPU too, until _watch_until (perf_counter)
+        self._watch_until = 0.0
         self._max_queue = max_queue_size
         self._max_batch = max_batch_size
         self._linger = linger_s
@@ -159,6 +194,12 @@ class LiveSpanProcessor(SpanProcessor):
         """Records handed to the sink so far."""
         return self._delivered
 
+    @property
+    def inline_delivery(self) -> bool:
+        """Whether ``on_end`` delivers to the sink itself when it can (see "Who delivers"): false for a sink that
+        is not ``inline``, with ``inline_limit=0``, and for good once the subscribers were found slow."""
+        return self._inline > 0
+
     def active_spans(self) -> list[Span]:
         """Spans that started and have not ended yet (for re-sending pending snapshots)."""
         return list(self._active.values())
@@ -166,20 +207,30 @@ class LiveSpanProcessor(SpanProcessor):
     # --- hooks (caller's thread) ------------------------------------------------------------------
     # How a span travels: on_start queues its span id (a plain int, which the garbage collector ignores)
     # and notes the span in _pending. Whichever comes first then takes the span out of _pending: a delivery,
-    # which snapshots the running span as its start record, or on_end, which leaves the span's capture in
-    # _captures for the delivery to derive the start record from. on_end also queues the capture for the
-    # end record. No SDK span object is held once it has ended.
+    # which captures the running span as its (deferred) start record, or on_end, which leaves the span's
+    # capture in _captures for the delivery to derive the start record from. on_end also queues the capture
+    # for the end record. No SDK span object is held in the queue once it has ended. When on_end delivers
+    # itself, the records it hands over refer to the ended span (a ReadableSpan, which can no longer change),
+    # and its parent's start, if still queued, goes out in the same batch.
+    # The hooks run for every span: they read the SDK's fields and the span context's items directly (see
+    # _ids), take few Python calls, and leave the formatting to whoever reads a record.
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            ctx = span.context
-            gate = self._gate
-            if self._shutdown or not ctx.trace_flags & _SAMPLED or (gate is not None and not gate.active):
+            ctx = span._context
+            if ctx is None:
                 return
-            span_id = ctx.span_id
+            span_id, flags = _ids(ctx)
+            if not flags & _SAMPLED or not self._gate.active:
+                return
             self._active[span_id] = span
+            queue = self._queue
+            if len(queue) >= self._max_queue:
+                self._count_drop()
+                return
             self._pending[span_id] = span
-            if not self._put(span_id):
-                self._pending.pop(span_id, None)
+            queue.append(span_id)
+            if self._idle:
+                self._wake_worker()
         except Exception:  # noqa: BLE001 - a hook must never raise into user code
             problems.warning("on_start", "otelflow: live processor failed on span start", exc_info=True)
 
@@ -194,44 +245,78 @@ class LiveSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            ctx = span.context
-            if ctx is None or not ctx.trace_flags & _SAMPLED:
+            ctx = span._context
+            if ctx is None:
                 return
-            span_id = ctx.span_id
+            span_id, flags = _ids(ctx)
+            if not flags & _SAMPLED:
+                return
             self._active.pop(span_id, None)
-            gate = self._gate
-            if self._shutdown or (gate is not None and not gate.active):
+            if not self._gate.active:
                 self._pending.pop(span_id, None)
                 return
-            cap = capture(span, PHASE_END)
             queue = self._queue
-            if not self._inline or len(queue) > self._inline or not self._delivering.acquire(False):
-                self._queue_end(span_id, cap)
+            if len(queue) > self._inline or not self._delivering.acquire(False):
+                self._queue_end(span_id, capture(span, PHASE_END))
                 return
+            # Delivered at once, the records refer to the ended span itself: it can no longer change, and the
+            # subscriber reads it soon (a queued end holds a capture instead, see _queue_end).
+            watching = self._watching
+            if watching:
+                cpu = time.thread_time()
             began = time.perf_counter()
             try:
-                if len(queue) == 1 and queue[0] == span_id and self._pending.pop(span_id, None) is not None:
-                    # The common case in a burst: this span's start is all there is. Deliver both now.
-                    queue.popleft()
-                    self._deliver(deferred_pair(cap))
-                else:
-                    self._queue_end(span_id, cap)
-                    self._take(self._inline, markers=False)
+                if self._pending.pop(span_id, None) is not None:  # its start is still queued
+                    if len(queue) == 1 and queue[0] == span_id:
+                        # The common case in a burst: this span's start is all there is. Deliver both now.
+                        queue.popleft()
+                        try:
+                            self.sink.export(deferred_pair(span))
+                            self._delivered += 2
+                        except Exception:  # noqa: BLE001 - as in _deliver
+                            problems.warning("sink", "otelflow: live sink failed to export 2 records", exc_info=True)
+                    else:
+                        # What is queued before it (its parent's start, typically) goes first, and its
+                        # end closes the same batch if that takes the whole queue.
+                        self._captures[span_id] = cap = capture(span, PHASE_END)
+                        if not self._take(self._inline, markers=False, ending=span_id):
+                            self._append(cap)  # its start or an update is still queued: the end follows them
+                        self._wake_if_queued()
+                elif queue:
+                    if self._append(capture(span, PHASE_END)):
+                        self._take(self._inline, markers=False)
+                    self._wake_if_queued()
+                else:  # its start went out already (a parent whose children ended before it)
+                    self._deliver([deferred_record(span, PHASE_END)])
             finally:
                 self._delivering.release()
-            took = time.perf_counter() - began
-            if took > _INLINE_SLOW_S:
-                self._slow_inline += 1
-                if self._slow_inline >= _INLINE_STRIKES:
-                    # The sink breaks its promise to be quick: stop making the application wait for it.
-                    self._inline = 0
-                    problems.warning(
-                        "inline-slow",
-                        "otelflow: live subscribers took up to %.0f ms; delivering from the worker thread from now on",
-                        took * 1000,
-                    )
+            now = time.perf_counter()
+            if now - began > _INLINE_SLOW_S:
+                self._slow_delivery(now, time.thread_time() - cpu if watching else None)
+            elif watching and now > self._watch_until:
+                self._watching = False
         except Exception:  # noqa: BLE001
             problems.warning("on_end", "otelflow: live processor failed on span end", exc_info=True)
+
+    def _slow_delivery(self, now: float, cpu_s: float | None) -> None:
+        """A delivery from on_end took longer than _INLINE_SLOW_S by the clock; ``cpu_s`` is the CPU time
+        this thread spent in it, if it was being watched."""
+        if not self._watching or now >= self._watch_until:
+            self._strikes = 0  # a new watch: strikes count within one
+        self._watching = True
+        self._watch_until = now + _INLINE_WATCH_S
+        if cpu_s is None or cpu_s <= _INLINE_SLOW_S:
+            return  # waiting for a CPU or for the interpreter lock is not the subscriber's doing
+        self._strikes += 1
+        if self._strikes >= _INLINE_STRIKES:
+            # The sink breaks its promise to be quick: stop making the application wait for it.
+            self._inline = -1
+            problems.warning(
+                "inline-slow",
+                "otelflow: live subscribers used up to %.0f ms of CPU per delivery; delivering from the worker "
+                "thread from now on",
+                cpu_s * 1000,
+            )
 
     def _queue_end(self, span_id: int, cap: tuple[object, ...]) -> None:
         captures = self._captures
@@ -240,30 +325,49 @@ class LiveSpanProcessor(SpanProcessor):
             captures.pop(span_id, None)
         self._put(cap)
 
-    def _put(self, item: object) -> bool:
+    def _append(self, item: object) -> bool:
+        """Queue ``item`` unless the queue is full (then count it as dropped); does not wake the worker."""
         queue = self._queue
         if len(queue) >= self._max_queue:
-            self._dropped += 1
-            problems.warning(
-                "queue-full",
-                "otelflow: live queue full (%d); dropping span records (%d dropped so far)",
-                self._max_queue,
-                self._dropped,
-            )
+            self._count_drop()
             return False
         queue.append(item)
-        if self._idle:
-            # Claim the wake-up, so the hooks that run before the worker gets the interpreter lock do not
-            # each set the event again (Event.set takes a lock and notifies every time).
-            self._idle = False
-            self._wake.set()
         return True
 
+    def _count_drop(self) -> None:
+        self._dropped += 1
+        problems.warning(
+            "queue-full",
+            "otelflow: live queue full (%d); dropping span records (%d dropped so far)",
+            self._max_queue,
+            self._dropped,
+        )
+
+    def _put(self, item: object) -> bool:
+        if not self._append(item):
+            return False
+        if self._idle:
+            self._wake_worker()
+        return True
+
+    def _wake_if_queued(self) -> None:
+        """After an inline delivery that left items queued (behind a marker, or queued meanwhile)."""
+        if self._queue and self._idle:
+            self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        # Claim the wake-up, so the hooks that run before the worker gets the interpreter lock do not
+        # each set the event again (Event.set takes a lock and notifies every time).
+        self._idle = False
+        self._wake.set()
+
     # --- delivery (the worker, or on_end inline; always under self._delivering) ---------------------
-    def _take(self, limit: int, *, markers: bool) -> bool:
+    def _take(self, limit: int, *, markers: bool, ending: int = 0) -> bool:
         """Turn up to ``limit`` queued items into records and deliver them; True once the stop marker is met.
 
         With ``markers`` false (inline), stops before a flush or stop marker and leaves it to the worker.
+        ``ending``: a span ending on this thread, its capture in ``_captures`` and no end item queued; if this
+        takes its start and leaves the queue empty, its end record closes the batch and True is returned.
         """
         queue = self._queue
         pending = self._pending
@@ -281,8 +385,8 @@ class LiveSpanProcessor(SpanProcessor):
             try:
                 if isinstance(item, int):  # a start
                     span = pending.pop(item, None)
-                    if span is not None:  # still running (or only just ended): snapshot it now
-                        batch.append(record_from_span(span, PHASE_START))
+                    if span is not None:  # still running (or only just ended): snapshot it now, format later
+                        batch.append(deferred_record(capture(span, PHASE_START), PHASE_START))
                         continue
                     cap = captures.pop(item, None)
                     if cap is not None:  # ended: derive the start from the end (shared, deferred)
@@ -307,6 +411,12 @@ class LiveSpanProcessor(SpanProcessor):
             if isinstance(item, _Flush):
                 self._flush_sink(item)
             elif item is _STOP:
+                return True
+        if ending and not queue:
+            last = ended.pop(ending, None)
+            if last is not None:
+                batch.append(last)  # after every update of it, all of them taken
+                self._deliver(batch)
                 return True
         self._deliver(batch)
         return False
@@ -369,6 +479,7 @@ class LiveSpanProcessor(SpanProcessor):
         if self._shutdown:
             return
         self._shutdown = True
+        self._gate = _CLOSED
         _live_processors.discard(self)
         timeout_s = timeout_millis / 1000
         if not self._stopped.is_set():

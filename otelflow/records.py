@@ -451,16 +451,20 @@ _new_record = object.__new__
 
 
 def _fill(record: SpanRecord, source: Any) -> None:
-    # The source is a capture, or the end record a start record is derived from. Re-running __init__ sets
-    # every field, _source (None) last; two threads filling one record at once compute the same values.
+    # The source is a capture, an ended span, or the end record a start record is derived from. Re-running
+    # __init__ sets every field, _source (None) last; two threads filling one record at once compute the same
+    # values.
     if isinstance(source, SpanRecord):
         SpanRecord.__init__(record, *_started_values(source))
-    else:
+    elif type(source) is tuple:
         SpanRecord.__init__(record, *_values_from_capture(source, record.phase))
+    else:
+        SpanRecord.__init__(record, *_values_from_capture(capture(source, PHASE_END), record.phase))
 
 
-def deferred_record(cap: tuple[Any, ...], phase: str) -> SpanRecord:
-    """A record of a :func:`capture`, whose fields are computed when one is first read, on the reader's thread.
+def deferred_record(cap: tuple[Any, ...] | ReadableSpan, phase: str) -> SpanRecord:
+    """A record of a :func:`capture`, or of an ended span (which can no longer change), whose fields are
+    computed when one is first read, on the reader's thread.
 
     ``phase`` can be read without that. Until then the record costs one small object, so records that
     nobody reads cost next to nothing; reading one costs what :func:`record_from_span` does.
@@ -471,8 +475,9 @@ def deferred_record(cap: tuple[Any, ...], phase: str) -> SpanRecord:
     return record
 
 
-def deferred_pair(cap: tuple[Any, ...]) -> list[SpanRecord]:
-    """``[start, end]`` records of an ended span's capture, both deferred, the start derived from the end."""
+def deferred_pair(cap: tuple[Any, ...] | ReadableSpan) -> list[SpanRecord]:
+    """``[start, end]`` records of an ended span (or its capture), both deferred, the start derived from the
+    end."""
     end: SpanRecord = _new_record(SpanRecord)
     end.phase = PHASE_END
     end._source = cap

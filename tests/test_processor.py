@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -291,18 +292,29 @@ def test_an_in_process_sink_nobody_listens_to_costs_no_records() -> None:
 
 
 class ThreadRecorder(Collector):
-    """Also notes which thread delivered each batch."""
+    """Also notes which thread delivered each batch; ``burn_s``: uses that much CPU time per batch first."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, burn_s: float = 0.0) -> None:
         super().__init__()
         self.threads: list[int] = []
-        self.delay_s = delay_s
+        self.burn_s = burn_s
+        self.walls: list[float] = []  # wall time of each call, seconds
 
     def __call__(self, batch: Sequence[SpanRecord]) -> None:
-        self.threads.append(threading.get_ident())
-        if self.delay_s:
-            time.sleep(self.delay_s)  # a subscriber that breaks the promise to be quick
+        began = time.perf_counter()
+        if self.burn_s:
+            burn(self.burn_s)
+        with self.lock:
+            self.threads.append(threading.get_ident())
+            self.walls.append(time.perf_counter() - began)
         super().__call__(batch)
+
+
+def burn(cpu_s: float) -> None:
+    """Keep this thread busy until it has used ``cpu_s`` of CPU time (a real busy loop)."""
+    until = time.thread_time() + cpu_s
+    while time.thread_time() < until:
+        pass
 
 
 def test_a_short_span_reaches_an_in_process_subscriber_before_its_with_block_is_left() -> None:
@@ -334,23 +346,25 @@ def test_a_slow_subscriber_is_moved_off_the_application_thread_and_loses_nothing
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = InProcessSink()
-    got = ThreadRecorder(delay_s=0.03)
+    got = ThreadRecorder(burn_s=0.03)  # a subscriber that breaks the promise to be quick: 30 ms of CPU each
     sink.subscribe(got)
     provider, processor = live_provider(sink)
     tracer = provider.get_tracer("t")
     me = threading.get_ident()
     names: list[str] = []
     with caplog.at_level(logging.WARNING, logger="otelflow"):
-        # One span at a time, each delivered before the next starts. A slow delivery made on this thread
-        # is a strike; the worker may make some of them instead, which are not.
-        while "delivering from the worker thread" not in caplog.text:
+        # One span at a time, each delivered before the next starts. The first slow delivery made on this
+        # thread has its CPU time watched from then on; the next three are strikes. The worker may make some
+        # deliveries instead, which are not.
+        while processor.inline_delivery:
             assert len(names) < 100, "inline delivery was never turned off"
             names.append(f"s{len(names)}")
             with tracer.start_as_current_span(names[-1]):
                 pass
             wait_for(lambda: len(got.records) == 2 * len(names), what="the span's records")
+    assert "delivering from the worker thread" in caplog.text
     on_this_thread = got.threads.count(me)
-    assert on_this_thread == 3
+    assert on_this_thread == 4
     for _ in range(5):
         names.append(f"s{len(names)}")
         with tracer.start_as_current_span(names[-1]):
@@ -358,6 +372,113 @@ def test_a_slow_subscriber_is_moved_off_the_application_thread_and_loses_nothing
     assert processor.force_flush(10_000)
     assert got.threads.count(me) == on_this_thread  # from now on the worker thread waits for it
     assert [(r.name, r.phase) for r in got.records] == [(n, p) for n in names for p in ("start", "end")]
+    processor.shutdown()
+
+
+class BusyThreads:
+    """Threads running a busy loop in Python, contending with the test for the CPU and the interpreter lock."""
+
+    def __init__(self, count: int) -> None:
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._spin, daemon=True) for _ in range(count)]
+
+    def _spin(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+
+    def __enter__(self) -> BusyThreads:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def test_contention_alone_never_turns_inline_delivery_off() -> None:
+    # Each delivery uses 12 ms of CPU, within the 20 ms limit. Three busy threads take the interpreter lock
+    # from the delivering thread at every switch interval (5 ms), so it holds the lock for at most 5 ms at a
+    # time and waits at least one interval in between: every delivery takes over 20 ms by the clock.
+    sink = InProcessSink()
+    got = ThreadRecorder(burn_s=0.012)
+    sink.subscribe(got)
+    provider, processor = live_provider(sink)
+    tracer = provider.get_tracer("t")
+    me = threading.get_ident()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        with BusyThreads(3):
+            for i in range(8):
+                with tracer.start_as_current_span(f"s{i}"):
+                    pass
+    finally:
+        sys.setswitchinterval(interval)
+    with got.lock:
+        slow_here = [w for thread, w in zip(got.threads, got.walls, strict=True) if thread == me and w > 0.02]
+    assert len(slow_here) >= 3, f"deliveries on this thread were not slow by the clock: {got.walls}"
+    assert processor.inline_delivery
+    assert got.threads[-1] == me  # still delivering from on_end
+    assert processor.force_flush(5000)
+    assert [(r.name, r.phase) for r in got.records] == [(f"s{i}", p) for i in range(8) for p in ("start", "end")]
+    processor.shutdown()
+
+
+def test_a_subscriber_that_blocks_keeps_inline_delivery() -> None:
+    """Blocked time is not told apart from waiting for a CPU (see LiveSpanProcessor): only CPU time counts."""
+
+    class Sleeper(ThreadRecorder):
+        def __call__(self, batch: Sequence[SpanRecord]) -> None:
+            time.sleep(0.03)
+            super().__call__(batch)
+
+    sink = InProcessSink()
+    got = Sleeper()
+    sink.subscribe(got)
+    provider, processor = live_provider(sink)
+    tracer = provider.get_tracer("t")
+    for i in range(6):
+        with tracer.start_as_current_span(f"s{i}"):
+            pass
+    assert processor.inline_delivery
+    assert got.threads[-1] == threading.get_ident()
+    processor.shutdown()
+
+
+def test_a_child_ending_delivers_queued_records_first_and_its_own_end_after_its_updates() -> None:
+    sink = InProcessSink()
+    got = ThreadRecorder()
+    sink.subscribe(got)
+    provider, processor = live_provider(sink)
+    tracer = provider.get_tracer("t")
+    for _ in range(3):
+        with tracer.start_as_current_span("parent"):
+            with tracer.start_as_current_span("child") as child:
+                child.add_event("otelflow.log", {"otelflow.log.message": "one"})
+                processor.update(child)
+                child.set_attribute("k", 1)
+                processor.update(child)
+            with tracer.start_as_current_span("sibling"):
+                pass
+    assert processor.force_flush(5000)
+    once = [
+        ("parent", "start"),
+        ("child", "start"),
+        ("child", "update"),
+        ("child", "update"),
+        ("child", "end"),
+        ("sibling", "start"),
+        ("sibling", "end"),
+        ("parent", "end"),
+    ]
+    assert [(r.name, r.phase) for r in got.records] == once * 3
+    updates = [r for r in got.records if r.phase == "update"]
+    assert [len(r.events) for r in updates[:2]] == [1, 1]
+    assert updates[1].attributes.get("k") == 1
+    assert got.records[1].parent_span_id == got.records[0].span_id
     processor.shutdown()
 
 

@@ -176,3 +176,7 @@ def test_a_deferred_record_reads_the_same_as_an_eager_one_from_any_thread() -> N
     assert (start.end_time_ns, start.events, start.span_id) == (None, (), eager.span_id)
     with pytest.raises(AttributeError, match="no_such_field"):
         deferred.no_such_field  # noqa: B018 - an unknown name stays an AttributeError
+    # an ended span itself (it can no longer change) is a source too, as inline delivery hands it over
+    from_span, end_from_span = deferred_pair(sdk_span)
+    assert end_from_span == eager
+    assert from_span.to_dict() == start.to_dict()

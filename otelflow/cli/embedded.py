@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import socket
 import sys
 import threading
@@ -117,6 +118,7 @@ class EmbeddedViewer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop(1.0)
                 raise ViewerStartError(f"the viewer did not start on {self.url} within {timeout:g} s")
+        _share_the_collector()
         return self
 
     def _on_ready(self, host: str, port: int) -> None:
@@ -133,6 +135,22 @@ class EmbeddedViewer:
             return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+def _share_the_collector() -> None:
+    """Make the process's garbage collector fit a viewer living in it.
+
+    What the viewer keeps (live runs, the replay ring, rows on their way to the history) is scanned by every
+    full collection, and the application's thread, which allocates the most, runs most of them: about as
+    much CPU per span as the SDK itself, with CPython's defaults. So, as ``otelflow serve`` does for its own
+    process, the young generation is larger (never made smaller than it is), and what exists once the
+    viewer is up (the modules of the SDK, the viewer and their libraries) is moved out of every later
+    collection (:func:`gc.freeze`). The script run by ``otelflow run`` starts after this.
+    """
+    young, middle, old = gc.get_threshold()
+    if young:  # 0: collection turned off by the program; leave it so
+        gc.set_threshold(max(young, 20_000), max(middle, 20), max(old, 20))
+    gc.freeze()
 
 
 class RunAnnouncer(SpanProcessor):

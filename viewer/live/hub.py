@@ -5,7 +5,11 @@ Contracts:
 - :meth:`Hub.ingest` publishes one batch (call it on the hub's loop with at most :data:`INGEST_SLICE` records,
   yielding to the loop in between: publishing is synchronous with the in-memory backend).
   :meth:`Hub.ingest_threadsafe` takes records from any thread (the in-process sink): it never blocks or
-  raises, and ingests them a slice at a time, letting the streams write in between.
+  raises, wakes the loop once per batch of arrivals (not per call), and ingests them a slice at a time,
+  letting the streams write in between. While records keep arriving, the hub yields to their producer:
+  after a slice it waits twice as long as the slice took before the next, so that it takes about a third
+  of the interpreter at most while a burst lasts (the application's thread shares it), and it catches up at
+  full speed once arrivals pause or more than :data:`YIELD_BELOW` records wait.
 - Every ``check_interval_s`` the hub asks the live state which decisions are due (silent workers, idle runs)
   and publishes them as a batch, so that they reach every live state sharing the backend.
 - Queries (:meth:`Hub.run`, :meth:`Hub.resolve`, ...) and subscriptions delegate to the state and the
@@ -30,11 +34,13 @@ from .backends import Backend, MemoryBackend
 from .broadcast import Broadcast, Filters, Subscription, Tap
 from .state import Batch, LiveState, RunState
 
-__all__ = ["INGEST_SLICE", "Hub"]
+__all__ = ["INGEST_SLICE", "YIELD_BELOW", "Hub"]
 
 log = logging.getLogger("otelflow.viewer")
 
 INGEST_SLICE: Final = 128  # records published at most in one batch (about 5 ms of work)
+YIELD_BELOW: Final = 20_000  # records from this process waiting: beyond this many the hub stops yielding
+_YIELD_FACTOR: Final = 2.0  # the pause after a slice while records keep arriving, in multiples of its time
 
 
 class Hub:
@@ -70,6 +76,13 @@ class Hub:
         self._early_lock = threading.Lock()
         self._inbox: deque[list[SpanRecord]] = deque()  # batches from other threads, for the loop to ingest
         self._inbox_scheduled = False
+        # Counters with one writer each (the sink calls ingest_threadsafe on one thread at a time): records
+        # handed over and records taken; batches handed over, and as many as the last drain had seen.
+        self._records_in = 0
+        self._records_out = 0
+        self._arrivals = 0
+        self._arrivals_seen = 0
+        self._next_drain = 0.0  # loop time before which no drain starts while records keep arriving
         self._task: asyncio.Task[None] | None = None
         self._stats: dict[str, int] = {"dropped_early": 0, "checks": 0}
         self._last_error_log = 0.0
@@ -129,7 +142,7 @@ class Hub:
         Before :meth:`start` they are kept (at most 10,000 batches).
         """
         try:
-            batch = list(records)
+            batch = records if type(records) is list else list(records)  # a list is never changed here
             loop = self._loop
             if loop is None:
                 with self._early_lock:
@@ -141,13 +154,24 @@ class Hub:
             # Coalesce wake-ups: the in-process sink may call this once per span, and each call_soon_threadsafe
             # writes to the loop's self-pipe. One scheduled drain takes every batch that arrived meanwhile.
             self._inbox.append(batch)
+            self._records_in += len(batch)
+            self._arrivals += 1
             if not self._inbox_scheduled:
                 self._inbox_scheduled = True
-                loop.call_soon_threadsafe(self._drain_inbox)
+                loop.call_soon_threadsafe(self._schedule_drain)
         except RuntimeError:  # loop closed: the viewer is gone, the workflow must not notice
             self._stats["dropped_early"] += len(records)
         except Exception:  # noqa: BLE001 - never raise into the instrumented program
             self._log_error("ingest_threadsafe failed")
+
+    def _schedule_drain(self) -> None:
+        """On the loop: drain now, or once the pause after the last slice is over."""
+        assert self._loop is not None
+        wait = self._next_drain - self._loop.time()
+        if wait > 0 and self._records_in - self._records_out < YIELD_BELOW:
+            self._loop.call_later(wait, self._drain_inbox)
+        else:
+            self._drain_inbox()
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False  # first: a batch appended from now on schedules another drain
@@ -161,12 +185,22 @@ class Hub:
             else:
                 records += batch[:room]
                 inbox[0] = batch[room:]
-        if inbox and not self._inbox_scheduled and self._loop is not None:
-            # a burst: ingest it a slice at a time, letting the streams write in between
-            self._inbox_scheduled = True
-            self._loop.call_soon(self._drain_inbox)
-        if records:
-            self.ingest(records, local=True)
+        self._records_out += len(records)
+        loop = self._loop
+        began = loop.time() if loop is not None else 0.0
+        try:
+            if records:
+                self.ingest(records, local=True)
+        finally:
+            if loop is not None:
+                arrivals = self._arrivals
+                if arrivals != self._arrivals_seen:  # records arrived since the last slice: a producer is busy
+                    self._next_drain = loop.time() + (loop.time() - began) * _YIELD_FACTOR
+                self._arrivals_seen = arrivals
+                if inbox and not self._inbox_scheduled:
+                    # a burst: ingest it a slice at a time, letting the streams write in between
+                    self._inbox_scheduled = True
+                    loop.call_soon(self._schedule_drain)
 
     # ------------------------------------------------------------------ time-based decisions
 
