@@ -20,7 +20,7 @@ Each thing is stored once:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from otelflow.records import EventRecord, SpanRecord
@@ -141,7 +141,7 @@ def record_to_row(rec: SpanRecord) -> str:
     (null: its resource's service.name), attributes, [[event name, time - span start, attributes], ...]]``;
     :func:`record_from_row` reads it back."""
     start = rec.start_time_ns
-    return json.dumps(
+    return _dumps(
         [
             rec.span_kind,
             rec.status_message,
@@ -150,15 +150,30 @@ def record_to_row(rec: SpanRecord) -> str:
             None if rec.service == rec.resource.get(_SERVICE_NAME) else rec.service,
             rec.attributes,
             [[e.name, e.time_ns - start, e.attributes] for e in rec.events],
-        ],
-        separators=(",", ":"),
-        default=_plain,
+        ]
     )
 
 
 def _plain(value: object) -> object:
     """Mappings (a record's attributes may be read-only views) as dicts; anything else as its text."""
     return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """``json.dumps(obj, separators=(",", ":"), default=_plain)`` with one C encoder made once: ``json.dumps``
+    with a ``default`` builds a new encoder on every call, which costs more than encoding a span's row."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return json.JSONEncoder(separators=(",", ":"), default=_plain).encode
+    encode = make(None, _plain, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def dumps(obj: Any) -> str:
+        return "".join(encode(obj, 0))
+
+    return dumps
+
+
+_dumps: Final = _make_dumps()
 
 
 def record_from_row(row: tuple[Any, ...], resources: dict[str, Any] | None = None) -> SpanRecord:
@@ -205,7 +220,7 @@ def start_data(rec: SpanRecord) -> str:
     span's events it had, phase]``. The rest of it is the span's later snapshot with its ending taken away
     (events are only ever added)."""
     data = [rec.name, rec.attributes, len(rec.events), rec.phase]
-    return json.dumps(data, separators=(",", ":"), default=_plain)
+    return _dumps(data)
 
 
 def span_envelope(event_id: str, type_: str, rec: SpanRecord, data: int | str | None) -> dict[str, Any] | None:
@@ -249,7 +264,7 @@ class ResourceCache:
             try:
                 self.json = to_json(resource) if resource else ""
             except (ValueError, TypeError):
-                self.json = json.dumps(resource, separators=(",", ":"), default=_plain)
+                self.json = _dumps(resource)
             self.resource = resource
         return self.json
 
