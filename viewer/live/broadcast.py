@@ -417,23 +417,23 @@ class Broadcast:
         run = change.run
         type_ = change.type
         if type_ == RUN_STORED:
-            summary = run.to_dict()
-            return Event(0, "", type_, run.trace_id, run.alias, None, None, None, b"", b"", summary=summary, quiet=True)
+            stored = run.to_dict()
+            return Event(0, "", type_, run.trace_id, run.alias, None, None, None, b"", b"", summary=stored, quiet=True)
         self._seq += 1
         seq = self._seq
         event_id = f"{self.epoch}.{seq}"
         record = change.span
-        extra: dict[str, Any] = {}
+        # what the Event holds besides its data (positional below: cheaper than keywords, once per event)
+        event_index, derived, stalled = -1, False, False
+        summary: dict[str, Any] | None = None
+        summary_json: str | None = None
         if type_.startswith("run."):
             summary = run.to_dict()
             raw, exact = encode_exact(summary)  # once, for the event and the stored run
             data = _wrapped(event_id, type_, run, "run", raw)
-            meta = (A.KIND_WORKFLOW, run.name, run.status)
-            extra = {
-                "summary": summary,
-                "summary_json": raw.decode("ascii") if exact else None,
-                "stalled": run.had_stall,
-            }
+            kind, name, status = A.KIND_WORKFLOW, run.name, run.status
+            summary_json = raw.decode("ascii") if exact else None
+            stalled = run.had_stall
             if type_ == RUN_STARTED and not run.first_seq:
                 run.first_seq = seq  # where a stream of this run replays from
         elif type_ == SPAN_EVENT:
@@ -451,8 +451,8 @@ class Broadcast:
                     "event": change.event.to_dict(),
                 }
                 data = _envelope(event_id, type_, run, body)
-            meta = (record.kind, record.name, A.STATUS_RUNNING)
-            extra = {"record": record, "event_index": change.event_index}
+            kind, name, status = record.kind, record.name, A.STATUS_RUNNING
+            event_index = change.event_index
         elif type_ in (SPAN_STALLED, SPAN_UNSTALLED):
             assert record is not None
             flag: dict[str, Any] = {"span": record.to_dict()}
@@ -461,13 +461,12 @@ class Broadcast:
             if change.cleared is not None:
                 flag["unstalled"] = {"reason": change.cleared[0], "at": format_time(change.cleared[1])}
             data = _envelope(event_id, type_, run, flag)
-            meta = (record.kind, record.name, record.status)
-            extra = {"record": record, "stalled": True}
+            kind, name, status = record.kind, record.name, record.status
+            stalled = True
         elif type_ == SPAN_ABANDONED:
             assert record is not None
             data = _envelope(event_id, type_, run, {"span": record.to_dict(), "worker_id": change.worker})
-            meta = (record.kind, record.name, record.status)
-            extra = {"record": record}
+            kind, name, status = record.kind, record.name, record.status
         elif change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
             assert record is not None
             try:
@@ -478,8 +477,8 @@ class Broadcast:
             self._ended = (record, ended)
             self._events = (record, events) if events else None
             data = _wrapped(event_id, type_, run, "span", raw)
-            meta = (record.kind, record.name, A.STATUS_RUNNING)
-            extra = {"record": record, "derived": True}
+            kind, name, status = record.kind, record.name, A.STATUS_RUNNING
+            derived = True
         else:  # span.started, span.updated, span.ended: the span object is encoded once
             assert record is not None
             ended_before = self._ended
@@ -489,9 +488,26 @@ class Broadcast:
             else:
                 raw, _ = encode_span(record)
             data = _wrapped(event_id, type_, run, "span", raw)
-            meta = (record.kind, record.name, record.status)
-            extra = {"record": record}
-        ev = Event(seq, event_id, type_, run.trace_id, run.alias, *meta, data, _head(event_id, type_), **extra)
+            kind, name, status = record.kind, record.name, record.status
+        head = f"id: {event_id}\nevent: {type_}\ndata: ".encode("ascii")
+        ev = Event(
+            seq,
+            event_id,
+            type_,
+            run.trace_id,
+            run.alias,
+            kind,
+            name,
+            status,
+            data,
+            head,
+            record,
+            event_index,
+            derived,
+            stalled,
+            summary,
+            summary_json,
+        )
         self._offer(ev)
         return ev
 
@@ -499,16 +515,18 @@ class Broadcast:
         ring = self._ring
         ring.append(ev)
         self.ring_nbytes += len(ev.head) + len(ev.data)
-        while len(ring) > self.ring_size or (self.ring_nbytes > self.ring_bytes and len(ring) > 1):
-            old = ring.popleft()
-            self.ring_nbytes -= len(old.head) + len(old.data)
+        if len(ring) > self.ring_size or self.ring_nbytes > self.ring_bytes:
+            while len(ring) > self.ring_size or (self.ring_nbytes > self.ring_bytes and len(ring) > 1):
+                old = ring.popleft()
+                self.ring_nbytes -= len(old.head) + len(old.data)
         self.stats["events"] += 1
-        for sub in tuple(self._subs):
-            sub._offer(ev)
-            if sub.closed is not None:
-                self._subs.discard(sub)
-                if sub.closed == "overflow":
-                    self.stats["cut"] += 1
+        if self._subs:
+            for sub in tuple(self._subs):
+                sub._offer(ev)
+                if sub.closed is not None:
+                    self._subs.discard(sub)
+                    if sub.closed == "overflow":
+                        self.stats["cut"] += 1
 
     def shutdown(self) -> None:
         """Publish ``shutdown`` and close every subscription once its queue is delivered. Idempotent."""
