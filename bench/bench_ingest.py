@@ -40,13 +40,14 @@ import threading
 import time
 from pathlib import Path
 
-from _common import HOST, healthz, post_many, sse_request, start_viewer, stop, take_head
+from _common import HOST, get, healthz, post_many, sse_request, start_viewer, stop, take_head
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 SPANS_PER_REQUEST = 500
 SPANS_PER_TRACE = 10
+MAX_RUNS = 10_000  # otelflow serve's default --max-runs
 
 
 def events_per_trace(span_events: int) -> int:
@@ -313,10 +314,12 @@ def main() -> None:
             sse.start()
             ingest_round(port, sse, warmup, args.clients, 60, args.events)
             times = []
+            held: list[int] = []  # runs in the history after each round (retention: --max-runs, default 10,000)
             for i, payloads in enumerate(rounds):
                 t = ingest_round(port, sse, payloads, args.clients, 120, args.events)
                 times.append(t)
-                print(f"  round {i + 1}: {n_spans / t:,.0f} spans/s ({t:.2f} s)")
+                held.append(int(json.loads(get(port, "/api/runs?limit=1"))["total"]))
+                print(f"  round {i + 1}: {n_spans / t:,.0f} spans/s ({t:.2f} s); {held[-1]:,} runs held")
             health = healthz(port)
         finally:
             try:
@@ -343,6 +346,11 @@ def main() -> None:
     )
     print(
         f"history bytes per span ({args.events} events each): {per_span / 1024:.2f} KiB (target <= 0.8 KiB) [{shares}]"
+    )
+    written = (len(rounds) * n_spans + len(warmup) * SPANS_PER_REQUEST) // SPANS_PER_TRACE
+    print(
+        f"runs held after a round, at most: {max(held):,} of {written:,} written "
+        f"({max(held) / MAX_RUNS:.2f} x --max-runs {MAX_RUNS:,}; target <= 1.1 x)"
     )
     print(f"subscribers cut: {hub.get('cut')}, hub errors: {hub.get('errors')}, store: {health['store']}")
 
