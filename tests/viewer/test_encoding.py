@@ -380,6 +380,38 @@ def test_a_live_run_replays_as_told_its_updates_included() -> None:
     asyncio.run(check())
 
 
+def test_events_an_sdk_dropped_from_a_span_still_replay() -> None:
+    """SDKs bound a span's events and drop the oldest (OTEL_SPAN_EVENT_COUNT_LIMIT): the span as it ended no
+    longer has the first events the stream told while it ran. The history still replays every one."""
+
+    async def check() -> None:
+        store = SqliteHistory(":memory:")
+        store.open()
+        try:
+            hub = Hub()
+            hub.tap(Recorder(store))
+            told: list[dict[str, Any]] = []
+            hub.tap(lambda events, _batch: told.extend(e.payload() for e in events if not e.quiet))
+            await hub.start()
+            trace, start = "d" * 32, time.time_ns()
+            events = [EventRecord("otelflow.log", start + i, {"otelflow.log.message": f"line {i}"}) for i in range(4)]
+            span = SpanRecord(trace, "1" * 16, "wf", kind="workflow", start_time_ns=start, events=(events[0],))
+            hub.ingest([span])  # starts live with one event already
+            for i in (1, 2):
+                hub.ingest([replace(span, events=tuple(events[: i + 1]), phase="update")])
+            # ends holding only its last two events: the SDK dropped the first two
+            hub.ingest([replace(span, events=tuple(events[2:]), end_time_ns=start + 10, status="ok", phase="end")])
+            await hub.stop()
+            stream = [e for e in told if e.get("run_id") == trace]
+            told_lines = [e["event"]["attributes"]["otelflow.log.message"] for e in stream if e["type"] == "span.event"]
+            assert told_lines == ["line 0", "line 1", "line 2", "line 3"]
+            assert await store.events(trace, None) == stream
+        finally:
+            store.close()
+
+    asyncio.run(check())
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 5000])
 def test_batched_inserts_keep_every_row_in_order(n: int) -> None:
     async def check() -> None:

@@ -6,11 +6,11 @@ from collections import OrderedDict
 from typing import Any, Final
 
 from otelflow.records import SpanRecord
-from otelflow.wire import RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_STARTED, dumps
+from otelflow.wire import RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_EVENT, SPAN_STARTED, dumps
 
 from ..live import Batch, Event
 from .protocols import HistoryWriter
-from .rows import LIFE, MAX_LIFE, RUN_DELTA, RUN_DELTA_EVERY, SPAN_REFERENCED, life_item, start_data
+from .rows import LIFE, MAX_LIFE, RUN_DELTA, RUN_DELTA_EVERY, SPAN_REFERENCED, event_data, life_item, start_data
 
 __all__ = ["Recorder"]
 
@@ -45,7 +45,13 @@ class Recorder:
                     history.put_run(ev.summary, ev.summary_json)
                 if run_id is None or ev.quiet:
                     continue
-                if record is not None and ev.type in SPAN_REFERENCED and (ev.derived or ev.type != SPAN_STARTED):
+                # the ended span's row rebuilds its start (made up), its events and its end; a live start and the
+                # events of a running span keep what a later snapshot may not have
+                if (
+                    record is not None
+                    and ev.type in SPAN_REFERENCED
+                    and (ev.derived if ev.type == SPAN_STARTED else ev.type != SPAN_EVENT or record.ended)
+                ):
                     if (
                         life is not None
                         and life.record is record
@@ -63,6 +69,8 @@ class Recorder:
                     life = None
                 if record is not None and ev.type == SPAN_STARTED:  # a live start: what its snapshot has of its own
                     history.put_event(ev.id, run_id, ev.type, start_data(record), record.span_id)
+                elif record is not None and ev.type == SPAN_EVENT and 0 <= ev.event_index < len(record.events):
+                    history.put_event(ev.id, run_id, ev.type, event_data(record.events[ev.event_index]), record.span_id)
                 elif ev.type == RUN_ENDED and ev.summary is not None:  # the run's row holds its summary
                     self._summaries.pop(run_id, None)
                     history.put_event(ev.id, run_id, ev.type, None)

@@ -9,7 +9,8 @@ Each thing is stored once:
   references to the span: consecutive ones of one span share one row (:data:`LIFE`, e.g. ``s,0,1,e`` for the
   start, the events 0 and 1 and the end of a span that arrived ended), and reading rebuilds their envelopes from
   the span's row (:func:`span_envelope`). A live start also keeps what its snapshot had of its own
-  (:func:`start_data`). A ``run.ended`` is rebuilt from the run's row, a ``run.updated`` is what changed in the
+  (:func:`start_data`), and an event of a span still running is kept whole (:func:`event_data`): a later
+  snapshot may have dropped it. A ``run.ended`` is rebuilt from the run's row, a ``run.updated`` is what changed in the
   run's summary (:data:`RUN_DELTA`); other events keep their envelope JSON;
 - an event's id ``<epoch>.<seq>`` is stored as one integer, ``n`` = the epoch's ordinal << 40 | seq, which
   orders a run's events and finds the one a client resumes after (:func:`event_position`).
@@ -56,6 +57,7 @@ __all__ = [
     "TYPE_NAMES",
     "ResourceCache",
     "Rows",
+    "event_data",
     "event_position",
     "life_envelopes",
     "life_item",
@@ -216,11 +218,17 @@ def _resource(text: str | None, cache: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def start_data(rec: SpanRecord) -> str:
-    """What the first snapshot of a span that started live has of its own: ``[name, attributes, how many of the
-    span's events it had, phase]``. The rest of it is the span's later snapshot with its ending taken away
-    (events are only ever added)."""
-    data = [rec.name, rec.attributes, len(rec.events), rec.phase]
-    return _dumps(data)
+    """What the first snapshot of a span that started live has of its own: ``[name, attributes, [[event name,
+    time, attributes], ...], phase]`` (its events kept whole: an SDK that bounds a span's events drops the
+    oldest, so a later snapshot may not have them). The rest of it is the span's later snapshot with its ending
+    taken away."""
+    return _dumps([rec.name, rec.attributes, [[e.name, e.time_ns, e.attributes] for e in rec.events], rec.phase])
+
+
+def event_data(event: EventRecord) -> str:
+    """A lifecycle event of a running span, kept whole (``[name, time, attributes]``): a later snapshot of the
+    span may have dropped it (SDKs bound a span's events and drop the oldest), so it cannot refer to one."""
+    return _dumps([event.name, event.time_ns, event.attributes])
 
 
 def span_envelope(event_id: str, type_: str, rec: SpanRecord, data: int | str | None) -> dict[str, Any] | None:
@@ -229,21 +237,24 @@ def span_envelope(event_id: str, type_: str, rec: SpanRecord, data: int | str | 
     (none for the start of a span that arrived ended). ``None`` when the span no longer has the event."""
     head: dict[str, Any] = {"id": event_id, "type": type_, "run_id": rec.trace_id}
     if type_ == SPAN_EVENT:
-        index = data if isinstance(data, int) else -1
-        if not 0 <= index < len(rec.events):
+        if isinstance(data, str):  # a running span's event, kept whole (event_data)
+            event = EventRecord(*json.loads(data))
+        elif isinstance(data, int) and 0 <= data < len(rec.events):  # an event of the ended span
+            event = rec.events[data]
+        else:
             return None
         head.update(
             trace_id=rec.trace_id,
             span_id=rec.span_id,
             span_name=rec.name,
             span_kind=rec.kind,
-            event=rec.events[index].to_dict(),
+            event=event.to_dict(),
         )
     elif type_ == SPAN_STARTED:
         start = derived_start(rec)
         if isinstance(data, str):
             start.name, start.attributes, events, start.phase = json.loads(data)
-            start.events = rec.events[:events]
+            start.events = tuple(EventRecord(n, t, a) for n, t, a in events)
         head["span"] = start.to_dict()
     else:
         head["span"] = rec.to_dict()
