@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,34 @@ def test_max_runs_holds_while_runs_keep_ending(make_viewer: Callable[..., Viewer
 def _health(viewer: Viewer) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.get(f"{viewer.url}/healthz", timeout=5).json()
     return answer
+
+
+def test_resources_no_span_uses_leave_with_retention() -> None:
+    """A sender may put a value of its own in each request's resource: each distinct resource is stored once,
+    and once runs leave, the resources only they used leave too; the spans that stay keep theirs."""
+    store = SqliteHistory(":memory:", retention_days=None, max_runs=5)
+    store.open()
+    try:
+        traces = []
+        for i in range(1_200):
+            t = trace_id()
+            traces.append(t)
+            rec = replace(record(t, span_id(), f"r{i}", ended=True), resource={"service.name": "svc", "request": i})
+            with store.batch():
+                store.put_span(rec)
+                store.put_run({"trace_id": t, "name": f"r{i}", "status": "ok", "start_time_ns": i, "end_time_ns": i})
+        store.retention_now()
+        count = asyncio.run(store.query(lambda c: c.execute("SELECT COUNT(*) FROM resources").fetchone()[0]))
+        assert count <= 6  # about one per run kept (max_runs 5; 1.05 x slack)
+        _, spans = asyncio.run(store.get_run(traces[-1]))
+        assert spans[0].resource == {"service.name": "svc", "request": 1_199}
+        # after the clean-up, new spans with a new resource and with a kept one both read back right
+        fresh, again = trace_id(), trace_id()
+        store.put_span(replace(record(fresh, span_id(), "new", ended=True), resource={"service.name": "new"}))
+        store.put_span(
+            replace(record(again, span_id(), "old", ended=True), resource={"service.name": "svc", "request": 1_199})
+        )
+        assert asyncio.run(store.get_run(fresh))[1][0].resource == {"service.name": "new"}
+        assert asyncio.run(store.get_run(again))[1][0].resource == {"service.name": "svc", "request": 1_199}
+    finally:
+        store.close()

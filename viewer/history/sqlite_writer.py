@@ -15,7 +15,8 @@ Contracts:
   ``retention_days`` ago, and the oldest ended runs beyond ``max_runs``, leave with their spans and events
   (running runs never). A write that could take the history past 1.05 x ``max_runs`` ended runs trims it
   back to ``max_runs`` in its own transaction, so no commit holds more. After each write, when the pages in
-  use pass ``max_db_bytes``, the oldest ended runs leave until they are back under 90% of it.
+  use pass ``max_db_bytes``, the oldest ended runs leave until they are back under 90% of it. Resources no
+  span refers to leave with the retention that runs once a minute.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class _Read:
 
 
 _STOP: Final = object()
+_RESOURCES_KEPT: Final = 1_000  # distinct resources kept before retention looks for unused ones
 _CHUNK_ROWS: Final = 20_000  # rows per transaction when a backlog is written
 _RETRY_FIRST_S: Final = 0.05
 _RETRY_MAX_S: Final = 2.0
@@ -516,10 +518,23 @@ class SqliteWriter:
                 _delete_runs(conn, old)
             if self.max_runs is not None:
                 self._runs_known, self._ended_since = self._trim_runs(conn), 0
+            dropped = self._drop_unused_resources(conn)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
             raise
+        if dropped:
+            self._resources.clear()  # ids of deleted rows may be given again: look them up anew
+
+    @staticmethod
+    def _drop_unused_resources(conn: sqlite3.Connection) -> int:
+        """Inside a transaction: delete the resources no span refers to any more, once there are more than
+        ``_RESOURCES_KEPT`` (a sender may put a value of its own in each request's resource); how many left."""
+        if conn.execute("SELECT COUNT(*) FROM resources").fetchone()[0] <= _RESOURCES_KEPT:
+            return 0
+        return conn.execute(
+            "DELETE FROM resources WHERE id NOT IN (SELECT resource FROM spans WHERE resource IS NOT NULL)"
+        ).rowcount
 
     def _trim_runs(self, conn: sqlite3.Connection) -> int:
         """Inside a transaction: delete the oldest ended runs beyond ``max_runs`` (with their spans and events);
