@@ -3,10 +3,12 @@ narrowed by time, and built for a history written before they were kept."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -93,3 +95,19 @@ def test_a_history_from_before_the_statistics_gets_them_when_opened(
     assert got["count"] == 3
     assert abs(got["p50_ms"] - 50.0) <= 0.5
     assert abs(got["error_rate"] - 1 / 3) < 1e-9
+
+
+def test_a_span_abandoned_then_ended_counts_once() -> None:
+    """A span whose worker went silent is stored abandoned (cut off where it was last heard of); should it end
+    after all, the statistics count it once, with its real duration."""
+    store = SqliteHistory(":memory:")
+    store.open()
+    try:
+        trace, sid, now = trace_id(), span_id(), time.time_ns()
+        running = record(trace, sid, "execute_tool lookup", kind=A.KIND_TOOL, start=now - 50_000_000)
+        store.put_span(replace(running, status=A.STATUS_ABANDONED, end_time_ns=now - 40_000_000))
+        store.put_span(replace(running, status=A.STATUS_OK, end_time_ns=now))
+        stats = asyncio.run(store.stats_by_name([A.KIND_TOOL]))
+        assert [(s["count"], round(s["p50_ms"])) for s in stats] == [(1, 50)]
+    finally:
+        store.close()

@@ -141,11 +141,15 @@ def _groups(spans: Iterable[tuple[str, str, str, int, int]]) -> dict[tuple[str, 
     return groups
 
 
+_COUNTED: Final = (A.STATUS_OK, A.STATUS_ERROR)  # not abandoned: a span cut off has no duration of its own
+
+
 def _ended(flat: list[Any]) -> Iterable[tuple[str, str, str, int, int]]:
-    """The ended spans among a writer's flat span rows."""
+    """The spans that ended (ok or error) among a writer's flat span rows. An abandoned span is left out: its
+    duration is only how long it was heard of, and should it end after all, it would count twice."""
     for i in range(0, len(flat), SPAN_WIDTH):
         end = flat[i + 7]
-        if end is not None and flat[i + 5] != A.STATUS_RUNNING:
+        if end is not None and flat[i + 5] in _COUNTED:
             yield flat[i + 4], flat[i + 3], flat[i + 5], flat[i + 6], end
 
 
@@ -172,8 +176,8 @@ def add_spans(conn: sqlite3.Connection, flat_spans: list[Any]) -> None:
 def backfill(conn: sqlite3.Connection) -> None:
     """Build the statistics of a history written before they were kept (one pass over its spans)."""
     rows = conn.execute(
-        "SELECT kind, name, status, start_ns, end_ns FROM spans WHERE end_ns IS NOT NULL AND status != ?",
-        (A.STATUS_RUNNING,),
+        "SELECT kind, name, status, start_ns, end_ns FROM spans WHERE end_ns IS NOT NULL AND status IN (?, ?)",
+        _COUNTED,
     )
     _merge_into(conn, _groups(rows))
 
