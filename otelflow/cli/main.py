@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from otelflow import __version__
 
@@ -116,24 +116,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return export_main(args)
 
 
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of megabytes") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
+def _non_negative_number(unit: str) -> Callable[[str], float]:
+    """An argparse type: a number of ``unit``, 0 or more."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
+_megabytes = _non_negative_number("megabytes")
+_non_negative = _non_negative_number("seconds")
 
 
 def _positive_int(text: str) -> int:

@@ -300,6 +300,16 @@ def test_schema_3_database_is_upgraded_and_replays_the_same_events(tmp_path: Pat
     asyncio.run(check())
 
 
+async def _recorded(store: SqliteHistory) -> tuple[Hub, list[dict[str, Any]]]:
+    """A started hub whose events ``store`` records, and the list of what its stream tells (quiet ones left out)."""
+    hub = Hub()
+    hub.tap(Recorder(store))
+    told: list[dict[str, Any]] = []
+    hub.tap(lambda events, _batch: told.extend(e.payload() for e in events if not e.quiet))
+    await hub.start()
+    return hub, told
+
+
 def test_a_read_resumes_after_any_event_even_inside_one_spans_row() -> None:
     """Spans that arrive ended with events are stored one row each (start, events, end): reading after any of
     their events, or a page of any size, gives exactly the rest of what the stream told."""
@@ -308,11 +318,7 @@ def test_a_read_resumes_after_any_event_even_inside_one_spans_row() -> None:
         store = SqliteHistory(":memory:")
         store.open()
         try:
-            hub = Hub()
-            hub.tap(Recorder(store))
-            told: list[dict[str, Any]] = []
-            hub.tap(lambda events, _batch: told.extend(e.payload() for e in events if not e.quiet))
-            await hub.start()
+            hub, told = await _recorded(store)
             trace = "f" * 32
             steps = [
                 SpanRecord(
@@ -349,11 +355,7 @@ def test_a_live_run_replays_as_told_its_updates_included() -> None:
         store = SqliteHistory(":memory:")
         store.open()
         try:
-            hub = Hub()
-            hub.tap(Recorder(store))
-            told: list[dict[str, Any]] = []
-            hub.tap(lambda events, _batch: told.extend(e.payload() for e in events if not e.quiet))
-            await hub.start()
+            hub, told = await _recorded(store)
             trace, root, step = "c" * 32, "1" * 16, "2" * 16
             start = time.time_ns()
             wf = SpanRecord(trace, root, "wf", kind="workflow", start_time_ns=start, attributes={"in": 1})
@@ -388,11 +390,7 @@ def test_events_an_sdk_dropped_from_a_span_still_replay() -> None:
         store = SqliteHistory(":memory:")
         store.open()
         try:
-            hub = Hub()
-            hub.tap(Recorder(store))
-            told: list[dict[str, Any]] = []
-            hub.tap(lambda events, _batch: told.extend(e.payload() for e in events if not e.quiet))
-            await hub.start()
+            hub, told = await _recorded(store)
             trace, start = "d" * 32, time.time_ns()
             events = [EventRecord("otelflow.log", start + i, {"otelflow.log.message": f"line {i}"}) for i in range(4)]
             span = SpanRecord(trace, "1" * 16, "wf", kind="workflow", start_time_ns=start, events=(events[0],))

@@ -34,26 +34,13 @@ from typing import Any, Final, TypeVar
 
 from otelflow import attributes as A
 from otelflow.records import SpanRecord
-from otelflow.wire import RUN_STARTED, RUN_UPDATED
 
 from . import name_stats
 from .journal import Journal, JournalError
 from .protocols import RunQuery
-from .rows import (
-    LIFE,
-    MAX_LIFE,
-    RUN_DELTA,
-    SEQ_BITS,
-    TYPE_CODES,
-    TYPE_NAMES,
-    ResourceCache,
-    Rows,
-    event_position,
-    life_envelopes,
-    record_from_row,
-    span_envelope,
-)
+from .rows import ResourceCache, Rows
 from .sqlite_migrate import upgrade
+from .sqlite_read import read_events, read_spans
 from .sqlite_writer import SqliteWriter, _rate_limited
 
 __all__ = ["HistoryError", "SqliteHistory", "default_db_path"]
@@ -113,72 +100,12 @@ CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, fired_ns);
 """
     + name_stats.SCHEMA
 )
-SPANS_OF_TRACE: Final = (
-    "SELECT s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.status, s.start_ns, s.end_ns, s.record, "
-    "r.data FROM spans s LEFT JOIN resources r ON r.id = s.resource WHERE s.trace_id = ?"
-)
-_LIFE: Final = TYPE_CODES[LIFE]
-_RUN_DELTA: Final = TYPE_CODES[RUN_DELTA]
-_RUN_WHOLE: Final = (TYPE_CODES[RUN_STARTED], TYPE_CODES[RUN_UPDATED])
 # 2: spans.event_id; 3: name_stats; 4: each thing stored once (older databases are upgraded in place)
 _SCHEMA_VERSION: Final = "4"
 
 
 def _statements(script: str) -> list[str]:
     return [statement.strip() for statement in script.split(";") if statement.strip()]
-
-
-def _spans(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[SpanRecord]:
-    resources: dict[str, dict[str, Any]] = {}
-    return [record_from_row(row, resources) for row in conn.execute(sql, args)]
-
-
-def _envelopes(
-    conn: sqlite3.Connection, trace_id: str, rows: list[tuple[int, Any, str | None, Any]], after: int
-) -> list[dict[str, Any]]:
-    """Event rows ``(n, type, span_id, data)`` as the envelopes of the events after ``n`` = ``after``;
-    span-referenced ones are rebuilt from their span, a ``run.ended`` from its run, a ``run.updated`` kept as a
-    delta from the run's summary before it (so ``rows`` start with the run's last whole summary)."""
-    spans: dict[str, SpanRecord] | None = None
-    epochs = {ordinal: epoch for epoch, ordinal in conn.execute("SELECT epoch, ordinal FROM epochs")}
-    mask = (1 << SEQ_BITS) - 1
-    out: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
-    for n, code, span_id, data in rows:
-        epoch, seq = epochs.get(n >> SEQ_BITS, ""), n & mask
-        if span_id is None:
-            if code == _RUN_DELTA:
-                summary = {**summary, **json.loads(data)}
-                if n > after:
-                    out.append({"id": f"{epoch}.{seq}", "type": RUN_UPDATED, "run_id": trace_id, "run": summary})
-            elif code in _RUN_WHOLE and data is not None:
-                envelope = json.loads(data)
-                summary = envelope.get("run") or {}
-                if n > after:
-                    out.append(envelope)
-            elif n <= after:
-                continue
-            elif data is not None:
-                out.append(json.loads(data))
-            else:  # a run.ended: the run's row holds its summary (the latest one, should spans have come after it)
-                row = conn.execute("SELECT summary FROM runs WHERE trace_id = ?", (trace_id,)).fetchone()
-                if row is not None:
-                    type_ = TYPE_NAMES.get(code, str(code)) if isinstance(code, int) else str(code)
-                    out.append({"id": f"{epoch}.{seq}", "type": type_, "run_id": trace_id, "run": json.loads(row[0])})
-            continue
-        if spans is None:
-            spans = {rec.span_id: rec for rec in _spans(conn, SPANS_OF_TRACE, (trace_id,))}
-        rec = spans.get(span_id)
-        if rec is None:
-            continue
-        if code == _LIFE:
-            out.extend(life_envelopes(epoch, seq, rec, data, after - (n - seq)))
-        elif n > after:
-            type_ = TYPE_NAMES.get(code, str(code)) if isinstance(code, int) else str(code)
-            rebuilt = span_envelope(f"{epoch}.{seq}", type_, rec, data)
-            if rebuilt is not None:
-                out.append(rebuilt)
-    return out
 
 
 class HistoryError(RuntimeError):
@@ -517,7 +444,7 @@ class SqliteHistory:
             ]
             spans: list[SpanRecord] = []
             for run in runs:
-                spans.extend(_spans(conn, SPANS_OF_TRACE, (run["trace_id"],)))
+                spans.extend(read_spans(conn, run["trace_id"]))
             return runs, spans
 
         return await self.query(fn)
@@ -571,7 +498,7 @@ class SqliteHistory:
 
         def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, list[SpanRecord]]:
             row = conn.execute("SELECT summary FROM runs WHERE trace_id = ?", (trace_id,)).fetchone()
-            spans = _spans(conn, SPANS_OF_TRACE + " ORDER BY s.start_ns, s.span_id", (trace_id,))
+            spans = read_spans(conn, trace_id, by_start=True)
             return (json.loads(row[0]) if row else None), spans
 
         return await self.query(fn)
@@ -580,31 +507,7 @@ class SqliteHistory:
         """A run's stored events after the event ``after`` (all when ``None``); ``None`` if ``after`` is unknown."""
 
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]] | None:
-            start = -1
-            if after:
-                found = event_position(after, dict(conn.execute("SELECT epoch, ordinal FROM epochs")))
-                if found is None:
-                    return None
-                start = found
-            # a LIFE row that begins up to MAX_LIFE - 1 events before the start may hold events after it
-            lower = start - MAX_LIFE
-            rows = conn.execute(
-                "SELECT n, type, span_id, data FROM events WHERE trace_id = ? AND n > ? ORDER BY n LIMIT ?",
-                (trace_id, lower, limit + MAX_LIFE),
-            ).fetchall()
-            if lower >= 0:  # the run's summary at the start: its last whole one, and the deltas since
-                base = conn.execute(
-                    "SELECT n FROM events WHERE trace_id = ? AND n <= ? AND type IN (?, ?) AND data IS NOT NULL "
-                    "ORDER BY n DESC LIMIT 1",
-                    (trace_id, lower, *_RUN_WHOLE),
-                ).fetchone()
-                if base is not None:
-                    rows[:0] = conn.execute(
-                        "SELECT n, type, span_id, data FROM events WHERE trace_id = ? AND n >= ? AND n <= ? "
-                        "AND type IN (?, ?, ?) ORDER BY n",
-                        (trace_id, base[0], lower, *_RUN_WHOLE, _RUN_DELTA),
-                    ).fetchall()
-            return _envelopes(conn, trace_id, rows, start)[:limit]
+            return read_events(conn, trace_id, after, limit)
 
         return await self.query(fn)
 

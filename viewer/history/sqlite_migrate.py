@@ -18,6 +18,7 @@ from otelflow.wire import SPAN_STARTED
 
 from . import name_stats
 from .rows import SEQ_BITS, TYPE_CODES, ResourceCache, record_to_row
+from .sqlite_writer import resource_id
 
 __all__ = ["upgrade"]
 
@@ -95,13 +96,10 @@ def _copy_spans(conn: sqlite3.Connection, with_events: bool) -> None:
     for *head, record, event in conn.execute(sql).fetchall():
         rec = _v3_record(record, event)
         resource = cache.get(rec.resource)
-        resource_id = resource_ids.get(resource) if resource else None
-        if resource and resource_id is None:
-            conn.execute("INSERT OR IGNORE INTO resources (data) VALUES (?)", (resource,))
-            resource_id = resource_ids[resource] = conn.execute(
-                "SELECT id FROM resources WHERE data = ?", (resource,)
-            ).fetchone()[0]
-        rows.append((*head, record_to_row(rec), resource_id))
+        known = resource_ids.get(resource) if resource else None
+        if resource and known is None:
+            known = resource_ids[resource] = resource_id(conn, resource)
+        rows.append((*head, record_to_row(rec), known))
         if len(rows) >= 10_000:
             conn.executemany("INSERT OR REPLACE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             rows.clear()

@@ -40,7 +40,7 @@ from .journal import Journal
 from .name_stats import HOUR_NS, add_spans
 from .rows import ALERT_WIDTH, EVENT_WIDTH, RUN_WIDTH, SEQ_BITS, SPAN_WIDTH, TYPE_CODES, Rows
 
-__all__ = ["SqliteWriter"]
+__all__ = ["SqliteWriter", "resource_id"]
 
 log = logging.getLogger("otelflow.viewer")
 
@@ -66,6 +66,13 @@ def _delete_runs(conn: sqlite3.Connection, traces: list[tuple[str]]) -> None:
     """Delete these runs (``(trace_id,)`` rows) with their spans and events, inside the caller's transaction."""
     for table in ("runs", "spans", "events"):
         conn.executemany(f"DELETE FROM {table} WHERE trace_id = ?", traces)  # noqa: S608
+
+
+def resource_id(conn: sqlite3.Connection, data: str) -> int:
+    """The id of the row of ``resources`` holding this resource JSON, inserted if new (in the caller's
+    transaction)."""
+    conn.execute("INSERT OR IGNORE INTO resources (data) VALUES (?)", (data,))
+    return int(conn.execute("SELECT id FROM resources WHERE data = ?", (data,)).fetchone()[0])
 
 
 def _insert_many(conn: sqlite3.Connection, head: str, values: list[Any], width: int, max_vars: int) -> None:
@@ -377,10 +384,7 @@ class SqliteWriter:
                 last = data
                 last_id = resources.get(data) or pending.get(data) if data else None
                 if last_id is None and data:
-                    conn.execute("INSERT OR IGNORE INTO resources (data) VALUES (?)", (data,))
-                    last_id = pending[data] = conn.execute(
-                        "SELECT id FROM resources WHERE data = ?", (data,)
-                    ).fetchone()[0]
+                    last_id = pending[data] = resource_id(conn, data)
             out[i] = last_id
         return out
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .backends import Backend, MemoryBackend
-from .broadcast import Broadcast, Event, Filters, Subscription, Tap
+from .broadcast import Broadcast, Filters, Subscription, Tap
+from .events import Event
 from .hub import INGEST_SLICE, Hub
 from .state import Batch, Change, LiveState, RunState
 

@@ -17,7 +17,6 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from otelflow import attributes as A
-from otelflow.records import EventRecord, SpanRecord, format_time
+from otelflow.records import SpanRecord, format_time
 from otelflow.wire import (
     RESET,
     RUN_ENDED,
@@ -41,108 +40,15 @@ from otelflow.wire import (
     encode_span,
     encode_span_pair,
     event_json,
-    quote,
 )
 
+from .events import Event, bare_event, envelope, span_event_envelope, sse_head, wrapped
 from .state import RUN_STORED, Batch, Change
 
 if TYPE_CHECKING:
     from .state import RunState
 
 __all__ = ["Broadcast", "Event", "Filters", "Subscription", "Tap"]
-
-
-@dataclass(slots=True, eq=False)
-class Event:
-    """One event, encoded once. ``data`` is the JSON object (WebSocket), ``head`` the SSE lines before it: the
-    frame is ``head + data + b"\n\n"``, joined only into a stream's write (see :attr:`frame`).
-
-    For taps: ``record`` is the span a ``span.*`` or ``span.event`` event is about (``derived`` for the
-    ``span.started`` of a span that arrived already ended, whose ``record`` is then the ended span;
-    ``event_index`` the place of a ``span.event``'s lifecycle event in it),
-    ``summary`` the run of a ``run.*`` event (``summary_json`` its JSON); ``quiet`` events have no id and reach
-    no subscriber.
-    """
-
-    seq: int
-    id: str
-    type: str
-    run_id: str | None
-    alias: str | None
-    kind: str | None
-    name: str | None
-    status: str | None
-    data: bytes
-    head: bytes
-    record: SpanRecord | None = None
-    event_index: int = -1  # span.event: the place of its lifecycle event in ``record.events``
-    derived: bool = False
-    stalled: bool = False  # about stalled work: passes the `status=stalled` filter
-    summary: dict[str, Any] | None = None
-    summary_json: str | None = None
-    quiet: bool = False
-
-    @property
-    def frame(self) -> bytes:
-        """The SSE frame (``id:``, ``event:`` and ``data:`` lines)."""
-        return b"".join((self.head, self.data, b"\n\n"))
-
-    @property
-    def text(self) -> str:
-        return self.data.decode("ascii")
-
-    def payload(self) -> dict[str, Any]:
-        decoded: dict[str, Any] = json.loads(self.data)
-        return decoded
-
-
-def _envelope(event_id: str, type_: str, run: RunState | None, body: dict[str, Any] | None) -> bytes:
-    envelope: dict[str, Any] = {"id": event_id, "type": type_, "run_id": run.trace_id if run else None}
-    if body:
-        envelope.update(body)
-    return dumps(envelope)
-
-
-def _wrapped(event_id: str, type_: str, run: RunState | None, key: str, raw: bytes) -> bytes:
-    """The envelope ``{"id", "type", "run_id", key: raw}`` around an already encoded object: the same bytes."""
-    run_id = quote(run.trace_id) if run else "null"
-    head = f'{{"id":{quote(event_id)},"type":{quote(type_)},"run_id":{run_id},"{key}":'
-    return b"".join((head.encode("ascii"), raw, b"}"))
-
-
-def _span_event(
-    event_id: str,
-    run: RunState,
-    record: SpanRecord,
-    event: EventRecord,
-    index: int,
-    encoded: tuple[SpanRecord, list[str]] | None,
-) -> bytes | None:
-    """The envelope of a ``span.event`` (the same bytes as :func:`_envelope`'s), its ``event`` (``index`` in
-    ``record.events``) taken from ``encoded`` when they are ``record``'s; ``None`` when a value needs the
-    general path."""
-    try:
-        if encoded is not None and encoded[0] is record and 0 <= index < len(encoded[1]):
-            text = encoded[1][index]
-        else:
-            text = event_json(event)
-        return (
-            f'{{"id":"{event_id}","type":"{SPAN_EVENT}","run_id":{quote(run.trace_id)},'
-            f'"trace_id":{quote(record.trace_id)},"span_id":{quote(record.span_id)},'
-            f'"span_name":{quote(record.name)},"span_kind":{quote(record.kind)},"event":{text}}}'
-        ).encode("ascii")
-    except (TypeError, ValueError):
-        return None
-
-
-def _head(event_id: str, type_: str) -> bytes:
-    return f"id: {event_id}\nevent: {type_}\ndata: ".encode("ascii")
-
-
-def _bare(seq: int, event_id: str, type_: str, body: dict[str, Any]) -> Event:
-    """An event of no run (``reset``, ``shutdown``)."""
-    data = _envelope(event_id, type_, None, body)
-    return Event(seq, event_id, type_, None, None, None, None, None, data, _head(event_id, type_))
 
 
 def _split(value: str | Iterable[str] | None) -> frozenset[str] | None:
@@ -406,7 +312,7 @@ class Broadcast:
             alert.get("rule"),
             alert.get("status"),
             data,
-            _head(event_id, type_),
+            sse_head(event_id, type_),
         )
         self._offer(ev)
         for tap in self._taps:
@@ -430,7 +336,7 @@ class Broadcast:
         if type_.startswith("run."):
             summary = run.to_dict()
             raw, exact = encode_exact(summary)  # once, for the event and the stored run
-            data = _wrapped(event_id, type_, run, "run", raw)
+            data = wrapped(event_id, type_, run, "run", raw)
             kind, name, status = A.KIND_WORKFLOW, run.name, run.status
             summary_json = raw.decode("ascii") if exact else None
             stalled = run.had_stall
@@ -439,7 +345,7 @@ class Broadcast:
         elif type_ == SPAN_EVENT:
             assert record is not None
             assert change.event is not None
-            fast = _span_event(event_id, run, record, change.event, change.event_index, self._events)
+            fast = span_event_envelope(event_id, run, record, change.event, change.event_index, self._events)
             if fast is not None:
                 data = fast
             else:
@@ -450,7 +356,7 @@ class Broadcast:
                     "span_kind": record.kind,
                     "event": change.event.to_dict(),
                 }
-                data = _envelope(event_id, type_, run, body)
+                data = envelope(event_id, type_, run, body)
             kind, name, status = record.kind, record.name, A.STATUS_RUNNING
             event_index = change.event_index
         elif type_ in (SPAN_STALLED, SPAN_UNSTALLED):
@@ -460,12 +366,12 @@ class Broadcast:
                 flag["stalled"] = change.stall.to_dict()
             if change.cleared is not None:
                 flag["unstalled"] = {"reason": change.cleared[0], "at": format_time(change.cleared[1])}
-            data = _envelope(event_id, type_, run, flag)
+            data = envelope(event_id, type_, run, flag)
             kind, name, status = record.kind, record.name, record.status
             stalled = True
         elif type_ == SPAN_ABANDONED:
             assert record is not None
-            data = _envelope(event_id, type_, run, {"span": record.to_dict(), "worker_id": change.worker})
+            data = envelope(event_id, type_, run, {"span": record.to_dict(), "worker_id": change.worker})
             kind, name, status = record.kind, record.name, record.status
         elif change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
             assert record is not None
@@ -476,7 +382,7 @@ class Broadcast:
             raw, ended, _ = encode_span_pair(record, events)
             self._ended = (record, ended)
             self._events = (record, events) if events else None
-            data = _wrapped(event_id, type_, run, "span", raw)
+            data = wrapped(event_id, type_, run, "span", raw)
             kind, name, status = record.kind, record.name, A.STATUS_RUNNING
             derived = True
         else:  # span.started, span.updated, span.ended: the span object is encoded once
@@ -487,9 +393,9 @@ class Broadcast:
                 self._ended = None
             else:
                 raw, _ = encode_span(record)
-            data = _wrapped(event_id, type_, run, "span", raw)
+            data = wrapped(event_id, type_, run, "span", raw)
             kind, name, status = record.kind, record.name, record.status
-        head = f"id: {event_id}\nevent: {type_}\ndata: ".encode("ascii")
+        head = sse_head(event_id, type_)
         ev = Event(
             seq,
             event_id,
@@ -534,7 +440,7 @@ class Broadcast:
             return
         self.shutting_down = True
         self._seq += 1
-        self._offer(_bare(self._seq, f"{self.epoch}.{self._seq}", SHUTDOWN, {}))
+        self._offer(bare_event(self._seq, f"{self.epoch}.{self._seq}", SHUTDOWN, {}))
         for sub in list(self._subs):
             sub.close("shutdown")
 
@@ -563,7 +469,7 @@ class Broadcast:
         run = next(iter(filters.run)) if filters.run and len(filters.run) == 1 else None
         snapshot = f"/api/runs/{run}" if run else "/api/runs"
         last = self.last_id
-        return _bare(self._seq, last, RESET, {"reason": reason, "snapshot": snapshot, "last_event_id": last})
+        return bare_event(self._seq, last, RESET, {"reason": reason, "snapshot": snapshot, "last_event_id": last})
 
     # ------------------------------------------------------------------ subscribing
 
@@ -587,7 +493,7 @@ class Broadcast:
         filters = filters or Filters()
         sub = Subscription(filters, limit or self.queue_limit, self.last_id, until_run_end=until_run_end, wake=wake)
         if self.shutting_down:
-            sub._put(_bare(self._seq, self.last_id, SHUTDOWN, {}))
+            sub._put(bare_event(self._seq, self.last_id, SHUTDOWN, {}))
             sub.close("shutdown")
             return sub
         ring_first = self._ring[0].seq if self._ring else self._seq + 1
