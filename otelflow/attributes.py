@@ -18,7 +18,9 @@ STATUS_RUNNING: Final = "running"
 STATUS_OK: Final = "ok"
 STATUS_ERROR: Final = "error"
 STATUS_ABANDONED: Final = "abandoned"  # its worker stopped sending heartbeats, or nothing was heard of its run
-STATUSES: Final = (STATUS_RUNNING, STATUS_OK, STATUS_ERROR, STATUS_ABANDONED)
+# ended by cancellation (a cancelled task, Ctrl-C): OTel status ERROR on export, a state of its own on the pages
+STATUS_CANCELLED: Final = "cancelled"
+STATUSES: Final = (STATUS_RUNNING, STATUS_OK, STATUS_ERROR, STATUS_ABANDONED, STATUS_CANCELLED)
 
 # --- otelflow span attributes ---------------------------------------------------------------------
 RUN_ID: Final = "otelflow.run.id"

@@ -197,7 +197,7 @@ class RunAnnouncer(SpanProcessor):
                 return
             seconds = ((span.end_time or 0) - (span.start_time or 0)) / 1e9
             if span.status.status_code == StatusCode.ERROR:
-                outcome = "cancelled" if span.status.description == "cancelled" else A.STATUS_ERROR
+                outcome = A.STATUS_CANCELLED if span.status.description == A.STATUS_CANCELLED else A.STATUS_ERROR
                 failed = outcome == A.STATUS_ERROR
                 detail = f"  ({span.status.description})" if failed and span.status.description else ""
             else:
