@@ -60,6 +60,7 @@ with otelflow.workflow("pipeline", run_id=run_id):
     with otelflow.agent("writer"):
         with otelflow.tool("search"):
             otelflow.progress(completed=1, total=2, message="half")
+        otelflow.progress(completed=1, total=3, message="a third")
         checkpoint("a2")
     otelflow.progress(100, "done")
 telemetry.shutdown()
@@ -253,6 +254,10 @@ def test_plain_lines_kind_filter_ended_run_and_ctrl_c(
     assert any(f"invoke_agent research {EVIL}" in line for line in starts), "span data is printed literally"
     assert any("log warning: looking at" in line for line in lines)
     assert any("progress 50% half" in line for line in lines)
+    assert any("progress 33% a third" in line for line in lines), "a percentage is rounded"
+    span_lines = [line for line in lines if " span." in line]
+    assert span_lines
+    assert all("  run job-plain" in line for line in span_lines), "each span line names its run"
     assert any("run.started" in line and "run job-plain" in line for line in lines)
     assert any("run.ended" in line and " ok " in f"{line} " for line in lines)
 
@@ -266,6 +271,14 @@ def test_plain_lines_kind_filter_ended_run_and_ctrl_c(
     assert snap[0]["type"] == "run.started"
     assert snap[-1]["type"] == "run.ended"
     assert all(e["snapshot"] is True and e["id"] is None for e in snap)
+    # piped, the same snapshot reads in the order things happened (the root ended last, though it started first)
+    done_plain = procs(tail_cmd("job-plain", "--viewer", viewer.url))
+    assert done_plain.wait(15) == 0, done_plain.err
+    told = [line for line in done_plain.lines() if "(snapshot)" in line]
+    assert len(told) >= 5, told
+    assert "run.ended" in told[-1], told
+    clocks = [line.split()[0] for line in told]
+    assert clocks == sorted(clocks), told
 
     for p in (plain, tools):
         p.proc.send_signal(signal.SIGINT)
@@ -346,7 +359,8 @@ def test_running_shows_stalls_and_only_what_runs(
     live = record(trace, root, "invoke_workflow live", kind=A.KIND_WORKFLOW, run_id="job-live", start=began)
     assert viewer.post_json([live, agent()]).is_success
     line = running.wait_line(lambda s: "span.stalled" in s, "the stall, as it happens")
-    assert re.search(r"agent +invoke_agent stuck  stalled: quiet for \d+ s  rule agent stuck$", line), line
+    stall = r"agent +invoke_agent stuck  run job-live  stalled: quiet for \d+ s  rule agent stuck$"
+    assert re.search(stall, line), line
     running.wait_line(lambda s: "alert.fired" in s and "agent stuck:" in s and "run job-live" in s, "its alert")
     # a tail started now finds the stall in the run's snapshot
     late = procs(tail_cmd("--viewer", viewer.url, "--running"))
@@ -356,7 +370,7 @@ def test_running_shows_stalls_and_only_what_runs(
     progress = EventRecord(A.EVENT_PROGRESS, time.time_ns(), {A.PROGRESS_PERCENT: 50})
     assert viewer.post_json([agent(progress)]).is_success
     for p in (running, late, every):
-        p.wait_line(lambda s: "span.unstalled" in s and "invoke_agent stuck  moving again" in s, "the unstall")
+        p.wait_line(lambda s: "span.unstalled" in s and "stuck  run job-live  moving again" in s, "the unstall")
     running.wait_line(lambda s: "alert.resolved" in s and "(the span moved again)" in s, "the alert resolved")
 
     # a tool runs and ends; a run starts and ends in one batch; the live run ends; then another run starts

@@ -166,6 +166,13 @@ class Tail:
             self.ignored.discard(trace)
             self.runs.setdefault(trace, RunView(trace))
 
+    def run_label(self, trace: str) -> str | None:
+        """``run <otelflow.run.id>`` of a known run that has one, else ``trace <trace id>``."""
+        with self.lock:
+            view = self.runs.get(trace)
+            alias = view.summary.get("otelflow_run_id") if view is not None else None
+        return f"run {clean(alias, 60)}" if alias else f"trace {clean(trace, 40)}"
+
     def _kind_ok(self, span: dict[str, Any]) -> bool:
         return self.kinds is None or span.get("kind") in self.kinds
 
@@ -281,7 +288,7 @@ class Tail:
             return prev is None
         if type_ == SPAN_UPDATED:
             return True
-        if not self.running and (span.get("status") == A.STATUS_ERROR or type_ == SPAN_ABANDONED):
+        if not self.running and (span.get("status") in (A.STATUS_ERROR, A.STATUS_CANCELLED) or type_ == SPAN_ABANDONED):
             err = span.get("error") or {}
             detail = f" {clean(err.get('type') or '')}: {clean(err.get('message') or '', 80)}" if err else ""
             self._remember(span.get("end_time"), f"{clean(span.get('name', ''), 40)}  {span.get('status')}{detail}")
@@ -374,7 +381,21 @@ class Tail:
                 emit(RUN_UPDATED, {"run": summary})
             if detail.get("last_event_id") and self.last_id is None:
                 self.last_id = str(detail["last_event_id"])
-            return out
+            return sorted(out, key=_when)  # in the order things happened, as a stream would have told them
+
+
+def _when(env: Envelope) -> str:
+    """When what a snapshot report tells happened (ISO 8601 UTC, which sorts as text); unknown last."""
+    type_ = env.get("type")
+    thing = env.get("run") if type_ in (RUN_STARTED, RUN_ENDED, RUN_UPDATED) else env.get("span")
+    if type_ == SPAN_EVENT:
+        thing, key = env.get("event"), "time"
+    elif type_ in (RUN_STARTED, SPAN_STARTED, SPAN_STALLED):
+        key = "start_time"
+    else:
+        key = "end_time"
+    when = thing.get(key) if isinstance(thing, dict) else None
+    return when if isinstance(when, str) and when else "\uffff"
 
 
 class Follower:
@@ -484,7 +505,7 @@ def _output(args: argparse.Namespace, tail: Tail) -> Output:
         return JsonOutput(sys.stdout)
     if sys.stdout.isatty() and os.environ.get("TERM") != "dumb":
         return RichOutput(tail)
-    return PlainOutput(sys.stdout)
+    return PlainOutput(sys.stdout, tail.run_label)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -64,7 +65,7 @@ __all__ = [
 
 MAX_TREE_SPANS: Final = 80
 KEEP_ENDED_RUNS: Final = 3
-ENDED: Final = frozenset({A.STATUS_OK, A.STATUS_ERROR, A.STATUS_ABANDONED})
+ENDED: Final = frozenset({A.STATUS_OK, A.STATUS_ERROR, A.STATUS_ABANDONED, A.STATUS_CANCELLED})
 RUN_TYPES: Final = (RUN_STARTED, RUN_UPDATED, RUN_ENDED)
 ALERT_TYPES: Final = (ALERT_FIRED, ALERT_RESOLVED)
 
@@ -73,8 +74,15 @@ STATUS_STYLE: Final = {
     A.STATUS_OK: "green",
     A.STATUS_ERROR: "bold red",
     A.STATUS_ABANDONED: "magenta",
+    A.STATUS_CANCELLED: "bright_black",  # neutral: stopped on purpose, not failed
 }
-STATUS_GLYPH: Final = {A.STATUS_OK: "✓", A.STATUS_ERROR: "✗", A.STATUS_ABANDONED: "⚠", A.STATUS_RUNNING: "•"}
+STATUS_GLYPH: Final = {
+    A.STATUS_OK: "✓",
+    A.STATUS_ERROR: "✗",
+    A.STATUS_ABANDONED: "⚠",
+    A.STATUS_CANCELLED: "⊘",
+    A.STATUS_RUNNING: "•",
+}
 STALLED_STYLE: Final = "orange1"  # amber: running, but stuck
 STALLED_GLYPH: Final = "‖"
 SLOW: Final = "slow"  # the stalled object's ``reason`` when running far past its p95 (else ``quiet``)
@@ -118,6 +126,13 @@ def _number(value: Any) -> str:
     return clean(value, 20)
 
 
+def _percent(value: Any) -> str:
+    """``33%`` for 33.333333333333336 (a whole percent; under 1, one decimal)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.1f}%" if 0 < abs(value) < 1 else f"{value:.0f}%"
+    return f"{clean(value, 20)}%"
+
+
 def describe_event(event: dict[str, Any]) -> str:
     """A lifecycle event in a few words: ``progress 50% Processing``, ``log warning: disk full``."""
     name = str(event.get("name") or "")
@@ -126,7 +141,7 @@ def describe_event(event: dict[str, Any]) -> str:
         a = {}
     if name == A.EVENT_PROGRESS:
         if a.get(A.PROGRESS_PERCENT) is not None:
-            amount = f"{_number(a[A.PROGRESS_PERCENT])}%"
+            amount = _percent(a[A.PROGRESS_PERCENT])
         elif a.get(A.PROGRESS_TOTAL) is not None:
             amount = f"{_number(a.get(A.PROGRESS_COMPLETED, 0))}/{_number(a[A.PROGRESS_TOTAL])}"
         else:
@@ -214,10 +229,12 @@ def _duration(span: dict[str, Any]) -> str:
     return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
 
 
-def describe(env: Envelope) -> str | None:
-    """One plain line for a reported envelope, or ``None`` for envelopes plain output leaves out."""
+def describe(env: Envelope, run_label: str | None = None) -> str | None:
+    """One plain line for a reported envelope, or ``None`` for envelopes plain output leaves out. ``run`` names
+    the run of a span line with ``run_label`` (``run job-123``; by default ``trace <the envelope's trace id>``)."""
     type_ = str(env.get("type"))
     mark = "  (snapshot)" if env.get("snapshot") else ""
+    of = f"  {run_label}" if run_label else f"  trace {clean(env.get('run_id') or '', 40)}"
     if type_ in RUN_TYPES:
         if type_ == RUN_UPDATED:
             return None
@@ -233,7 +250,7 @@ def describe(env: Envelope) -> str | None:
         event = env.get("event") or {}
         kind = clean(env.get("span_kind") or "", 8)
         name = clean(env.get("span_name") or "", 80)
-        return f"{clock(event.get('time'))}  {type_:<14} {kind:<8} {name}  {describe_event(event)}{mark}"
+        return f"{clock(event.get('time'))}  {type_:<14} {kind:<8} {name}{of}  {describe_event(event)}{mark}"
     if type_ in ALERT_TYPES:
         return _describe_alert(type_, env, mark)
     span = env.get("span")
@@ -242,19 +259,19 @@ def describe(env: Envelope) -> str | None:
     kind = clean(span.get("kind") or "", 8)
     name = clean(span.get("name") or "", 80)
     if type_ == SPAN_STARTED:
-        return f"{clock(span.get('start_time'))}  {type_:<14} {kind:<8} {name}{mark}"
+        return f"{clock(span.get('start_time'))}  {type_:<14} {kind:<8} {name}{of}{mark}"
     if type_ == SPAN_STALLED:
         stalled = env.get(STALLED)
         if not isinstance(stalled, dict):
             return None
         why = describe_stall(stalled, stalled_for(stalled, span))
         rule = f"  rule {clean(stalled['rule'], 40)}" if stalled.get("rule") else ""
-        return f"{clock(flagged_at(stalled, span))}  {type_:<14} {kind:<8} {name}  {why}{rule}{mark}"
+        return f"{clock(flagged_at(stalled, span))}  {type_:<14} {kind:<8} {name}{of}  {why}{rule}{mark}"
     if type_ == SPAN_UNSTALLED:
         status = span.get("status")
         ended = status in ENDED
         now = f"ended {clean(status, 12)}" if ended else "moving again"
-        return f"{clock(span.get('end_time') if ended else None)}  {type_:<14} {kind:<8} {name}  {now}{mark}"
+        return f"{clock(span.get('end_time') if ended else None)}  {type_:<14} {kind:<8} {name}{of}  {now}{mark}"
     status = clean(span.get("status") or "", 12)
     detail = ""
     err = span.get("error")
@@ -262,7 +279,7 @@ def describe(env: Envelope) -> str | None:
         detail = f"  {clean(err.get('type') or '', 40)}: {clean(err.get('message') or '', 100)}"
     dur = f" {_duration(span)}" if _duration(span) else ""
     when = span.get("end_time") or None
-    return f"{clock(when)}  {type_:<14} {kind:<8} {name}  {status}{dur}{detail}{mark}"
+    return f"{clock(when)}  {type_:<14} {kind:<8} {name}{of}  {status}{dur}{detail}{mark}"
 
 
 class OutputClosed(Exception):
@@ -294,11 +311,16 @@ class JsonOutput(Output):
 
 
 class PlainOutput(Output):
-    def __init__(self, stream: IO[str]) -> None:
+    """One line per report; ``run_label(trace_id)`` names a span line's run (``run job-123``)."""
+
+    def __init__(self, stream: IO[str], run_label: Callable[[str], str | None] | None = None) -> None:
         self.stream = stream
+        self.run_label = run_label
 
     def report(self, env: Envelope, raw: str | None) -> None:
-        line = describe(env)
+        trace = env.get("run_id")
+        label = self.run_label(trace) if self.run_label is not None and isinstance(trace, str) else None
+        line = describe(env, label)
         if line is not None:
             self.stream.write(line + "\n")
             self.stream.flush()
