@@ -285,7 +285,9 @@ def record_error(span: Span, exc: BaseException) -> None:
         cleaned = {A.EXCEPTION_MESSAGE: limited_text(str(exc)), A.EXCEPTION_STACKTRACE: limited_text(stack)}
         span.record_exception(exc, attributes=cleaned, escaped=True)
         description = (
-            "cancelled" if isinstance(exc, asyncio.CancelledError) else limited_text(f"{type(exc).__name__}: {exc}")
+            A.STATUS_CANCELLED
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+            else limited_text(f"{type(exc).__name__}: {exc}")
         )
         span.set_status(Status(StatusCode.ERROR, description))
     except Exception:  # noqa: BLE001

@@ -24,24 +24,30 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = [
+    "FAILED",
+    "NAME_PREFIXES",
     "PHASE_END",
     "PHASE_START",
     "PHASE_UPDATE",
     "STATUS_ABANDONED",
+    "STATUS_CANCELLED",
     "STATUS_ERROR",
     "STATUS_OK",
     "STATUS_RUNNING",
     "EventRecord",
     "SpanRecord",
+    "bare_name",
     "capture",
     "clean_record",
     "deferred_pair",
     "deferred_record",
+    "ended_status",
     "format_time",
     "kind_of",
     "otlp_resource",
     "record_from_span",
     "set_value_limit",
+    "shown_name",
     "to_otlp_json",
 ]
 
@@ -49,6 +55,10 @@ STATUS_RUNNING: Final = A.STATUS_RUNNING
 STATUS_OK: Final = A.STATUS_OK
 STATUS_ERROR: Final = A.STATUS_ERROR
 STATUS_ABANDONED: Final = A.STATUS_ABANDONED
+STATUS_CANCELLED: Final = A.STATUS_CANCELLED
+FAILED: Final = (STATUS_ERROR, STATUS_CANCELLED)  # the statuses of an OTel status ERROR: they carry an error
+# Exceptions that stop work rather than report a failure in it (last part of the qualified name)
+_CANCELLATIONS: Final = frozenset({"CancelledError", "KeyboardInterrupt"})
 
 PHASE_START: Final = "start"
 PHASE_UPDATE: Final = "update"
@@ -132,7 +142,7 @@ class SpanRecord:
 
     def error(self) -> dict[str, str] | None:
         """Error type, message and stack of a failed span (from ``error.type`` and its exception event)."""
-        if self.status != STATUS_ERROR:
+        if self.status not in FAILED:
             return None
         err = {
             "type": str(self.attributes.get(A.ERROR_TYPE, "")),
@@ -166,6 +176,20 @@ class SpanRecord:
         }
 
 
+def ended_status(error: bool, message: str, attributes: Mapping[str, Any]) -> str:
+    """The status of an ended span: ``ok``, ``error``, or ``cancelled`` for an OTel status ERROR caused by a
+    cancellation: otelflow's own description ``cancelled``, an ``error.type`` naming a ``CancelledError`` or
+    ``KeyboardInterrupt`` (Ctrl-C), or the SDK's description for those (``CancelledError: ...``)."""
+    if not error:
+        return STATUS_OK
+    if message == STATUS_CANCELLED or message.partition(":")[0] in _CANCELLATIONS:
+        return STATUS_CANCELLED
+    error_type = attributes.get(A.ERROR_TYPE)
+    if isinstance(error_type, str) and error_type.rpartition(".")[2] in _CANCELLATIONS:
+        return STATUS_CANCELLED
+    return STATUS_ERROR
+
+
 _SECOND_PREFIXES: dict[int, str] = {}
 
 
@@ -185,6 +209,25 @@ def format_time(time_ns: int) -> str:
             _SECOND_PREFIXES.clear()
         _SECOND_PREFIXES[seconds] = stamp
     return f"{stamp}.{ns // 1000:06d}Z"
+
+
+# "<operation> <name>": the span names otelflow gives workflows, agents and tools (GenAI conventions)
+NAME_PREFIXES: Final = (f"{A.OP_INVOKE_WORKFLOW} ", f"{A.OP_INVOKE_AGENT} ", f"{A.OP_EXECUTE_TOOL} ")
+
+
+def bare_name(name: str) -> str:
+    """A span name without its GenAI operation: ``search`` for ``execute_tool search``."""
+    for prefix in NAME_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def shown_name(name: str, attributes: Mapping[str, Any]) -> str:
+    """The name the pages show for a span (``displayName`` in graph.js): ``gen_ai.agent.name`` or
+    ``gen_ai.tool.name``, else the span name without its operation."""
+    named = attributes.get(A.GEN_AI_AGENT_NAME) or attributes.get(A.GEN_AI_TOOL_NAME)
+    return str(named) if named else bare_name(name)
 
 
 _GENAI_KINDS: Final = {
@@ -346,8 +389,8 @@ def _values_from_capture(cap: tuple[Any, ...], phase: str) -> tuple[Any, ...]:
     status = STATUS_RUNNING
     message = ""
     if end is not None and span_status is not None:
-        status = STATUS_ERROR if span_status.status_code.value == _OTLP_STATUS_ERROR else STATUS_OK
         message = clean_text(span_status.description or "", limit)
+        status = ended_status(span_status.status_code.value == _OTLP_STATUS_ERROR, message, attrs)
     events: tuple[EventRecord, ...] = ()
     if sdk_events:
         # Event attributes are immutable in the SDK: shared, not copied (unless cleaning changes them).
@@ -555,7 +598,7 @@ def to_otlp_json(records: Iterable[SpanRecord], resource_extra: Mapping[str, Any
             span["parentSpanId"] = rec.parent_span_id
         if rec.end_time_ns is not None:
             span["endTimeUnixNano"] = str(rec.end_time_ns)
-            code = {STATUS_ERROR: _OTLP_STATUS_ERROR, STATUS_OK: _OTLP_STATUS_UNSET}.get(rec.status, 0)
+            code = _OTLP_STATUS_ERROR if rec.status in FAILED else _OTLP_STATUS_UNSET
             span["status"] = {"code": code, "message": rec.status_message} if rec.status_message else {"code": code}
         groups.setdefault((res_key, rec.scope), []).append(span)
     by_resource: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from otelflow import attributes as A
-from otelflow.records import PHASE_START, STATUS_ERROR, STATUS_RUNNING, EventRecord, SpanRecord, format_time
+from otelflow.records import FAILED, PHASE_START, STATUS_RUNNING, EventRecord, SpanRecord, format_time
 
 __all__ = [
     "ALERT_FIRED",
@@ -227,7 +227,7 @@ def _ended_text(rec: SpanRecord, head: str, start_time: str, middle: str, events
         f'"end_time":{"null" if end is None else chr(34) + format_time(end) + chr(34)},'
         f'"duration_ms":{"null" if end is None else float.__repr__((end - start) / 1e6)},'
         f'{middle}"events":{events_text},'
-        f'"error":{"null" if rec.status != STATUS_ERROR else to_json(rec.error())}}}'
+        f'"error":{"null" if rec.status not in FAILED else to_json(rec.error())}}}'
     )
 
 

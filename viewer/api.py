@@ -257,5 +257,5 @@ def api_router(hub: Hub, history: SqliteHistory, alerts: AlertEngine | None = No
     router.add_api_route("/api/runs/{run}/events", api.run_events, methods=["GET"])
     router.add_api_route("/api/runs/{run}/export", api.run_export, methods=["GET"])
     router.add_api_route("/api/stats", api.stats, methods=["GET"])
-    router.add_api_route("/healthz", api.healthz, methods=["GET"])
+    router.add_api_route("/healthz", api.healthz, methods=["GET", "HEAD"])  # HEAD: load balancers' checks
     return router

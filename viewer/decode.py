@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelflow import attributes as A
-from otelflow.records import MAX_TIME_NS, PHASE_END, PHASE_UPDATE, EventRecord, SpanRecord, kind_of
+from otelflow.records import MAX_TIME_NS, PHASE_END, PHASE_UPDATE, EventRecord, SpanRecord, ended_status, kind_of
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, NAME_LIMIT, clean_attributes, clean_text, fix_surrogates
 
 __all__ = [
@@ -128,9 +128,8 @@ def _record(
         attrs = dict(cleaned)
     pending = attrs.pop(A.PENDING, False) is True
     end_ns = None if pending or not end else end
-    status = (
-        A.STATUS_RUNNING if end_ns is None else A.STATUS_ERROR if status_code == _STATUS_ERROR_CODE else A.STATUS_OK
-    )
+    message = clean_text(status_message, limit) if status_message else ""
+    status = A.STATUS_RUNNING if end_ns is None else ended_status(status_code == _STATUS_ERROR_CODE, message, attrs)
     return SpanRecord(
         trace_id=trace_id,
         span_id=span_id,
@@ -141,7 +140,7 @@ def _record(
         start_time_ns=start,
         end_time_ns=end_ns,
         status=status,
-        status_message=clean_text(status_message, limit) if status_message else "",
+        status_message=message,
         attributes=attrs,
         events=tuple([EventRecord(clean_text(n, NAME_LIMIT), t, clean_attributes(a, limit)) for n, t, a in events]),
         service=str(resource.get("service.name", "")),

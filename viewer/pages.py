@@ -110,15 +110,15 @@ def install_pages(app: FastAPI, *, jaeger_url: str | None = None) -> None:
     def render(name: str, **context: object) -> Response:
         return HTMLResponse(env.get_template(name).render(**context), headers={"Cache-Control": "no-store"})
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def runs_page() -> Response:
         return render("runs.html", page="runs")
 
-    @app.get("/runs/{run}", include_in_schema=False)
+    @app.api_route("/runs/{run}", methods=["GET", "HEAD"], include_in_schema=False)
     async def run_page(run: str) -> Response:
         return render("run.html", page="run", run=run, jaeger_url=jaeger or "")
 
-    @app.get("/stats", include_in_schema=False)
+    @app.api_route("/stats", methods=["GET", "HEAD"], include_in_schema=False)
     async def stats_page() -> Response:
         return render("stats.html", page="stats")
 

@@ -206,7 +206,12 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=_port, default=DEFAULT_PORT)
     demo.add_argument("--db", default=":memory:", help="SQLite file for the demo's history (default in memory)")
-    demo.add_argument("--interval", type=float, default=4.0, help="seconds between new runs")
+    demo.add_argument(
+        "--interval",
+        type=float,
+        default=4.0,
+        help="seconds between new runs; also paces the simulated work (a run lasts about 2/3 of it, at most ~2.5 s)",
+    )
     demo.add_argument("--runs", type=int, default=0, help="stop after this many runs (0: until Ctrl-C)")
     demo.set_defaults(func=_cmd_demo)
 

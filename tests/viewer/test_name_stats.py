@@ -61,6 +61,15 @@ def test_p50_and_p95_are_within_one_percent_of_the_exact_ones(make_viewer: Calla
     post_spans(viewer, durations, errors=40)
     got = wait_for(lambda: (s := lookup(viewer)).get("count") == 400 and s, what="the statistics")
     assert got["error_rate"] == 0.1
+    # the chart of the stats page: log-spaced bins from the shortest duration to the longest, every span in one
+    edges, counts = got["histogram"]["edges_ms"], got["histogram"]["counts"]
+    assert (len(edges), len(counts), sum(counts)) == (13, 12, 400)
+    assert edges == sorted(edges)
+    assert edges[0] <= min(durations) <= edges[0] * 1.03
+    assert edges[-1] / 1.03 <= max(durations) <= edges[-1]
+    for i, n in enumerate(counts):
+        inside = sum(edges[i] / 1.02 < d <= edges[i + 1] * 1.02 for d in durations)  # a bucket's 2% either side
+        assert abs(n - inside) <= sum(abs(d - e) <= 0.02 * e for d in durations for e in edges[i : i + 2]), i
     for q, key in ((0.5, "p50_ms"), (0.95, "p95_ms")):
         # the sketch's value is within 1% of a value near the exact rank
         assert abs(got[key] - exact(durations, q)) <= 0.011 * exact(durations, q) + 0.01 * (
@@ -95,6 +104,26 @@ def test_a_history_from_before_the_statistics_gets_them_when_opened(
     assert got["count"] == 3
     assert abs(got["p50_ms"] - 50.0) <= 0.5
     assert abs(got["error_rate"] - 1 / 3) < 1e-9
+
+
+def test_a_schema_4_history_keeps_its_statistics_and_counts_cancelled_spans_apart(
+    make_viewer: Callable[..., Viewer], tmp_path: Path
+) -> None:
+    db = tmp_path / "v4.db"
+    first = make_viewer(db=db)
+    post_spans(first, [5.0, 50.0, 500.0], errors=1)
+    wait_for(lambda: lookup(first).get("count") == 3, what="the statistics")
+    first.stop()
+    with sqlite3.connect(db) as conn:  # schema 4: no count of cancelled spans
+        conn.execute("ALTER TABLE name_stats DROP COLUMN cancelled")
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    reopened = make_viewer(db=SqliteHistory(db))
+    assert (lookup(reopened)["count"], lookup(reopened)["cancelled"]) == (3, 0)
+    now = time.time_ns()
+    stopped = record(trace_id(), span_id(), "execute_tool lookup", kind=A.KIND_TOOL, ended=True, start=now)
+    assert reopened.post_json([replace(stopped, status=A.STATUS_CANCELLED, status_message="cancelled")]).is_success
+    got = wait_for(lambda: (s := lookup(reopened)).get("cancelled") == 1 and s, what="the cancelled span counted")
+    assert (got["count"], got["error_rate"]) == (3, 1 / 3), "a cancelled span is no failure"
 
 
 def test_a_span_abandoned_then_ended_counts_once() -> None:

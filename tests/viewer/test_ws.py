@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -167,3 +168,38 @@ def test_live_flow_compat_messages(viewer: Viewer) -> None:
     assert by_type["agent_completed"]["duration"] == 2.0
     assert by_type["agent_failed"]["error"] == "boom"
     assert by_type["agent_failed"]["agent"] == "checker"
+
+
+def test_ws_following_one_run_closes_with_1000_after_its_end(viewer: Viewer) -> None:
+    t, root = trace_id(), span_id()
+    viewer.post_json([record(t, root, "wf", kind="workflow", run_id="job-close")])
+    with _ws(viewer, "/ws?run=job-close") as ws:
+        assert _recv(ws)["type"] == "subscribed"
+        viewer.post_json([record(t, root, "wf", kind="workflow", run_id="job-close", ended=True)])
+        told = _recv_until(ws, lambda m: m["type"] == "run.ended")
+        assert [m["type"] for m in told] == ["span.ended", "run.ended"]
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=10)
+    assert info.value.rcvd is not None
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (1000, "run ended")
+
+
+def test_live_flow_ends_with_run_ended_and_tells_a_cancelled_agent(viewer: Viewer) -> None:
+    t, root, agent = trace_id(), span_id(), span_id()
+    with _ws(viewer, "/ws/live-flow/job-8") as ws:
+        assert _recv(ws)["type"] == "connected"
+        wait_for(lambda: viewer.hub.broadcast.subscriber_count == 1)
+        viewer.post_json([record(t, root, "invoke_workflow w", kind="workflow", run_id="job-8")])
+        cancelled = record(t, agent, "invoke_agent a", parent=root, kind="agent", ended=True, error=True)
+        cancelled = replace(cancelled, status=A.STATUS_CANCELLED, status_message=A.STATUS_CANCELLED)
+        viewer.post_json([cancelled])
+        viewer.post_json([record(t, root, "invoke_workflow w", kind="workflow", run_id="job-8", ended=True)])
+        messages = _recv_until(ws, lambda m: m["type"] == "run_ended")
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=10)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1000
+    assert [m["type"] for m in messages] == ["agent_started", "agent_failed", "run_ended"]
+    assert messages[1]["cancelled"] is True
+    assert messages[-1]["status"] == A.STATUS_OK
+    assert messages[-1]["job_id"] == "job-8"

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord
+from otelflow.records import NAME_PREFIXES, SpanRecord
 
 from . import name_stats
 from .journal import Journal, JournalError
@@ -100,8 +100,9 @@ CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, fired_ns);
 """
     + name_stats.SCHEMA
 )
-# 2: spans.event_id; 3: name_stats; 4: each thing stored once (older databases are upgraded in place)
-_SCHEMA_VERSION: Final = "4"
+# 2: spans.event_id; 3: name_stats; 4: each thing stored once; 5: name_stats.cancelled (older databases are
+# upgraded in place)
+_SCHEMA_VERSION: Final = "5"
 
 
 def _statements(script: str) -> list[str]:
@@ -240,7 +241,7 @@ class SqliteHistory:
             for statement in _statements(_SCHEMA):
                 conn.execute(statement)
             conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-        elif row[0] in ("1", "2", "3"):
+        elif row[0] in ("1", "2", "3", "4"):
             upgrade(conn, row[0], _statements(_SCHEMA))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
         elif row[0] != _SCHEMA_VERSION:
@@ -470,8 +471,10 @@ class SqliteHistory:
             where.append(f"status IN ({','.join('?' * len(query.status))})")
             args.extend(query.status)
         if query.name:
-            where.append("(name = ? OR run_id = ?)")
-            args.extend([query.name, query.name])
+            # the run's span name, the name the pages show (without the operation), or the run id
+            names = [query.name, *(prefix + query.name for prefix in NAME_PREFIXES)]
+            where.append(f"(name IN ({','.join('?' * len(names))}) OR run_id = ?)")
+            args.extend([*names, query.name])
         if query.service:
             where.append("service = ?")
             args.append(query.service)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord, format_time
+from otelflow.records import SpanRecord, bare_name, format_time, shown_name
 from otelflow.wire import (
     RESET,
     RUN_ENDED,
@@ -64,7 +64,9 @@ class Filters:
     """Which events a subscriber wants; each field is a set of accepted values (comma lists), ``None`` = all.
 
     ``run`` matches the trace id or ``otelflow.run.id``; ``type`` matches an event type exactly, or a prefix
-    without a dot (``span`` = every ``span.*``); ``kind`` and ``name`` apply to span events (run events pass);
+    without a dot (``span`` = every ``span.*``); ``kind`` applies to span events (run events pass); ``name`` is
+    the span name or the name the pages show (``search`` for ``execute_tool search``), of span events and, unless
+    a ``run`` filter names the run followed, of run events;
     ``status`` is the span's or the run's status (``stalled``: events about stalled spans and their runs).
     ``reset`` and ``shutdown`` always pass.
     """
@@ -104,9 +106,24 @@ class Filters:
         is_span = ev.type.startswith("span.")
         if self.kind is not None and is_span and ev.kind not in self.kind:
             return False
-        if self.name is not None and is_span and ev.name not in self.name:
+        if self.name is not None and not self._name_passes(ev, is_span):
             return False
         return self.status is None or ev.status in self.status or (ev.stalled and STALLED in self.status)
+
+    def _name_passes(self, ev: Event, is_span: bool) -> bool:
+        names = self.name
+        assert names is not None
+        if is_span or (self.run is None and ev.type.startswith("run.")):
+            return ev.name in names or _shown(ev) in names
+        return True  # the followed run's own run.* events, alerts
+
+
+def _shown(ev: Event) -> str:
+    """The name the pages show for what an event is about (``search`` for ``execute_tool search``)."""
+    rec = ev.record
+    if rec is not None:
+        return shown_name(rec.name, rec.attributes)
+    return bare_name(ev.name or "")
 
 
 class Subscription:

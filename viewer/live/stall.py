@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord, format_time
+from otelflow.records import SpanRecord, bare_name, format_time
 
 __all__ = [
     "DEFAULT_QUIET_S",
@@ -42,20 +42,11 @@ STALL_ENDED: Final = "ended"
 STALL_ABANDONED: Final = "abandoned"
 MIN_SAMPLES: Final = 20  # ended spans of a name before its p95 says what "slow" is
 
-_PREFIXES: Final = (f"{A.OP_INVOKE_WORKFLOW} ", f"{A.OP_INVOKE_AGENT} ", f"{A.OP_EXECUTE_TOOL} ")
-
-
-def _bare(name: str) -> str:
-    for prefix in _PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
-
 
 def workflow_name(run_name: str, root: SpanRecord | None = None) -> str:
     """The workflow a run is of: ``gen_ai.workflow.name`` of its root span, else its name without the operation."""
     value = root.attributes.get(A.GEN_AI_WORKFLOW_NAME) if root is not None else None
-    return value if isinstance(value, str) and value else _bare(run_name)
+    return value if isinstance(value, str) and value else bare_name(run_name)
 
 
 def agent_name(rec: SpanRecord) -> str | None:
@@ -64,7 +55,7 @@ def agent_name(rec: SpanRecord) -> str | None:
     if rec.kind != A.KIND_AGENT:
         return None
     value = rec.attributes.get(A.GEN_AI_AGENT_NAME)
-    return value if isinstance(value, str) and value else _bare(rec.name)
+    return value if isinstance(value, str) and value else bare_name(rec.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +74,7 @@ class StallRule:
     def matches(self, rec: SpanRecord, workflow: str) -> bool:
         if self.kinds is not None and rec.kind not in self.kinds:
             return False
-        if self.names is not None and rec.name not in self.names and _bare(rec.name) not in self.names:
+        if self.names is not None and rec.name not in self.names and bare_name(rec.name) not in self.names:
             return False
         if self.workflows is not None and workflow not in self.workflows:
             return False

@@ -46,7 +46,7 @@ from .stall import STALL_ABANDONED, STALL_ENDED, STALL_MOVED, STALL_QUIET, Stall
 
 __all__ = ["RUN_STORED", "Batch", "Change", "LiveState", "RunState"]
 
-_ENDED: Final = (A.STATUS_OK, A.STATUS_ERROR)
+_ENDED: Final = (A.STATUS_OK, A.STATUS_ERROR, A.STATUS_CANCELLED)
 RUN_STORED: Final = "run.stored"  # a run's summary changed with nothing to tell the stream (an ended run's counts)
 
 

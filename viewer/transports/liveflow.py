@@ -1,8 +1,9 @@
 """``/ws/live-flow/{job_id}``: the message set of a well-known live-flow monitor, for one run.
 
 ``connected``, ``agent_started`` (exactly once per agent, node or tool, before its end), ``agent_completed``
-(output, duration), ``agent_failed`` (error), ``data_flow`` (from_agent, to_agent, data_size),
-``progress_update`` (progress, message), and ``pong`` to a ``ping``.
+(output, duration), ``agent_failed`` (error; ``cancelled: true`` when it was cancelled), ``data_flow``
+(from_agent, to_agent, data_size), ``progress_update`` (progress, message), ``pong`` to a ``ping``, and last
+``run_ended`` (status, duration) when the run ends, after which the socket closes with 1000.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Final
 from starlette.websockets import WebSocket
 
 from otelflow import attributes as A
-from otelflow.wire import SPAN_ABANDONED, SPAN_ENDED, SPAN_EVENT, SPAN_STARTED, dumps
+from otelflow.wire import RUN_ENDED, SPAN_ABANDONED, SPAN_ENDED, SPAN_EVENT, SPAN_STARTED, dumps
 
 from ..live import Event, Filters, Hub
 from .ws import WsSession
@@ -34,7 +35,7 @@ class LiveFlowSession(WsSession):
     ack_initial = False
 
     def __init__(self, websocket: WebSocket, hub: Hub, job_id: str, **kwargs: Any) -> None:
-        super().__init__(websocket, hub, Filters.parse(run=job_id), replay_run=True, **kwargs)
+        super().__init__(websocket, hub, Filters.parse(run=job_id), replay_run=True, until_run_end=True, **kwargs)
         self.job_id = job_id
 
     def on_open(self) -> None:
@@ -53,12 +54,17 @@ class LiveFlowSession(WsSession):
         # everything else is ignored, as the original monitor does
 
     def translate(self, ev: Event) -> Iterable[str]:
-        if ev.type not in (SPAN_STARTED, SPAN_ENDED, SPAN_ABANDONED, SPAN_EVENT):
+        if ev.type not in (SPAN_STARTED, SPAN_ENDED, SPAN_ABANDONED, SPAN_EVENT, RUN_ENDED):
             return ()
         payload = ev.payload()
         base = {"job_id": self.job_id}
         out: list[dict[str, Any]] = []
-        if ev.type == SPAN_EVENT:
+        if ev.type == RUN_ENDED:
+            run = payload["run"]
+            duration = run.get("duration_ms")
+            seconds = duration / 1000 if isinstance(duration, (int, float)) else None
+            out.append({"type": "run_ended", "status": run.get("status"), "duration": seconds})
+        elif ev.type == SPAN_EVENT:
             event = payload["event"]
             attrs = event.get("attributes", {})
             if event["name"] == A.EVENT_PROGRESS:
@@ -85,9 +91,12 @@ class LiveFlowSession(WsSession):
             common = {"agent": agent, "agent_id": span["span_id"], "kind": span["kind"]}
             if ev.type == SPAN_STARTED:
                 out.append({"type": "agent_started", **common})
-            elif span["status"] == A.STATUS_ERROR or ev.type == SPAN_ABANDONED:
+            elif span["status"] in (A.STATUS_ERROR, A.STATUS_CANCELLED) or ev.type == SPAN_ABANDONED:
                 error = (span.get("error") or {}).get("message") or span["status"]
-                out.append({"type": "agent_failed", **common, "error": error})
+                failed = {"type": "agent_failed", **common, "error": error}
+                if span["status"] == A.STATUS_CANCELLED:
+                    failed["cancelled"] = True
+                out.append(failed)
             else:
                 duration = span.get("duration_ms")
                 out.append(

@@ -131,7 +131,7 @@ class WsSession:
         self._sub = self.hub.open(
             filters,
             last_event_id,
-            until_run_end=self.until_run_end,
+            until_run_end=self.until_run_end or filters.run is not None,  # a run's stream ends with it (1000)
             replay_run=self.replay_run and not last_event_id,
             wake=self._kick,
         )
