@@ -1,0 +1,142 @@
+"""The runs list in a real Chromium, as a user sees it: dates once runs span two days, older runs paged in by
+scrolling, the runs running now first under a filter, no error when a run arrives before its row is built."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from otelflow import attributes as A
+from otelflow.records import SpanRecord
+from tests.browser.test_pages import post
+from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
+
+pytestmark = pytest.mark.browser
+
+HOUR_NS = 3_600 * 10**9
+TIME_ONLY = re.compile(r"^\d{2}:\d{2}:\d{2}$")
+
+ROW_IDS = "rows => rows.map(r => r.dataset.runId)"
+VISIBLE_ROW_IDS = "rows => rows.filter(r => !r.hidden).map(r => r.dataset.runId)"
+# a tab whose animation frames do not run (yet): requestAnimationFrame keeps the callbacks, RUN_FRAMES runs them
+HOLD_FRAMES = "() => { window.heldFrames = []; window.requestAnimationFrame = (cb) => window.heldFrames.push(cb); }"
+RUN_FRAMES = "() => { const f = window.heldFrames.splice(0); f.forEach(cb => cb(performance.now())); return f.length; }"
+
+
+def run_root(name: str, *, start: int | None = None, ended: bool = True, **kw: Any) -> SpanRecord:
+    name = f"invoke_workflow {name}"
+    return record(trace_id(), span_id(), name, kind=A.KIND_WORKFLOW, start=start, ended=ended, **kw)
+
+
+def api_runs(viewer: Viewer, **params: Any) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(f"{viewer.url}/api/runs", params=params, timeout=10).json()
+    return data
+
+
+# -------------------------------------------------------------------------------------------------- runs list
+
+
+def test_runs_list_shows_dates_once_the_runs_span_two_days(viewer: Viewer, page: Any, artifacts: Path) -> None:
+    today = run_root("today", run_id="job-today")
+    post(viewer, [today])
+    page.goto(f"{viewer.url}/")
+    started = page.locator(f'tr[data-run-id="{today.trace_id}"] .col-started')
+    expect(started).to_have_text(TIME_ONLY)  # one day: the time of day is enough
+
+    # a run of yesterday arrives: every start now says its day too
+    yesterday = run_root("yesterday", start=time.time_ns() - 26 * HOUR_NS, run_id="job-yesterday")
+    post(viewer, [yesterday])
+    old = page.locator(f'tr[data-run-id="{yesterday.trace_id}"] .col-started')
+    expect(old).to_be_visible()
+    expect(page.locator("#runs tbody")).to_have_attribute("data-dates", "true")
+    for run, row in ((today, started), (yesterday, old)):
+        start_ms = run.start_time_ns / 1e6
+        day = page.evaluate("ms => new Date(ms).toLocaleDateString([], {month: 'short', day: 'numeric'})", start_ms)
+        expect(row).to_have_text(re.compile(rf"^{re.escape(day)} \d{{2}}:\d{{2}}:\d{{2}}$"))
+    assert started.text_content() != old.text_content()
+    page.screenshot(path=str(artifacts / "runs-dates.png"))
+    page.probe.assert_clean()
+
+
+def test_scrolling_down_pages_in_older_runs(viewer: Viewer, page: Any) -> None:
+    now = time.time_ns()
+    roots = [run_root(f"batch-{i:03d}", start=now - i * 10**9) for i in range(250)]  # batch-000 is the newest
+    post(viewer, roots)
+    wait_for(lambda: api_runs(viewer, limit=1)["total"] == 250, what="250 stored runs")
+    newest_first = [r.trace_id for r in roots]
+
+    page.goto(f"{viewer.url}/")
+    rows = page.locator("#runs tbody tr")
+    expect(rows).to_have_count(100)  # the first page only
+    expect(page.locator("#runs-summary")).to_contain_text("100 runs of 250")
+    expect(page.locator("#runs-more")).to_have_attribute("data-state", "more")
+    assert rows.evaluate_all(ROW_IDS) == newest_first[:100]
+
+    page.locator("#runs-more").scroll_into_view_if_needed()  # the end of the list comes into view
+    expect(rows).to_have_count(200)
+    expect(page.locator("#runs-more")).to_have_attribute("data-state", "more")  # one page per scroll
+    assert rows.count() == 200
+    page.locator("#runs-more").scroll_into_view_if_needed()
+    expect(rows).to_have_count(250)
+    expect(page.locator("#runs-more")).to_have_attribute("data-state", "end")
+    expect(page.locator("#runs-older")).to_be_hidden()
+    expect(page.locator("#runs-more-text")).to_have_text("No older runs.")
+    assert rows.evaluate_all(ROW_IDS) == newest_first  # older pages go below, in order, nothing twice
+
+    # a run that starts now still goes on top
+    fresh = run_root("fresh", ended=False)
+    post(viewer, [fresh])
+    expect(rows.first).to_have_attribute("data-run-id", fresh.trace_id)
+    expect(rows).to_have_count(251)
+    page.probe.assert_clean()
+
+
+def test_a_filtered_list_puts_the_runs_running_now_first(viewer: Viewer, page: Any) -> None:
+    now = time.time_ns()
+    slow = run_root("report", start=now - 60 * 10**9, ended=False, run_id="nightly-1")  # oldest, still running
+    done = run_root("report", start=now - 30 * 10**9, run_id="nightly-2")
+    newest = run_root("report", start=now - 10 * 10**9, run_id="nightly-3")
+    other = run_root("other", start=now - 5 * 10**9, run_id="adhoc-1")
+    post(viewer, [slow, done, newest, other])
+    page.goto(f"{viewer.url}/")
+    rows = page.locator("#runs tbody tr")
+    expect(rows).to_have_count(4)
+    assert rows.evaluate_all(ROW_IDS) == [other.trace_id, newest.trace_id, done.trace_id, slow.trace_id]
+
+    page.locator("#run-filters input[name=name]").fill("nightly")
+    expect(page.locator("#runs tbody tr:visible")).to_have_count(3)
+    assert rows.evaluate_all(VISIBLE_ROW_IDS) == [slow.trace_id, newest.trace_id, done.trace_id]
+    # the filter cleared: newest first again
+    page.locator("#run-filters input[name=name]").fill("")
+    expect(page.locator("#runs tbody tr:visible")).to_have_count(4)
+    assert rows.evaluate_all(ROW_IDS) == [other.trace_id, newest.trace_id, done.trace_id, slow.trace_id]
+    page.probe.assert_clean()
+
+
+def test_a_run_that_arrives_between_frames_logs_no_error(viewer: Viewer, page: Any) -> None:
+    """The duration ticker (every 500 ms) may run before the next animation frame builds a new run's row, and in a
+    background tab frames do not run at all."""
+    page.clock.install()
+    page.goto(f"{viewer.url}/")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#now-running")).to_have_text("0 running")
+    page.evaluate(HOLD_FRAMES)
+
+    run = run_root("between-frames", ended=False)
+    post(viewer, [run])
+    expect(page.locator("#now-running")).to_have_text("1 running")  # its run.started is in; no frame has run
+    assert page.locator(f'tr[data-run-id="{run.trace_id}"]').count() == 0
+    page.clock.run_for(2_000)  # the ticker runs four times meanwhile
+    held = page.evaluate(RUN_FRAMES)
+    assert held >= 1
+    row = page.locator(f'tr[data-run-id="{run.trace_id}"]')
+    expect(row).to_have_attribute("data-status", A.STATUS_RUNNING)
+    page.clock.run_for(1_000)
+    expect(row.locator(".col-duration")).not_to_have_text("–")
+    page.probe.assert_clean()
