@@ -1,8 +1,10 @@
 """The runs list in a real Chromium, as a user sees it: dates once runs span two days, older runs paged in by
-scrolling, the runs running now first under a filter, no error when a run arrives before its row is built."""
+scrolling, the cancelled state, the runs running now first under a filter, no error when a run arrives before its
+row is built."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -20,6 +22,8 @@ from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
 pytestmark = pytest.mark.browser
 
 HOUR_NS = 3_600 * 10**9
+CANCELLED_GREY = "rgb(163, 171, 184)"  # .chip[data-status="cancelled"] in style.css
+FAILED_RED = "rgb(255, 139, 139)"
 TIME_ONLY = re.compile(r"^\d{2}:\d{2}:\d{2}$")
 
 ROW_IDS = "rows => rows.map(r => r.dataset.runId)"
@@ -32,6 +36,17 @@ RUN_FRAMES = "() => { const f = window.heldFrames.splice(0); f.forEach(cb => cb(
 def run_root(name: str, *, start: int | None = None, ended: bool = True, **kw: Any) -> SpanRecord:
     name = f"invoke_workflow {name}"
     return record(trace_id(), span_id(), name, kind=A.KIND_WORKFLOW, start=start, ended=ended, **kw)
+
+
+def cancelled(rec: SpanRecord) -> SpanRecord:
+    """``rec`` ended by cancellation (a cancelled task, Ctrl-C)."""
+    end = rec.end_time_ns or rec.start_time_ns + 1_000_000
+    return dataclasses.replace(rec, end_time_ns=end, status=A.STATUS_CANCELLED, status_message="cancelled")
+
+
+def ingest(viewer: Viewer, records: list[SpanRecord]) -> None:
+    """Spans through the viewer's in-process intake (an embedded viewer's sink), which keeps their status as is."""
+    viewer.hub.ingest_threadsafe(records)
 
 
 def api_runs(viewer: Viewer, **params: Any) -> dict[str, Any]:
@@ -94,6 +109,37 @@ def test_scrolling_down_pages_in_older_runs(viewer: Viewer, page: Any) -> None:
     post(viewer, [fresh])
     expect(rows.first).to_have_attribute("data-run-id", fresh.trace_id)
     expect(rows).to_have_count(251)
+    page.probe.assert_clean()
+
+
+def test_a_cancelled_run_is_grey_and_filtered_on_its_own(viewer: Viewer, page: Any, artifacts: Path) -> None:
+    failed = run_root("broken", error=True, run_id="job-failed")
+    stopped = cancelled(run_root("stopped", run_id="job-cancelled"))
+    ingest(viewer, [failed, stopped])
+    wait_for(lambda: api_runs(viewer)["total"] == 2, what="two stored runs")
+    page.goto(f"{viewer.url}/")
+    row = page.locator(f'tr[data-run-id="{stopped.trace_id}"]')
+    chip = row.locator(".chip")
+    expect(row).to_have_attribute("data-status", A.STATUS_CANCELLED)
+    expect(chip).to_have_text("cancelled")
+    expect(chip).to_have_css("color", CANCELLED_GREY)
+    failed_chip = page.locator(f'tr[data-run-id="{failed.trace_id}"] .chip')
+    expect(failed_chip).to_have_text("failed")
+    expect(failed_chip).to_have_css("color", FAILED_RED)
+    # its mark at the row's edge is grey too, not the failed red
+    edge = row.evaluate("r => getComputedStyle(r).boxShadow")
+    assert "139, 147, 161" in edge, edge
+
+    status = page.locator("#run-filters select[name=status]")
+    status.select_option(A.STATUS_CANCELLED)
+    visible = page.locator("#runs tbody tr:visible")
+    expect(visible).to_have_count(1)
+    expect(visible).to_have_attribute("data-run-id", stopped.trace_id)
+    status.select_option(A.STATUS_ERROR)  # "Failed" does not list it: a cancelled run is not a failure
+    expect(visible).to_have_count(1)
+    expect(visible).to_have_attribute("data-run-id", failed.trace_id)
+    status.select_option(A.STATUS_CANCELLED)
+    page.screenshot(path=str(artifacts / "runs-cancelled.png"))
     page.probe.assert_clean()
 
 
