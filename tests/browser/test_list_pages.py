@@ -1,10 +1,13 @@
-"""The runs list in a real Chromium, as a user sees it: dates once runs span two days, older runs paged in by
-scrolling, the cancelled state, the runs running now first under a filter, no error when a run arrives before its
-row is built."""
+"""The runs list and the stats page in a real Chromium, as a user sees them: dates once runs span two days, older
+runs paged in by scrolling, the cancelled state, running runs first under a filter, no error when a run arrives
+before its row is built; the stats following runs as they end, sorted by any column, with their duration charts
+and cancelled counts."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import time
 from pathlib import Path
@@ -185,4 +188,138 @@ def test_a_run_that_arrives_between_frames_logs_no_error(viewer: Viewer, page: A
     expect(row).to_have_attribute("data-status", A.STATUS_RUNNING)
     page.clock.run_for(1_000)
     expect(row.locator(".col-duration")).not_to_have_text("–")
+    page.probe.assert_clean()
+
+
+# -------------------------------------------------------------------------------------------------- stats
+
+
+def tool_spans(trace: str, parent: str, name: str, durations_ms: list[int], **kw: Any) -> list[SpanRecord]:
+    return [
+        record(trace, span_id(), name, parent=parent, kind=A.KIND_TOOL, ended=True, duration_ns=ms * 10**6, **kw)
+        for ms in durations_ms
+    ]
+
+
+def stats_names(page: Any) -> list[str]:
+    names: list[str] = page.locator("#stats tbody tr").evaluate_all("rows => rows.map(r => r.dataset.name)")
+    return names
+
+
+def test_the_stats_page_follows_runs_as_they_end(viewer: Viewer, page: Any) -> None:
+    trace, root = trace_id(), span_id()
+    post(viewer, [record(trace, root, "invoke_workflow nightly", kind=A.KIND_WORKFLOW)])
+    page.goto(f"{viewer.url}/stats")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#stats-empty")).to_be_visible()
+    page.evaluate("() => { window.notReloaded = true; }")
+
+    post(viewer, tool_spans(trace, root, "execute_tool fetch", [40, 60]))
+    fetch_row = page.locator('#stats tr[data-name="execute_tool fetch"]')
+    expect(fetch_row.locator(".col-count")).to_have_text("2")
+    post(viewer, [record(trace, root, "invoke_workflow nightly", kind=A.KIND_WORKFLOW, ended=True)])
+    expect(page.locator('#stats tr[data-name="invoke_workflow nightly"] .col-count')).to_have_text("1")
+    post(viewer, tool_spans(trace_id(), span_id(), "execute_tool fetch", [50]))
+    expect(fetch_row.locator(".col-count")).to_have_text("3")
+    assert page.evaluate("() => window.notReloaded === true")
+    expect(page.locator("#stats-status")).to_contain_text("Updated")
+    page.probe.assert_clean()
+
+
+def test_stats_columns_sort_on_click(viewer: Viewer, page: Any) -> None:
+    trace, root = trace_id(), span_id()
+    spans = [
+        *tool_spans(trace, root, "execute_tool alpha", [300]),  # 1 span, slowest
+        *tool_spans(trace, root, "execute_tool bravo", [10, 10, 10]),  # 3 spans, fastest
+        *tool_spans(trace, root, "execute_tool charlie", [100, 100]),  # 2 spans, one failed
+    ]
+    spans[-1] = dataclasses.replace(spans[-1], status=A.STATUS_ERROR, status_message="boom")
+    post(viewer, spans)
+    wait_for(lambda: len(httpx.get(f"{viewer.url}/api/stats", timeout=10).json()["stats"]) == 3, what="stats")
+    page.goto(f"{viewer.url}/stats")
+    expect(page.locator("#stats tbody tr")).to_have_count(3)
+    count_th = page.locator('#stats th[data-sort="count"]')
+    p95_th = page.locator('#stats th[data-sort="p95"]')
+    expect(count_th).to_have_attribute("aria-sort", "descending")  # most frequent first
+    assert stats_names(page) == ["execute_tool bravo", "execute_tool charlie", "execute_tool alpha"]
+
+    p95_th.get_by_role("button").click()
+    expect(p95_th).to_have_attribute("aria-sort", "descending")
+    expect(count_th).not_to_have_attribute("aria-sort", re.compile("."))
+    assert stats_names(page) == ["execute_tool alpha", "execute_tool charlie", "execute_tool bravo"]
+    p95_th.get_by_role("button").click()
+    expect(p95_th).to_have_attribute("aria-sort", "ascending")
+    assert stats_names(page) == ["execute_tool bravo", "execute_tool charlie", "execute_tool alpha"]
+
+    errors_th = page.locator('#stats th[data-sort="errors"]')
+    errors_th.get_by_role("button").click()
+    expect(errors_th).to_have_attribute("aria-sort", "descending")
+    assert stats_names(page)[0] == "execute_tool charlie"
+    name_th = page.locator('#stats th[data-sort="name"]')
+    name_th.get_by_role("button").click()
+    expect(name_th).to_have_attribute("aria-sort", "ascending")
+    assert stats_names(page) == ["execute_tool alpha", "execute_tool bravo", "execute_tool charlie"]
+    # the order holds while the page refetches
+    page.locator("#stats-refresh").click()
+    expect(page.locator("#stats-status")).to_contain_text("Updated")
+    assert stats_names(page) == ["execute_tool alpha", "execute_tool bravo", "execute_tool charlie"]
+    page.probe.assert_clean()
+
+
+def log_histogram(durations_ms: list[float]) -> dict[str, Any]:
+    """What the server answers as a row's ``histogram``: 12 log-spaced bins between the shortest and longest."""
+    low, high = math.log10(min(durations_ms)), math.log10(max(durations_ms) * 1.0001)
+    edges = [10 ** (low + (high - low) * i / 12) for i in range(13)]
+    counts = [0] * 12
+    for d in durations_ms:
+        counts[min(11, max(0, next(i for i in range(12) if d < edges[i + 1])))] += 1
+    return {"edges_ms": edges, "counts": counts}
+
+
+def test_stats_draw_the_histogram_and_count_cancelled_spans(viewer: Viewer, page: Any, artifacts: Path) -> None:
+    """With the server's ``histogram`` and ``cancelled`` fields, a sparkline of the durations and a count of
+    cancelled spans; without them (an older viewer), the p50/p95 bars and a dash."""
+    trace, root = trace_id(), span_id()
+    durations = [5, 8, 12, 20, 35, 60, 100, 180, 300, 1_000]
+    post(viewer, [*tool_spans(trace, root, "execute_tool search", durations)])
+    stop = cancelled(record(trace, span_id(), "execute_tool search", parent=root, kind=A.KIND_TOOL, ended=True))
+    ingest(viewer, [stop])
+    wait_for(lambda: httpx.get(f"{viewer.url}/api/stats", timeout=10).json()["stats"], what="stats")
+
+    def with_fields(route: Any) -> None:
+        response = route.fetch()
+        data = response.json()
+        for row in data["stats"]:  # what the server answers once it counts them; its own answer when it does
+            row.setdefault("cancelled", 1 if row["name"] == "execute_tool search" else 0)
+            row.setdefault("histogram", log_histogram(durations))
+        route.fulfill(response=response, body=json.dumps(data))
+
+    def without_fields(route: Any) -> None:
+        response = route.fetch()
+        data = response.json()
+        for row in data["stats"]:
+            row.pop("cancelled", None)
+            row.pop("histogram", None)
+        route.fulfill(response=response, body=json.dumps(data))
+
+    page.route("**/api/stats*", with_fields)
+    page.goto(f"{viewer.url}/stats")
+    row = page.locator('#stats tr[data-name="execute_tool search"]')
+    expect(row.locator(".hist .hist-bar")).to_have_count(12)
+    counts = row.locator(".hist-bar").evaluate_all("bars => bars.map(b => Number(b.dataset.count))")
+    assert sum(counts) == len(durations)
+    heights = row.locator(".hist-bar").evaluate_all("bars => bars.map(b => b.getBBox().height)")
+    tallest = counts.index(max(counts))
+    assert heights[tallest] == max(heights) > min(heights)
+    expect(row.locator(".col-cancelled")).to_have_text("1")
+    expect(row.locator(".col-cancelled")).to_have_css("color", CANCELLED_GREY)
+    expect(row.locator(".col-errors")).to_have_text("0%")  # a cancelled span is not an error
+    page.screenshot(path=str(artifacts / "stats-histogram.png"))
+
+    page.unroute("**/api/stats*")
+    page.route("**/api/stats*", without_fields)
+    page.reload()
+    expect(row.locator(".bars .bar")).to_have_count(2)
+    expect(row.locator(".hist")).to_have_count(0)
+    expect(row.locator(".col-cancelled")).to_have_text("–")
     page.probe.assert_clean()
