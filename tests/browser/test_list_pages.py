@@ -1,7 +1,6 @@
-"""The runs list and the stats page in a real Chromium, as a user sees them: dates once runs span two days, older
-runs paged in by scrolling, the cancelled state, running runs first under a filter, no error when a run arrives
-before its row is built; the stats following runs as they end, sorted by any column, with their duration charts
-and cancelled counts."""
+"""The runs list, the stats page and the header in a real Chromium, as a user sees them: dates once runs span
+two days, older runs paged in by scrolling, the cancelled state, running runs first under a filter, the live and
+sortable stats, the duration charts, and the layout of a 390 px wide phone."""
 
 from __future__ import annotations
 
@@ -24,6 +23,8 @@ from tests.viewer.conftest import Viewer, record, span_id, trace_id, wait_for
 
 pytestmark = pytest.mark.browser
 
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1440, "height": 900}
 HOUR_NS = 3_600 * 10**9
 CANCELLED_GREY = "rgb(163, 171, 184)"  # .chip[data-status="cancelled"] in style.css
 FAILED_RED = "rgb(255, 139, 139)"
@@ -55,6 +56,17 @@ def ingest(viewer: Viewer, records: list[SpanRecord]) -> None:
 def api_runs(viewer: Viewer, **params: Any) -> dict[str, Any]:
     data: dict[str, Any] = httpx.get(f"{viewer.url}/api/runs", params=params, timeout=10).json()
     return data
+
+
+def assert_on_screen(box: dict[str, float] | None, what: object = "") -> None:
+    assert box is not None, what
+    assert box["x"] >= 0, (what, box)
+    assert box["x"] + box["width"] <= PHONE["width"], (what, box)
+
+
+def scroll_width(page: Any) -> int:
+    width: int = page.evaluate("document.documentElement.scrollWidth")
+    return width
 
 
 # -------------------------------------------------------------------------------------------------- runs list
@@ -322,4 +334,61 @@ def test_stats_draw_the_histogram_and_count_cancelled_spans(viewer: Viewer, page
     expect(row.locator(".bars .bar")).to_have_count(2)
     expect(row.locator(".hist")).to_have_count(0)
     expect(row.locator(".col-cancelled")).to_have_text("–")
+    page.probe.assert_clean()
+
+
+# -------------------------------------------------------------------------------------------------- phone
+
+
+def test_runs_and_stats_fit_a_phone(viewer: Viewer, page: Any, artifacts: Path) -> None:
+    long_name = "summarise-the-quarterly-customer-feedback-into-themes"
+    trace, root = trace_id(), span_id()
+    post(
+        viewer,
+        [
+            record(trace, root, f"invoke_workflow {long_name}", kind=A.KIND_WORKFLOW, run_id="job-" + "x" * 40),
+            *tool_spans(trace, root, f"execute_tool {long_name}", [20, 40]),
+        ],
+    )
+    post(viewer, [run_root("nightly", error=True, start=time.time_ns() - 26 * HOUR_NS)])
+    ingest(viewer, [cancelled(run_root("stopped"))])
+    wait_for(lambda: api_runs(viewer)["total"] == 3, what="three stored runs")
+    names = len(httpx.get(f"{viewer.url}/api/stats", timeout=10).json()["stats"])
+
+    for viewport, suffix in ((DESKTOP, "1440"), (PHONE, "390")):
+        page.set_viewport_size(viewport)
+        page.goto(f"{viewer.url}/")
+        expect(page.locator("#runs tbody tr")).to_have_count(3)
+        expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+        page.screenshot(path=str(artifacts / f"runs-{suffix}.png"), full_page=True)
+        page.goto(f"{viewer.url}/stats")
+        expect(page.locator("#stats tbody tr")).to_have_count(names)
+        page.screenshot(path=str(artifacts / f"stats-{suffix}.png"), full_page=True)
+
+    # on the phone (the last pass): nothing wider than the screen, rows as cards, minor columns left out
+    page.goto(f"{viewer.url}/")
+    row = page.locator(f'tr[data-run-id="{trace}"]')
+    expect(row.locator(".chip")).to_be_visible()
+    assert scroll_width(page) <= PHONE["width"]
+    expect(page.locator("#runs thead")).to_be_hidden()
+    expect(row.locator(".col-service")).to_be_hidden()
+    for cell in (".run-link", ".chip", ".col-started", ".col-duration"):
+        assert_on_screen(row.locator(cell).bounding_box(), cell)
+    page.locator("#bell").click()  # the alerts panel stays on the screen
+    panel = page.locator("#alerts-panel")
+    expect(panel).to_be_visible()
+    assert_on_screen(panel.bounding_box(), "alerts panel")
+    assert scroll_width(page) <= PHONE["width"]
+    page.screenshot(path=str(artifacts / "header-alerts-390.png"))
+    page.keyboard.press("Escape")
+
+    page.goto(f"{viewer.url}/stats")
+    expect(page.locator("#stats tbody tr")).to_have_count(names)
+    assert scroll_width(page) <= PHONE["width"]
+    # the sort buttons are still there, above the rows
+    name_th = page.locator('#stats th[data-sort="name"]')
+    expect(name_th.get_by_role("button")).to_be_visible()
+    name_th.get_by_role("button").click()
+    expect(name_th).to_have_attribute("aria-sort", "ascending")
+    assert scroll_width(page) <= PHONE["width"]
     page.probe.assert_clean()
