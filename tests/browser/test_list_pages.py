@@ -350,7 +350,9 @@ def test_runs_and_stats_fit_a_phone(viewer: Viewer, page: Any, artifacts: Path) 
             *tool_spans(trace, root, f"execute_tool {long_name}", [20, 40]),
         ],
     )
-    post(viewer, [run_root("nightly", error=True, start=time.time_ns() - 26 * HOUR_NS)])
+    nightly = run_root("nightly", error=True, start=time.time_ns() - 26 * HOUR_NS)
+    failed = nightly.trace_id
+    post(viewer, [nightly])
     ingest(viewer, [cancelled(run_root("stopped"))])
     wait_for(lambda: api_runs(viewer)["total"] == 3, what="three stored runs")
     names = len(httpx.get(f"{viewer.url}/api/stats", timeout=10).json()["stats"])
@@ -372,6 +374,9 @@ def test_runs_and_stats_fit_a_phone(viewer: Viewer, page: Any, artifacts: Path) 
     assert scroll_width(page) <= PHONE["width"]
     expect(page.locator("#runs thead")).to_be_hidden()
     expect(row.locator(".col-service")).to_be_hidden()
+    failing = page.locator(f'tr[data-run-id="{failed}"] .col-failures')  # a failed span is still told
+    expect(failing).to_be_visible()
+    assert failing.evaluate("td => getComputedStyle(td, '::after').content") == '" failed"'
     for cell in (".run-link", ".chip", ".col-started", ".col-duration"):
         assert_on_screen(row.locator(cell).bounding_box(), cell)
     page.locator("#bell").click()  # the alerts panel stays on the screen
