@@ -10,8 +10,9 @@ KIND_WORKFLOW: Final = "workflow"
 KIND_AGENT: Final = "agent"
 KIND_NODE: Final = "node"
 KIND_TOOL: Final = "tool"
+KIND_LLM: Final = "llm"  # a call to a language model (GenAI chat/completion/embeddings, OpenInference LLM)
 KIND_SPAN: Final = "span"  # anything otelflow did not create itself
-KINDS: Final = (KIND_WORKFLOW, KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_SPAN)
+KINDS: Final = (KIND_WORKFLOW, KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_LLM, KIND_SPAN)
 
 # --- span statuses (the stream's and the REST API's) ------------------------------------------------
 STATUS_RUNNING: Final = "running"
@@ -41,18 +42,45 @@ GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
 OP_INVOKE_WORKFLOW: Final = "invoke_workflow"
 OP_INVOKE_AGENT: Final = "invoke_agent"
 OP_EXECUTE_TOOL: Final = "execute_tool"
+# model calls
+GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
+GEN_AI_SYSTEM: Final = "gen_ai.system"  # the provider's older name
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+GEN_AI_SYSTEM_INSTRUCTIONS: Final = "gen_ai.system_instructions"
+OP_CHAT: Final = "chat"
+OP_TEXT_COMPLETION: Final = "text_completion"
+OP_GENERATE_CONTENT: Final = "generate_content"
+OP_EMBEDDINGS: Final = "embeddings"
+LLM_OPERATIONS: Final = (OP_CHAT, OP_TEXT_COMPLETION, OP_GENERATE_CONTENT, OP_EMBEDDINGS)
 
 # --- OpenInference (rendered by Phoenix and Langfuse) ---------------------------------------------
 OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
 OI_AGENT: Final = "AGENT"
 OI_CHAIN: Final = "CHAIN"
 OI_TOOL: Final = "TOOL"
+OI_LLM: Final = "LLM"
+OI_LLM_MODEL_NAME: Final = "llm.model_name"
+OI_LLM_PROVIDER: Final = "llm.provider"
+OI_LLM_SYSTEM: Final = "llm.system"
+OI_TOKEN_COUNT_PROMPT: Final = "llm.token_count.prompt"  # noqa: S105 - a key, not a secret
+OI_TOKEN_COUNT_COMPLETION: Final = "llm.token_count.completion"  # noqa: S105
+OI_INPUT_MESSAGES: Final = "llm.input_messages"  # a prefix: llm.input_messages.<i>.message.role, .content, ...
+OI_OUTPUT_MESSAGES: Final = "llm.output_messages"
 INPUT_VALUE: Final = "input.value"
 INPUT_MIME_TYPE: Final = "input.mime_type"
 OUTPUT_VALUE: Final = "output.value"
 OUTPUT_MIME_TYPE: Final = "output.mime_type"
 MIME_JSON: Final = "application/json"
 MIME_TEXT: Final = "text/plain"
+
+# --- otelflow's own, on model calls (otelflow.llm) -------------------------------------------------
+LLM_TIME_TO_FIRST_TOKEN_MS: Final = "otelflow.llm.time_to_first_token_ms"  # noqa: S105
 
 # --- Logfire's pending spans (understood by the viewer) -------------------------------------------
 LOGFIRE_SPAN_TYPE: Final = "logfire.span_type"
