@@ -81,6 +81,8 @@ MIME_TEXT: Final = "text/plain"
 
 # --- otelflow's own, on model calls (otelflow.llm) -------------------------------------------------
 LLM_TIME_TO_FIRST_TOKEN_MS: Final = "otelflow.llm.time_to_first_token_ms"  # noqa: S105
+LLM_OUTPUT_PARTIAL: Final = "otelflow.llm.output.partial"  # the answer so far, while the call streams
+LLM_OUTPUT_CUT: Final = "otelflow.llm.output.cut"  # characters of the answer so far left out (bounded bytes)
 
 # --- Logfire's pending spans (understood by the viewer) -------------------------------------------
 LOGFIRE_SPAN_TYPE: Final = "logfire.span_type"
