@@ -24,6 +24,7 @@ from .alerts import AlertEngine
 from .history import RunQuery, SqliteHistory
 from .history.name_stats import HOUR_NS
 from .live import Hub, RunState
+from .live.state import llm_by_span
 
 __all__ = ["ApiResponse", "api_router", "run_has_ended"]
 
@@ -195,6 +196,7 @@ class _Api:
                 "run": summary,
                 "spans": [s.to_dict() for s in spans],
                 "tree": _span_tree(spans),
+                "llm_by_span": llm_by_span(spans),
                 "progress": summary.get("progress") if summary else None,
                 "stalled": stalled,
                 "last_event_id": last,
