@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from otelflow import attributes as A
 from otelflow.genai import CONTENT_LIMIT, Prices
 from tests.test_examples import EXAMPLES, load
-from tests.viewer.conftest import Viewer, wait_for
+from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 
 local_llm = load("local_llm_server")
 MINI = (0.15, 0.6)  # the shipped price of gpt-4o-mini, USD per 1M tokens in and out
@@ -296,3 +296,41 @@ def test_a_bad_price_file_stops_serve_with_one_line(tmp_path: Path) -> None:
     )
     missing = run_cli("serve", "--port", "0", "--db", ":memory:", env={"OTELFLOW_PRICES": str(tmp_path / "none")})
     assert one_line(missing) == f"otelflow serve: prices: {tmp_path / 'none'}: No such file or directory"
+
+
+# ------------------------------------------------------------------------------------------------
+# Live: the answer so far, and totals that grow as calls end
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_stream_tells_the_answer_so_far_and_run_totals_as_calls_end(viewer: Viewer) -> None:
+    """Snapshots of a streaming call (otelflow's ``otelflow.llm.output.partial``, as ``otelflow.llm`` sets it) reach
+    the stream as span.updated with the answer so far; each call that ends adds to the run's totals."""
+    trace, root, first, second = trace_id(), span_id(), span_id(), span_id()
+    chat = {A.GEN_AI_OPERATION_NAME: "chat", A.GEN_AI_REQUEST_MODEL: "gpt-4o-mini"}
+    used = {A.GEN_AI_USAGE_INPUT_TOKENS: 100, A.GEN_AI_USAGE_OUTPUT_TOKENS: 20}
+
+    def call(span: str, ended: bool, **attrs: Any) -> Any:
+        rec = record(trace, span, "chat gpt-4o-mini", parent=root, ended=ended, attributes={**chat, **attrs})
+        rec.attributes.pop(A.KIND)
+        rec.kind = A.KIND_SPAN  # as an instrumentation sends it: recognised by the viewer
+        return rec
+
+    with SseClient(f"{viewer.url}/api/stream?run={trace}") as sse:
+        workflow = record(trace, root, "invoke_workflow w", kind=A.KIND_WORKFLOW)
+        assert viewer.post_json([workflow, call(first, False, **{A.LLM_OUTPUT_PARTIAL: "Hel"})]).is_success
+        started = sse.read_until(lambda e: e["event"] == "span.started" and e["data"]["span"]["span_id"] == first)
+        assert started["data"]["span"]["llm"]["partial_output"] == "Hel"
+        partial = {A.LLM_OUTPUT_PARTIAL: "Hello wor", A.LLM_OUTPUT_CUT: 0, A.LLM_TIME_TO_FIRST_TOKEN_MS: 80.0}
+        assert viewer.post_json([call(first, False, **partial)]).is_success
+        updated = sse.read_until(lambda e: e["event"] == "span.updated")
+        assert updated["data"]["span"]["llm"]["partial_output"] == "Hello wor"
+        assert updated["data"]["span"]["llm"]["time_to_first_token_ms"] == 80.0
+
+        assert viewer.post_json([call(first, True, **used)]).is_success
+        run = sse.read_until(lambda e: e["event"] == "run.updated" and "llm" in e["data"]["run"])["data"]["run"]
+        assert (run["llm"]["calls"], run["llm"]["input_tokens"]) == (1, 100)
+        assert viewer.post_json([call(second, True, **used)]).is_success
+        run = sse.read_until(lambda e: e["event"] == "run.updated" and e["data"]["run"]["llm"]["calls"] == 2)
+        assert run["data"]["run"]["llm"]["output_tokens"] == 40
+        assert run["data"]["run"]["llm"]["cost_usd"] == pytest.approx(2 * cost(100, 20))
