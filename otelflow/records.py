@@ -177,12 +177,7 @@ class SpanRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``span`` object of the viewer's stream envelope (``llm`` only for a span of kind ``llm``)."""
-        if self.kind == A.KIND_LLM:
-            return {**self._to_dict(), "llm": self.llm()}
-        return self._to_dict()
-
-    def _to_dict(self) -> dict[str, Any]:
-        return {
+        span = {
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "parent_span_id": self.parent_span_id,
@@ -197,6 +192,9 @@ class SpanRecord:
             "events": [e.to_dict() for e in self.events],
             "error": self.error(),
         }
+        if self.kind == A.KIND_LLM:
+            span["llm"] = self.llm()
+        return span
 
 
 def ended_status(error: bool, message: str, attributes: Mapping[str, Any]) -> str:
