@@ -74,7 +74,9 @@ def stored_span_objects(viewer: Viewer, run: str, type_: str) -> dict[str, dict[
 # ------------------------------------------------------------------------------------------------
 
 
-def test_openai_v2_calls_show_model_tokens_messages_and_cost(viewer: Viewer) -> None:
+def test_openai_v2_calls_show_model_tokens_messages_and_cost(
+    viewer: Viewer, make_viewer: Callable[..., Viewer]
+) -> None:
     """examples/openai_live.py as a worker: otelflow.configure streams to the viewer, openai-v2 traces a plain and a
     streaming chat call; the viewer shows both as kind llm, with their totals on the run and on each agent."""
     env = {
@@ -128,6 +130,14 @@ def test_openai_v2_calls_show_model_tokens_messages_and_cost(viewer: Viewer) -> 
     ended = stored_span_objects(viewer, "llm-v2", "span.ended")
     assert ended[plain["span_id"]]["llm"] == plain["llm"]  # the replay agrees with the REST detail
     assert ended[streamed["span_id"]]["llm"] == streamed["llm"]
+
+    exported = httpx.get(f"{viewer.url}/api/runs/llm-v2/export", timeout=5).content
+    other = make_viewer()
+    posted = httpx.post(f"{other.url}/v1/traces", content=exported, headers={"content-type": "application/json"})
+    assert posted.is_success
+    again = ended_run(other, "llm-v2", spans=5)
+    assert [s["llm"] for s in llm_spans(again)] == [plain["llm"], streamed["llm"]]  # the export keeps it all
+    assert again["run"]["llm"] == totals
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,6 +306,23 @@ def test_a_bad_price_file_stops_serve_with_one_line(tmp_path: Path) -> None:
     )
     missing = run_cli("serve", "--port", "0", "--db", ":memory:", env={"OTELFLOW_PRICES": str(tmp_path / "none")})
     assert one_line(missing) == f"otelflow serve: prices: {tmp_path / 'none'}: No such file or directory"
+
+
+def test_run_totals_survive_a_viewer_restart(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
+    """A run still running when the viewer stops keeps the totals of its ended calls once restored."""
+    db = tmp_path / "h.db"
+    first = make_viewer(db=db)
+    trace, root = trace_id(), span_id()
+    attrs = {A.GEN_AI_OPERATION_NAME: "chat", A.GEN_AI_REQUEST_MODEL: "gpt-4o-mini", A.GEN_AI_USAGE_INPUT_TOKENS: 7}
+    workflow = record(trace, root, "invoke_workflow w", kind=A.KIND_WORKFLOW, run_id="restored")
+    llm_call = record(trace, span_id(), "chat gpt-4o-mini", parent=root, kind=A.KIND_LLM, ended=True, attributes=attrs)
+    assert first.post_json([workflow, llm_call]).is_success
+    summary = lambda v: httpx.get(f"{v.url}/api/runs/restored", timeout=5).json().get("run") or {}  # noqa: E731
+    wait_for(lambda: summary(first).get("llm"), 10, "the totals")
+    first.stop()
+    second = make_viewer(db=db)
+    assert summary(second)["status"] == "running"
+    assert (summary(second)["llm"]["calls"], summary(second)["llm"]["input_tokens"]) == (1, 7)
 
 
 # ------------------------------------------------------------------------------------------------
