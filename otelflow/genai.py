@@ -368,7 +368,9 @@ def _one_message(item: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(message, Mapping) and "content" not in item:  # a gen_ai.choice body
         item = message
         role = role or item.get("role") or "assistant"
-    calls = [c for c in (_tool_call(t) for t in item.get("tool_calls") or ()) if c is not None]
+    raw_calls = item.get("tool_calls")
+    raw_calls = raw_calls if isinstance(raw_calls, (list, tuple)) else ()
+    calls = [c for c in (_tool_call(t) for t in raw_calls) if c is not None]
     return _message(role, item.get("content"), calls, item.get("tool_call_id") or item.get("id"))
 
 

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from otelflow import attributes as A
 from otelflow.genai import CONTENT_LIMIT, PriceError, Prices, llm_view, use_prices, with_cost
@@ -303,3 +305,56 @@ def test_the_envelope_span_has_llm_only_for_model_calls() -> None:
     finally:
         use_prices(None)
     assert with_cost({"model": "gpt-4o-mini", "input_tokens": 1, "output_tokens": 1})["cost_usd"] is None
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "role",
+                    "content",
+                    "parts",
+                    "type",
+                    "tool_calls",
+                    "function",
+                    "name",
+                    "arguments",
+                    "id",
+                    "message",
+                    "body",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    [
+        A.GEN_AI_INPUT_MESSAGES, A.GEN_AI_OUTPUT_MESSAGES, A.GEN_AI_SYSTEM_INSTRUCTIONS, A.GEN_AI_USAGE_INPUT_TOKENS,
+        A.GEN_AI_RESPONSE_MODEL, A.GEN_AI_RESPONSE_FINISH_REASONS, A.LLM_OUTPUT_PARTIAL, A.LLM_OUTPUT_CUT,
+        A.LLM_TIME_TO_FIRST_TOKEN_MS, "llm.input_messages.0.message.content", "llm.input_messages.x.message.role",
+        "llm.output_messages.0.message.tool_calls.0.tool_call.function.name",
+    ]
+)  # fmt: skip
+
+
+_event_names = st.sampled_from([A.EVENT_GEN_AI_CHOICE, A.EVENT_GEN_AI_USER_MESSAGE, A.EVENT_GEN_AI_INFERENCE_DETAILS])
+_event_attrs = st.dictionaries(
+    st.sampled_from(["body", "content", "message", A.GEN_AI_INPUT_MESSAGES]), _values, max_size=3
+)
+
+
+@given(
+    attributes=st.dictionaries(_keys, _values | st.text().map(lambda t: "[" + t), max_size=6),
+    events=st.lists(st.tuples(_event_names, _event_attrs), max_size=3),
+)
+def test_any_attributes_give_a_view_and_never_an_exception(attributes: dict[str, Any], events: list[Any]) -> None:
+    view = llm_view("chat", {A.GEN_AI_OPERATION_NAME: "chat", **attributes}, [EventRecord(n, 1, a) for n, a in events])
+    assert "could not read" not in " ".join(view["problems"])
+    assert all(isinstance(m["content"], str) for m in view["input_messages"] + view["output_messages"])
+    dumps(view)  # JSON that the stream can carry
