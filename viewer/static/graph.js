@@ -28,6 +28,7 @@ const SPINNER_R = 7;
 const SPINNER_GAP = 8; // between a label's end and the spinner
 const STALL_CHARS = 22; // a stall label fits a node at 11px mono (its spinner is hidden); a longer one is squeezed
 const ELK_ROOT = "\u0000graph";
+const MAX_THEN = 4;
 const ELK_WORKER_URL = new URL("./vendor/elk-worker.min.js", import.meta.url);
 const LAYOUT_OPTIONS = {
   "elk.algorithm": "layered",
@@ -42,7 +43,19 @@ const LAYOUT_OPTIONS = {
   "elk.spacing.componentComponent": "34",
   "elk.padding": "[top=4,left=4,bottom=4,right=4]",
 };
-const BOX_OPTIONS = { "elk.padding": `[top=${HEAD_H},left=${PAD},bottom=${PAD},right=${PAD}]` };
+// a large graph (hundreds of nodes) is laid out with less effort spent on crossings: seconds become a fraction of one
+const LARGE_GRAPH = 100;
+const LARGE_OPTIONS = {
+  "elk.layered.thoroughness": "1",
+  "elk.layered.crossingMinimization.greedySwitch.type": "OFF",
+  "elk.layered.crossingMinimization.greedySwitchHierarchical.type": "OFF",
+};
+// a box around its children: room for its own header row, and at least as wide as a node so that its label fits
+const BOX_OPTIONS = {
+  "elk.padding": `[top=${HEAD_H},left=${PAD},bottom=${PAD},right=${PAD}]`,
+  "elk.nodeSize.constraints": "MINIMUM_SIZE",
+  "elk.nodeSize.minimum": `(${NODE_W + 2 * PAD}, ${NODE_H + HEAD_H})`,
+};
 
 /** The span that carries the planned graph: the root, else the earliest span with one. */
 export function graphOwner(spans, root) {
@@ -176,7 +189,8 @@ export function buildGraph(spans, root, owner = root) {
 
 /**
  * "then" edges between siblings (nodes with the same parent): B follows A when B started after A ended and no
- * sibling ran wholly in between (A ended, C started and ended, then B started).
+ * sibling ran wholly in between (A ended, C started and ended, then B started). When more than MAX_THEN siblings
+ * lead to B that way, only the last of them to end does.
  */
 function addSequence(nodes, addEdge) {
   const groups = new Map();
@@ -200,7 +214,11 @@ function addSequence(nodes, addEdge) {
       }
       if (hi < 0) continue;
       const bound = latestStart[hi];
-      for (let i = hi; i >= 0 && done[i].endMs > bound; i--) if (done[i] !== next) addEdge(done[i].key, next.key, "then");
+      let first = hi;
+      while (first > 0 && done[first - 1].endMs > bound) first--;
+      // after a wide parallel batch, only the one that ended last leads on (not a web of edges between two batches)
+      if (hi - first >= MAX_THEN) first = hi;
+      for (let i = first; i <= hi; i++) if (done[i] !== next) addEdge(done[i].key, next.key, "then");
     }
   }
 }
@@ -340,6 +358,12 @@ class ElkWorker {
       this.calls.clear();
     };
     this.call({ cmd: "register", algorithms: ["layered"] });
+    // a first small layout while the page loads its run, so that the first real one runs on compiled code
+    const leaf = (id) => ({ id, width: NODE_W, height: NODE_H });
+    const box = { id: "b", layoutOptions: BOX_OPTIONS, children: [leaf("c"), leaf("d")] };
+    const warmUp = { id: ELK_ROOT, layoutOptions: LAYOUT_OPTIONS, children: [leaf("a"), box], edges: [] };
+    for (const [id, from, to] of [["1", "a", "b"], ["2", "c", "d"], ["3", "d", "b"]]) warmUp.edges.push({ id, sources: [from], targets: [to] });
+    this.layout(warmUp).catch(() => {});
   }
 
   call(message) {
@@ -369,7 +393,8 @@ function elkWorker() {
 
 /** The ELK input for `graph`: nodes nested in their parents (in the graph's order), all edges at the top. */
 export function elkGraph(graph) {
-  const top = { id: ELK_ROOT, layoutOptions: LAYOUT_OPTIONS, children: [], edges: [] };
+  const options = graph.nodes.size > LARGE_GRAPH ? { ...LAYOUT_OPTIONS, ...LARGE_OPTIONS } : LAYOUT_OPTIONS;
+  const top = { id: ELK_ROOT, layoutOptions: options, children: [], edges: [] };
   const elkNodes = new Map();
   for (const node of graph.nodes.values()) elkNodes.set(node.key, { id: node.key, width: NODE_W, height: NODE_H });
   for (const node of graph.nodes.values()) {
@@ -378,8 +403,6 @@ export function elkGraph(graph) {
       if (!parent.children) {
         parent.children = [];
         parent.layoutOptions = BOX_OPTIONS;
-        // a box is at least as wide as a node, so that its own label has room
-        parent.layoutOptions = { ...BOX_OPTIONS, "elk.nodeSize.constraints": "MINIMUM_SIZE", "elk.nodeSize.minimum": `(${NODE_W + 2 * PAD}, ${NODE_H + HEAD_H})` };
       }
       parent.children.push(elkNodes.get(node.key));
     } else {
@@ -416,6 +439,15 @@ function readElk(result) {
     if (points.length >= 2) paths.set(edge.id, points);
   }
   return { boxes, paths };
+}
+
+/**
+ * Lays out `graph` (from buildGraph) in the ELK worker: resolves to {boxes: key -> {x, y, w, h}, paths: edge key ->
+ * points}, in the graph's coordinates, or rejects when there is no worker.
+ */
+export function elkLayout(graph) {
+  const worker = elkWorker();
+  return worker ? worker.layout(elkGraph(graph)).then(readElk) : Promise.reject(new Error("no layout worker"));
 }
 
 function median(values) {
@@ -481,9 +513,23 @@ export class GraphView {
     this.elk = elkWorker(); // started now, so that it is ready when the first spans arrive
     this.svgEl.dataset.layout = this.elk ? "pending" : "fallback";
     this.installPanZoom();
+    this.wrapSize();
   }
   installPanZoom() {
     const wrap = this.wrapEl;
+    const select = (e) => {
+      const g = e.target.closest(".gnode");
+      const current = g ? this.graph.nodes.get(g.dataset.nodeId) : null;
+      if (current && current.latest) this.onSelect(current.latest.span_id);
+      return Boolean(g);
+    };
+    this.viewEl.addEventListener("click", select);
+    this.viewEl.addEventListener("keydown", (e) => {
+      if ((e.key === "Enter" || e.key === " ") && e.target.closest(".gnode")) {
+        e.preventDefault();
+        select(e);
+      }
+    });
     let drag = null;
     wrap.addEventListener("pointerdown", (e) => {
       if (e.button !== 0 || e.target.closest(".gnode")) return;
@@ -530,8 +576,25 @@ export class GraphView {
     this.applyView();
   }
 
+  /** The graph area's size, kept by a ResizeObserver so that drawing never has to wait for a page layout. */
+  wrapSize() {
+    if (!this.wrapRect) {
+      const rect = this.wrapEl.getBoundingClientRect();
+      this.wrapRect = { width: rect.width, height: rect.height };
+      if (typeof ResizeObserver === "function" && !this.resizeObserver) {
+        this.resizeObserver = new ResizeObserver((entries) => {
+          const box = entries[entries.length - 1].contentRect;
+          this.wrapRect = { width: box.width, height: box.height };
+          if (!this.userMoved) this.fit();
+        });
+        this.resizeObserver.observe(this.wrapEl);
+      }
+    }
+    return this.wrapRect;
+  }
+
   zoomBy(factor) {
-    const rect = this.wrapEl.getBoundingClientRect();
+    const rect = this.wrapSize();
     this.zoomAt(factor, rect.width / 2, rect.height / 2);
   }
 
@@ -546,7 +609,7 @@ export class GraphView {
   }
 
   fit() {
-    const rect = this.wrapEl.getBoundingClientRect();
+    const rect = this.wrapSize();
     const { x, y, width, height } = this.bounds;
     if (!width || !rect.width) return;
     const pad = 22;
@@ -598,8 +661,13 @@ export class GraphView {
       const { positions } = quickLayout(graph);
       for (const [key, p] of positions) this.positions.set(key, { x: p.x, y: p.y, w: NODE_W, h: NODE_H });
     } else {
-      const { x, y, height } = this.bounds;
-      fresh.forEach((key, i) => this.positions.set(key, { x: x + i * (NODE_W + GAP_X), y: y + height + GAP_Y * 2, w: NODE_W, h: NODE_H }));
+      const { x, y, width, height } = this.bounds;
+      const columns = Math.max(1, Math.floor((width + GAP_X) / (NODE_W + GAP_X)));
+      fresh.forEach((key, i) => {
+        const row = Math.floor(i / columns);
+        const col = i % columns;
+        this.positions.set(key, { x: x + col * (NODE_W + GAP_X), y: y + height + GAP_Y * 2 + row * (NODE_H + GAP_Y), w: NODE_W, h: NODE_H });
+      });
     }
     this.updateBounds();
   }
@@ -725,27 +793,28 @@ export class GraphView {
     for (const [, el] of boxNodes) this.boxesEl.append(el); // outer boxes first
   }
 
-  /** Moves and sizes a node's elements; its label is cut to fit before the spinner. */
+  /** Moves a node's element; when its size changed, resizes it and cuts its label to fit before the spinner. */
   placeNode(node, g, p, isBox, graph) {
     const w = isBox ? p.w : NODE_W;
     const h = isBox ? p.h : NODE_H;
-    const key = `${p.x}|${p.y}|${w}|${h}|${isBox}`;
-    if (g.refs.placed === key) return;
-    g.refs.placed = key;
-    g.setAttribute("transform", `translate(${p.x} ${p.y})`);
+    const r = g.refs;
+    const at = `${p.x} ${p.y}`;
+    if (r.at !== at) {
+      r.at = at;
+      g.setAttribute("transform", `translate(${at})`);
+    }
+    const owner = node.parent ? graph.nodes.get(node.parent) : null;
+    r.owner = owner ? owner.label : "";
+    if (r.width === w && r.height === h && r.isBox === isBox) return;
+    Object.assign(r, { width: w, height: h, isBox });
     g.classList.toggle("box", isBox);
     g.dataset.box = isBox ? "1" : "";
-    const r = g.refs;
     r.rect.setAttribute("width", w);
     r.rect.setAttribute("height", h);
     r.stripe.setAttribute("height", (isBox ? NODE_H : h) - 16);
     r.spinner.setAttribute("cx", w - 18);
-    r.spinner.setAttribute("cy", NODE_H / 2);
-    r.badge.setAttribute("transform", `translate(${w - 6} -6)`);
-    r.labelMax = w - LABEL_X - 18 - SPINNER_R - SPINNER_GAP;
-    r.label.textContent = fitText(node.label, r.labelMax, r.label);
-    const owner = node.parent ? graph.nodes.get(node.parent) : null;
-    r.owner = owner ? owner.label : "";
+    if (r.badge) r.badge.setAttribute("transform", `translate(${w - 6} -6)`);
+    r.label.textContent = fitText(node.label, w - LABEL_X - 18 - SPINNER_R - SPINNER_GAP, r.label);
   }
 
   createNode(node) {
@@ -757,24 +826,22 @@ export class GraphView {
     const label = svg("text", { class: "gnode-label", x: LABEL_X, y: 20 });
     const meta = svg("text", { class: "gnode-meta", x: META_X, y: 37 });
     const spinner = svg("circle", { class: "gnode-spinner", cx: NODE_W - 18, cy: NODE_H / 2, r: SPINNER_R });
-    const badge = svg("g", { class: "gnode-badge", transform: `translate(${NODE_W - 6} -6)` });
-    badge.append(svg("circle", { r: 10 }));
-    const badgeText = svg("text", { class: "gnode-badge-text", "text-anchor": "middle", y: 4 });
-    badge.append(badgeText);
-    g.append(title, rect, stripe, label, meta, spinner, badge);
-    const select = () => {
-      const current = this.graph.nodes.get(node.key);
-      if (current && current.latest) this.onSelect(current.latest.span_id);
-    };
-    g.addEventListener("click", select);
-    g.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" || e.key === " ") {
-        e.preventDefault();
-        select();
-      }
-    });
-    g.refs = { title, rect, stripe, label, meta, spinner, badge, badgeText, owner: "" };
+    g.append(title, rect, stripe, label, meta, spinner);
+    g.refs = { title, rect, stripe, label, meta, spinner, badge: null, badgeText: null, owner: "", width: 0 };
     return g;
+  }
+
+  /** The retry badge of a node, made the first time it has retries. */
+  badgeOf(g) {
+    if (!g.refs.badge) {
+      const badge = svg("g", { class: "gnode-badge", transform: `translate(${Number(g.refs.rect.getAttribute("width")) - 6} -6)` });
+      badge.append(svg("circle", { r: 10 }));
+      const badgeText = svg("text", { class: "gnode-badge-text", "text-anchor": "middle", y: 4 });
+      badge.append(badgeText);
+      g.append(badge);
+      Object.assign(g.refs, { badge, badgeText });
+    }
+    return g.refs;
   }
 
   updateNode(node, visible, now) {
@@ -802,8 +869,11 @@ export class GraphView {
       g.refs.meta.removeAttribute("textLength");
     }
     g.refs.title.textContent = `${node.label} (${node.key})${owner} — ${node.status}${stall ? `, ${stall}` : ""}`;
-    g.refs.badge.setAttribute("class", node.retries ? "gnode-badge" : "gnode-badge hidden");
-    g.refs.badgeText.textContent = node.retries ? `↻${node.retries}` : "";
+    if (node.retries || g.refs.badge) {
+      const { badge, badgeText } = this.badgeOf(g);
+      badge.setAttribute("class", node.retries ? "gnode-badge" : "gnode-badge hidden");
+      badgeText.textContent = node.retries ? `↻${node.retries}` : "";
+    }
     g.dataset.retries = String(node.retries);
   }
 
