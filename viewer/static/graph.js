@@ -847,13 +847,10 @@ export class GraphView {
   updateNode(node, visible, now) {
     const g = this.nodeEls.get(node.key);
     if (!g) return;
+    const r = g.refs;
     const stall = node.status === STATUS_RUNNING && node.stall ? stallLabel(node.stall, node.stallSpan, now) : "";
-    g.dataset.status = node.status;
-    g.dataset.kind = node.kind;
-    g.dataset.stalled = stall ? node.stall.reason : "";
-    g.setAttribute("class", `gnode st-${node.status} kind-${node.kind}${g.dataset.box ? " box" : ""}${stall ? ` ${STALLED}` : ""}${visible ? "" : " dim"}${node.latest && node.latest.span_id === this.selectedSpanId ? " selected" : ""}`);
-    const owner = g.refs.owner ? ` in ${g.refs.owner}` : "";
-    g.setAttribute("aria-label", `${node.label}${owner}: ${node.status}${stall ? `, ${stall}` : ""}`);
+    const cls = `gnode st-${node.status} kind-${node.kind}${r.isBox ? " box" : ""}${stall ? ` ${STALLED}` : ""}${visible ? "" : " dim"}${node.latest && node.latest.span_id === this.selectedSpanId ? " selected" : ""}`;
+    const owner = r.owner ? ` in ${r.owner}` : "";
     const runs = node.spans.length > 1 ? ` · ×${node.spans.length}` : "";
     let meta = node.kind;
     if (stall) meta = stall;
@@ -861,15 +858,23 @@ export class GraphView {
     else if (node.latest && node.durationMs !== null && node.durationMs !== undefined) meta = `${node.kind} · ${formatDuration(node.durationMs)}`;
     else if (node.status === PENDING || node.status === SKIPPED) meta = `${node.kind} · ${node.status}`;
     const text = stall ? meta : meta + runs;
-    g.refs.meta.textContent = text;
+    const state = `${cls}\u0001${owner}\u0001${text}\u0001${node.retries}\u0001${r.width}`;
+    if (r.state === state) return; // most nodes of a large run: nothing to write
+    r.state = state;
+    g.dataset.status = node.status;
+    g.dataset.kind = node.kind;
+    g.dataset.stalled = stall ? node.stall.reason : "";
+    g.setAttribute("class", cls);
+    g.setAttribute("aria-label", `${node.label}${owner}: ${node.status}${stall ? `, ${stall}` : ""}`);
+    r.meta.textContent = text;
     if (stall && text.length > STALL_CHARS) {
-      g.refs.meta.setAttribute("textLength", Number(g.refs.rect.getAttribute("width")) - META_X - 8);
-      g.refs.meta.setAttribute("lengthAdjust", "spacingAndGlyphs");
+      r.meta.setAttribute("textLength", r.width - META_X - 8);
+      r.meta.setAttribute("lengthAdjust", "spacingAndGlyphs");
     } else {
-      g.refs.meta.removeAttribute("textLength");
+      r.meta.removeAttribute("textLength");
     }
-    g.refs.title.textContent = `${node.label} (${node.key})${owner} — ${node.status}${stall ? `, ${stall}` : ""}`;
-    if (node.retries || g.refs.badge) {
+    r.title.textContent = `${node.label} (${node.key})${owner} — ${node.status}${stall ? `, ${stall}` : ""}`;
+    if (node.retries || r.badge) {
       const { badge, badgeText } = this.badgeOf(g);
       badge.setAttribute("class", node.retries ? "gnode-badge" : "gnode-badge hidden");
       badgeText.textContent = node.retries ? `↻${node.retries}` : "";
