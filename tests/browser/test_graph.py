@@ -37,6 +37,17 @@ telemetry.force_flush(10_000)
 telemetry.shutdown()
 """
 
+# Runs examples/04_plain_decorators.py (decorated functions, no declared graph) live: argv = viewer url, run id.
+DECORATED = """
+import runpy, sys
+import otelflow
+
+telemetry = otelflow.configure(service_name="graph-test", live=sys.argv[1], otlp=False)
+runpy.run_path("examples/04_plain_decorators.py", run_name="example")["main"](pace=0.05, run_id=sys.argv[2])
+telemetry.force_flush(10_000)
+telemetry.shutdown()
+"""
+
 LAID_OUT = "() => document.getElementById('graph').dataset.layout === 'done'"
 
 # Node boxes and edge polylines in the graph's own coordinates.
@@ -65,12 +76,16 @@ GEOMETRY = """() => {
 }"""
 
 
-def run_demo(viewer: Viewer, scenario: str, run_id: str) -> None:
+def run_script(script: str, *args: str) -> None:
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-c", DEMO, viewer.url, scenario, run_id], env=env, cwd=ROOT, timeout=60, check=False
+        [sys.executable, "-c", script, *args], env=env, cwd=ROOT, timeout=60, check=False, stdout=subprocess.DEVNULL
     )
     assert done.returncode == 0
+
+
+def run_demo(viewer: Viewer, scenario: str, run_id: str) -> None:
+    run_script(DEMO, viewer.url, scenario, run_id)
 
 
 def geometry(page: Any) -> dict[str, Any]:
@@ -272,6 +287,31 @@ def test_undeclared_steps_are_joined_by_then_edges_and_keep_their_places_as_the_
     assert_edges_avoid_nodes(geo)
     expect(page.locator("#graph .gedge-then").first).to_have_css("stroke-dasharray", "3px, 5px")
     screenshots(page, artifacts, "graph-undeclared")
+    page.probe.assert_clean()
+
+
+def test_decorated_functions_show_their_tools_inside_the_agent_and_what_ran_after_it(
+    viewer: Viewer, page: Any, artifacts: Path
+) -> None:
+    """examples/04: an agent calls two tools at once, then a generator node drafts the reply."""
+    run_script(DECORATED, viewer.url, "ticket-7")
+    page.goto(f"{viewer.url}/runs/ticket-7")
+    expect(page.locator("#run-status")).to_have_attribute("data-status", A.STATUS_OK)
+    expect(page.locator("#graph .gnode")).to_have_count(4)
+    geo = geometry(page)
+    nodes = geo["nodes"]
+    assert nodes["support_agent"]["box"]
+    for tool in ("lookup_customer", "search_orders"):
+        assert contains(nodes["support_agent"], nodes[tool])
+        assert "in support_agent" in nodes[tool]["title"]
+    assert not contains(nodes["support_agent"], nodes["draft_reply"])
+    kinds = {(e["from"], e["to"]): e["kind"] for e in geo["edges"]}
+    assert ("support_agent", "draft_reply") in kinds  # the data flow, which also says what ran next
+    assert ("lookup_customer", "search_orders") not in kinds  # they ran at the same time
+    assert ("search_orders", "lookup_customer") not in kinds
+    assert_edges_avoid_nodes(geo)
+    assert_labels_fit(geo, {})
+    screenshots(page, artifacts, "graph-decorated")
     page.probe.assert_clean()
 
 
