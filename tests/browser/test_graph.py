@@ -120,9 +120,12 @@ def assert_edges_avoid_nodes(geo: dict[str, Any]) -> None:
 
 
 def assert_labels_fit(geo: dict[str, Any], names: dict[str, str]) -> None:
-    """Every label ends before the spinner's place, inside its box; the full name is in the node's title."""
+    """Every label ends inside its box, before the spinner of a running node; the full name is in the node's title."""
     for key, n in geo["nodes"].items():
-        assert n["labelX"] + n["labelW"] <= n["spinnerX"] - 2, f"label of {key} ({n['label']!r}) runs under the spinner"
+        end = n["labelX"] + n["labelW"]
+        assert end <= n["w"] - 8, f"label of {key} ({n['label']!r}) runs out of its box"
+        if n["status"] == A.STATUS_RUNNING:
+            assert end <= n["spinnerX"] - 2, f"label of {key} ({n['label']!r}) runs under the spinner"
         assert n["spinnerX"] + 14 < n["w"]
         assert names.get(key, key) in n["title"], (key, n["title"])
 
@@ -235,10 +238,11 @@ def test_undeclared_steps_are_joined_by_then_edges_and_keep_their_places_as_the_
     """A workflow without a declared graph: three steps one after another, the second with two tool calls."""
     trace, root = trace_id(), span_id()
     long_name = "summarise_every_retrieved_document_for_the_quarterly_report"
+    publish = "publish_to_every_subscriber_list"  # running at the end: its label stops before the spinner
     t0 = time.time_ns() - 60 * 10**9
     second = 10**9
     wf = record(trace, root, "invoke_workflow undeclared", kind=A.KIND_WORKFLOW, start=t0)
-    ids = {key: span_id() for key in ("collect", long_name, "publish", "lookup", "fetch")}
+    ids = {key: span_id() for key in ("collect", long_name, publish, "lookup", "fetch")}
 
     def step(key: str, at: int, *, ended: bool, parent: str = root, kind: str = A.KIND_AGENT) -> SpanRecord:
         return record(
@@ -258,7 +262,7 @@ def test_undeclared_steps_are_joined_by_then_edges_and_keep_their_places_as_the_
             long_name,
             A.STATUS_OK,
         ),
-        ([step("publish", 9, ended=False)], "publish", A.STATUS_RUNNING),
+        ([step(publish, 9, ended=False)], publish, A.STATUS_RUNNING),
     ]
     for records, key, status in stages:
         layouts = page.locator("#graph").get_attribute("data-layout-count")
@@ -274,15 +278,16 @@ def test_undeclared_steps_are_joined_by_then_edges_and_keep_their_places_as_the_
                 assert abs(now["y"] - before["y"]) < 0.5, (drawn, before, now)
         places = geo["nodes"]
 
-    expect(node(page, "publish")).to_have_attribute("data-status", A.STATUS_RUNNING)
+    expect(node(page, publish)).to_have_attribute("data-status", A.STATUS_RUNNING)
     geo = geometry(page)
     then = {(e["from"], e["to"]) for e in geo["edges"] if "gedge-then" in e["kind"]}
-    assert then == {("collect", long_name), (long_name, "publish"), ("lookup", "fetch")}
+    assert then == {("collect", long_name), (long_name, publish), ("lookup", "fetch")}
     nodes = geo["nodes"]
     assert contains(nodes[long_name], nodes["lookup"])
     assert contains(nodes[long_name], nodes["fetch"])
     assert nodes[long_name]["label"].endswith("…")
     assert len(nodes[long_name]["label"]) < len(long_name)
+    assert nodes[publish]["label"].endswith("…")
     assert_labels_fit(geo, {})
     assert_edges_avoid_nodes(geo)
     expect(page.locator("#graph .gedge-then").first).to_have_css("stroke-dasharray", "3px, 5px")

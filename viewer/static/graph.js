@@ -793,7 +793,7 @@ export class GraphView {
     for (const [, el] of boxNodes) this.boxesEl.append(el); // outer boxes first
   }
 
-  /** Moves a node's element; when its size changed, resizes it and cuts its label to fit before the spinner. */
+  /** Moves a node's element; when its size changed, resizes it. */
   placeNode(node, g, p, isBox, graph) {
     const w = isBox ? p.w : NODE_W;
     const h = isBox ? p.h : NODE_H;
@@ -814,7 +814,7 @@ export class GraphView {
     r.stripe.setAttribute("height", (isBox ? NODE_H : h) - 16);
     r.spinner.setAttribute("cx", w - 18);
     if (r.badge) r.badge.setAttribute("transform", `translate(${w - 6} -6)`);
-    r.label.textContent = fitText(node.label, w - LABEL_X - 18 - SPINNER_R - SPINNER_GAP, r.label);
+    r.labelFitted = null; // updateNode cuts the label to the room it has
   }
 
   createNode(node) {
@@ -858,6 +858,12 @@ export class GraphView {
     else if (node.latest && node.durationMs !== null && node.durationMs !== undefined) meta = `${node.kind} · ${formatDuration(node.durationMs)}`;
     else if (node.status === PENDING || node.status === SKIPPED) meta = `${node.kind} · ${node.status}`;
     const text = stall ? meta : meta + runs;
+    // the label ends before the spinner while there is one, else before the box's edge
+    const room = node.status === STATUS_RUNNING && !stall ? r.width - LABEL_X - 18 - SPINNER_R - SPINNER_GAP : r.width - LABEL_X - 12;
+    if (r.labelFitted !== room) {
+      r.labelFitted = room;
+      r.label.textContent = fitText(node.label, room, r.label);
+    }
     const state = `${cls}\u0001${owner}\u0001${text}\u0001${node.retries}\u0001${r.width}`;
     if (r.state === state) return; // most nodes of a large run: nothing to write
     r.state = state;
