@@ -295,6 +295,24 @@ def test_undeclared_steps_are_joined_by_then_edges_and_keep_their_places_as_the_
     page.probe.assert_clean()
 
 
+def test_without_its_layout_worker_the_graph_still_shows_every_node(viewer: Viewer, page: Any) -> None:
+    """The worker script cannot be loaded (a proxy that blocks it): the simple column layout is used instead."""
+    trace, root = trace_id(), span_id()
+    workflow = {"kind": A.KIND_WORKFLOW, "attributes": {A.WORKFLOW_GRAPH: graph_json(["plan", "act", "report"])}}
+    post(viewer, [record(trace, root, "invoke_workflow blocked", ended=True, **workflow)])
+    page.route("**/vendor/elk-worker.min.js", lambda route: route.abort())
+    page.goto(f"{viewer.url}/runs/{trace}")
+    expect(page.locator("#graph")).to_have_attribute("data-layout", "fallback")
+    expect(page.locator("#graph .gnode")).to_have_count(3)
+    xs = [
+        float(page.locator(f'.gnode[data-node-id="{key}"]').get_attribute("transform").split("(")[1].split()[0])
+        for key in ("plan", "act", "report")
+    ]
+    assert xs[0] < xs[1] < xs[2]  # one column each, left to right
+    expect(page.locator("#graph .gnode.st-skipped")).to_have_count(3)
+    page.probe.assert_clean()
+
+
 def test_decorated_functions_show_their_tools_inside_the_agent_and_what_ran_after_it(
     viewer: Viewer, page: Any, artifacts: Path
 ) -> None:

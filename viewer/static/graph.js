@@ -357,7 +357,7 @@ class ElkWorker {
       for (const call of this.calls.values()) call.reject(new Error("the layout worker failed"));
       this.calls.clear();
     };
-    this.call({ cmd: "register", algorithms: ["layered"] });
+    this.call({ cmd: "register", algorithms: ["layered"] }).catch(() => {});
     // a first small layout while the page loads its run, so that the first real one runs on compiled code
     const leaf = (id) => ({ id, width: NODE_W, height: NODE_H });
     const box = { id: "b", layoutOptions: BOX_OPTIONS, children: [leaf("c"), leaf("d")] };
@@ -367,6 +367,7 @@ class ElkWorker {
   }
 
   call(message) {
+    if (this.failed) return Promise.reject(new Error("the layout worker failed"));
     const id = this.next++;
     return new Promise((resolve, reject) => {
       this.calls.set(id, { resolve, reject });
