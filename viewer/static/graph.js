@@ -462,13 +462,17 @@ function polyline(points) {
 
 let textContext = null;
 const textWidths = new Map();
-/** Width in px of `text` in the font of `el` (a canvas measures it; cached). */
+/** Takes the labels' font from `el` (a label in the page), for textWidth. */
+function measureLabelsLike(el) {
+  textContext = document.createElement("canvas").getContext("2d");
+  const style = getComputedStyle(el);
+  textContext.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+  textWidths.clear();
+}
+
+/** Width in px of `text` in the labels' font (a canvas measures it; cached). */
 function textWidth(text, el) {
-  if (!textContext) {
-    textContext = document.createElement("canvas").getContext("2d");
-    const style = getComputedStyle(el);
-    textContext.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
-  }
+  if (!textContext) measureLabelsLike(el);
   let w = textWidths.get(text);
   if (w === undefined) {
     w = textContext.measureText(text).width;
@@ -515,6 +519,11 @@ export class GraphView {
     this.svgEl.dataset.layout = this.elk ? "pending" : "fallback";
     this.installPanZoom();
     this.wrapSize();
+    // the labels' font, read while the page is small (reading it later would make the browser style every node)
+    const probe = svg("text", { class: "gnode-label", visibility: "hidden" });
+    this.nodesEl.append(probe);
+    measureLabelsLike(probe);
+    probe.remove();
   }
   installPanZoom() {
     const wrap = this.wrapEl;
