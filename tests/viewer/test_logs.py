@@ -395,6 +395,7 @@ def test_a_token_guards_logs_too(make_viewer: Callable[..., Viewer]) -> None:
 def test_gzip_json_partial_success_and_a_huge_body(viewer: Viewer) -> None:
     trace, root = trace_id(), span_id()
     viewer.post_json([record(trace, root, "root")])
+    live_bytes = _hub_stats(viewer)["live_bytes"]  # the 200 above came once the span was in
     body = _logs_json(
         _log(trace, root, "kept before"),
         _log("not-a-trace-id", root, "bad trace id"),
@@ -416,7 +417,9 @@ def test_gzip_json_partial_success_and_a_huge_body(viewer: Viewer) -> None:
     assert messages[2] == "kept after"
     assert len(messages[1]) <= 65_536
     assert messages[1].endswith(f"…[truncated, {5 * 1024 * 1024} chars]")
-    assert _hub_stats(viewer)["logs_rejected"] == 2
+    stats = _hub_stats(viewer)
+    assert stats["logs_rejected"] == 2
+    assert stats["live_bytes"] - live_bytes > 65_000  # the cut line counts in the live memory bound
 
 
 def test_protobuf_partial_success(viewer: Viewer) -> None:

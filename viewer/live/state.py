@@ -155,9 +155,12 @@ def _progress_of(event: EventRecord, span: SpanRecord) -> dict[str, Any]:
     }
 
 
+_EVENT_COST: Final = 120  # what an event costs in :func:`_size`
+
+
 def _event_size(event: EventRecord) -> int:
     """About the bytes an event keeps alive."""
-    size = 120 + len(event.name)
+    size = _EVENT_COST + len(event.name)
     for value in event.attributes.values():
         size += len(value) + 60 if type(value) is str else len(repr(value)) + 40
     return size
@@ -165,7 +168,7 @@ def _event_size(event: EventRecord) -> int:
 
 def _size(rec: SpanRecord) -> int:
     """About the bytes a record keeps alive: its texts, plus a fixed cost per span and per event."""
-    size = 400 + len(rec.name) + 120 * len(rec.events)
+    size = 400 + len(rec.name) + _EVENT_COST * len(rec.events)
     for value in rec.attributes.values():
         if type(value) is str:
             size += len(value) + 60
@@ -406,6 +409,7 @@ class LiveState:
             self._count_held(-len(events), -size)
             self.stats["logs_joined"] += len(events)
             run.logs.setdefault(rec.span_id, []).extend(events)
+            self._grow(run, size - _EVENT_COST * len(events))
         joined = run.logs.get(rec.span_id)
         return replace(rec, events=rec.events + tuple(joined)) if joined else rec
 
@@ -420,6 +424,7 @@ class LiveState:
         joined = replace(rec, events=(*rec.events, event))
         run.spans[span_id] = joined
         self._resize(run, rec, joined)
+        self._grow(run, _event_size(event) - _EVENT_COST)
         run.logs.setdefault(span_id, []).append(event)
         self.stats["logs_joined"] += 1
         out.append(Change(SPAN_EVENT, run, joined, event, len(joined.events) - 1))
@@ -451,6 +456,11 @@ class LiveState:
             del self._held[key]
             self._count_held(-len(events), -size)
             self.stats["logs_expired"] += len(events)
+
+    def _grow(self, run: RunState, size: int) -> None:
+        """What joined events keep alive beyond what :func:`_size` counts for any event (it leaves with the run)."""
+        run.nbytes += size
+        self.live_nbytes += size
 
     def _count_held(self, count: int, size: int) -> None:
         self.stats["logs_held"] += count
