@@ -6,6 +6,9 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,10 +32,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import otelflow
 from otelflow import attributes as A
-from otelflow.records import format_time
+from otelflow.records import format_time, to_otlp_json
 from otelflow.viewer.live import Hub
 from otelflow.wire import SPAN_ENDED, SPAN_EVENT, SPAN_STARTED
+from tests.test_live_exporter import free_port
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
+from tests.viewer.test_faults import locked, settled
 
 JSON = {"content-type": "application/json"}
 PB = {"content-type": "application/x-protobuf"}
@@ -456,3 +461,54 @@ def test_protobuf_partial_success(viewer: Viewer) -> None:
     (event,) = wait_for(lambda: _span(viewer, trace, root)["events"])
     assert event["name"] == "gen_ai.system.message"
     assert event["attributes"] == {A.LOG_BODY: {}}
+
+
+# ------------------------------------------------------------------------------------------------
+# Nothing acknowledged is lost
+# ------------------------------------------------------------------------------------------------
+
+
+def _serve(db: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otelflow.cli", "serve", "--port", str(port), "--db", str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert "listening on" in proc.stdout.readline()
+    return proc
+
+
+def test_acknowledged_log_records_survive_a_kill_9(tmp_path: Path) -> None:
+    db, port = tmp_path / "v.db", free_port()
+    url = f"http://127.0.0.1:{port}"
+    trace, root = trace_id(), span_id()
+    proc = _serve(db, port)
+    try:
+        with locked(db):  # nothing reaches the database: what is acknowledged is only in the intake log
+            span = httpx.post(
+                f"{url}/v1/traces",
+                content=json.dumps(to_otlp_json([record(trace, root, "root", ended=True)])),
+                headers=JSON,
+                timeout=10,
+            )
+            assert span.status_code == 200
+            assert (
+                httpx.post(f"{url}/v1/logs", content=_logs_json(_log(trace, root, "kept")), headers=JSON).json() == {}
+            )
+            proc.kill()
+            proc.wait(10)
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+    again = _serve(db, port)
+    try:
+        wait_for(lambda: settled(url), what="the intake log to be taken in again")
+        detail = httpx.get(f"{url}/api/runs/{trace}", timeout=5).json()
+        (stored,) = detail["spans"]
+        assert [e["attributes"][A.LOG_MESSAGE] for e in stored["events"]] == ["kept"]
+    finally:
+        again.send_signal(signal.SIGINT)
+        again.wait(20)
+        if again.stdout is not None:
+            again.stdout.close()
