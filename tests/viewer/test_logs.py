@@ -292,6 +292,17 @@ def test_a_record_before_its_span_is_held_then_merged(viewer: Viewer) -> None:
     assert _events_named(_span(viewer, trace, root), A.EVENT_LOG)[0]["attributes"][A.LOG_MESSAGE] == "early bird"
 
 
+def test_a_record_sent_again_joins_once(viewer: Viewer) -> None:
+    trace, known, later = trace_id(), span_id(), span_id()
+    viewer.post_json([record(trace, known, "root")])
+    for _ in range(2):  # an exporter's retry sends the same records again
+        assert _post_logs(viewer, _log(trace, known, "once"), _log(trace, later, "held once")).status_code == 200
+    viewer.post_json([record(trace, later, "child", parent=known)])
+    assert [e["attributes"][A.LOG_MESSAGE] for e in _span(viewer, trace, known)["events"]] == ["once"]
+    assert [e["attributes"][A.LOG_MESSAGE] for e in _span(viewer, trace, later)["events"]] == ["held once"]
+    assert _hub_stats(viewer)["logs_joined"] == 2
+
+
 def test_held_records_are_bounded_and_expire_counted(make_viewer: Callable[..., Viewer]) -> None:
     viewer = make_viewer(hub=Hub(check_interval_s=0.05))
     state = viewer.hub.state

@@ -48,7 +48,7 @@ from otelflow.wire import (
 
 from .stall import STALL_ABANDONED, STALL_ENDED, STALL_MOVED, STALL_QUIET, Stall, StallPolicy, workflow_name
 
-__all__ = ["RUN_STORED", "Batch", "Change", "LiveState", "RunState"]
+__all__ = ["RUN_STORED", "Batch", "Change", "JoinedLogs", "LiveState", "RunState"]
 
 _ENDED: Final = (A.STATUS_OK, A.STATUS_ERROR, A.STATUS_CANCELLED)
 # counters of log records (in LiveState.stats): joined a span, held now (and their bytes), dropped unjoined
@@ -89,6 +89,25 @@ class Change:
     cleared: tuple[str, int] | None = None  # span.unstalled: why (moved, ended, abandoned) and when (ns)
 
 
+class JoinedLogs:
+    """The events joined to one span from log records, and their (name, time) to know one sent again."""
+
+    __slots__ = ("events", "keys")
+
+    def __init__(self) -> None:
+        self.events: list[EventRecord] = []
+        self.keys: set[tuple[str, int]] = set()
+
+    def add(self, event: EventRecord) -> bool:
+        """Join ``event``; ``False`` when it is joined already (the same record sent again: an exporter's retry)."""
+        key = (event.name, event.time_ns)
+        if key in self.keys and event in self.events:
+            return False
+        self.keys.add(key)
+        self.events.append(event)
+        return True
+
+
 @dataclass(slots=True)
 class RunState:
     """A run (trace) as the live state knows it."""
@@ -114,7 +133,7 @@ class RunState:
     quiet: dict[str, int] = field(default_factory=dict)  # running span id -> when it last moved (wall clock, ns)
     stalled: dict[str, Stall] = field(default_factory=dict)
     had_stall: bool = False  # a span of it was stalled at some point (its run events pass `status=stalled`)
-    logs: dict[str, list[EventRecord]] = field(default_factory=dict)  # span id -> events joined from log records
+    logs: dict[str, JoinedLogs] = field(default_factory=dict)  # span id -> events joined from log records
 
     def to_dict(self) -> dict[str, Any]:
         """The ``run`` object of run events and of the REST API."""
@@ -407,11 +426,13 @@ class LiveState:
         if held is not None:
             _, events, size = held
             self._count_held(-len(events), -size)
-            self.stats["logs_joined"] += len(events)
-            run.logs.setdefault(rec.span_id, []).extend(events)
-            self._grow(run, size - _EVENT_COST * len(events))
-        joined = run.logs.get(rec.span_id)
-        return replace(rec, events=rec.events + tuple(joined)) if joined else rec
+            joined = run.logs.get(rec.span_id) or run.logs.setdefault(rec.span_id, JoinedLogs())
+            for event in events:
+                if joined.add(event):
+                    self.stats["logs_joined"] += 1
+                    self._grow(run, _event_size(event) - _EVENT_COST)
+        found = run.logs.get(rec.span_id)
+        return replace(rec, events=rec.events + tuple(found.events)) if found is not None else rec
 
     def _log_event(self, trace: str, span_id: str, event: EventRecord, at: int, out: list[Change]) -> None:
         run = self._runs.get(trace)
@@ -419,15 +440,15 @@ class LiveState:
         if run is None or rec is None:
             self._hold(trace, span_id, event, at)
             return
-        if event in rec.events:
-            return  # the same record sent again (an exporter's retry)
-        joined = replace(rec, events=(*rec.events, event))
-        run.spans[span_id] = joined
-        self._resize(run, rec, joined)
+        joined = run.logs.get(span_id) or run.logs.setdefault(span_id, JoinedLogs())
+        if not joined.add(event):
+            return
+        now = replace(rec, events=(*rec.events, event))
+        run.spans[span_id] = now
+        self._resize(run, rec, now)
         self._grow(run, _event_size(event) - _EVENT_COST)
-        run.logs.setdefault(span_id, []).append(event)
         self.stats["logs_joined"] += 1
-        out.append(Change(SPAN_EVENT, run, joined, event, len(joined.events) - 1))
+        out.append(Change(SPAN_EVENT, run, now, event, len(now.events) - 1))
 
     def _hold(self, trace: str, span_id: str, event: EventRecord, at: int) -> None:
         size = _event_size(event)
