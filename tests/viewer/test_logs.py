@@ -9,6 +9,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -238,6 +239,26 @@ def test_sdk_log_records_join_their_span_live_and_after_a_restart(
         if e.get("span_id") == agent.span_id or e.get("span", {}).get("span_id") == agent.span_id
     ]
     assert types.index(SPAN_ENDED) < len(types) - 1  # the late line is replayed after the end, where it came
+
+
+def test_lines_of_a_span_running_across_a_restart_stay_with_it(
+    make_viewer: Callable[..., Viewer], tmp_path: Path
+) -> None:
+    db = tmp_path / "viewer.db"
+    trace, root, started = trace_id(), span_id(), time.time_ns()
+    first = make_viewer(db=db)
+    first.post_json([record(trace, root, "root", start=started)])
+    assert _post_logs(first, _log(trace, root, "before the restart")).status_code == 200
+    first.stop()
+    again = make_viewer(db=db)
+    # the worker's next snapshots know nothing of the line
+    again.post_json([record(trace, root, "root", start=started)])
+    again.post_json([record(trace, root, "root", start=started, ended=True)])
+    (line,) = _span(again, trace, root)["events"]
+    assert line["attributes"][A.LOG_MESSAGE] == "before the restart"
+    again.stop()
+    third = make_viewer(db=db)
+    assert [e["attributes"][A.LOG_MESSAGE] for e in _span(third, trace, root)["events"]] == ["before the restart"]
 
 
 def test_logging_line_inside_an_otelflow_agent_over_protobuf(

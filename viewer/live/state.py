@@ -432,7 +432,11 @@ class LiveState:
                     self.stats["logs_joined"] += 1
                     self._grow(run, _event_size(event) - _EVENT_COST)
         found = run.logs.get(rec.span_id)
-        return replace(rec, events=rec.events + tuple(found.events)) if found is not None else rec
+        if found is None or not found.events:
+            return rec
+        own = {(e.name, e.time_ns) for e in rec.events}
+        extra = tuple(e for e in found.events if (e.name, e.time_ns) not in own or e not in rec.events)
+        return replace(rec, events=rec.events + extra) if extra else rec
 
     def _log_event(self, trace: str, span_id: str, event: EventRecord, at: int, out: list[Change]) -> None:
         run = self._runs.get(trace)
@@ -599,7 +603,8 @@ class LiveState:
     # ------------------------------------------------------------------ restore
 
     def restore(self, runs: Iterable[Mapping[str, Any]], spans: Iterable[SpanRecord], now_ns: int) -> None:
-        """Load runs that were live when the viewer stopped; their workers get ``abandon_after_s`` to speak."""
+        """Load runs that were live when the viewer stopped; their workers get ``abandon_after_s`` to speak. The
+        events of a running span are kept through its later snapshots (some may have come from log records)."""
         for summary in runs:
             trace = str(summary["trace_id"])
             run = RunState(
@@ -631,6 +636,10 @@ class LiveState:
             worker = rec.resource.get(A.WORKER_ID)
             if rec.status == A.STATUS_RUNNING:
                 owner.quiet[rec.span_id] = now_ns  # quiet from the restart on: what came before is unknown
+                if rec.events:  # which came from log records is not stored: every one is kept as if it had
+                    kept = owner.logs[rec.span_id] = JoinedLogs()
+                    for event in rec.events:
+                        kept.add(event)
             if rec.status == A.STATUS_RUNNING and isinstance(worker, str):
                 self._workers.setdefault(worker, now_ns)
                 self._running_by_worker.setdefault(worker, set()).add((rec.trace_id, rec.span_id))
