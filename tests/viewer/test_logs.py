@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -34,8 +36,10 @@ from opentelemetry.sdk.trace import TracerProvider
 import otelflow
 from otelflow import attributes as A
 from otelflow.records import format_time, to_otlp_json
+from otelflow.viewer.decode import OtlpDecodeError
+from otelflow.viewer.decode_logs import decode_logs_json, decode_logs_protobuf
 from otelflow.viewer.live import Hub
-from otelflow.wire import SPAN_ENDED, SPAN_EVENT, SPAN_STARTED
+from otelflow.wire import SPAN_ENDED, SPAN_EVENT, SPAN_STARTED, event_json
 from tests.test_live_exporter import free_port
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 from tests.viewer.test_faults import locked, settled
@@ -544,3 +548,81 @@ def test_acknowledged_log_records_survive_a_kill_9(tmp_path: Path) -> None:
         again.wait(20)
         if again.stdout is not None:
             again.stdout.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Garbage: a clear refusal or partial success, never a crash
+# ------------------------------------------------------------------------------------------------
+
+_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+_keys = st.sampled_from(
+    [
+        "resourceLogs",
+        "scopeLogs",
+        "logRecords",
+        "traceId",
+        "spanId",
+        "timeUnixNano",
+        "observedTimeUnixNano",
+        "severityNumber",
+        "severityText",
+        "eventName",
+        "body",
+        "attributes",
+        "key",
+        "value",
+        "stringValue",
+        "intValue",
+        "kvlistValue",
+        "arrayValue",
+        "values",
+    ]
+)
+_logsish = st.recursive(
+    _leaf | st.sampled_from([trace_id(), span_id(), "0" * 32, "SEVERITY_NUMBER_WARN", "9"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=5),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(body=st.one_of(_logsish, _logsish.map(lambda v: {"resourceLogs": [{"scopeLogs": [{"logRecords": [v]}]}]})))
+def test_fuzzed_json_is_decoded_or_refused_with_a_message(body: Any) -> None:
+    try:
+        decoded = decode_logs_json(json.dumps(body).encode())
+    except OtlpDecodeError as exc:
+        message = str(exc)
+    else:
+        message = ""
+    if message:  # refused whole, saying why
+        return
+    assert len(decoded.events) + len(decoded.rejected) + decoded.without_span == decoded.record_count
+    for event in decoded.events:
+        json.loads(event_json(event.event))  # every event can be sent as it is
+
+
+@settings(max_examples=800, deadline=None)
+@given(data=st.binary(max_size=300), trace=st.binary(max_size=17), span=st.binary(max_size=9), text=st.text(max_size=9))
+def test_fuzzed_protobuf_is_decoded_or_refused_with_a_message(
+    data: bytes, trace: bytes, span: bytes, text: str
+) -> None:
+    made = ExportLogsServiceRequest(
+        resource_logs=[
+            ResourceLogs(
+                scope_logs=[
+                    ScopeLogs(log_records=[LogRecord(trace_id=trace, span_id=span, body=AnyValue(string_value=text))])
+                ]
+            )
+        ]
+    ).SerializeToString()
+    for body in (data, made, made + data):
+        try:
+            decoded = decode_logs_protobuf(body)
+        except OtlpDecodeError as exc:
+            message = str(exc)
+        else:
+            message = ""
+        if message:
+            assert "ExportLogsServiceRequest" in message
+            continue
+        assert len(decoded.events) + len(decoded.rejected) + decoded.without_span == decoded.record_count
