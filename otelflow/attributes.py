@@ -127,6 +127,8 @@ EVENT_LOG: Final = "otelflow.log"
 LOG_LEVEL: Final = "otelflow.log.level"
 LOG_MESSAGE: Final = "otelflow.log.message"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+# the body of an OTLP log record that became a named event of its span (a text, or a map or array as it came)
+LOG_BODY: Final = "otelflow.log.body"
 
 EVENT_EXCEPTION: Final = "exception"  # the standard OTel exception event
 EXCEPTION_TYPE: Final = "exception.type"

@@ -46,7 +46,7 @@ _ROLE_EVENTS: Final = {
     A.EVENT_GEN_AI_ASSISTANT_MESSAGE: "assistant",
     A.EVENT_GEN_AI_TOOL_MESSAGE: "tool",
 }
-_BODY_KEYS: Final = ("body", "event.body", "log.body")  # where an event made of a log record may keep its body
+_BODY_KEYS: Final = (A.LOG_BODY, "body")  # where an event made of a log record keeps its body
 
 
 def is_llm(attributes: Mapping[str, Any]) -> bool:

@@ -130,7 +130,7 @@ def test_messages_from_events_old_and_new() -> None:
     """Per-message events (their body joined as attributes, or as a JSON "body") and the one-event form."""
     old = [
         EventRecord(A.EVENT_GEN_AI_SYSTEM_MESSAGE, 1, {"content": "be brief"}),
-        EventRecord(A.EVENT_GEN_AI_USER_MESSAGE, 2, {"body": '{"content": "hello"}'}),
+        EventRecord(A.EVENT_GEN_AI_USER_MESSAGE, 2, {A.LOG_BODY: {"content": "hello"}}),
         EventRecord(A.EVENT_GEN_AI_TOOL_MESSAGE, 3, {"body": {"content": "42", "id": "c1"}}),
         EventRecord(
             A.EVENT_GEN_AI_CHOICE,

@@ -1,9 +1,9 @@
 """The viewer's web application, wired: the intake, the live side, the history, the transports, the REST API and
 the pages behind the security checks; and :func:`serve` to run it.
 
-Routes: ``POST /v1/traces`` (:mod:`viewer.intake`), ``GET /api/stream`` and ``GET /api/runs/{run}/stream``
-(:mod:`viewer.transports.sse`), ``/ws`` and ``/ws/live-flow/{job_id}`` (WebSocket), the REST API
-(:mod:`viewer.api`) and the pages (:mod:`viewer.pages`), all behind :mod:`viewer.security`.
+Routes: ``POST /v1/traces`` and ``POST /v1/logs`` (:mod:`viewer.intake`), ``GET /api/stream`` and
+``GET /api/runs/{run}/stream`` (:mod:`viewer.transports.sse`), ``/ws`` and ``/ws/live-flow/{job_id}``
+(WebSocket), the REST API (:mod:`viewer.api`) and the pages (:mod:`viewer.pages`), all behind :mod:`viewer.security`.
 """
 
 from __future__ import annotations
@@ -124,6 +124,10 @@ def create_app(
     @app.post("/v1/traces")
     async def traces(request: Request) -> Response:
         return await intake.handle(request)
+
+    @app.post("/v1/logs")
+    async def logs(request: Request) -> Response:
+        return await intake.handle_logs(request)
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:

@@ -1,4 +1,5 @@
-"""The intake: ``POST /v1/traces`` from the body to the live side, acknowledged once the request is safe.
+"""The intake: ``POST /v1/traces`` and ``POST /v1/logs`` from the body to the live side, acknowledged once the
+request is safe.
 
 Contracts:
 
@@ -11,6 +12,9 @@ Contracts:
   commits with the rows of the request's last slice.
 - 503 with ``Retry-After: 2`` when the log cannot be written or the history's backlog is full; nothing of
   such a request was kept, so the sender's retry loses nothing. Heartbeats (no spans) are not logged.
+- Log requests take the same path (their own kinds in the log); their records become events of the spans they
+  name (:meth:`viewer.live.Hub.ingest_logs`). Records that name no span are counted, never logged. Records
+  held for a span not known yet are in memory only: the log's position moves past them.
 """
 
 from __future__ import annotations
@@ -18,19 +22,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .history import JournalError, SqliteHistory
 from .live import INGEST_SLICE, Hub
-from .otlp import JSON, KIND_JSON, PROTOBUF, BodyError, Decoded, Unavailable, decode_body, handle_traces
-
-if TYPE_CHECKING:
-    pass
+from .otlp import (
+    JSON,
+    KIND_JSON,
+    KIND_LOGS_JSON,
+    KIND_LOGS_PROTOBUF,
+    PROTOBUF,
+    BodyError,
+    Decoded,
+    DecodedLogs,
+    Unavailable,
+    decode_body,
+    decode_logs_body,
+    handle_logs,
+    handle_traces,
+)
 
 __all__ = ["Intake"]
+
+_Item = TypeVar("_Item")  # a span record or a log event: what one signal's batches hold
 
 log = logging.getLogger("otelflow.viewer")
 
@@ -53,6 +71,12 @@ class Intake:
             request, self._ingest, self.max_body_bytes, limit=self.max_value_length, admit=self._admit
         )
 
+    async def handle_logs(self, request: Request) -> Response:
+        """Serve ``POST /v1/logs``."""
+        return await handle_logs(
+            request, self._ingest_logs, self.max_body_bytes, limit=self.max_value_length, admit=self._admit
+        )
+
     def _admit(self) -> None:
         if self.history.full:
             raise Unavailable(f"the viewer's history is behind ({self.history.health()[1]}); retry later", 2)
@@ -61,22 +85,38 @@ class Intake:
         self.hub.touch(decoded.workers)
         if not decoded.span_count:
             return  # a heartbeat: nothing to keep
+        await self._keep(decoded.kind, decoded, decoded.batches(INGEST_SLICE), self.hub.ingest)
+
+    async def _ingest_logs(self, decoded: DecodedLogs) -> None:
+        self.hub.count_logs(without_span=decoded.without_span, rejected=len(decoded.rejected))
+        if not decoded.events:
+            return  # nothing joins a span: nothing to keep
+        await self._keep(decoded.kind, decoded, decoded.batches(INGEST_SLICE), self.hub.ingest_logs)
+
+    async def _keep(
+        self,
+        kind: int,
+        decoded: Decoded | DecodedLogs,
+        batches: Iterator[list[_Item]],
+        publish: Callable[[Sequence[_Item]], None],
+    ) -> None:
+        """Log the request's body, then publish its batches a slice at a time; the last one's rows carry the
+        log position."""
         async with self._one_at_a_time:
             try:
-                end = self.history.append(decoded.kind, decoded.body)
+                end = self.history.append(kind, decoded.body)
             except JournalError as exc:
                 raise Unavailable(f"{exc}; retry later", 2) from None
             decoded.body = b""
-            batches = decoded.batches(INGEST_SLICE)
             batch = next(batches, None)
             if batch is None:
-                self.history.mark_journal(end)  # every span was rejected: only the position moves
+                self.history.mark_journal(end)  # every item was rejected: only the position moves
             since = time.perf_counter()
             while batch is not None:
                 following = next(batches, None)
                 # the last slice's rows carry the log position: it commits with them
                 with self.history.batch(journal_end=end if following is None else 0):
-                    self.hub.ingest(batch)
+                    publish(batch)
                 batch = following
                 if batch is not None and time.perf_counter() - since >= YIELD_AFTER_S:
                     await asyncio.sleep(0)  # let streams write, and other requests read their bodies
@@ -87,14 +127,19 @@ class Intake:
         returns how many requests. Call before serving."""
         count = 0
         for end, kind, body in self.history.unconsumed():
+            content_type = JSON if kind in (KIND_JSON, KIND_LOGS_JSON) else PROTOBUF
             try:
-                decoded = decode_body(body, JSON if kind == KIND_JSON else PROTOBUF, self.max_value_length)
+                if kind in (KIND_LOGS_JSON, KIND_LOGS_PROTOBUF):
+                    for events in decode_logs_body(body, content_type, self.max_value_length).batches(INGEST_SLICE):
+                        self.hub.ingest_logs(events)
+                else:
+                    decoded = decode_body(body, content_type, self.max_value_length)
+                    self.hub.touch(decoded.workers)
+                    for batch in decoded.batches(INGEST_SLICE):
+                        self.hub.ingest(batch)
             except BodyError:
                 log.warning("the intake log holds a request that cannot be read any more; skipped")
             else:
-                self.hub.touch(decoded.workers)
-                for batch in decoded.batches(INGEST_SLICE):
-                    self.hub.ingest(batch)
                 count += 1
             self.history.mark_journal(end)
         if count:

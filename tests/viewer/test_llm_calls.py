@@ -361,3 +361,37 @@ def test_the_stream_tells_the_answer_so_far_and_run_totals_as_calls_end(viewer: 
         run = sse.read_until(lambda e: e["event"] == "run.updated" and e["data"]["run"]["llm"]["calls"] == 2)
         assert run["data"]["run"]["llm"]["output_tokens"] == 40
         assert run["data"]["run"]["llm"]["cost_usd"] == pytest.approx(2 * cost(100, 20))
+
+
+def test_messages_sent_as_log_events_fill_the_llm_object(viewer: Viewer) -> None:
+    """openai-v2 in event mode: the messages leave as a ``gen_ai.client.inference.operation.details`` log record,
+    join the chat span as an event (``POST /v1/logs``), and the span's llm object reads them from it."""
+    from tests.viewer.test_logs_genai import _PROGRAM
+
+    env = {
+        **os.environ,
+        "VIEWER_URL": viewer.url,
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "event_only",
+    }
+    with local_llm.serve() as llm_url:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROGRAM], env={**env, "LLM_URL": llm_url}, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    def chat() -> dict[str, Any] | None:
+        detail = httpx.get(f"{viewer.url}/api/runs/genai-events-run", timeout=5).json()
+        found = [s for s in detail.get("spans", []) if s["kind"] == A.KIND_LLM and s["events"]]
+        return found[0] if found else None
+
+    span = wait_for(chat, 15, "the chat span with its message event")
+    assert A.GEN_AI_INPUT_MESSAGES not in span["attributes"]  # the content came only as an event
+    llm = span["llm"]
+    assert [(m["role"], m["content"]) for m in llm["input_messages"]] == [
+        ("system", "be brief"),
+        ("user", "hello there"),
+    ]
+    assert [m["content"] for m in llm["output_messages"]] == ["Echo: hello there"]
+    assert (llm["model"], llm["input_tokens"], llm["output_tokens"]) == ("gpt-4o-mini-2024-07-18", 4, 3)

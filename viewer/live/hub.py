@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord
+from otelflow.records import EventRecord, SpanRecord
 
 from .backends import Backend, MemoryBackend
 from .broadcast import Broadcast, Filters, Subscription, Tap
@@ -84,7 +84,7 @@ class Hub:
         self._arrivals_seen = 0
         self._next_drain = 0.0  # loop time before which no drain starts while records keep arriving
         self._task: asyncio.Task[None] | None = None
-        self._stats: dict[str, int] = {"dropped_early": 0, "checks": 0}
+        self._stats: dict[str, int] = {"dropped_early": 0, "checks": 0, "logs_without_span": 0, "logs_rejected": 0}
         self._last_error_log = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -121,6 +121,16 @@ class Hub:
     def ingest(self, records: Sequence[SpanRecord], workers: Iterable[str] = (), *, local: bool = False) -> None:
         """Publish a batch of records (and the worker ids heard from with them)."""
         self.backend.publish(Batch(records, tuple(workers), self._clock_ns(), local))
+
+    def ingest_logs(self, events: Sequence[tuple[str, str, EventRecord]]) -> None:
+        """Publish events from log records, each for the span it names (trace id, span id); at most
+        :data:`INGEST_SLICE` at a time, as :meth:`ingest`."""
+        self.backend.publish(Batch(at_ns=self._clock_ns(), logs=events))
+
+    def count_logs(self, *, without_span: int = 0, rejected: int = 0) -> None:
+        """Count log records that join no span (no trace or span id) and records that could not be read."""
+        self._stats["logs_without_span"] += without_span
+        self._stats["logs_rejected"] += rejected
 
     def touch(self, workers: Iterable[str]) -> None:
         """A sign of life (a heartbeat) from these workers, with no records."""

@@ -15,6 +15,10 @@ Contracts:
   quiet or slow by the :class:`viewer.live.stall.StallPolicy` (``span.stalled``); it is cleared
   (``span.unstalled``) when the span moves again (a quiet stall), ends or is abandoned. A run counts its
   stalled spans (``stalled_count``).
+- A log record that names a span (``Batch.logs``: trace id, span id, lifecycle event) becomes an event of that
+  span: a ``span.event`` while it runs or after it ended, and part of every later snapshot of it. One whose
+  span is not known yet is held until the span arrives (then it comes with the span's ``span.started``), at
+  most :attr:`LiveState.hold_logs_s` and within a count and a byte budget; what leaves unjoined is counted.
 - Time enters only through batches: ``Batch.at_ns`` (when it was received) and the decisions a checker
   took with :meth:`LiveState.due` and published as a batch. The same batches in the same order give the
   same changes, wherever they are applied.
@@ -44,9 +48,12 @@ from otelflow.wire import (
 
 from .stall import STALL_ABANDONED, STALL_ENDED, STALL_MOVED, STALL_QUIET, Stall, StallPolicy, workflow_name
 
-__all__ = ["RUN_STORED", "Batch", "Change", "LiveState", "LlmTotals", "RunState", "llm_by_span"]
+__all__ = ["RUN_STORED", "Batch", "Change", "JoinedLogs", "LiveState", "LlmTotals", "RunState", "llm_by_span"]
 
 _ENDED: Final = (A.STATUS_OK, A.STATUS_ERROR, A.STATUS_CANCELLED)
+# counters of log records (in LiveState.stats): joined a span, held now (and their bytes), dropped unjoined
+# after hold_logs_s, dropped because the held ones were over their budget
+_LOG_STATS: Final = ("logs_joined", "logs_held", "logs_held_bytes", "logs_expired", "logs_dropped_full")
 RUN_STORED: Final = "run.stored"  # a run's summary changed with nothing to tell the stream (an ended run's counts)
 
 
@@ -63,6 +70,7 @@ class Batch:
     silent_workers: tuple[tuple[str, int], ...] = ()
     idle_runs: tuple[tuple[str, int], ...] = ()
     stalls: tuple[tuple[str, str, int, Stall], ...] = ()  # trace, span, quiet since, why
+    logs: Sequence[tuple[str, str, EventRecord]] = ()  # events from log records: trace, span, event
 
 
 @dataclass(slots=True)
@@ -79,6 +87,25 @@ class Change:
     derived: bool = False  # a span.started made up for ``span``, which arrived already ended
     stall: Stall | None = None  # span.stalled: why
     cleared: tuple[str, int] | None = None  # span.unstalled: why (moved, ended, abandoned) and when (ns)
+
+
+class JoinedLogs:
+    """The events joined to one span from log records, and their (name, time) to know one sent again."""
+
+    __slots__ = ("events", "keys")
+
+    def __init__(self) -> None:
+        self.events: list[EventRecord] = []
+        self.keys: set[tuple[str, int]] = set()
+
+    def add(self, event: EventRecord) -> bool:
+        """Join ``event``; ``False`` when it is joined already (the same record sent again: an exporter's retry)."""
+        key = (event.name, event.time_ns)
+        if key in self.keys and event in self.events:
+            return False
+        self.keys.add(key)
+        self.events.append(event)
+        return True
 
 
 @dataclass(slots=True)
@@ -167,6 +194,7 @@ class RunState:
     stalled: dict[str, Stall] = field(default_factory=dict)
     had_stall: bool = False  # a span of it was stalled at some point (its run events pass `status=stalled`)
     llm: LlmTotals | None = None  # its model calls that ended, once there is one
+    logs: dict[str, JoinedLogs] = field(default_factory=dict)  # span id -> events joined from log records
 
     def add_llm_call(self, rec: SpanRecord) -> None:
         """Count an ended model call (kind ``llm``) in the run's totals."""
@@ -214,9 +242,20 @@ def _progress_of(event: EventRecord, span: SpanRecord) -> dict[str, Any]:
     }
 
 
+_EVENT_COST: Final = 120  # what an event costs in :func:`_size`
+
+
+def _event_size(event: EventRecord) -> int:
+    """About the bytes an event keeps alive."""
+    size = _EVENT_COST + len(event.name)
+    for value in event.attributes.values():
+        size += len(value) + 60 if type(value) is str else len(repr(value)) + 40
+    return size
+
+
 def _size(rec: SpanRecord) -> int:
     """About the bytes a record keeps alive: its texts, plus a fixed cost per span and per event."""
-    size = 400 + len(rec.name) + 120 * len(rec.events)
+    size = 400 + len(rec.name) + _EVENT_COST * len(rec.events)
     for value in rec.attributes.values():
         if type(value) is str:
             size += len(value) + 60
@@ -248,8 +287,13 @@ class LiveState:
         self._running_by_worker: dict[str, set[tuple[str, str]]] = {}
         self._activity: OrderedDict[str, None] = OrderedDict()  # running runs, least recently heard first
         self.live_nbytes = 0
-        self.stats: dict[str, int] = {"spans": 0, "errors": 0}
+        self.stats: dict[str, int] = {"spans": 0, "errors": 0, **dict.fromkeys(_LOG_STATS, 0)}
         self.stall = StallPolicy()
+        self.hold_logs_s = 60.0
+        self.max_held_logs = 10_000
+        self.max_held_log_bytes = 16 * 1024 * 1024
+        # log events whose span is not known yet: (trace, span) -> (held since, events, their size), oldest first
+        self._held: OrderedDict[tuple[str, str], tuple[int, list[EventRecord], int]] = OrderedDict()
 
     # ------------------------------------------------------------------ queries
 
@@ -285,6 +329,13 @@ class LiveState:
                 self._apply_one(rec, batch.local, at, out, ending)
             except Exception:  # noqa: BLE001 - one bad record must not stop the others
                 self.stats["errors"] += 1
+        for trace, span_id, event in batch.logs:
+            try:
+                self._log_event(trace, span_id, event, at, out)
+            except Exception:  # noqa: BLE001 - one bad record must not stop the others
+                self.stats["errors"] += 1
+        if self._held:
+            self._expire_held(at)
         for run in ending.values():  # after every span of the batch: a run ends after the spans that came with it
             out.append(Change(RUN_ENDED, run))
             self._run_ended(run)
@@ -299,6 +350,8 @@ class LiveState:
         prev = run.spans.get(rec.span_id)
         if prev is not None and prev.status in _ENDED:
             return  # ended spans are final: duplicates and late running snapshots change nothing
+        if run.logs or self._held:
+            rec = self._with_logs(run, rec)
         run.heard_ns = at
         if run.status == A.STATUS_RUNNING:
             self._activity[rec.trace_id] = None
@@ -435,6 +488,80 @@ class LiveState:
                 changed = True
         return changed
 
+    # ------------------------------------------------------------------ log records
+
+    def _with_logs(self, run: RunState, rec: SpanRecord) -> SpanRecord:
+        """``rec`` with the events joined from log records: those held for it (now joined) and those joined to an
+        earlier snapshot of it (a span's own snapshots do not have them)."""
+        held = self._held.pop((rec.trace_id, rec.span_id), None) if self._held else None
+        if held is not None:
+            _, events, size = held
+            self._count_held(-len(events), -size)
+            joined = run.logs.get(rec.span_id) or run.logs.setdefault(rec.span_id, JoinedLogs())
+            for event in events:
+                if joined.add(event):
+                    self.stats["logs_joined"] += 1
+                    self._grow(run, _event_size(event) - _EVENT_COST)
+        found = run.logs.get(rec.span_id)
+        if found is None or not found.events:
+            return rec
+        own = {(e.name, e.time_ns) for e in rec.events}
+        extra = tuple(e for e in found.events if (e.name, e.time_ns) not in own or e not in rec.events)
+        return replace(rec, events=rec.events + extra) if extra else rec
+
+    def _log_event(self, trace: str, span_id: str, event: EventRecord, at: int, out: list[Change]) -> None:
+        run = self._runs.get(trace)
+        rec = run.spans.get(span_id) if run is not None else None
+        if run is None or rec is None:
+            self._hold(trace, span_id, event, at)
+            return
+        joined = run.logs.get(span_id) or run.logs.setdefault(span_id, JoinedLogs())
+        if not joined.add(event):
+            return
+        now = replace(rec, events=(*rec.events, event))
+        run.spans[span_id] = now
+        self._resize(run, rec, now)
+        self._grow(run, _event_size(event) - _EVENT_COST)
+        self.stats["logs_joined"] += 1
+        out.append(Change(SPAN_EVENT, run, now, event, len(now.events) - 1))
+
+    def _hold(self, trace: str, span_id: str, event: EventRecord, at: int) -> None:
+        size = _event_size(event)
+        if size > self.max_held_log_bytes or self.max_held_logs <= 0:
+            self.stats["logs_dropped_full"] += 1
+            return
+        while self._held and (
+            self.stats["logs_held"] >= self.max_held_logs
+            or self.stats["logs_held_bytes"] + size > self.max_held_log_bytes
+        ):
+            _, (_, events, dropped) = self._held.popitem(last=False)  # the oldest go first
+            self._count_held(-len(events), -dropped)
+            self.stats["logs_dropped_full"] += len(events)
+        key = (trace, span_id)
+        since, events, held = self._held.get(key, (at, [], 0))
+        events.append(event)
+        self._held[key] = (since, events, held + size)
+        self._count_held(1, size)
+
+    def _expire_held(self, at: int) -> None:
+        cutoff = at - self.hold_logs_s * 1e9
+        while self._held:
+            key, (since, events, size) = next(iter(self._held.items()))
+            if since >= cutoff:
+                break
+            del self._held[key]
+            self._count_held(-len(events), -size)
+            self.stats["logs_expired"] += len(events)
+
+    def _grow(self, run: RunState, size: int) -> None:
+        """What joined events keep alive beyond what :func:`_size` counts for any event (it leaves with the run)."""
+        run.nbytes += size
+        self.live_nbytes += size
+
+    def _count_held(self, count: int, size: int) -> None:
+        self.stats["logs_held"] += count
+        self.stats["logs_held_bytes"] += size
+
     # ------------------------------------------------------------------ time-based decisions
 
     def due(self, now_ns: int) -> Batch | None:
@@ -458,6 +585,8 @@ class LiveState:
                     idle.append((trace, run.heard_ns))
         stalls = self._stalls_due(now_ns)
         if not silent and not idle and not stalls:
+            if self._held and next(iter(self._held.values()))[0] < now_ns - self.hold_logs_s * 1e9:
+                return Batch(at_ns=now_ns)  # held log records to let go
             return None
         return Batch(at_ns=now_ns, silent_workers=silent, idle_runs=tuple(idle), stalls=stalls)
 
@@ -545,7 +674,8 @@ class LiveState:
     # ------------------------------------------------------------------ restore
 
     def restore(self, runs: Iterable[Mapping[str, Any]], spans: Iterable[SpanRecord], now_ns: int) -> None:
-        """Load runs that were live when the viewer stopped; their workers get ``abandon_after_s`` to speak."""
+        """Load runs that were live when the viewer stopped; their workers get ``abandon_after_s`` to speak. The
+        events of a running span are kept through its later snapshots (some may have come from log records)."""
         for summary in runs:
             trace = str(summary["trace_id"])
             run = RunState(
@@ -579,6 +709,10 @@ class LiveState:
             worker = rec.resource.get(A.WORKER_ID)
             if rec.status == A.STATUS_RUNNING:
                 owner.quiet[rec.span_id] = now_ns  # quiet from the restart on: what came before is unknown
+                if rec.events:  # which came from log records is not stored: every one is kept as if it had
+                    kept = owner.logs[rec.span_id] = JoinedLogs()
+                    for event in rec.events:
+                        kept.add(event)
             if rec.status == A.STATUS_RUNNING and isinstance(worker, str):
                 self._workers.setdefault(worker, now_ns)
                 self._running_by_worker.setdefault(worker, set()).add((rec.trace_id, rec.span_id))
