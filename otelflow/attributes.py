@@ -58,6 +58,14 @@ OP_TEXT_COMPLETION: Final = "text_completion"
 OP_GENERATE_CONTENT: Final = "generate_content"
 OP_EMBEDDINGS: Final = "embeddings"
 LLM_OPERATIONS: Final = (OP_CHAT, OP_TEXT_COMPLETION, OP_GENERATE_CONTENT, OP_EMBEDDINGS)
+# messages as events (the older per-message events, and the newer one event per call with the messages as
+# attributes); they come as OTLP log records, which the viewer joins to their span as span events
+EVENT_GEN_AI_SYSTEM_MESSAGE: Final = "gen_ai.system.message"
+EVENT_GEN_AI_USER_MESSAGE: Final = "gen_ai.user.message"
+EVENT_GEN_AI_ASSISTANT_MESSAGE: Final = "gen_ai.assistant.message"
+EVENT_GEN_AI_TOOL_MESSAGE: Final = "gen_ai.tool.message"
+EVENT_GEN_AI_CHOICE: Final = "gen_ai.choice"
+EVENT_GEN_AI_INFERENCE_DETAILS: Final = "gen_ai.client.inference.operation.details"
 
 # --- OpenInference (rendered by Phoenix and Langfuse) ---------------------------------------------
 OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
@@ -65,6 +73,10 @@ OI_AGENT: Final = "AGENT"
 OI_CHAIN: Final = "CHAIN"
 OI_TOOL: Final = "TOOL"
 OI_LLM: Final = "LLM"
+OI_EMBEDDING: Final = "EMBEDDING"
+OI_EMBEDDING_MODEL_NAME: Final = "embedding.model_name"
+OI_LLM_FINISH_REASON: Final = "llm.finish_reason"
+OI_FIRST_TOKEN_EVENT: Final = "First Token Stream Event"  # noqa: S105 - openinference-openai, streaming
 OI_LLM_MODEL_NAME: Final = "llm.model_name"
 OI_LLM_PROVIDER: Final = "llm.provider"
 OI_LLM_SYSTEM: Final = "llm.system"

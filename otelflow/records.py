@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from otelflow import attributes as A
+from otelflow.genai import llm_view, with_cost
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, NAME_LIMIT, clean_attributes, clean_text
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ class SpanRecord:
     phase: str = PHASE_END
     # What a deferred record (see deferred_record) fills its fields from on first read; None once filled.
     _source: Any = field(default=None, init=False, repr=False, compare=False)
+    # The normalized view of a model call (kind llm), computed on first use (see llm_view)
+    _llm: Any = field(default=None, init=False, repr=False, compare=False)
 
     if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise accept any attribute name
 
@@ -157,9 +160,24 @@ class SpanRecord:
                 break
         return err
 
+    def llm_view(self) -> dict[str, Any] | None:
+        """The normalized view of a model call (:func:`otelflow.genai.llm_view`) for a span of kind ``llm``,
+        without its cost; ``None`` for any other span. Computed once per record (records are read-only)."""
+        if self.kind != A.KIND_LLM:
+            return None
+        view = getattr(self, "_llm", None)  # unset on a record made with object.__new__ (deferred)
+        if view is None:
+            view = self._llm = llm_view(self.name, self.attributes, self.events, self.start_time_ns)
+        return view
+
+    def llm(self) -> dict[str, Any] | None:
+        """The envelope's ``llm`` object: :meth:`llm_view` with ``cost_usd`` and ``cost_estimate``."""
+        view = self.llm_view()
+        return with_cost(view) if view is not None else None
+
     def to_dict(self) -> dict[str, Any]:
-        """The ``span`` object of the viewer's stream envelope."""
-        return {
+        """The ``span`` object of the viewer's stream envelope (``llm`` only for a span of kind ``llm``)."""
+        span = {
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "parent_span_id": self.parent_span_id,
@@ -174,6 +192,9 @@ class SpanRecord:
             "events": [e.to_dict() for e in self.events],
             "error": self.error(),
         }
+        if self.kind == A.KIND_LLM:
+            span["llm"] = self.llm()
+        return span
 
 
 def ended_status(error: bool, message: str, attributes: Mapping[str, Any]) -> str:
@@ -235,16 +256,21 @@ _GENAI_KINDS: Final = {
     A.OP_INVOKE_AGENT: A.KIND_AGENT,
     "create_agent": A.KIND_AGENT,
     A.OP_EXECUTE_TOOL: A.KIND_TOOL,
+    **{op: A.KIND_LLM for op in A.LLM_OPERATIONS},  # chat, text_completion, generate_content, embeddings
 }
 _OPENINFERENCE_KINDS: Final = {
     A.OI_AGENT: A.KIND_AGENT,
     A.OI_TOOL: A.KIND_TOOL,
     A.OI_CHAIN: A.KIND_NODE,
+    A.OI_LLM: A.KIND_LLM,
+    A.OI_EMBEDDING: A.KIND_LLM,
 }
 
 
 def kind_of(attributes: Mapping[str, Any]) -> str:
-    """The otelflow kind of a span: ``otelflow.kind``, else its GenAI operation, else its OpenInference kind."""
+    """The otelflow kind of a span: ``otelflow.kind``, else its GenAI operation, else its OpenInference kind.
+    Model calls (GenAI ``chat``, ``text_completion``, ``generate_content``, ``embeddings``; OpenInference ``LLM``,
+    ``EMBEDDING``) are ``llm``."""
     kind = attributes.get(A.KIND)
     if isinstance(kind, str) and kind in A.KINDS:
         return kind
@@ -489,7 +515,7 @@ def record_from_span(span: ReadableSpan, phase: str) -> SpanRecord:
     return SpanRecord(*_values_from_capture(capture(span, phase), phase))
 
 
-_DEFERRED_FIELDS: Final = frozenset(f for f in SpanRecord.__dataclass_fields__ if f not in ("phase", "_source"))
+_DEFERRED_FIELDS: Final = frozenset(f for f in SpanRecord.__dataclass_fields__ if f not in ("phase", "_source", "_llm"))
 _new_record = object.__new__
 
 

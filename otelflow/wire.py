@@ -198,8 +198,8 @@ def _span_parts(rec: SpanRecord) -> tuple[str, str, str] | None:
     """The pieces of a span's JSON that do not depend on whether it has ended: up to ``"status":``, the start
     time, the service and attributes; ``None`` when a value is not what the fast path expects."""
     start, end = rec.start_time_ns, rec.end_time_ns
-    if type(start) is not int or (end is not None and type(end) is not int):
-        return None
+    if type(start) is not int or (end is not None and type(end) is not int) or rec.kind == A.KIND_LLM:
+        return None  # a model call's span carries its "llm" object: the general path writes it
     try:
         attributes = rec.attributes if type(rec.attributes) is dict else dict(rec.attributes)
         head = (

@@ -649,3 +649,46 @@ def test_sse_parser_reads_frames_from_a_real_stream(make_viewer: Callable[..., V
     assert first.id is not None
     assert first.id.endswith(".1")
     assert stream.retry_ms == 2000
+
+
+def test_plain_lines_show_a_model_call_with_its_model_tokens_and_cost(
+    make_viewer: Callable[..., Viewer], procs: Callable[..., Proc]
+) -> None:
+    """A model call ended in a run: tail's line for it names the model, the tokens in and out and the estimated
+    cost (the viewer's shipped price of gpt-4o-mini)."""
+    viewer = make_viewer()
+    trace, root = trace_id(), span_id()
+    attrs = {
+        A.GEN_AI_OPERATION_NAME: "chat",
+        A.GEN_AI_REQUEST_MODEL: "gpt-4o-mini",
+        A.GEN_AI_RESPONSE_MODEL: "gpt-4o-mini-2024-07-18",
+        A.GEN_AI_USAGE_INPUT_TOKENS: 812,
+        A.GEN_AI_USAGE_OUTPUT_TOKENS: 95,
+    }
+    call = record(trace, span_id(), "chat gpt-4o-mini", parent=root, kind=A.KIND_LLM, ended=True, attributes=attrs)
+    workflow = record(trace, root, "invoke_workflow w", kind=A.KIND_WORKFLOW, ended=True, run_id="job-llm")
+    assert viewer.post_json([call, workflow]).is_success
+    wait_for(lambda: any(r.status == "ok" for r in viewer.call(viewer.hub.runs)), 10, "the run ended")
+    done = procs(tail_cmd("job-llm", "--viewer", viewer.url))
+    assert done.wait(15) == 0, done.err
+    [line] = [line for line in done.lines() if "span.ended" in line and " llm " in line]
+    assert line.endswith("  ok 1ms  gpt-4o-mini-2024-07-18  812→95 tokens  ~$0.000179  (snapshot)"), line
+
+
+def test_rich_view_shows_a_streaming_model_call_and_its_answer_so_far_as_text() -> None:
+    tail = Tail(TRACE)
+    llm = {"model": "gpt-4o", "input_tokens": None, "output_tokens": None, "cost_usd": None,
+           "partial_output": "so far\n[bold]not markup[/bold]", "time_to_first_token_ms": 212.4}  # fmt: skip
+    done = {"model": "gpt-4o", "input_tokens": 10, "output_tokens": 2, "cost_usd": 0.000045}
+    for e in (
+        ev(1, "run.started", run=run_summary()),
+        ev(2, "span.started", span=span("a" * 16, "invoke_workflow pipeline", kind="workflow")),
+        ev(3, "span.started", span=span("b" * 16, "chat gpt-4o", parent="a" * 16, kind="llm", llm=llm)),
+        ev(4, "span.ended", span=span("c" * 16, "chat gpt-4o", "ok", parent="a" * 16, kind="llm", llm=done)),
+    ):
+        tail.on_event(e)
+    console = Console(record=True, width=160, force_terminal=True, color_system="truecolor")
+    console.print(LiveView(tail))
+    text = console.export_text()
+    assert "gpt-4o  first token 212ms  “…so far [bold]not markup[/bold]”" in text, text
+    assert "gpt-4o  10→2 tokens  ~$0.000045" in text, text

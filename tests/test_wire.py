@@ -14,7 +14,7 @@ CLI = Path(__file__).resolve().parent.parent / "otelflow" / "cli"
 # Words of the contract that are also the names of JSON fields: an envelope's ``span`` object (like the kind
 # ``span``), a span's ``error`` object and the viewer's ``{"error": ...}`` answers (like the status ``error``).
 # As field names, and only there (a subscript, ``.get()``, a dict display key), they are not contract values.
-FIELD_NAMES = frozenset({"span", "error"})
+FIELD_NAMES = frozenset({"span", "error", "llm"})  # envelope fields spelled like a contract value (a kind)
 FIELD_METHODS = frozenset({"get", "pop", "setdefault"})
 
 

@@ -24,6 +24,7 @@ from .alerts import AlertEngine
 from .history import RunQuery, SqliteHistory
 from .history.name_stats import HOUR_NS
 from .live import Hub, RunState
+from .live.state import llm_by_span
 
 __all__ = ["ApiResponse", "api_router", "run_has_ended"]
 
@@ -195,6 +196,7 @@ class _Api:
                 "run": summary,
                 "spans": [s.to_dict() for s in spans],
                 "tree": _span_tree(spans),
+                "llm_by_span": llm_by_span(spans),
                 "progress": summary.get("progress") if summary else None,
                 "stalled": stalled,
                 "last_event_id": last,
@@ -227,6 +229,15 @@ class _Api:
         since_ns = time.time_ns() - window if window is not None else None
         return ApiResponse({"stats": await self.history.stats_by_name(kinds, since_ns), "since": since})
 
+    async def model_stats(self, since: str = "all") -> Response:
+        """Per (provider, model) of ended model calls: calls, tokens, estimated cost, p50/p95 latency and time to
+        first token, error rate."""
+        if since not in _RANGES:
+            return _error(400, f"since must be one of {', '.join(_RANGES)}")
+        window = _RANGES[since]
+        since_ns = time.time_ns() - window if window is not None else None
+        return ApiResponse({"models": await self.history.stats_by_model(since_ns), "since": since})
+
     async def healthz(self) -> Response:
         hub, history = self.hub, self.history
         status, reason = history.health()
@@ -257,5 +268,6 @@ def api_router(hub: Hub, history: SqliteHistory, alerts: AlertEngine | None = No
     router.add_api_route("/api/runs/{run}/events", api.run_events, methods=["GET"])
     router.add_api_route("/api/runs/{run}/export", api.run_export, methods=["GET"])
     router.add_api_route("/api/stats", api.stats, methods=["GET"])
+    router.add_api_route("/api/stats/models", api.model_stats, methods=["GET"])
     router.add_api_route("/healthz", api.healthz, methods=["GET", "HEAD"])  # HEAD: load balancers' checks
     return router

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from otelflow import attributes as A
+from otelflow.genai import Prices, use_prices
 from otelflow.scrub import DEFAULT_VALUE_LIMIT
 
 from .alerts import AlertConfig, AlertConfigError, AlertEngine, Delivery, load_rules
@@ -36,6 +37,7 @@ from .live import Hub
 from .live.stall import DEFAULT_QUIET_S, StallPolicy
 from .otlp import DEFAULT_MAX_BYTES
 from .pages import install_pages, jaeger_url_from_env
+from .prices import PriceError, load_prices
 from .security import LOOPBACK_HOSTS, SecurityMiddleware, ViewerConfigError, allowed_host, is_loopback
 from .transports import SSE_HEADERS, LiveFlowSession, SseEndpoint, WsSession, query_filters, stream_route
 
@@ -78,6 +80,7 @@ def create_app(
     alerts: AlertConfig | None = None,
     stall_after_s: float | None = DEFAULT_QUIET_S,
     durations_every_s: float = 60.0,
+    prices: Prices | None = None,
 ) -> FastAPI:
     """The viewer as an ASGI app. ``app.state.hub`` and ``app.state.history`` are its hub and history.
 
@@ -90,7 +93,9 @@ def create_app(
     ``stall_after_s`` (``None``: never) is flagged stalled, and for less when a ``stalled`` rule of ``alerts`` says
     so; ``alerts`` (see :mod:`viewer.alerts`) fire on the stream, in ``/api/alerts`` and at their webhooks.
     What "slow" means (p95 durations per name) is read from the history every ``durations_every_s``.
+    ``prices`` (default: the shipped table with ``$OTELFLOW_PRICES`` over it) estimates the cost of model calls.
     """
+    use_prices(prices if prices is not None else load_prices())
     history = (
         db if isinstance(db, SqliteHistory) else SqliteHistory(db, retention_days=retention_days, max_runs=max_runs)
     )
@@ -329,15 +334,16 @@ def serve(
     max_db_bytes: int | None = None,
     alerts_path: str | os.PathLike[str] | None = None,
     stall_after_s: float | None = DEFAULT_QUIET_S,
+    prices_path: str | os.PathLike[str] | None = None,
 ) -> None:
     """Run the viewer until SIGINT/SIGTERM (what ``otelflow serve`` calls).
 
     ``db`` defaults to :func:`viewer.history.default_db_path`, whose folders are created; the folder of a ``db``
     given must exist. ``token`` defaults to ``$OTELFLOW_TOKEN``.
     Raises :class:`ViewerConfigError` for a non-loopback ``host`` without a token, a token of only whitespace,
-    a port outside 0..65535 or one that cannot be bound (in use) or an alert rules file (``alerts_path``) that
-    cannot be used, and :class:`viewer.history.HistoryError` for an unusable database, all before serving
-    anything.
+    a port outside 0..65535 or one that cannot be bound (in use), an alert rules file (``alerts_path``) or a
+    price table (``prices_path``, default ``$OTELFLOW_PRICES``) that cannot be used, and
+    :class:`viewer.history.HistoryError` for an unusable database, all before serving anything.
     ``ready_callback(host, port)`` is called once the socket listens (``port=0`` picks a free port).
     The loopback names are accepted as Host, plus ``host`` itself when it is not a wildcard, plus
     ``allowed_hosts``; a wildcard bind without ``allowed_hosts`` accepts any Host (the token protects it).
@@ -360,6 +366,10 @@ def serve(
         alerts = load_rules(alerts_path) if alerts_path is not None else None
     except AlertConfigError as exc:
         raise ViewerConfigError(str(exc)) from None
+    try:
+        prices = load_prices(prices_path)
+    except PriceError as exc:
+        raise ViewerConfigError(f"prices: {exc}") from None
     extra = {allowed_host(h) for h in allowed_hosts or ()}
     hosts: frozenset[str] | None
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only names what a wildcard bind means
@@ -392,6 +402,7 @@ def serve(
         idle_run_s=idle_run_s,
         alerts=alerts,
         stall_after_s=stall_after_s,
+        prices=prices,
     )
     server = make_server(app, host, port, ready_callback=ready_callback, log_level=log_level)
     try:

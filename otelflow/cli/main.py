@@ -79,6 +79,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             max_db_bytes=int(args.max_db_mb * 1024 * 1024) or None,
             alerts_path=args.alerts,
             stall_after_s=args.stall_after or None,
+            prices_path=args.prices,
         )
     except (ViewerConfigError, HistoryError) as exc:
         print(f"otelflow serve: {exc}", file=sys.stderr)
@@ -196,6 +197,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=300.0,
         metavar="SECONDS",
         help="flag a running span stalled when nothing of it moved for this long (0: only by rules; default 300)",
+    )
+    serve.add_argument(
+        "--prices",
+        default=os.environ.get("OTELFLOW_PRICES") or None,
+        metavar="FILE",
+        help="a price table (JSON, USD per 1M tokens) over the shipped one (see README, 'Model calls'; "
+        "default $OTELFLOW_PRICES)",
     )
     serve.add_argument("--log-level", default=logging.getLevelName(logging.WARNING).lower(), choices=_LOG_LEVELS)
     serve.set_defaults(func=_cmd_serve)

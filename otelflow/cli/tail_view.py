@@ -229,6 +229,38 @@ def _duration(span: dict[str, Any]) -> str:
     return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
 
 
+def _count(value: Any) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
+def cost_text(cost: Any) -> str:
+    """``~$0.0002``: an estimated cost in USD (``~`` marks it an estimate), up to six decimals."""
+    if not isinstance(cost, (int, float)) or isinstance(cost, bool) or not math.isfinite(cost):
+        return ""
+    return "~$" + (f"{cost:.6f}".rstrip("0").rstrip(".") or "0")
+
+
+def describe_llm(span: dict[str, Any], partial: bool = False) -> str:
+    """A model call in one line of plain text: ``gpt-4o-mini  812→95 tokens  ~$0.0002`` (what is known of it);
+    ``partial``: with the end of the answer so far while it streams. Empty for other spans."""
+    llm = span.get("llm")
+    if not isinstance(llm, dict):
+        return ""
+    parts = [clean(llm.get("model") or llm.get("request_model") or "?", 60)]
+    if llm.get("input_tokens") is not None or llm.get("output_tokens") is not None:
+        parts.append(f"{_count(llm.get('input_tokens'))}→{_count(llm.get('output_tokens'))} tokens")
+    cost = cost_text(llm.get("cost_usd"))
+    if cost:
+        parts.append(cost)
+    ttft = llm.get("time_to_first_token_ms")
+    if isinstance(ttft, (int, float)) and not isinstance(ttft, bool):
+        parts.append(f"first token {ttft:.0f}ms")
+    so_far = llm.get("partial_output")
+    if partial and isinstance(so_far, str) and so_far:
+        parts.append(f"“…{clean(so_far[-60:], 60)}”")
+    return "  ".join(parts)
+
+
 def describe(env: Envelope, run_label: str | None = None) -> str | None:
     """One plain line for a reported envelope, or ``None`` for envelopes plain output leaves out. ``run`` names
     the run of a span line with ``run_label`` (``run job-123``; by default ``trace <the envelope's trace id>``)."""
@@ -258,8 +290,10 @@ def describe(env: Envelope, run_label: str | None = None) -> str | None:
         return None
     kind = clean(span.get("kind") or "", 8)
     name = clean(span.get("name") or "", 80)
+    llm = describe_llm(span)
+    llm = f"  {llm}" if llm else ""
     if type_ == SPAN_STARTED:
-        return f"{clock(span.get('start_time'))}  {type_:<14} {kind:<8} {name}{of}{mark}"
+        return f"{clock(span.get('start_time'))}  {type_:<14} {kind:<8} {name}{of}{llm}{mark}"
     if type_ == SPAN_STALLED:
         stalled = env.get(STALLED)
         if not isinstance(stalled, dict):
@@ -279,7 +313,7 @@ def describe(env: Envelope, run_label: str | None = None) -> str | None:
         detail = f"  {clean(err.get('type') or '', 40)}: {clean(err.get('message') or '', 100)}"
     dur = f" {_duration(span)}" if _duration(span) else ""
     when = span.get("end_time") or None
-    return f"{clock(when)}  {type_:<14} {kind:<8} {name}{of}  {status}{dur}{detail}{mark}"
+    return f"{clock(when)}  {type_:<14} {kind:<8} {name}{of}  {status}{dur}{llm}{detail}{mark}"
 
 
 class OutputClosed(Exception):
@@ -372,6 +406,9 @@ class LiveView:
             began = _epoch(span.get("start_time"))
             if began is not None:
                 label.append(f" {max(0.0, now - began):.1f}s", "dim")
+            llm = describe_llm(span, partial=True)
+            if llm:
+                label.append(f"  {llm}", "cyan")
             if stalled is not None:
                 label.append(f"  {describe_stall(stalled, stalled_for(stalled, span, now))}", STALLED_STYLE)
                 self._spinners.pop(str(span.get("span_id")), None)
@@ -379,6 +416,9 @@ class LiveView:
         else:
             label.append(f" {_duration(span)}" if _duration(span) else "", "dim")
             label.append(f" {status}", STATUS_STYLE.get(status, ""))
+            llm = describe_llm(span)
+            if llm:
+                label.append(f"  {llm}", "cyan")
             err = span.get("error")
             if isinstance(err, dict) and (err.get("type") or err.get("message")):
                 label.append(f"  {clean(err.get('type') or '', 40)}: {clean(err.get('message') or '', 80)}", "red")

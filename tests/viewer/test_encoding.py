@@ -205,7 +205,7 @@ def test_schema_1_database_is_upgraded_and_keeps_its_spans(tmp_path: Path) -> No
             _, spans = await store.get_run("a" * 32)
             assert spans == [old, new]
             version = await store.query(lambda c: c.execute("SELECT value FROM meta").fetchone()[0])
-            assert version == "5"  # 1 -> 2 (spans.event_id) -> 3 (name_stats) -> 4 (stored once), in one step
+            assert version == "6"  # 1 -> 2 (spans.event_id) -> 3 (name_stats) -> 4 (stored once) ... 6, in one step
             # the new span is stored once, in its row; its start and end events refer to it
             row = await store.query(lambda c: c.execute("SELECT record FROM spans WHERE name='new'").fetchone())
             assert '"k":"v"' in row[0]
@@ -293,7 +293,7 @@ def test_schema_3_database_is_upgraded_and_replays_the_same_events(tmp_path: Pat
             ]
             assert await store.events(trace, f"{epoch}.2") == [ended_event]  # ids still resume a read
             version = await store.query(lambda c: c.execute("SELECT value FROM meta").fetchone()[0])
-            assert version == "5"
+            assert version == "6"
         finally:
             store.close()
 

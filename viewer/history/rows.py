@@ -24,6 +24,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from otelflow.attributes import KIND_LLM, STATUS_CANCELLED, STATUS_ERROR, STATUS_OK
 from otelflow.records import EventRecord, SpanRecord
 from otelflow.wire import (
     ALERT_FIRED,
@@ -55,8 +56,10 @@ __all__ = [
     "SPAN_WIDTH",
     "TYPE_CODES",
     "TYPE_NAMES",
+    "LlmCall",
     "ResourceCache",
     "Rows",
+    "call_of",
     "event_data",
     "event_position",
     "life_envelopes",
@@ -285,6 +288,33 @@ def text(value: str) -> str:
     return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
 
 
+_LLM_COUNTED: Final = (STATUS_OK, STATUS_ERROR, STATUS_CANCELLED)
+
+# provider, model, status, start_ns, end_ns, input tokens, output tokens, cost (None: unknown), ttft ms (None)
+LlmCall = tuple[str, str, str, int, int, int | None, int | None, float | None, float | None]
+
+
+def call_of(rec: SpanRecord) -> LlmCall | None:
+    """What the statistics keep of an ended model call (a :class:`otelflow.records.SpanRecord` of kind llm), or
+    ``None`` for anything else (running, abandoned, not a model call)."""
+    if rec.kind != KIND_LLM or rec.end_time_ns is None or rec.status not in _LLM_COUNTED:
+        return None
+    llm = rec.llm()
+    if llm is None:
+        return None
+    return (
+        llm.get("provider") or "",
+        llm.get("model") or "",
+        rec.status,
+        rec.start_time_ns,
+        rec.end_time_ns,
+        llm.get("input_tokens"),
+        llm.get("output_tokens"),
+        llm.get("cost_usd"),
+        llm.get("time_to_first_token_ms"),
+    )
+
+
 class Rows:
     """Rows for a writer, kept flat (one list of values per table, not a tuple per row), a batch's worth at a
     time, to be bound in multi-row statements. ``seq`` numbers queued batches (1, 2, ...); ``nbytes`` is about
@@ -292,10 +322,11 @@ class Rows:
     ``len()`` counts rows as queued: a run or alert written twice (merged into one row) counts twice, so that
     what the writer took and what it committed add up to the same."""
 
-    __slots__ = ("alerts", "events", "journal_end", "merged", "nbytes", "runs", "seq", "spans")
+    __slots__ = ("alerts", "events", "journal_end", "llm", "merged", "nbytes", "runs", "seq", "spans")
 
     def __init__(self) -> None:
         self.spans: list[Any] = []
+        self.llm: list[LlmCall] = []  # ended model calls among the spans, for their statistics
         self.events: list[Any] = []
         self.runs: dict[str, tuple[Any, ...]] = {}
         self.alerts: dict[str, tuple[Any, ...]] = {}
@@ -311,6 +342,7 @@ class Rows:
     def merge(self, other: Rows) -> None:
         before = len(self.runs) + len(self.alerts)
         self.spans += other.spans
+        self.llm += other.llm
         self.events += other.events
         self.runs.update(other.runs)
         self.alerts.update(other.alerts)
@@ -335,6 +367,10 @@ class Rows:
             resource_json,
         )
         self.nbytes += len(row) + len(rec.name) + 100
+        if rec.kind == KIND_LLM:
+            call = call_of(rec)
+            if call is not None:
+                self.llm.append(call)
 
     def add_run(self, summary: Mapping[str, Any], summary_json: str | None, updated: float) -> None:
         """A run summary's row; ``summary_json`` is its JSON when the caller has it (the same text)."""

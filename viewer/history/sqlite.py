@@ -35,7 +35,7 @@ from typing import Any, Final, TypeVar
 from otelflow import attributes as A
 from otelflow.records import NAME_PREFIXES, SpanRecord
 
-from . import name_stats
+from . import model_stats, name_stats
 from .journal import Journal, JournalError
 from .protocols import RunQuery
 from .rows import ResourceCache, Rows
@@ -99,10 +99,11 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, fired_ns);
 """
     + name_stats.SCHEMA
+    + model_stats.SCHEMA
 )
-# 2: spans.event_id; 3: name_stats; 4: each thing stored once; 5: name_stats.cancelled (older databases are
-# upgraded in place)
-_SCHEMA_VERSION: Final = "5"
+# 2: spans.event_id; 3: name_stats; 4: each thing stored once; 5: name_stats.cancelled; 6: model_stats (older
+# databases are upgraded in place)
+_SCHEMA_VERSION: Final = "6"
 
 
 def _statements(script: str) -> list[str]:
@@ -241,7 +242,7 @@ class SqliteHistory:
             for statement in _statements(_SCHEMA):
                 conn.execute(statement)
             conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-        elif row[0] in ("1", "2", "3", "4"):
+        elif row[0] in ("1", "2", "3", "4", "5"):
             upgrade(conn, row[0], _statements(_SCHEMA))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))
         elif row[0] != _SCHEMA_VERSION:
@@ -511,6 +512,15 @@ class SqliteHistory:
 
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]] | None:
             return read_events(conn, trace_id, after, limit)
+
+        return await self.query(fn)
+
+    async def stats_by_model(self, since_ns: int | None = None) -> list[dict[str, Any]]:
+        """Per (provider, model) of ended model calls, of all time or of the hours from ``since_ns``'s on (see
+        :mod:`.model_stats`)."""
+
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return model_stats.read_model_stats(conn, since_ns)
 
         return await self.query(fn)
 

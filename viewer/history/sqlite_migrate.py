@@ -3,8 +3,8 @@
 Schema versions: 1, spans with whole records; 2, a span's envelope object kept once, in the event that
 published it (``spans.event_id``); 3, per-name statistics (:mod:`.name_stats`); 4, each thing stored once
 (:mod:`.rows`): span rows whole and compact with shared resources, span lifecycle events as references to their
-span, event ids as integers; 5, cancelled spans counted apart in the statistics. Each upgrade reads the old
-tables once.
+span, event ids as integers; 5, cancelled spans counted apart in the statistics; 6, statistics of model calls per
+model (:mod:`.model_stats`), built from the model calls already stored. Each upgrade reads the old tables once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Final
 from otelflow.records import EventRecord, SpanRecord
 from otelflow.wire import SPAN_STARTED
 
-from . import name_stats
+from . import model_stats, name_stats
 from .rows import SEQ_BITS, TYPE_CODES, ResourceCache, record_to_row
 from .sqlite_writer import resource_id
 
@@ -31,7 +31,7 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
 
 
 def upgrade(conn: sqlite3.Connection, version: str, statements: Iterable[str]) -> None:
-    """Bring a database of schema ``version`` (1 to 4) to 5, creating what is missing with ``statements``
+    """Bring a database of schema ``version`` (1 to 5) to 6, creating what is missing with ``statements``
     (the current schema, ``CREATE ... IF NOT EXISTS``), inside an open transaction."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if version == "1" and "spans" in tables:
@@ -53,6 +53,7 @@ def upgrade(conn: sqlite3.Connection, version: str, statements: Iterable[str]) -
     name_stats.upgrade(conn)  # 3 and 4 kept them without the cancelled count
     if version in ("1", "2"):
         name_stats.backfill(conn)  # statistics were computed from the spans on each read before
+    model_stats.backfill(conn)  # model calls stored before schema 6 (their spans' kind becomes llm)
     for table, old in (("spans_v3", old_spans), ("events_v3", old_events)):
         if old:
             conn.execute(f"DROP TABLE {table}")

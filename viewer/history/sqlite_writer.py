@@ -37,6 +37,7 @@ from typing import Any, Final
 from otelflow import attributes as A
 
 from .journal import Journal
+from .model_stats import add_calls
 from .name_stats import HOUR_NS, add_spans
 from .rows import ALERT_WIDTH, EVENT_WIDTH, RUN_WIDTH, SEQ_BITS, SPAN_WIDTH, TYPE_CODES, Rows
 
@@ -428,6 +429,7 @@ class SqliteWriter:
             for head, values, width, _ in tables:
                 _insert_many(conn, head, values, width, self.max_vars)
             add_spans(conn, rows.spans)
+            add_calls(conn, rows.llm)
             if over:  # in the same transaction: no commit holds more than 1.05 x max_runs ended runs
                 held.append(self._trim_runs(conn))
 
@@ -497,6 +499,7 @@ class SqliteWriter:
                         dropped += 1
                         _rate_limited(log.error, "a history row cannot be written and is dropped: %s", exc)
             add_spans(conn, rows.spans)
+            add_calls(conn, rows.llm)
 
         self._transaction(conn, rows, insert)
         self.stats["dropped_rows"] += dropped
@@ -558,6 +561,7 @@ class SqliteWriter:
             cutoff = time.time_ns() - int(self.retention_days * 86400e9)
             conn.execute("DELETE FROM alerts WHERE status = 'resolved' AND resolved_ns < ?", (cutoff,))
             conn.execute("DELETE FROM name_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,))
+            conn.execute("DELETE FROM model_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,))
         conn.execute(
             "DELETE FROM alerts WHERE status = 'resolved' AND alert_id NOT IN "
             "(SELECT alert_id FROM alerts WHERE status = 'resolved' ORDER BY fired_ns DESC LIMIT 10000)"

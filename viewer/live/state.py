@@ -48,7 +48,7 @@ from otelflow.wire import (
 
 from .stall import STALL_ABANDONED, STALL_ENDED, STALL_MOVED, STALL_QUIET, Stall, StallPolicy, workflow_name
 
-__all__ = ["RUN_STORED", "Batch", "Change", "JoinedLogs", "LiveState", "RunState"]
+__all__ = ["RUN_STORED", "Batch", "Change", "JoinedLogs", "LiveState", "LlmTotals", "RunState", "llm_by_span"]
 
 _ENDED: Final = (A.STATUS_OK, A.STATUS_ERROR, A.STATUS_CANCELLED)
 # counters of log records (in LiveState.stats): joined a span, held now (and their bytes), dropped unjoined
@@ -109,6 +109,66 @@ class JoinedLogs:
 
 
 @dataclass(slots=True)
+class LlmTotals:
+    """Totals of model calls that ended: calls, tokens, estimated cost (of the calls whose cost is known; those
+    whose model has no price are counted apart)."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    unpriced_calls: int = 0
+
+    def add(self, rec: SpanRecord) -> None:
+        llm = rec.llm()
+        if llm is None:
+            return
+        self.add_view(llm)
+
+    def add_view(self, llm: Mapping[str, Any]) -> None:
+        self.calls += 1
+        self.input_tokens += llm.get("input_tokens") or 0
+        self.output_tokens += llm.get("output_tokens") or 0
+        cost = llm.get("cost_usd")
+        if cost is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost_usd = (self.cost_usd or 0.0) + cost
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 10) if self.cost_usd is not None else None,
+            "cost_estimate": True,
+            "unpriced_calls": self.unpriced_calls,
+        }
+
+
+def llm_by_span(spans: Iterable[SpanRecord]) -> dict[str, dict[str, Any]]:
+    """Per span id, the totals (:class:`LlmTotals`) of the model calls that ended below it, at any depth; only
+    spans with such calls are in it; model calls themselves are left out."""
+    spans = list(spans)
+    parents = {s.span_id: s.parent_span_id for s in spans}
+    totals: dict[str, LlmTotals] = {}
+    for rec in spans:
+        if rec.kind != A.KIND_LLM or rec.status not in _ENDED:
+            continue
+        view = rec.llm()
+        if view is None:
+            continue
+        seen = {rec.span_id}
+        parent = rec.parent_span_id
+        while parent is not None and parent in parents and parent not in seen:
+            seen.add(parent)
+            totals.setdefault(parent, LlmTotals()).add_view(view)
+            parent = parents[parent]
+    kinds = {s.span_id: s.kind for s in spans}
+    return {span_id: t.to_dict() for span_id, t in totals.items() if kinds.get(span_id) != A.KIND_LLM}
+
+
+@dataclass(slots=True)
 class RunState:
     """A run (trace) as the live state knows it."""
 
@@ -133,7 +193,14 @@ class RunState:
     quiet: dict[str, int] = field(default_factory=dict)  # running span id -> when it last moved (wall clock, ns)
     stalled: dict[str, Stall] = field(default_factory=dict)
     had_stall: bool = False  # a span of it was stalled at some point (its run events pass `status=stalled`)
+    llm: LlmTotals | None = None  # its model calls that ended, once there is one
     logs: dict[str, JoinedLogs] = field(default_factory=dict)  # span id -> events joined from log records
+
+    def add_llm_call(self, rec: SpanRecord) -> None:
+        """Count an ended model call (kind ``llm``) in the run's totals."""
+        if self.llm is None:
+            self.llm = LlmTotals()
+        self.llm.add(rec)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``run`` object of run events and of the REST API."""
@@ -154,6 +221,7 @@ class RunState:
             "agent_count": self.agent_count,
             "error_count": self.error_count,
             "stalled_count": len(self.stalled),
+            **({"llm": self.llm.to_dict()} if self.llm is not None else {}),
         }
 
     @property
@@ -307,6 +375,9 @@ class LiveState:
             run.agent_count += 1
 
         run_changed = self._update_run(run, rec, prev)
+        if rec.kind == A.KIND_LLM and rec.status in _ENDED:
+            run.add_llm_call(rec)  # totals grow as calls end (an ended span arrives once: see above)
+            run_changed = True
         if new_run or not run.announced:
             run.announced = True
             run_changed = False
@@ -633,6 +704,8 @@ class LiveState:
                 owner.error_count += 1
             if rec.kind == A.KIND_AGENT:
                 owner.agent_count += 1
+            if rec.kind == A.KIND_LLM and rec.status in _ENDED:
+                owner.add_llm_call(rec)
             worker = rec.resource.get(A.WORKER_ID)
             if rec.status == A.STATUS_RUNNING:
                 owner.quiet[rec.span_id] = now_ns  # quiet from the restart on: what came before is unknown
