@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,13 +24,14 @@ import pytest
 from playwright.sync_api import expect
 
 from otelflow import attributes as A
-from tests.browser.test_list_pages import run_root
+from tests.browser.test_list_pages import DESKTOP, PHONE, assert_on_screen, run_root, scroll_width
 from tests.browser.test_pages import post
-from tests.viewer.conftest import Viewer
+from tests.viewer.conftest import Viewer, wait_for
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
+DURATION = re.compile(r"^\d+(\.\d+)? (ms|s)$")
 
 # One workflow whose model calls come one at a time, when stdin says: "<model> <words> [stream]" makes a call with a
 # user message of <words> words (the local server counts words as tokens, and answers "Echo: <the message>"),
@@ -212,4 +214,144 @@ def test_a_run_row_shows_its_tokens_and_cost_growing_as_calls_end(
     assert totals["cost_usd"] == pytest.approx(mini_cost(2400, 2402))
     expect(plain_row.locator(".col-tokens")).to_have_text("–")
     page.screenshot(path=str(artifacts / "runs-llm-1440.png"))
+    page.probe.assert_clean()
+
+
+# -------------------------------------------------------------------------------------------------- stats
+
+
+def model_names(page: Any) -> list[str]:
+    names: list[str] = page.locator("#models tbody tr").evaluate_all("rows => rows.map(r => r.dataset.model)")
+    return names
+
+
+def test_the_models_table_lists_each_model_live_and_sorts(
+    viewer: Viewer, page: Any, llm_worker: Callable[..., LlmWorker], artifacts: Path
+) -> None:
+    page.goto(f"{viewer.url}/stats")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#models-empty")).to_be_visible()
+    expect(page.locator("#models tbody tr")).to_have_count(0)
+    page.evaluate("() => { window.notReloaded = true; }")
+
+    worker = llm_worker(viewer, "job-models", "openinference")
+    worker.call("gpt-4o-mini", 20, stream=True)  # 20 in, 21 out, with a time to first token
+    mini = page.locator('#models tr[data-model="gpt-4o-mini-2024-07-18"]')
+    expect(mini.locator(".col-calls")).to_have_text("1")  # refetched after the call ended, without a reload
+    expect(page.locator("#models-empty")).to_be_hidden()
+    worker.call("gpt-4o-mini", 2980)  # 2,980 in, 2,981 out
+    worker.call("gpt-4o", 400)  # 400 in, 401 out, at gpt-4o's price
+    worker.call("local-model", 4)  # no price
+    worker.call("fail", 1, fails=True)  # the server answers 400: a failed call
+    worker.end()
+
+    expect(mini.locator(".col-calls")).to_have_text("2")
+    expect(page.locator("#models tbody tr")).to_have_count(4)
+    assert page.evaluate("() => window.notReloaded === true")
+    expect(mini.locator(".col-name")).to_have_text("gpt-4o-mini-2024-07-18")
+    expect(mini.locator(".col-provider")).to_have_text("openai")
+    expect(mini.locator(".col-input")).to_have_text("3k")
+    expect(mini.locator(".col-input")).to_have_attribute("title", "3,000 input tokens")
+    expect(mini.locator(".col-output")).to_have_text("3k")
+    expect(mini.locator(".col-cost")).to_have_text("~$0.0023")  # 0.0022506
+    expect(mini.locator(".col-errors")).to_have_text("0%")
+    expect(mini.locator(".col-cancelled")).to_have_text("0")
+    for cell in (".col-p50", ".col-p95", ".col-ttft50", ".col-ttft95"):  # latencies, and the streamed call's TTFT
+        expect(mini.locator(cell)).to_have_text(DURATION)
+    gpt4o = page.locator('#models tr[data-model="gpt-4o-2024-08-06"]')
+    expect(gpt4o.locator(".col-input")).to_have_text("400")
+    expect(gpt4o.locator(".col-cost")).to_have_text("~$0.005")  # 400 x 2.5 + 401 x 10 per 1M: 0.00501
+    expect(gpt4o.locator(".col-ttft50")).to_have_text("–")  # not streamed
+    local = page.locator('#models tr[data-model="local-model"]')
+    expect(local.locator(".col-cost")).to_have_text("–")
+    expect(local.locator(".col-cost")).to_have_attribute("title", re.compile("^no estimate; 1 call without a price"))
+    failing = page.locator("#models tbody tr").filter(has=page.locator(".col-errors.has-errors"))
+    expect(failing).to_have_count(1)
+    expect(failing.locator(".col-errors")).to_have_text("100%")
+    expect(failing.locator(".col-calls")).to_have_text("1")
+
+    calls_th = page.locator('#models th[data-sort="calls"]')
+    expect(calls_th).to_have_attribute("aria-sort", "descending")  # the most used first
+    assert model_names(page)[0] == "gpt-4o-mini-2024-07-18"
+    cost_th = page.locator('#models th[data-sort="cost"]')
+    cost_th.get_by_role("button").click()
+    expect(cost_th).to_have_attribute("aria-sort", "descending")
+    expect(calls_th).not_to_have_attribute("aria-sort", re.compile("."))
+    assert model_names(page)[:2] == ["gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18"]  # the priced ones, dearest first
+    cost_th.get_by_role("button").click()
+    expect(cost_th).to_have_attribute("aria-sort", "ascending")
+    assert model_names(page)[-2:] == ["gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06"]
+    errors_th = page.locator('#models th[data-sort="errors"]')
+    errors_th.get_by_role("button").click()
+    assert failing.get_attribute("data-model") == model_names(page)[0]
+    # the agents table keeps its own order, and neither table leaves its order on a refetch
+    expect(page.locator('#stats th[data-sort="count"]')).to_have_attribute("aria-sort", "descending")
+    page.locator("#stats-refresh").click()
+    expect(page.locator("#stats-status")).to_contain_text("Updated")
+    expect(errors_th).to_have_attribute("aria-sort", "descending")
+    assert failing.get_attribute("data-model") == model_names(page)[0]
+
+    # the period applies to the models too
+    with page.expect_request(re.compile(r"/api/stats/models\?since=1h")):
+        page.locator("#stats-since").select_option("1h")
+    expect(page.locator("#models tbody tr")).to_have_count(4)  # the calls were made just now
+    page.screenshot(path=str(artifacts / "stats-models-sorted-1440.png"), full_page=True)
+    page.probe.assert_clean()
+
+
+# -------------------------------------------------------------------------------------------------- phone
+
+
+def test_tokens_and_cost_fit_a_phone(
+    viewer: Viewer, page: Any, llm_worker: Callable[..., LlmWorker], artifacts: Path
+) -> None:
+    plain = run_root("no_models", run_id="job-plain")
+    post(viewer, [plain])
+    worker = llm_worker(viewer, "job-" + "long-run-id-" * 4)
+    worker.call("gpt-4o-mini", 1200)
+    worker.call("gpt-4o", 300)
+    worker.end()
+    wait_for(lambda: httpx.get(f"{viewer.url}/api/stats/models", timeout=10).json()["models"], what="model stats")
+    models = len(httpx.get(f"{viewer.url}/api/stats/models", timeout=10).json()["models"])
+
+    for viewport, suffix in ((DESKTOP, "1440"), (PHONE, "390")):
+        page.set_viewport_size(viewport)
+        page.goto(f"{viewer.url}/")
+        row = page.locator("#runs tbody tr", has_text="long-run-id")
+        expect(row.locator(".col-tokens")).to_have_text("1.5k → 1.5k")
+        page.screenshot(path=str(artifacts / f"runs-llm-{suffix}.png"), full_page=True)
+        page.goto(f"{viewer.url}/stats")
+        expect(page.locator("#models tbody tr")).to_have_count(models)
+        page.screenshot(path=str(artifacts / f"stats-models-{suffix}.png"), full_page=True)
+
+    # on the phone (the last pass): the run's card has a line of tokens and cost; a run without calls has none
+    page.goto(f"{viewer.url}/")
+    row = page.locator("#runs tbody tr", has_text="long-run-id")
+    expect(row.locator(".col-cost")).to_have_text("~$0.0047")  # gpt-4o-mini's 0.0009006 and gpt-4o's 0.00376
+    assert scroll_width(page) <= PHONE["width"]
+    for cell in (".run-link", ".chip", ".col-tokens", ".col-cost", ".col-duration"):
+        expect(row.locator(cell)).to_be_visible()
+        assert_on_screen(row.locator(cell).bounding_box(), cell)
+    tokens_box, name_box = row.locator(".col-tokens").bounding_box(), row.locator(".run-link").bounding_box()
+    assert tokens_box["y"] > name_box["y"]  # a line of its own, below the name
+    assert row.locator(".col-tokens").evaluate("td => getComputedStyle(td, '::after').content") == '" tokens"'
+    plain_row = page.locator(f'tr[data-run-id="{plain.trace_id}"]')
+    expect(plain_row.locator(".chip")).to_be_visible()
+    expect(plain_row.locator(".col-tokens")).to_be_hidden()
+    expect(plain_row.locator(".col-cost")).to_be_hidden()
+
+    page.goto(f"{viewer.url}/stats")
+    expect(page.locator("#models tbody tr")).to_have_count(models)
+    assert scroll_width(page) <= PHONE["width"]
+    card = page.locator('#models tr[data-model="gpt-4o-2024-08-06"]')
+    for cell in (".col-name", ".col-calls", ".col-cost", ".col-ttft95", ".col-cancelled"):
+        expect(card.locator(cell)).to_be_visible()
+        assert_on_screen(card.locator(cell).bounding_box(), cell)
+    label = card.locator(".col-cost").evaluate("td => getComputedStyle(td, '::before').content")
+    assert label == '"Cost"'
+    cost_th = page.locator('#models th[data-sort="cost"]')
+    cost_th.get_by_role("button").click()
+    expect(cost_th).to_have_attribute("aria-sort", "descending")
+    assert model_names(page)[0] == "gpt-4o-2024-08-06"
+    assert scroll_width(page) <= PHONE["width"]
     page.probe.assert_clean()
