@@ -32,6 +32,8 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 DURATION = re.compile(r"^\d+(\.\d+)? (ms|s)$")
+LAPTOP = {"width": 1024, "height": 768}
+TABLE_OVERFLOW = "id => { const t = document.getElementById(id); return t.scrollWidth - t.parentElement.clientWidth; }"
 
 # One workflow whose model calls come one at a time, when stdin says: "<model> <words> [stream]" makes a call with a
 # user message of <words> words (the local server counts words as tokens, and answers "Echo: <the message>"),
@@ -324,7 +326,17 @@ def test_tokens_and_cost_fit_a_phone(
         expect(page.locator("#models tbody tr")).to_have_count(models)
         page.screenshot(path=str(artifacts / f"stats-models-{suffix}.png"), full_page=True)
 
-    # on the phone (the last pass): the run's card has a line of tokens and cost; a run without calls has none
+    # a laptop's 1024 px: both tables, two columns wider, still fit their cards (nothing cut off at the right)
+    page.set_viewport_size(LAPTOP)
+    page.goto(f"{viewer.url}/")
+    expect(page.locator("#runs tbody tr", has_text="long-run-id").locator(".col-cost")).to_have_text("~$0.0047")
+    assert page.evaluate(TABLE_OVERFLOW, "runs") <= 0
+    page.goto(f"{viewer.url}/stats")
+    expect(page.locator("#models tbody tr")).to_have_count(models)
+    assert page.evaluate(TABLE_OVERFLOW, "models") <= 0
+
+    # on the phone: the run's card has a line of tokens and cost; a run without calls has none
+    page.set_viewport_size(PHONE)
     page.goto(f"{viewer.url}/")
     row = page.locator("#runs tbody tr", has_text="long-run-id")
     expect(row.locator(".col-cost")).to_have_text("~$0.0047")  # gpt-4o-mini's 0.0009006 and gpt-4o's 0.00376

@@ -181,7 +181,7 @@ function renderModels() {
     const cancelled = m.cancelled || 0;
     const failures = `${formatExact(m.errors || 0)} of ${formatExact((m.calls || 0) - cancelled)} calls failed`;
     modelsBody.append(h("tr", { "data-model": m.model || "", "data-provider": m.provider || "" },
-      h("td", { class: "col-name", text: modelName(m) }),
+      h("td", { class: m.model ? "col-name" : "col-name muted", text: modelName(m), title: m.model ? null : "the calls did not say their model" }),
       h("td", { class: "col-provider", text: m.provider || "–" }),
       figure("calls", "Calls", formatExact(m.calls || 0)),
       figure("input", "Tokens in", formatTokens(m.input_tokens || 0), `${formatExact(m.input_tokens || 0)} input tokens`),
