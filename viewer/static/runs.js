@@ -7,6 +7,7 @@ import {
 } from "./common.js";
 import { displayName } from "./graph.js";
 import { header } from "./header.js";
+import { costTitle, formatCost, formatTokens, tokensTitle } from "./usage.js";
 import { RUN_ENDED, RUN_STARTED, RUN_UPDATED, STALLED, STATUS_OK, STATUS_RUNNING } from "./wire.js";
 
 const RUN_TYPES = [RUN_STARTED, RUN_UPDATED, RUN_ENDED];
@@ -110,6 +111,8 @@ function buildRow(run) {
       h("span", { class: "progress-text" })),
     h("td", { class: "num col-agents" }),
     h("td", { class: "num col-failures" }),
+    h("td", { class: "num col-tokens" }),
+    h("td", { class: "num col-cost" }),
     h("td", { class: "col-started" }, h("time", {})),
     h("td", { class: "num col-duration" }),
   );
@@ -122,7 +125,8 @@ function buildRow(run) {
 }
 
 function updateRow(row, run, withDate) {
-  const [nameCell, serviceCell, statusCell, progressCell, agentsCell, failuresCell, startedCell] = row.children;
+  const [nameCell, serviceCell, statusCell, progressCell, agentsCell, failuresCell] = row.children;
+  const startedCell = row.querySelector(".col-started");
   const link = nameCell.querySelector("a");
   link.textContent = run.name ? displayName({ name: run.name, attributes: {} }) : run.trace_id;
   nameCell.querySelector(".run-sub").textContent = run.otelflow_run_id ? `${run.otelflow_run_id} · ${run.trace_id.slice(0, 12)}…` : `${run.trace_id.slice(0, 12)}…`;
@@ -149,6 +153,7 @@ function updateRow(row, run, withDate) {
   failuresCell.textContent = String(failures);
   failuresCell.classList.toggle("has-errors", failures > 0);
   failuresCell.title = `${failures} failed span${failures === 1 ? "" : "s"}`;
+  updateUsage(row, run.llm);
   const start = startMs(run);
   const time = startedCell.firstChild;
   time.textContent = formatStart(start, withDate);
@@ -157,6 +162,23 @@ function updateRow(row, run, withDate) {
     time.title = formatWhen(start);
   }
   tickRow(row, run);
+}
+
+/** The tokens and cost of the run's model calls that ended (`run.llm`), "–" without any. */
+function updateUsage(row, llm) {
+  const tokens = row.querySelector(".col-tokens");
+  const cost = row.querySelector(".col-cost");
+  const calls = llm && llm.calls ? llm.calls : 0;
+  row.toggleAttribute("data-llm", calls > 0);
+  if (!calls) {
+    tokens.textContent = cost.textContent = "–";
+    tokens.title = cost.title = "no model calls";
+    return;
+  }
+  tokens.textContent = `${formatTokens(llm.input_tokens || 0)} → ${formatTokens(llm.output_tokens || 0)}`;
+  tokens.title = tokensTitle(llm.input_tokens, llm.output_tokens, calls);
+  cost.textContent = formatCost(llm.cost_usd ?? null, llm.cost_estimate !== false);
+  cost.title = costTitle(llm.cost_usd ?? null, llm.unpriced_calls || 0);
 }
 
 /** The duration cell of a row built by render(); a run the page has no row for yet is left to the next render. */

@@ -1,9 +1,11 @@
 // The stats page: per agent/node/tool name, count, p50/p95 duration, error rate and cancelled count, with a small
-// duration chart (the histogram of the period when the server sends one, p50/p95 bars otherwise). Sortable by any
-// column; kept current by the stream (a refetch after run.ended / span.ended, at most one a second).
+// duration chart (the histogram of the period when the server sends one, p50/p95 bars otherwise); and per model,
+// calls, tokens, estimated cost, latency, time to first token, error rate and cancelled calls. Both tables sort by
+// any column; both are kept current by the stream (a refetch after run.ended / span.ended, at most one a second).
 
 import { LiveConnection, clear, formatDuration, getJSON, h, svg } from "./common.js";
 import { displayName } from "./graph.js";
+import { costTitle, formatCost, formatExact, formatTokens } from "./usage.js";
 import { RUN_ENDED, SPAN_ENDED } from "./wire.js";
 
 const MIN_GAP_MS = 1000; // refetches follow events at most this often
@@ -13,8 +15,57 @@ const CHART_H = 24;
 
 const table = document.getElementById("stats");
 const tbody = table.querySelector("tbody");
+const modelsTable = document.getElementById("models");
+const modelsBody = modelsTable.querySelector("tbody");
 const since = document.getElementById("stats-since");
 const status = document.getElementById("stats-status");
+
+/**
+ * The sorting of a table by its th[data-sort] headers: `sorts` says, per header, how it orders rows (`value`, a
+ * number or a string) and which way it sorts first; `tie` orders rows of equal value. A click on a header sorts
+ * by it (again: the other way) and calls `onChange`; `mark()` tells the headers which one sorts and how.
+ */
+class TableSort {
+  constructor(table, sorts, initial, tie, onChange) {
+    this.table = table;
+    this.sorts = sorts;
+    this.current = { key: initial, direction: sorts[initial].first };
+    this.tie = tie;
+    for (const th of table.querySelectorAll("th[data-sort]")) {
+      th.querySelector("button").addEventListener("click", () => {
+        this.by(th.dataset.sort);
+        onChange();
+      });
+    }
+  }
+
+  by(key) {
+    const { current } = this;
+    if (current.key === key) this.current = { key, direction: current.direction === "ascending" ? "descending" : "ascending" };
+    else this.current = { key, direction: this.sorts[key].first };
+  }
+
+  /** `rows` in the current order (a new array). */
+  sorted(rows) {
+    const { value } = this.sorts[this.current.key];
+    const sign = this.current.direction === "ascending" ? 1 : -1;
+    return rows.slice().sort((a, b) => {
+      const va = value(a);
+      const vb = value(b);
+      const order = typeof va === "string" ? va.localeCompare(vb) : va - vb;
+      return sign * order || this.tie(a, b);
+    });
+  }
+
+  mark() {
+    const { key, direction } = this.current;
+    for (const th of this.table.querySelectorAll("th[data-sort]")) {
+      if (th.dataset.sort === key) th.setAttribute("aria-sort", direction);
+      else th.removeAttribute("aria-sort");
+    }
+    this.table.dataset.sort = `${key} ${direction}`;
+  }
+}
 
 /** How each sortable column (th[data-sort]) orders rows, and which way it sorts first. */
 const SORTS = {
@@ -26,17 +77,33 @@ const SORTS = {
   errors: { value: (s) => s.error_rate || 0, first: "descending" },
   cancelled: { value: (s) => s.cancelled ?? -1, first: "descending" },
 };
-let sort = { key: "count", direction: "descending" };
 let stats = [];
+const byName = (a, b) => a.name.localeCompare(b.name) || String(a.kind).localeCompare(String(b.kind));
+const sort = new TableSort(table, SORTS, "count", byName, () => render());
 
-function compare(a, b) {
-  const { value } = SORTS[sort.key];
-  const va = value(a);
-  const vb = value(b);
-  const order = typeof va === "string" ? va.localeCompare(vb) : va - vb;
-  const byName = a.name.localeCompare(b.name) || String(a.kind).localeCompare(String(b.kind));
-  return (sort.direction === "ascending" ? order : -order) || byName;
+/** The model of a row of /api/stats/models as the page names it. */
+function modelName(m) {
+  return m.model || "unknown model";
 }
+
+/** How each sortable column of the models table orders rows, and which way it sorts first. */
+const MODEL_SORTS = {
+  model: { value: (m) => modelName(m).toLowerCase(), first: "ascending" },
+  provider: { value: (m) => String(m.provider || "").toLowerCase(), first: "ascending" },
+  calls: { value: (m) => m.calls || 0, first: "descending" },
+  input: { value: (m) => m.input_tokens || 0, first: "descending" },
+  output: { value: (m) => m.output_tokens || 0, first: "descending" },
+  cost: { value: (m) => m.cost_usd ?? -1, first: "descending" },
+  p50: { value: (m) => m.p50_ms ?? -1, first: "descending" },
+  p95: { value: (m) => m.p95_ms ?? -1, first: "descending" },
+  ttft50: { value: (m) => m.ttft_p50_ms ?? -1, first: "descending" },
+  ttft95: { value: (m) => m.ttft_p95_ms ?? -1, first: "descending" },
+  errors: { value: (m) => m.error_rate || 0, first: "descending" },
+  cancelled: { value: (m) => m.cancelled || 0, first: "descending" },
+};
+let models = [];
+const byModel = (a, b) => modelName(a).localeCompare(modelName(b)) || String(a.provider || "").localeCompare(String(b.provider || ""));
+const modelSort = new TableSort(modelsTable, MODEL_SORTS, "calls", byModel, () => renderModels());
 
 function percent(rate) {
   return `${(100 * rate).toFixed(rate > 0 && rate < 0.1 ? 1 : 0)}%`;
@@ -78,7 +145,7 @@ function barsChart(s, max) {
 }
 
 function render() {
-  const rows = stats.slice().sort(compare);
+  const rows = sort.sorted(stats);
   const max = Math.max(1e-9, ...rows.map((s) => s.p95_ms || 0));
   clear(tbody);
   for (const s of rows) {
@@ -97,12 +164,44 @@ function render() {
       }),
       h("td", { class: "col-chart", "data-label": "Durations" }, histogramChart(s.histogram) || barsChart(s, max))));
   }
-  for (const th of table.querySelectorAll("th[data-sort]")) {
-    if (th.dataset.sort === sort.key) th.setAttribute("aria-sort", sort.direction);
-    else th.removeAttribute("aria-sort");
-  }
-  table.dataset.sort = `${sort.key} ${sort.direction}`;
+  sort.mark();
   document.getElementById("stats-empty").hidden = rows.length > 0;
+}
+
+/** A figure cell of the models table (labelled on a phone). */
+function figure(name, label, text, title = "") {
+  return h("td", { class: `num col-${name}`, "data-label": label, text, title: title || null });
+}
+
+function renderModels() {
+  const rows = modelSort.sorted(models);
+  clear(modelsBody);
+  for (const m of rows) {
+    const rate = m.error_rate || 0;
+    const cancelled = m.cancelled || 0;
+    const failures = `${formatExact(m.errors || 0)} of ${formatExact((m.calls || 0) - cancelled)} calls failed`;
+    modelsBody.append(h("tr", { "data-model": m.model || "", "data-provider": m.provider || "" },
+      h("td", { class: m.model ? "col-name" : "col-name muted", text: modelName(m), title: m.model ? null : "the calls did not say their model" }),
+      h("td", { class: "col-provider", text: m.provider || "–" }),
+      figure("calls", "Calls", formatExact(m.calls || 0)),
+      figure("input", "Tokens in", formatTokens(m.input_tokens || 0), `${formatExact(m.input_tokens || 0)} input tokens`),
+      figure("output", "Tokens out", formatTokens(m.output_tokens || 0), `${formatExact(m.output_tokens || 0)} output tokens`),
+      figure("cost", "Cost", formatCost(m.cost_usd ?? null, m.cost_estimate !== false), costTitle(m.cost_usd ?? null, m.unpriced_calls || 0)),
+      figure("p50", "p50", formatDuration(m.p50_ms)),
+      figure("p95", "p95", formatDuration(m.p95_ms)),
+      figure("ttft50", "TTFT p50", formatDuration(m.ttft_p50_ms), m.ttft_p50_ms == null ? "no streamed calls" : ""),
+      figure("ttft95", "TTFT p95", formatDuration(m.ttft_p95_ms), m.ttft_p95_ms == null ? "no streamed calls" : ""),
+      h("td", { class: `num col-errors${rate > 0 ? " has-errors" : ""}`, "data-label": "Errors", text: percent(rate), title: failures }),
+      h("td", { class: `num col-cancelled${cancelled > 0 ? " has-cancelled" : ""}`, "data-label": "Cancelled", text: formatExact(cancelled) })));
+  }
+  modelSort.mark();
+  document.getElementById("models-empty").hidden = rows.length > 0;
+}
+
+/** A table's body saying why it has no rows. */
+function failed(body, columns, what, err) {
+  clear(body);
+  body.append(h("tr", {}, h("td", { colspan: columns, class: "muted", text: `Could not load ${what}: ${err.message}` })));
 }
 
 let requests = 0; // only the newest answer is shown
@@ -111,19 +210,26 @@ let lastLoad = 0;
 async function load() {
   lastLoad = Date.now();
   const request = ++requests;
-  try {
-    const data = await getJSON("/api/stats", { since: since.value });
-    if (request !== requests) return;
-    stats = data.stats;
-    status.textContent = `Updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
+  const period = { since: since.value };
+  const [names, perModel] = await Promise.allSettled([getJSON("/api/stats", period), getJSON("/api/stats/models", period)]);
+  if (request !== requests) return;
+  if (names.status === "fulfilled") {
+    stats = names.value.stats;
     render();
-  } catch (err) {
-    if (request !== requests) return;
+  } else {
     stats = [];
-    clear(tbody);
-    tbody.append(h("tr", {}, h("td", { colspan: 8, class: "muted", text: `Could not load stats: ${err.message}` })));
-    status.textContent = "";
+    failed(tbody, 8, "stats", names.reason);
   }
+  if (perModel.status === "fulfilled") {
+    models = perModel.value.models;
+    renderModels();
+  } else {
+    models = [];
+    document.getElementById("models-empty").hidden = true;
+    failed(modelsBody, 12, "the models", perModel.reason);
+  }
+  const fine = names.status === "fulfilled" && perModel.status === "fulfilled";
+  status.textContent = fine ? `Updated ${new Date().toLocaleTimeString([], { hour12: false })}` : "";
 }
 
 let throttle = null;
@@ -139,16 +245,7 @@ function soon() {
   }, Math.max(0, lastLoad + MIN_GAP_MS - Date.now()));
 }
 
-function sortBy(key) {
-  if (sort.key === key) sort = { key, direction: sort.direction === "ascending" ? "descending" : "ascending" };
-  else sort = { key, direction: SORTS[key].first };
-  render();
-}
-
 async function main() {
-  for (const th of table.querySelectorAll("th[data-sort]")) {
-    th.querySelector("button").addEventListener("click", () => sortBy(th.dataset.sort));
-  }
   document.getElementById("stats-refresh").addEventListener("click", load);
   since.addEventListener("change", load);
   const filters = { type: [RUN_ENDED, SPAN_ENDED].join(",") };
