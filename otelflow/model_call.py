@@ -1,0 +1,508 @@
+"""``otelflow.llm``: a call to a language model as a span, its answer shown live while it streams.
+
+For model clients that no instrumentation library covers::
+
+    with otelflow.llm("gpt-4o-mini", provider="openai") as call:
+        call.set_input(messages)                  # [{"role": ..., "content": ...}] or a string
+        for chunk in stream:
+            call.output_delta(chunk.text)          # the viewer sees the answer grow
+        call.usage(input_tokens=812, output_tokens=95)
+
+The span follows the GenAI conventions (``chat gpt-4o-mini``, ``gen_ai.*``, messages in the parts format) and
+OpenInference's (``openinference.span.kind=LLM``, ``input.value`` / ``output.value``).
+
+While the answer streams, the text so far is set as ``otelflow.llm.output.partial`` and streamed as a mid-span
+update, coalesced: the first delta at once, then at most one update every :data:`UPDATE_INTERVAL_S` seconds,
+checked when a delta arrives; what is still unsent goes with :meth:`LlmCall.usage` and, in any case, the
+span's end carries the whole answer as its output. The partial text is the answer's first
+``max_value_bytes`` bytes (UTF-8), scrubbed; ``otelflow.llm.output.cut`` counts the characters left out. At the
+end the partial attributes are removed: the ended span carries the answer as ``output.value`` and
+``gen_ai.output.messages``.
+
+:meth:`LlmCall.output_delta` costs the calling thread an append, a few integer updates and a clock read; the
+joining, scrubbing and cutting happen at most ten times a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from opentelemetry.trace import Span
+
+from otelflow import attributes as A
+from otelflow._log import problems
+from otelflow.config import settings
+from otelflow.handle import SpanHandle
+from otelflow.processor import notify_update
+from otelflow.scrub import capture, fix_surrogates, scrub, scrub_text
+from otelflow.step import Step, _Active
+
+__all__ = ["UPDATE_INTERVAL_S", "LlmCall", "LlmStep", "llm", "open_call"]
+
+UPDATE_INTERVAL_S: Final = 0.1
+"""At most one live update of the partial answer per span in this many seconds (about ten a second)."""
+
+_MARGIN: Final = 1024
+"""Characters kept past the byte limit, so that a secret across the cut is still recognised whole."""
+
+_clock: Callable[[], float] = time.monotonic  # the tests put a controllable clock here
+
+_open_calls: dict[int, LlmCall] = {}  # span id → the handle of a model call that has not ended
+
+
+def open_call(span: Span) -> LlmCall | None:
+    """The :class:`LlmCall` of ``span`` while it runs (``otelflow.current()`` returns it inside a call)."""
+    return _open_calls.get(span.get_span_context().span_id)
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary, without a marker."""
+    if len(text) * 4 <= limit:
+        return text
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", "ignore")
+
+
+def _bounded(text: str, limit: int, total_chars: int | None = None) -> tuple[str, bool]:
+    """``text`` scrubbed and cut to ``limit`` bytes, the cut marked with the original length in characters.
+
+    ``total_chars``: how long the text really was when only its beginning is given.
+    """
+    total = len(text) if total_chars is None else total_chars
+    clean = scrub_text(fix_surrogates(text[: limit + _MARGIN]))
+    if total <= len(text) and len(clean) * 4 <= limit:
+        return clean, False
+    if total <= len(text) and len(clean.encode("utf-8")) <= limit:
+        return clean, False
+    marker = f"…[truncated, {total} chars]"
+    return _cut_bytes(clean, max(0, limit - len(marker.encode("utf-8")))) + marker, True
+
+
+# --------------------------------------------------------------------------------------------------
+# Messages in the GenAI parts format
+# --------------------------------------------------------------------------------------------------
+
+
+def _text_part(text: str, limit: int, cut: list[bool]) -> dict[str, Any]:
+    bounded, was_cut = _bounded(text, limit)
+    if was_cut:
+        cut[0] = True
+    return {"type": "text", "content": bounded}
+
+
+def _part(part: Any, limit: int, cut: list[bool]) -> dict[str, Any]:
+    if isinstance(part, str):
+        return _text_part(part, limit, cut)
+    if isinstance(part, Mapping):
+        kind = part.get("type")
+        for key in ("content", "text"):
+            if isinstance(part.get(key), str) and kind in (None, "text", "input_text", "output_text"):
+                return _text_part(part[key], limit, cut)
+        plain = scrub(part)
+        return plain if isinstance(plain, dict) else {"type": "unknown", "content": plain}
+    return _text_part(str(scrub(part)), limit, cut)
+
+
+def _message(message: Any, limit: int, cut: list[bool], default_role: str) -> dict[str, Any]:
+    """One message, ``{"role": ..., "content": ...}`` (OpenAI's shape), parts already, or a plain string."""
+    if isinstance(message, str):
+        return {"role": default_role, "parts": [_text_part(message, limit, cut)]}
+    if not isinstance(message, Mapping):
+        plain = scrub(message)  # a pydantic model or a dataclass becomes a mapping here
+        if not isinstance(plain, Mapping):
+            return {"role": default_role, "parts": [_text_part(str(plain), limit, cut)]}
+        message = plain
+    role = str(message.get("role") or default_role)
+    parts: list[dict[str, Any]] = []
+    given = message.get("parts")
+    if isinstance(given, list):
+        parts.extend(_part(p, limit, cut) for p in given)
+    content = message.get("content")
+    if role == "tool" and message.get("tool_call_id") is not None:
+        response = content if isinstance(content, str) else scrub(content)
+        if isinstance(response, str):
+            response = _bounded(response, limit)[0]
+        parts.append({"type": "tool_call_response", "id": str(message["tool_call_id"]), "response": response})
+    elif isinstance(content, str):
+        parts.append(_text_part(content, limit, cut))
+    elif isinstance(content, list):
+        parts.extend(_part(p, limit, cut) for p in content)
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, Mapping):
+            function = call.get("function")
+            function = function if isinstance(function, Mapping) else call
+            parts.append(
+                {
+                    "type": "tool_call",
+                    "id": call.get("id"),
+                    "name": function.get("name"),
+                    "arguments": scrub(function.get("arguments")),
+                }
+            )
+    out: dict[str, Any] = {"role": role, "parts": parts}
+    if isinstance(message.get("name"), str):
+        out["name"] = message["name"]
+    if isinstance(message.get("finish_reason"), str):
+        out["finish_reason"] = message["finish_reason"]
+    return out
+
+
+def _as_messages(value: Any) -> list[Any] | None:
+    """The messages in a call's input: a list of them, one, a string, or the arguments of a decorated call
+    (``messages=``, ``prompt=``, or its only argument). None when none can be told apart."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        if "role" in value or "parts" in value:
+            return [value]
+        for key in ("messages", "prompt", "input", "text", "question"):
+            if key in value:
+                return _as_messages(value[key])
+        if len(value) == 1:
+            return _as_messages(next(iter(value.values())))
+        return None
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray) and value:
+        items = list(value)
+        if all(isinstance(m, str) or (isinstance(m, Mapping) and ("role" in m or "parts" in m)) for m in items):
+            return items
+    return None
+
+
+def _messages_json(messages: list[Any], limit: int, max_chars: int | None, default_role: str) -> tuple[str, bool]:
+    """GenAI JSON of ``messages``: each text at most ``limit`` bytes; the whole at most ``max_chars`` characters,
+    the oldest messages left out first (the last one is always kept). Returns the JSON and whether anything was
+    cut."""
+    cut = [False]
+    converted = [_message(m, limit, cut, default_role) for m in messages]
+    text = json.dumps(converted, ensure_ascii=False, separators=(",", ":"), default=str)
+    while max_chars is not None and len(text) > max_chars and len(converted) > 1:
+        drop = max(1, len(converted) // 4)
+        converted = converted[drop:]
+        cut[0] = True
+        text = json.dumps(converted, ensure_ascii=False, separators=(",", ":"), default=str)
+    if max_chars is not None and len(text) > max_chars:  # one message over the attribute limit: keep it valid JSON
+        only = converted[0]
+        only["parts"] = [_text_part(json.dumps(only["parts"], ensure_ascii=False), max_chars // 2, cut)]
+        text = json.dumps([only], ensure_ascii=False, separators=(",", ":"))
+        cut[0] = True
+    return text, cut[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The handle
+# --------------------------------------------------------------------------------------------------
+
+
+class LlmCall(SpanHandle):
+    """A running model call: everything a :class:`~otelflow.handle.SpanHandle` does, plus its messages, its
+    answer streamed live (:meth:`output_delta`), token usage and the response's model and finish reasons.
+
+    Meant for one thread at a time (the one reading the model's stream). Every method is safe after the call
+    ended (it does nothing) and never raises for telemetry reasons.
+    """
+
+    __slots__ = (
+        "_capture",
+        "_chars",
+        "_dirty",
+        "_ended",
+        "_finish_reasons",
+        "_first_at",
+        "_frozen",
+        "_keep",
+        "_kept",
+        "_limit",
+        "_max_chars",
+        "_next_at",
+        "_output_set",
+        "_parts",
+        "_started",
+    )
+
+    def __init__(self, span: Span, kind: str, name: str, capture_io: bool = True) -> None:
+        super().__init__(span, kind, name)
+        conf = settings()
+        self._capture = capture_io and conf.capture_io
+        self._limit = conf.max_value_bytes
+        self._max_chars = conf.max_value_length
+        self._keep = conf.max_value_bytes + _MARGIN  # characters of the answer kept (enough for limit bytes)
+        self._parts: list[str] = []
+        self._kept = 0  # characters in _parts
+        self._chars = 0  # characters received
+        self._frozen: tuple[str, int] | None = None  # the partial text once _parts stopped growing
+        self._started = _clock()
+        self._first_at: float | None = None
+        self._next_at = float("-inf")  # the first delta goes out at once
+        self._dirty = False  # deltas not yet sent live
+        self._ended = False
+        self._output_set = False
+        self._finish_reasons: list[str] | None = None
+        _open_calls[span.get_span_context().span_id] = self
+
+    # --- the answer, as it streams ----------------------------------------------------------------
+    def output_delta(self, text: str) -> None:
+        """Append ``text`` to the answer. Cheap: an append and a clock read; the live update, at most ten a
+        second, is sent from here."""
+        if not text or self._ended:
+            return
+        if type(text) is not str:
+            text = str(text)
+        n = len(text)
+        self._chars += n
+        if self._kept < self._keep:
+            self._parts.append(text)
+            self._kept += n
+        now = _clock()
+        if now < self._next_at:
+            self._dirty = True
+            return
+        self._send(now, {})
+
+    @property
+    def output_text(self) -> str:
+        """The answer received so far (at most the first ``max_value_bytes`` plus a margin, raw: not scrubbed)."""
+        return "".join(self._parts)
+
+    def _joined(self) -> str:
+        parts = self._parts
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+        return parts[0] if parts else ""
+
+    def _partial(self) -> tuple[str, int]:
+        """The partial answer to show (scrubbed, at most ``max_value_bytes``) and the characters left out."""
+        if self._frozen is not None:
+            return self._frozen[0], self._chars - self._frozen[1]
+        raw = self._joined()
+        text = _cut_bytes(scrub_text(fix_surrogates(raw)), self._limit)
+        if self._max_chars is not None and len(text) > self._max_chars:
+            text = text[: self._max_chars]
+        if self._kept >= self._keep:  # nothing more will be kept: the partial text stays as it is
+            self._frozen = (text, len(text))
+        return text, self._chars - len(text)
+
+    def _send(self, now: float, attrs: dict[str, Any]) -> None:
+        """Set the partial answer (and ``attrs``) on the span and stream the change."""
+        self._next_at = now + UPDATE_INTERVAL_S
+        self._dirty = False
+        try:
+            if self._first_at is None and self._chars:
+                self._first_at = now
+                attrs[A.LLM_TIME_TO_FIRST_TOKEN_MS] = round((now - self._started) * 1000.0, 3)
+            if self._capture and self._chars:
+                text, cut = self._partial()
+                attrs[A.LLM_OUTPUT_PARTIAL] = text
+                if cut > 0:
+                    attrs[A.LLM_OUTPUT_CUT] = cut
+            if attrs and self.span.is_recording():
+                self.span.set_attributes(attrs)
+                notify_update(self.span)
+        except Exception:  # noqa: BLE001 - telemetry must never break the user's stream
+            problems.warning("llm-delta", "otelflow: could not stream a model call's answer", exc_info=True)
+
+    # --- input, output, usage ---------------------------------------------------------------------
+    def set_input(self, value: Any, *, system: str | Sequence[Any] | None = None) -> None:
+        """The request: a list of ``{"role", "content"}`` messages (or GenAI ``parts``), or a string (one user
+        message). Recorded as ``gen_ai.input.messages`` and ``input.value``, scrubbed and bounded; ``system``
+        instructions given apart as ``gen_ai.system_instructions``."""
+        if self._ended or not self._capture:
+            return
+        super().set_input(value)
+        try:
+            attrs: dict[str, Any] = {}
+            messages = _as_messages(value)
+            if messages is not None:
+                text, cut = _messages_json(messages, self._limit, self._max_chars, "user")
+                attrs[A.GEN_AI_INPUT_MESSAGES] = text
+                if cut:
+                    attrs[A.INPUT_TRUNCATED] = True
+            if system is not None:
+                parts = [system] if isinstance(system, str) else list(system)
+                flag = [False]
+                attrs[A.GEN_AI_SYSTEM_INSTRUCTIONS] = json.dumps(
+                    [_part(p, self._limit, flag) for p in parts], ensure_ascii=False, separators=(",", ":")
+                )
+            if attrs and self.span.is_recording():
+                self.span.set_attributes(attrs)
+            notify_update(self.span)
+        except Exception:  # noqa: BLE001
+            problems.warning("capture", "otelflow: could not capture a model call's input", exc_info=True)
+
+    def set_output(self, value: Any) -> None:
+        """The whole answer at once: a string, or messages (``{"role": "assistant", "content": ...}``). It wins
+        over the text of :meth:`output_delta`."""
+        if self._ended or not self._capture:
+            return
+        self._output_set = True
+        self._write_output(value)
+
+    def _write_output(self, value: Any, total_chars: int | None = None) -> None:
+        try:
+            if not self.span.is_recording():
+                return
+            attrs: dict[str, Any] = {}
+            if isinstance(value, str):
+                text, cut = _bounded(value, self._limit, total_chars)
+                attrs[A.OUTPUT_VALUE] = text
+                attrs[A.OUTPUT_MIME_TYPE] = A.MIME_TEXT
+                message: dict[str, Any] = {"role": "assistant", "parts": [{"type": "text", "content": text}]}
+                if self._finish_reasons:
+                    message["finish_reason"] = self._finish_reasons[0]
+                attrs[A.GEN_AI_OUTPUT_MESSAGES] = json.dumps([message], ensure_ascii=False, separators=(",", ":"))
+                if cut:
+                    attrs[A.OUTPUT_TRUNCATED] = True
+            else:
+                captured = capture(value, self._limit)
+                attrs[A.OUTPUT_VALUE] = captured.text
+                attrs[A.OUTPUT_MIME_TYPE] = captured.mime_type
+                if captured.truncated:
+                    attrs[A.OUTPUT_TRUNCATED] = True
+                messages = _as_messages(value)
+                if messages is not None:
+                    text, cut = _messages_json(messages, self._limit, self._max_chars, "assistant")
+                    attrs[A.GEN_AI_OUTPUT_MESSAGES] = text
+                    if cut:
+                        attrs[A.OUTPUT_TRUNCATED] = True
+            self.span.set_attributes(attrs)
+            if not self._ended:
+                notify_update(self.span)
+        except Exception:  # noqa: BLE001
+            problems.warning("capture", "otelflow: could not capture a model call's output", exc_info=True)
+
+    def usage(self, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
+        """Token counts (GenAI ``gen_ai.usage.*`` and OpenInference ``llm.token_count.*``). Also sends the part
+        of the answer not yet shown live."""
+        if self._ended:
+            return
+        attrs: dict[str, Any] = {}
+        if input_tokens is not None:
+            attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = attrs[A.OI_TOKEN_COUNT_PROMPT] = int(input_tokens)
+        if output_tokens is not None:
+            attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] = attrs[A.OI_TOKEN_COUNT_COMPLETION] = int(output_tokens)
+        self._update(attrs)
+
+    def set_response(self, *, response_model: str | None = None, finish_reasons: Sequence[str] | None = None) -> None:
+        """What the response said of itself: the model that answered and why it stopped (``["stop"]``)."""
+        if self._ended:
+            return
+        attrs: dict[str, Any] = {}
+        if response_model is not None:
+            attrs[A.GEN_AI_RESPONSE_MODEL] = str(response_model)
+        if finish_reasons is not None:
+            self._finish_reasons = [str(r) for r in finish_reasons]
+            attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = self._finish_reasons
+        self._update(attrs)
+
+    def _update(self, attrs: dict[str, Any]) -> None:
+        if self._dirty:
+            self._send(_clock(), attrs)  # carries the unsent part of the answer too
+            return
+        try:
+            if attrs and self.span.is_recording():
+                self.span.set_attributes(attrs)
+                notify_update(self.span)
+        except Exception:  # noqa: BLE001
+            problems.warning("llm-attributes", "otelflow: could not set a model call's attributes", exc_info=True)
+
+    # --- the end ----------------------------------------------------------------------------------
+    def _ending(self) -> None:
+        """The span is about to end: the answer becomes its output, the partial attributes leave."""
+        if self._ended:
+            return
+        self._ended = True
+        _open_calls.pop(self.span.get_span_context().span_id, None)
+        try:
+            if self._first_at is None and self._chars:  # deltas from another thread raced the first send
+                self._send(_clock(), {})
+            if self._chars and self._capture and not self._output_set:
+                self._write_output(self._joined(), total_chars=self._chars)
+            # The partial answer was for the live view; the ended span carries the output instead. The SDK has
+            # no public way to remove an attribute, so this reaches for its mapping (and leaves both if it cannot).
+            attributes = getattr(self.span, "_attributes", None)
+            if attributes is not None:
+                for key in (A.LLM_OUTPUT_PARTIAL, A.LLM_OUTPUT_CUT):
+                    if key in attributes:
+                        del attributes[key]
+        except Exception:  # noqa: BLE001
+            problems.warning("llm-end", "otelflow: could not finish a model call's span", exc_info=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The builder
+# --------------------------------------------------------------------------------------------------
+
+
+class LlmStep(Step):
+    """:class:`~otelflow.step.Step` for model calls: its handle is an :class:`LlmCall`; a decorated generator's
+    yielded strings are the answer's deltas; a decorated function's returned string is the answer."""
+
+    def _handle(self, span: Span, name: str) -> SpanHandle:
+        return LlmCall(span, self.kind, name, self._capture())
+
+    def _yielded(self, active: _Active, item: Any) -> None:
+        if isinstance(item, str) and isinstance(active.handle, LlmCall):
+            active.handle.output_delta(item)
+
+    def _captured_output(self, active: _Active, value: Any) -> None:
+        handle = active.handle
+        if isinstance(handle, LlmCall) and (handle._chars or handle._output_set):
+            return  # the streamed answer (or the one set) is the output
+        super()._captured_output(active, value)
+
+    def __enter__(self) -> LlmCall:
+        handle = super().__enter__()
+        assert isinstance(handle, LlmCall)
+        return handle
+
+    async def __aenter__(self) -> LlmCall:
+        return self.__enter__()
+
+
+def llm(
+    model: str,
+    /,
+    *,
+    provider: str | None = None,
+    operation: str = A.OP_CHAT,
+    attributes: Mapping[str, Any] | None = None,
+    capture_io: bool | None = None,
+    input: Any = None,
+) -> LlmStep:
+    """A call to a language model: span ``{operation} {model}`` (``chat gpt-4o-mini``), kind ``llm``.
+
+    ``provider`` is ``gen_ai.provider.name`` (``openai``, ``anthropic``, ...); ``operation`` the GenAI operation
+    (``chat``, ``text_completion``, ``generate_content``, ``embeddings``). A context manager yielding an
+    :class:`LlmCall`, or a decorator: the arguments become the input messages (a ``messages`` or ``prompt``
+    argument, or the only one), a returned string or the strings a generator yields become the answer.
+    """
+    if callable(model):
+        raise TypeError("otelflow.llm needs the model's name: @otelflow.llm('gpt-4o-mini', provider='openai')")
+    if not isinstance(operation, str) or not operation.strip():
+        raise ValueError(f"llm operation must be a non-empty string, got {operation!r}")
+
+    def attrs(name: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            A.GEN_AI_OPERATION_NAME: operation,
+            A.GEN_AI_REQUEST_MODEL: name,
+            A.KIND: A.KIND_LLM,
+            A.OPENINFERENCE_SPAN_KIND: A.OI_LLM,
+            A.OI_LLM_MODEL_NAME: name,
+        }
+        if provider is not None:
+            out[A.GEN_AI_PROVIDER_NAME] = out[A.OI_LLM_PROVIDER] = str(provider)
+        return out
+
+    return LlmStep(
+        A.KIND_LLM,
+        model,
+        span_name=lambda name: f"{operation} {name}",
+        attributes=attrs,
+        extra=attributes,
+        capture_io=capture_io,
+        input=input,
+    )
