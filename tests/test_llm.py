@@ -370,3 +370,30 @@ def test_the_model_is_required() -> None:
 
     with pytest.raises(ValueError, match="name"):
         otelflow.llm("")
+
+
+# --- the demo's support triage ----------------------------------------------------------------------------------
+
+
+def test_the_demo_support_triage_makes_streamed_model_calls_inside_its_agents(traced: Traced, clock: Clock) -> None:
+    from otelflow.engine.demo import DEMO_MODEL, SCENARIOS, run_support_triage
+    from tests._engine_helpers import engine_instrumented, run
+
+    assert "support triage" in [s.name for s in SCENARIOS]
+    with engine_instrumented():
+        shared = run(run_support_triage(0.0, 1, "triage-1"))
+    assert shared["category"] == "billing"
+    assert shared["sent"]["sent"] is True
+    by_id = {s.context.span_id: s for s in traced.spans() if s.context is not None}
+    calls = [s for s in traced.spans() if s.name == f"chat {DEMO_MODEL}"]
+    parents = [by_id[s.parent.span_id].name for s in calls if s.parent is not None]
+    assert parents == ["invoke_agent triage_classifier", "invoke_agent reply_drafter"]
+    classify, draft = (attrs_of(s) for s in calls)
+    assert classify[A.OUTPUT_VALUE] == "billing"
+    assert json.loads(classify[A.GEN_AI_INPUT_MESSAGES])[0]["role"] == "system"
+    assert draft[A.OUTPUT_VALUE] == shared["reply"]
+    assert draft[A.GEN_AI_PROVIDER_NAME] == "simulated"
+    assert draft[A.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    assert draft[A.GEN_AI_USAGE_OUTPUT_TOKENS] > 20
+    assert A.LLM_TIME_TO_FIRST_TOKEN_MS in draft
+    assert len(shared["reply"].split()) > 40  # a reply long enough to be watched growing word by word
