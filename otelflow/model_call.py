@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -40,13 +41,24 @@ from otelflow.processor import notify_update
 from otelflow.scrub import capture, fix_surrogates, scrub, scrub_text
 from otelflow.step import Step, _Active
 
-__all__ = ["UPDATE_INTERVAL_S", "LlmCall", "LlmStep", "llm", "open_call"]
+__all__ = ["FROZEN_INTERVAL_S", "UPDATE_INTERVAL_S", "LlmCall", "LlmStep", "llm", "open_call"]
 
 UPDATE_INTERVAL_S: Final = 0.1
 """At most one live update of the partial answer per span in this many seconds (about ten a second)."""
 
+FROZEN_INTERVAL_S: Final = 1.0
+"""Once the partial answer reached its limit, the count of characters cut from it is updated this often."""
+
 _MARGIN: Final = 1024
 """Characters kept past the byte limit, so that a secret across the cut is still recognised whole."""
+
+_HOLD: Final = 8
+"""A last word this long (or longer) is held back from the partial answer until a space ends it: it may be the
+beginning of a key whose pattern does not match yet."""
+
+_WINDOW: Final = 1024
+"""Characters before the new text that are scrubbed again with it (longer than any secret the scrubber finds
+across them, except PEM blocks, which are held back whole until their end line)."""
 
 _clock: Callable[[], float] = time.monotonic  # the tests put a controllable clock here
 
@@ -56,6 +68,19 @@ _open_calls: dict[int, LlmCall] = {}  # span id → the handle of a model call t
 def open_call(span: Span) -> LlmCall | None:
     """The :class:`LlmCall` of ``span`` while it runs (``otelflow.current()`` returns it inside a call)."""
     return _open_calls.get(span.get_span_context().span_id)
+
+
+def _shown_end(raw: str) -> int:
+    """How much of the answer so far the partial text shows: all of it but a last word of :data:`_HOLD` or more
+    characters (unless it runs past :data:`_MARGIN`) and an unfinished PEM block."""
+    end = len(raw)
+    space = max(raw.rfind(" "), raw.rfind("\n"), raw.rfind("\t"))
+    if _HOLD <= end - space - 1 <= _MARGIN:
+        end = space + 1
+    begin = raw.rfind("-----BEGIN", 0, end)
+    if begin >= 0 and raw.find("-----END", begin) < 0:
+        end = begin
+    return end
 
 
 def _cut_bytes(text: str, limit: int) -> str:
@@ -208,19 +233,19 @@ class LlmCall(SpanHandle):
 
     __slots__ = (
         "_capture",
-        "_chars",
-        "_dirty",
+        "_dropped",
         "_ended",
         "_finish_reasons",
         "_first_at",
         "_frozen",
         "_keep",
-        "_kept",
         "_limit",
         "_max_chars",
         "_next_at",
         "_output_set",
         "_parts",
+        "_plain",
+        "_sent",
         "_started",
     )
 
@@ -230,15 +255,15 @@ class LlmCall(SpanHandle):
         self._capture = capture_io and conf.capture_io
         self._limit = conf.max_value_bytes
         self._max_chars = conf.max_value_length
-        self._keep = conf.max_value_bytes + _MARGIN  # characters of the answer kept (enough for limit bytes)
-        self._parts: list[str] = []
-        self._kept = 0  # characters in _parts
-        self._chars = 0  # characters received
-        self._frozen: tuple[str, int] | None = None  # the partial text once _parts stopped growing
+        self._keep = conf.max_value_bytes + _MARGIN  # the answer is kept while it is no longer (in characters)
+        self._parts: list[str] = []  # the deltas since the last update, after the kept beginning of the answer
+        self._dropped = 0  # characters past the kept beginning, counted at updates
+        self._frozen: str | None = None  # the partial text, once it can no longer grow
+        self._plain = 0  # characters of the answer known to come out of the scrubber unchanged
         self._started = _clock()
         self._first_at: float | None = None
         self._next_at = float("-inf")  # the first delta goes out at once
-        self._dirty = False  # deltas not yet sent live
+        self._sent = 0  # items in _parts after the last update (more: deltas wait)
         self._ended = False
         self._output_set = False
         self._finish_reasons: list[str] | None = None
@@ -247,54 +272,81 @@ class LlmCall(SpanHandle):
     # --- the answer, as it streams ----------------------------------------------------------------
     def output_delta(self, text: str) -> None:
         """Append ``text`` to the answer. Cheap: an append and a clock read; the live update, at most ten a
-        second, is sent from here."""
-        if not text or self._ended:
-            return
-        if type(text) is not str:
-            text = str(text)
-        n = len(text)
-        self._chars += n
-        if self._kept < self._keep:
+        second, is sent from here (and so is the counting and trimming of what is kept)."""
+        if text:
             self._parts.append(text)
-            self._kept += n
-        now = _clock()
-        if now < self._next_at:
-            self._dirty = True
-            return
-        self._send(now, {})
+            now = _clock()
+            if now >= self._next_at:  # -inf before the first delta; inf once the call ended
+                self._send(now, {})
 
     @property
     def output_text(self) -> str:
-        """The answer received so far (at most the first ``max_value_bytes`` plus a margin, raw: not scrubbed)."""
-        return "".join(self._parts)
+        """The beginning of the answer received so far (``max_value_bytes`` plus a margin, raw: not scrubbed)."""
+        return self._joined()
 
     def _joined(self) -> str:
+        """The kept beginning of the answer, as one string; counts and drops what is past it."""
         parts = self._parts
-        if len(parts) > 1:
-            parts[:] = ["".join(parts)]
-        return parts[0] if parts else ""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return ""
+        try:
+            raw = "".join(parts)
+        except TypeError:  # a delta that is not a string: its text
+            raw = "".join(map(str, parts))
+        if len(raw) > self._keep:
+            self._dropped += len(raw) - self._keep
+            raw = raw[: self._keep]
+        parts[:] = [raw]
+        return raw
+
+    def _total(self) -> int:
+        """Characters of the answer received so far."""
+        return len(self._joined()) + self._dropped
+
+    def _pending(self) -> bool:
+        """Deltas came since the last update."""
+        return len(self._parts) > self._sent
 
     def _partial(self) -> tuple[str, int]:
-        """The partial answer to show (scrubbed, at most ``max_value_bytes``) and the characters left out."""
-        if self._frozen is not None:
-            return self._frozen[0], self._chars - self._frozen[1]
+        """The partial answer to show (scrubbed, at most ``max_value_bytes``) and the characters cut from it
+        (0 while nothing was: a word held back for the moment is not cut)."""
         raw = self._joined()
-        text = _cut_bytes(scrub_text(fix_surrogates(raw)), self._limit)
-        if self._max_chars is not None and len(text) > self._max_chars:
-            text = text[: self._max_chars]
-        if self._kept >= self._keep:  # nothing more will be kept: the partial text stays as it is
-            self._frozen = (text, len(text))
-        return text, self._chars - len(text)
+        if self._frozen is not None:
+            return self._frozen, len(raw) + self._dropped - len(self._frozen)
+        shown = raw[: _shown_end(raw)]
+        # Scrubbing a text that only grows: while everything shown so far came out of the scrubber unchanged
+        # (no secret yet, the usual case), only its last _WINDOW characters and the new ones are scrubbed again.
+        start = max(0, self._plain - _WINDOW) if self._plain <= len(shown) else 0
+        tail = shown[start:]
+        clean_tail = scrub_text(fix_surrogates(tail))
+        if clean_tail == tail:
+            self._plain = len(shown)
+            text = shown
+        else:
+            text = shown[:start] + clean_tail
+        bounded = _cut_bytes(text, self._limit)
+        if self._max_chars is not None and len(bounded) > self._max_chars:
+            bounded = bounded[: self._max_chars]
+        dropped = self._dropped > 0
+        cut = len(raw) + self._dropped - len(bounded) if dropped or len(bounded) < len(text) else 0
+        if dropped and len(bounded) < len(text):  # nothing more will be shown: keep it as is
+            self._frozen = bounded
+        return bounded, cut
 
     def _send(self, now: float, attrs: dict[str, Any]) -> None:
         """Set the partial answer (and ``attrs``) on the span and stream the change."""
-        self._next_at = now + UPDATE_INTERVAL_S
-        self._dirty = False
+        # Once the partial text is complete (the answer ran past the limit), updates only move the count of cut
+        # characters: one a second tells that the answer goes on.
+        self._next_at = now + (UPDATE_INTERVAL_S if self._frozen is None else FROZEN_INTERVAL_S)
         try:
-            if self._first_at is None and self._chars:
+            has_text = bool(self._joined())
+            self._sent = len(self._parts)
+            if self._first_at is None and has_text:
                 self._first_at = now
                 attrs[A.LLM_TIME_TO_FIRST_TOKEN_MS] = round((now - self._started) * 1000.0, 3)
-            if self._capture and self._chars:
+            if self._capture and has_text:
                 text, cut = self._partial()
                 attrs[A.LLM_OUTPUT_PARTIAL] = text
                 if cut > 0:
@@ -399,7 +451,7 @@ class LlmCall(SpanHandle):
         self._update(attrs)
 
     def _update(self, attrs: dict[str, Any]) -> None:
-        if self._dirty:
+        if self._pending():
             self._send(_clock(), attrs)  # carries the unsent part of the answer too
             return
         try:
@@ -415,12 +467,15 @@ class LlmCall(SpanHandle):
         if self._ended:
             return
         self._ended = True
+        self._next_at = float("inf")  # deltas after the end send nothing
         _open_calls.pop(self.span.get_span_context().span_id, None)
         try:
-            if self._first_at is None and self._chars:  # deltas from another thread raced the first send
-                self._send(_clock(), {})
-            if self._chars and self._capture and not self._output_set:
-                self._write_output(self._joined(), total_chars=self._chars)
+            raw = self._joined()
+            if raw and self._first_at is None:  # the first delta could not be sent (a failure logged)
+                self._first_at = _clock()
+            if raw and self._capture and not self._output_set:
+                self._write_output(raw, total_chars=len(raw) + self._dropped)
+            self._parts = deque(maxlen=0)  # type: ignore[assignment]  # deltas after the end are dropped
             # The partial answer was for the live view; the ended span carries the output instead. The SDK has
             # no public way to remove an attribute, so this reaches for its mapping (and leaves both if it cannot).
             attributes = getattr(self.span, "_attributes", None)
@@ -450,7 +505,7 @@ class LlmStep(Step):
 
     def _captured_output(self, active: _Active, value: Any) -> None:
         handle = active.handle
-        if isinstance(handle, LlmCall) and (handle._chars or handle._output_set):
+        if isinstance(handle, LlmCall) and (handle._parts or handle._output_set):
             return  # the streamed answer (or the one set) is the output
         super()._captured_output(active, value)
 

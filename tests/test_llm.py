@@ -156,17 +156,17 @@ def test_tool_calls_and_tool_results_become_parts(traced: Traced) -> None:
 
 def test_a_fast_loop_sends_at_most_one_update_per_100_ms(traced: Traced, clock: Clock) -> None:
     with otelflow.llm("m") as call:
-        for _ in range(2000):  # 2,000 deltas over two seconds of the clock
-            call.output_delta("tok ")
+        for _ in range(2000):  # 2,000 deltas over two seconds of the clock (4,000 characters: none cut)
+            call.output_delta("t ")
             clock.advance(0.001)
     with otelflow.llm("frozen") as frozen:
         for _ in range(1000):  # no time passes: only the first delta goes out
             frozen.output_delta("x")
     updates = updates_of(traced, call.span_id)
     # the first at once, then one per 100 ms of the 2 s: 21 at most (no timing, only the clock's count)
-    assert 15 <= len(updates) <= 21
+    assert 19 <= len(updates) <= 21
     assert len(updates_of(traced, frozen.span_id)) == 1
-    assert attrs_of(traced.span("chat m"))[A.OUTPUT_VALUE].startswith("tok tok ")
+    assert attrs_of(traced.span("chat m"))[A.OUTPUT_VALUE] == "t " * 2000
     assert attrs_of(traced.span("chat frozen"))[A.OUTPUT_VALUE] == "x" * 1000
 
 
@@ -184,24 +184,44 @@ def test_the_partial_answer_grows_and_usage_sends_the_rest(traced: Traced, clock
 
 def test_a_secret_across_deltas_is_scrubbed_live_and_in_the_output(traced: Traced, clock: Clock) -> None:
     with otelflow.llm("m") as call:
+        shown = []
         for piece in ("Your key is ", SECRET[:9], SECRET[9:20], SECRET[20:], " keep it safe"):
             call.output_delta(piece)
             clock.advance(0.2)
-            partial = call.span.attributes[A.LLM_OUTPUT_PARTIAL]  # type: ignore[attr-defined]
-            assert SECRET[:20] not in partial
-        assert partial == "Your key is [REDACTED] keep it safe"
+            shown.append(call.span.attributes[A.LLM_OUTPUT_PARTIAL])  # type: ignore[attr-defined]
+        # the start of the key is held back (its pattern does not match yet) until a space ends it
+        assert shown == ["Your key is "] * 4 + ["Your key is [REDACTED] keep it safe"]
     assert attrs_of(traced.span("chat m"))[A.OUTPUT_VALUE] == "Your key is [REDACTED] keep it safe"
     everything = json.dumps([r.to_dict() for r in traced.live()]) + json.dumps(attrs_of(traced.span("chat m")))
-    assert SECRET[9:20] not in everything
+    assert SECRET[:9] not in everything
+
+
+def test_a_secret_after_a_long_plain_answer_is_scrubbed_in_the_window(traced: Traced, clock: Clock) -> None:
+    """Only the end of a growing answer is scrubbed again; a key split across deltas far into it is still caught,
+    and so is a PEM block, held back until its end line."""
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
+    with otelflow.llm("m") as call:
+        for i in range(300):
+            call.output_delta(f"plain{i} ")
+            clock.advance(0.1)
+        for piece in (f"token {SECRET[:12]}", f"{SECRET[12:]} and ", pem[:40], pem[40:], " done "):
+            call.output_delta(piece)
+            clock.advance(0.1)
+            partial = call.span.attributes[A.LLM_OUTPUT_PARTIAL]  # type: ignore[attr-defined]
+            assert SECRET[:9] not in partial
+            assert "MIIEvQIBADAN" not in partial
+        assert partial.endswith("plain299 token [REDACTED] and [REDACTED] done ")
+    assert "MIIEvQIBADAN" not in attrs_of(traced.span("chat m"))[A.OUTPUT_VALUE]
 
 
 def test_a_huge_answer_is_bounded_and_the_cut_counted(traced: Traced, clock: Clock) -> None:
     limit = otelflow.settings().max_value_bytes
     chunk = "é" * 500 + "x" * 500  # multi-byte characters at every possible cut
     with otelflow.llm("m") as call:
-        for _ in range(200):  # 200,000 characters, 300,000 bytes
+        for _ in range(200):  # 200,000 characters, 300,000 bytes, over 20 s of the clock
             call.output_delta(chunk)
             clock.advance(0.1)
+        call.usage(output_tokens=50_000)  # sends what was held back: the count of cut characters moves on
         partial = call.span.attributes[A.LLM_OUTPUT_PARTIAL]  # type: ignore[attr-defined]
         cut = call.span.attributes[A.LLM_OUTPUT_CUT]  # type: ignore[attr-defined]
         assert len(call.output_text) <= limit + 1024 + len(chunk)  # the helper keeps only the beginning
@@ -215,6 +235,10 @@ def test_a_huge_answer_is_bounded_and_the_cut_counted(traced: Traced, clock: Clo
     assert json.loads(attrs[A.GEN_AI_OUTPUT_MESSAGES])[0]["parts"][0]["content"] == attrs[A.OUTPUT_VALUE]
     updates = updates_of(traced, call.span_id)
     assert all(len(u.attributes.get(A.LLM_OUTPUT_PARTIAL, "").encode()) <= limit for u in updates)
+    # one update per delta (every 100 ms) until the answer ran past what is kept (the 7th delta); from then on
+    # only the count moved, once a second over the remaining 19.3 s; and the one of usage()
+    assert len(updates) <= 7 + 20 + 1
+    assert len(updates) < 200 // 4
 
 
 def test_capture_off_keeps_the_text_out_but_times_the_first_token(traced: Traced, clock: Clock) -> None:
