@@ -12,20 +12,23 @@ The span follows the GenAI conventions (``chat gpt-4o-mini``, ``gen_ai.*``, mess
 OpenInference's (``openinference.span.kind=LLM``, ``input.value`` / ``output.value``).
 
 While the answer streams, the text so far is set as ``otelflow.llm.output.partial`` and streamed as a mid-span
-update, coalesced: the first delta at once, then at most one update every :data:`UPDATE_INTERVAL_S` seconds,
-checked when a delta arrives; what is still unsent goes with :meth:`LlmCall.usage` and, in any case, the
-span's end carries the whole answer as its output. The partial text is the answer's first
-``max_value_bytes`` bytes (UTF-8), scrubbed; ``otelflow.llm.output.cut`` counts the characters left out. At the
-end the partial attributes are removed: the ended span carries the answer as ``output.value`` and
-``gen_ai.output.messages``.
+update, coalesced: the first delta at once (on the caller's thread, which also times it), then at most one
+update every :data:`UPDATE_INTERVAL_S` seconds, sent by a pump thread that looks at the streaming calls every
+:data:`_TICK_S` — so the end of the text shows even when the stream pauses; :meth:`LlmCall.usage` sends what
+is unsent, and the span's end carries the whole answer as its output. The partial text is the answer's first
+``max_value_bytes`` bytes (UTF-8), scrubbed (a last word that may be a key's beginning, and an unfinished PEM
+block, are held back); ``otelflow.llm.output.cut`` counts the characters cut from it, updated once every
+:data:`FROZEN_INTERVAL_S` once the partial text is complete. At the end the partial attributes are removed:
+the ended span carries the answer as ``output.value`` and ``gen_ai.output.messages``.
 
-:meth:`LlmCall.output_delta` costs the calling thread an append, a few integer updates and a clock read; the
-joining, scrubbing and cutting happen at most ten times a second.
+After the first delta, ``LlmCall.output_delta`` *is* ``list.append`` of the deltas' list: the calling thread
+pays for nothing else. Joining, scrubbing and cutting happen on the pump thread, at most ten times a second.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +44,7 @@ from otelflow.processor import notify_update
 from otelflow.scrub import capture, fix_surrogates, scrub, scrub_text
 from otelflow.step import Step, _Active
 
-__all__ = ["FROZEN_INTERVAL_S", "UPDATE_INTERVAL_S", "LlmCall", "LlmStep", "llm", "open_call"]
+__all__ = ["FROZEN_INTERVAL_S", "UPDATE_INTERVAL_S", "LlmCall", "LlmStep", "llm", "open_call", "pump_once"]
 
 UPDATE_INTERVAL_S: Final = 0.1
 """At most one live update of the partial answer per span in this many seconds (about ten a second)."""
@@ -60,9 +63,17 @@ _WINDOW: Final = 1024
 """Characters before the new text that are scrubbed again with it (longer than any secret the scrubber finds
 across them, except PEM blocks, which are held back whole until their end line)."""
 
+_TICK_S: Final = 0.05
+"""How often the pump thread looks at the streaming calls (each sends at most once per UPDATE_INTERVAL_S)."""
+
+_PUMP_ON = True  # the tests turn the thread off and call pump_once() themselves
+
+_DISCARD: Final[Callable[[str], None]] = deque[str](maxlen=0).append  # output_delta once the call ended: drops the text
+
 _clock: Callable[[], float] = time.monotonic  # the tests put a controllable clock here
 
 _open_calls: dict[int, LlmCall] = {}  # span id → the handle of a model call that has not ended
+_streaming: dict[int, LlmCall] = {}  # the same, for the calls that received their first delta
 
 
 def open_call(span: Span) -> LlmCall | None:
@@ -238,15 +249,17 @@ class LlmCall(SpanHandle):
         "_finish_reasons",
         "_first_at",
         "_frozen",
+        "_head",
         "_keep",
         "_limit",
+        "_lock",
         "_max_chars",
         "_next_at",
         "_output_set",
         "_parts",
         "_plain",
-        "_sent",
         "_started",
+        "output_delta",
     )
 
     def __init__(self, span: Span, kind: str, name: str, capture_io: bool = True) -> None:
@@ -256,63 +269,79 @@ class LlmCall(SpanHandle):
         self._limit = conf.max_value_bytes
         self._max_chars = conf.max_value_length
         self._keep = conf.max_value_bytes + _MARGIN  # the answer is kept while it is no longer (in characters)
-        self._parts: list[str] = []  # the deltas since the last update, after the kept beginning of the answer
-        self._dropped = 0  # characters past the kept beginning, counted at updates
+        self._parts: list[str] = []  # deltas not yet taken: the caller appends, the sender takes from the front
+        self._head = ""  # the kept beginning of the answer (the deltas taken so far, at most _keep characters)
+        self._dropped = 0  # characters taken past the kept beginning
+        self._lock = threading.Lock()  # the sender's (the caller's first delta, usage and end; the pump's turns)
         self._frozen: str | None = None  # the partial text, once it can no longer grow
         self._plain = 0  # characters of the answer known to come out of the scrubber unchanged
         self._started = _clock()
         self._first_at: float | None = None
-        self._next_at = float("-inf")  # the first delta goes out at once
-        self._sent = 0  # items in _parts after the last update (more: deltas wait)
+        self._next_at = float("-inf")
         self._ended = False
         self._output_set = False
+        self.output_delta: Callable[[str], None] = self._first_delta
+        """Append a delta (text) to the answer: a bare ``list.append`` after the first, which is sent at once
+        and timed. At most ten updates a second follow, sent by otelflow's pump thread."""
         self._finish_reasons: list[str] | None = None
         _open_calls[span.get_span_context().span_id] = self
 
     # --- the answer, as it streams ----------------------------------------------------------------
-    def output_delta(self, text: str) -> None:
-        """Append ``text`` to the answer. Cheap: an append and a clock read; the live update, at most ten a
-        second, is sent from here (and so is the counting and trimming of what is kept)."""
-        if text:
-            self._parts.append(text)
-            now = _clock()
-            if now >= self._next_at:  # -inf before the first delta; inf once the call ended
-                self._send(now, {})
+    def _first_delta(self, text: str) -> None:
+        """``output_delta`` until the first non-empty delta: sends it at once, times it, and from then on
+        ``output_delta`` is the bare append of the deltas' list (the pump thread sends what follows)."""
+        if not text:
+            return
+        now = _clock()
+        self._parts.append(text)
+        self.output_delta = self._parts.append
+        self._first_at = now
+        with self._lock:
+            if self._ended:
+                return
+            self._send(now, {A.LLM_TIME_TO_FIRST_TOKEN_MS: round((now - self._started) * 1000.0, 3)})
+        _streaming[self.span.get_span_context().span_id] = self
+        _PUMP.start()
 
     @property
     def output_text(self) -> str:
         """The beginning of the answer received so far (``max_value_bytes`` plus a margin, raw: not scrubbed)."""
-        return self._joined()
+        with self._lock:
+            self._take()
+            return self._head
 
-    def _joined(self) -> str:
-        """The kept beginning of the answer, as one string; counts and drops what is past it."""
+    def _take(self) -> None:
+        """Move the deltas appended since the last time into the kept beginning of the answer (under _lock).
+
+        The caller's thread only appends to ``_parts``; this removes from its front exactly the items it read,
+        so a delta appended meanwhile stays for the next time."""
         parts = self._parts
-        if len(parts) == 1:
-            return parts[0]
-        if not parts:
-            return ""
+        n = len(parts)
+        if not n:
+            return
+        new = parts[:n]
+        del parts[:n]
         try:
-            raw = "".join(parts)
+            text = "".join(new)
         except TypeError:  # a delta that is not a string: its text
-            raw = "".join(map(str, parts))
-        if len(raw) > self._keep:
-            self._dropped += len(raw) - self._keep
-            raw = raw[: self._keep]
-        parts[:] = [raw]
-        return raw
+            text = "".join(map(str, new))
+        room = self._keep - len(self._head)
+        if room > 0:
+            self._head += text[:room]
+        self._dropped += max(0, len(text) - max(room, 0))
 
-    def _total(self) -> int:
-        """Characters of the answer received so far."""
-        return len(self._joined()) + self._dropped
-
-    def _pending(self) -> bool:
-        """Deltas came since the last update."""
-        return len(self._parts) > self._sent
+    def _tick(self, now: float) -> None:
+        """The pump's turn (on its thread): send the partial answer if deltas came and the interval passed."""
+        if now < self._next_at or not self._parts:
+            return
+        with self._lock:
+            if not self._ended:
+                self._send(now, {})
 
     def _partial(self) -> tuple[str, int]:
         """The partial answer to show (scrubbed, at most ``max_value_bytes``) and the characters cut from it
         (0 while nothing was: a word held back for the moment is not cut)."""
-        raw = self._joined()
+        raw = self._head
         if self._frozen is not None:
             return self._frozen, len(raw) + self._dropped - len(self._frozen)
         shown = raw[: _shown_end(raw)]
@@ -336,21 +365,17 @@ class LlmCall(SpanHandle):
         return bounded, cut
 
     def _send(self, now: float, attrs: dict[str, Any]) -> None:
-        """Set the partial answer (and ``attrs``) on the span and stream the change."""
-        # Once the partial text is complete (the answer ran past the limit), updates only move the count of cut
-        # characters: one a second tells that the answer goes on.
-        self._next_at = now + (UPDATE_INTERVAL_S if self._frozen is None else FROZEN_INTERVAL_S)
+        """Set the partial answer (and ``attrs``) on the span and stream the change (under _lock)."""
         try:
-            has_text = bool(self._joined())
-            self._sent = len(self._parts)
-            if self._first_at is None and has_text:
-                self._first_at = now
-                attrs[A.LLM_TIME_TO_FIRST_TOKEN_MS] = round((now - self._started) * 1000.0, 3)
-            if self._capture and has_text:
+            self._take()
+            if self._capture and self._head:
                 text, cut = self._partial()
                 attrs[A.LLM_OUTPUT_PARTIAL] = text
                 if cut > 0:
                     attrs[A.LLM_OUTPUT_CUT] = cut
+            # Once the partial text is complete (the answer ran past the limit), updates only move the count of
+            # cut characters: one a second tells that the answer goes on.
+            self._next_at = now + (UPDATE_INTERVAL_S if self._frozen is None else FROZEN_INTERVAL_S)
             if attrs and self.span.is_recording():
                 self.span.set_attributes(attrs)
                 notify_update(self.span)
@@ -451,40 +476,92 @@ class LlmCall(SpanHandle):
         self._update(attrs)
 
     def _update(self, attrs: dict[str, Any]) -> None:
-        if self._pending():
-            self._send(_clock(), attrs)  # carries the unsent part of the answer too
-            return
-        try:
-            if attrs and self.span.is_recording():
-                self.span.set_attributes(attrs)
-                notify_update(self.span)
-        except Exception:  # noqa: BLE001
-            problems.warning("llm-attributes", "otelflow: could not set a model call's attributes", exc_info=True)
+        with self._lock:
+            if self._ended:
+                return
+            if self._parts:
+                self._send(_clock(), attrs)  # carries the unsent part of the answer too
+                return
+            try:
+                if attrs and self.span.is_recording():
+                    self.span.set_attributes(attrs)
+                    notify_update(self.span)
+            except Exception:  # noqa: BLE001
+                problems.warning("llm-attributes", "otelflow: could not set a model call's attributes", exc_info=True)
 
     # --- the end ----------------------------------------------------------------------------------
     def _ending(self) -> None:
         """The span is about to end: the answer becomes its output, the partial attributes leave."""
         if self._ended:
             return
-        self._ended = True
-        self._next_at = float("inf")  # deltas after the end send nothing
-        _open_calls.pop(self.span.get_span_context().span_id, None)
+        self.output_delta = _DISCARD  # deltas after the end are dropped
+        span_id = self.span.get_span_context().span_id
+        _open_calls.pop(span_id, None)
+        _streaming.pop(span_id, None)
+        with self._lock:
+            self._ended = True
+            try:
+                self._take()
+                raw = self._head
+                if raw and self._capture and not self._output_set:
+                    self._write_output(raw, total_chars=len(raw) + self._dropped)
+                # The partial answer was for the live view; the ended span carries the output instead. The SDK
+                # has no public way to remove an attribute, so this reaches for its mapping (and leaves both if
+                # it cannot).
+                attributes = getattr(self.span, "_attributes", None)
+                if attributes is not None:
+                    for key in (A.LLM_OUTPUT_PARTIAL, A.LLM_OUTPUT_CUT):
+                        if key in attributes:
+                            del attributes[key]
+            except Exception:  # noqa: BLE001
+                problems.warning("llm-end", "otelflow: could not finish a model call's span", exc_info=True)
+
+
+class _Pump:
+    """One daemon thread that sends the partial answers of the calls streaming now, every :data:`_TICK_S`
+    (each call at most once per :data:`UPDATE_INTERVAL_S`); it waits, idle, while no call streams."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._guard = threading.Lock()
+
+    def start(self) -> None:
+        if not _PUMP_ON:
+            return
+        thread = self._thread
+        if thread is None or not thread.is_alive():  # not started yet, or this is a child after fork()
+            with self._guard:
+                if self._thread is None or not self._thread.is_alive():
+                    self._wake = threading.Event()
+                    self._thread = threading.Thread(target=self._run, name="otelflow-llm-pump", daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        wake = self._wake
+        while True:
+            if not _streaming:
+                wake.clear()
+                if not _streaming:  # re-check: a call may have started streaming meanwhile
+                    wake.wait()
+                continue
+            time.sleep(_TICK_S)
+            pump_once()
+
+
+def pump_once(now: float | None = None) -> None:
+    """Give every streaming call its turn to send its partial answer (what the pump thread does every
+    :data:`_TICK_S`; the tests call it with a clock of their own)."""
+    when = _clock() if now is None else now
+    for call in list(_streaming.values()):
         try:
-            raw = self._joined()
-            if raw and self._first_at is None:  # the first delta could not be sent (a failure logged)
-                self._first_at = _clock()
-            if raw and self._capture and not self._output_set:
-                self._write_output(raw, total_chars=len(raw) + self._dropped)
-            self._parts = deque(maxlen=0)  # type: ignore[assignment]  # deltas after the end are dropped
-            # The partial answer was for the live view; the ended span carries the output instead. The SDK has
-            # no public way to remove an attribute, so this reaches for its mapping (and leaves both if it cannot).
-            attributes = getattr(self.span, "_attributes", None)
-            if attributes is not None:
-                for key in (A.LLM_OUTPUT_PARTIAL, A.LLM_OUTPUT_CUT):
-                    if key in attributes:
-                        del attributes[key]
-        except Exception:  # noqa: BLE001
-            problems.warning("llm-end", "otelflow: could not finish a model call's span", exc_info=True)
+            call._tick(when)
+        except Exception:  # noqa: BLE001 - one call's failure must not stop the others' updates
+            problems.warning("llm-pump", "otelflow: could not send a model call's partial answer", exc_info=True)
+
+
+_PUMP: Final = _Pump()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,7 +582,7 @@ class LlmStep(Step):
 
     def _captured_output(self, active: _Active, value: Any) -> None:
         handle = active.handle
-        if isinstance(handle, LlmCall) and (handle._parts or handle._output_set):
+        if isinstance(handle, LlmCall) and (handle._parts or handle._head or handle._output_set):
             return  # the streamed answer (or the one set) is the output
         super()._captured_output(active, value)
 

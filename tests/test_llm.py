@@ -44,9 +44,15 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """A clock moved by hand; the pump thread is off, ``tick()`` gives the streaming calls their turn."""
     fake = Clock()
     monkeypatch.setattr(model_call, "_clock", fake)
+    monkeypatch.setattr(model_call, "_PUMP_ON", False)
     return fake
+
+
+def tick() -> None:
+    model_call.pump_once()
 
 
 def attrs_of(span: ReadableSpan) -> dict[str, Any]:
@@ -67,6 +73,7 @@ def test_a_streamed_chat_call_has_the_genai_shape(traced: Traced, clock: Clock) 
         clock.advance(0.25)
         for word in ("It ", "left ", "the ", "depot ", "today."):
             call.output_delta(word)
+            tick()
             clock.advance(0.01)
         call.usage(input_tokens=812, output_tokens=95)
         call.set_response(response_model="gpt-4o-mini-2024-07-18", finish_reasons=["stop"])
@@ -158,10 +165,12 @@ def test_a_fast_loop_sends_at_most_one_update_per_100_ms(traced: Traced, clock: 
     with otelflow.llm("m") as call:
         for _ in range(2000):  # 2,000 deltas over two seconds of the clock (4,000 characters: none cut)
             call.output_delta("t ")
+            tick()  # as if the pump looked after every delta
             clock.advance(0.001)
     with otelflow.llm("frozen") as frozen:
         for _ in range(1000):  # no time passes: only the first delta goes out
             frozen.output_delta("x")
+            tick()
     updates = updates_of(traced, call.span_id)
     # the first at once, then one per 100 ms of the 2 s: 21 at most (no timing, only the clock's count)
     assert 19 <= len(updates) <= 21
@@ -175,6 +184,7 @@ def test_the_partial_answer_grows_and_usage_sends_the_rest(traced: Traced, clock
         seen = []
         for word in ("one ", "two ", "three ", "four "):
             call.output_delta(word)
+            tick()
             seen.append((call.span.attributes or {}).get(A.LLM_OUTPUT_PARTIAL))  # type: ignore[attr-defined]
             clock.advance(0.06)
         assert seen == ["one ", "one ", "one two three ", "one two three "]
@@ -188,6 +198,7 @@ def test_a_secret_across_deltas_is_scrubbed_live_and_in_the_output(traced: Trace
         for piece in ("Your key is ", SECRET[:9], SECRET[9:20], SECRET[20:], " keep it safe"):
             call.output_delta(piece)
             clock.advance(0.2)
+            tick()
             shown.append(call.span.attributes[A.LLM_OUTPUT_PARTIAL])  # type: ignore[attr-defined]
         # the start of the key is held back (its pattern does not match yet) until a space ends it
         assert shown == ["Your key is "] * 4 + ["Your key is [REDACTED] keep it safe"]
@@ -204,9 +215,11 @@ def test_a_secret_after_a_long_plain_answer_is_scrubbed_in_the_window(traced: Tr
         for i in range(300):
             call.output_delta(f"plain{i} ")
             clock.advance(0.1)
+            tick()
         for piece in (f"token {SECRET[:12]}", f"{SECRET[12:]} and ", pem[:40], pem[40:], " done "):
             call.output_delta(piece)
             clock.advance(0.1)
+            tick()
             partial = call.span.attributes[A.LLM_OUTPUT_PARTIAL]  # type: ignore[attr-defined]
             assert SECRET[:9] not in partial
             assert "MIIEvQIBADAN" not in partial
@@ -221,6 +234,7 @@ def test_a_huge_answer_is_bounded_and_the_cut_counted(traced: Traced, clock: Clo
         for _ in range(200):  # 200,000 characters, 300,000 bytes, over 20 s of the clock
             call.output_delta(chunk)
             clock.advance(0.1)
+            tick()
         call.usage(output_tokens=50_000)  # sends what was held back: the count of cut characters moves on
         partial = call.span.attributes[A.LLM_OUTPUT_PARTIAL]  # type: ignore[attr-defined]
         cut = call.span.attributes[A.LLM_OUTPUT_CUT]  # type: ignore[attr-defined]
@@ -239,6 +253,24 @@ def test_a_huge_answer_is_bounded_and_the_cut_counted(traced: Traced, clock: Clo
     # only the count moved, once a second over the remaining 19.3 s; and the one of usage()
     assert len(updates) <= 7 + 20 + 1
     assert len(updates) < 200 // 4
+
+
+def test_the_pump_thread_sends_what_came_after_the_last_update(traced: Traced) -> None:
+    """With the real clock and the real pump thread: after the first delta the caller only appends; the text that
+    came after an update shows within about 100 ms although no delta follows, at most ten updates a second."""
+    with otelflow.llm("m") as call:
+        call.output_delta("Hello")
+        assert call.output_delta == call._parts.append  # the caller's whole cost from here on
+        call.output_delta(" there")
+        call.output_delta(", friend.")
+
+        def partial() -> Any:
+            return (call.span.attributes or {}).get(A.LLM_OUTPUT_PARTIAL)  # type: ignore[attr-defined]
+
+        wait_for(lambda: partial() == "Hello there, friend.", what="the pump to send the rest")
+    assert attrs_of(traced.span("chat m"))[A.OUTPUT_VALUE] == "Hello there, friend."
+    call.output_delta("after the end")  # dropped
+    assert call._parts == []
 
 
 def test_capture_off_keeps_the_text_out_but_times_the_first_token(traced: Traced, clock: Clock) -> None:
@@ -271,6 +303,7 @@ def test_the_viewer_streams_the_growing_answer_before_the_span_ends(
             for word in ("The ", "parcel ", "left ", "today."):
                 call.output_delta(word)
                 clock.advance(0.1)
+                tick()
                 want = "".join(("The ", "parcel ", "left ", "today.")[: len(shown) + 1])
                 # the viewer shows this much before the next delta is even produced (the first may come with the
                 # span's start, which the live processor snapshots when it delivers it)
