@@ -28,6 +28,7 @@ pays for nothing else. Joining, scrubbing and cutting happen on the pump thread,
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -562,6 +563,16 @@ def pump_once(now: float | None = None) -> None:
 
 
 _PUMP: Final = _Pump()
+
+
+def _after_fork() -> None:
+    """In a child after fork(): a call's lock may have been held by the pump thread, which the child lacks."""
+    for call in list(_open_calls.values()):
+        call._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -271,6 +273,35 @@ def test_the_pump_thread_sends_what_came_after_the_last_update(traced: Traced) -
     assert attrs_of(traced.span("chat m"))[A.OUTPUT_VALUE] == "Hello there, friend."
     call.output_delta("after the end")  # dropped
     assert call._parts == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_a_child_after_fork_streams_with_a_pump_of_its_own(traced: Traced) -> None:
+    with otelflow.llm("before") as call:
+        call.output_delta("the parent's pump is running")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no pump thread was inherited; the first streaming call starts one
+        code = 1
+        try:
+            with otelflow.llm("child") as child:
+                child.output_delta("one")
+                child.output_delta(" two")
+                deadline = time.monotonic() + 10
+                while child.span.attributes.get(A.LLM_OUTPUT_PARTIAL) != "one two":  # type: ignore[attr-defined]
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("no pump in the child")
+                    time.sleep(0.005)
+            os.write(write_fd, b"ok")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read_fd, 100)
+    os.close(read_fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer == b"ok"
 
 
 def test_capture_off_keeps_the_text_out_but_times_the_first_token(traced: Traced, clock: Clock) -> None:
