@@ -324,8 +324,8 @@ class LlmCall(SpanHandle):
         del parts[:n]
         try:
             text = "".join(new)
-        except TypeError:  # a delta that is not a string: its text
-            text = "".join(map(str, new))
+        except TypeError:  # a delta that is not a string: None (a stream's last chunk often has no content) is
+            text = "".join(p if isinstance(p, str) else str(p) for p in new if p is not None)  # nothing
         room = self._keep - len(self._head)
         if room > 0:
             self._head += text[:room]

@@ -373,6 +373,14 @@ def test_decorated_sync_async_generator_and_async_generator(traced: Traced) -> N
         call.usage(input_tokens=3, output_tokens=3)
         return "ignored: the streamed answer wins"
 
+    @otelflow.llm("none-model")
+    def with_nones() -> str:
+        call = otelflow.current()
+        assert isinstance(call, otelflow.LlmCall)
+        for content in (None, "a", None, "b", None):  # OpenAI's first and last chunks carry no content
+            call.output_delta(content)  # type: ignore[arg-type]
+        return "returned (the streamed answer wins)"
+
     @otelflow.llm("gen-model")
     def stream(prompt: str) -> Iterator[str]:
         yield "Hel"
@@ -387,6 +395,7 @@ def test_decorated_sync_async_generator_and_async_generator(traced: Traced) -> N
         return [piece async for piece in astream("hi")]
 
     assert answer("ping") == "echo ping"
+    assert with_nones() == "returned (the streamed answer wins)"
     assert asyncio.run(answer_async([{"role": "user", "content": "abc?"}])) == "ignored: the streamed answer wins"
     assert "".join(stream("hi")) == "Hello"
     assert asyncio.run(consume()) == ["Bon", "jour"]
@@ -402,6 +411,7 @@ def test_decorated_sync_async_generator_and_async_generator(traced: Traced) -> N
     assert asyn[A.GEN_AI_USAGE_OUTPUT_TOKENS] == 3
     assert json.loads(asyn[A.GEN_AI_INPUT_MESSAGES])[0]["parts"][0]["content"] == "abc?"
     assert attrs_of(traced.span("chat gen-model"))[A.OUTPUT_VALUE] == "Hello"
+    assert attrs_of(traced.span("chat none-model"))[A.OUTPUT_VALUE] == "ab"
     assert A.LLM_TIME_TO_FIRST_TOKEN_MS in attrs_of(traced.span("chat gen-model"))
     assert attrs_of(traced.span("chat agen-model"))[A.OUTPUT_VALUE] == "Bonjour"
     assert all(attrs_of(s)[A.KIND] == "llm" for s in traced.spans())
