@@ -51,8 +51,10 @@ class _Active:
                 if self.token is not None:
                     otel_context.detach(self.token)  # type: ignore[arg-type]
             finally:
-                self.handle._ending()
-                span.end()
+                try:
+                    self.handle._ending()
+                finally:
+                    span.end()
 
 
 # Spans opened by ``with step:`` in this context, innermost last. One variable for every Step (a variable per
