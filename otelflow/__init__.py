@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from otelflow.config import Settings, Telemetry, configure, settings
 from otelflow.instrument import (
+    LlmCall,
     LogHandler,
     SpanHandle,
     Step,
@@ -25,6 +26,7 @@ from otelflow.instrument import (
     data_flow,
     event,
     fallback,
+    llm,
     log,
     node,
     progress,
@@ -44,6 +46,7 @@ __all__ = [
     "InProcessSink",
     "LiveExporter",
     "LiveSpanProcessor",
+    "LlmCall",
     "LogHandler",
     "Settings",
     "Sink",
@@ -58,6 +61,7 @@ __all__ = [
     "data_flow",
     "event",
     "fallback",
+    "llm",
     "log",
     "node",
     "progress",

@@ -98,6 +98,9 @@ class SpanHandle:
         attrs = getattr(self.span, "attributes", None)
         return attrs is not None and A.OUTPUT_VALUE in attrs
 
+    def _ending(self) -> None:
+        """Called just before the span ends (a model call writes its answer here); never raises."""
+
     def __repr__(self) -> str:
         return f"<SpanHandle {self.kind} {self.name!r} trace={self.trace_id}>"
 

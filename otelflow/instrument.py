@@ -24,9 +24,11 @@ from opentelemetry import trace
 from otelflow import attributes as A
 from otelflow._log import problems
 from otelflow.handle import SpanHandle, add_event, data_flow_attrs, limited_text, log_attrs, progress_attrs
+from otelflow.model_call import LlmCall, llm, open_call
 from otelflow.step import Step
 
 __all__ = [
+    "LlmCall",
     "LogHandler",
     "SpanHandle",
     "Step",
@@ -35,6 +37,7 @@ __all__ = [
     "data_flow",
     "event",
     "fallback",
+    "llm",
     "log",
     "node",
     "progress",
@@ -262,10 +265,16 @@ _NAME_KEYS: Final = {
 
 
 def current() -> SpanHandle | None:
-    """A handle on the current span, or None when no span is recording."""
+    """A handle on the current span, or None when no span is recording.
+
+    Inside ``otelflow.llm`` (a decorated model call included) it is that call's :class:`LlmCall`.
+    """
     span = trace.get_current_span()
     if not span.is_recording():
         return None
+    call = open_call(span)
+    if call is not None:
+        return call
     attrs = getattr(span, "attributes", None) or {}
     kind = str(attrs.get(A.KIND, A.KIND_SPAN))
     name = attrs.get(_NAME_KEYS.get(kind, "")) or getattr(span, "name", "")

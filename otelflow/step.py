@@ -16,6 +16,7 @@ from typing import Any, Final, TypeVar, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from otelflow import attributes as A
 from otelflow.config import get_tracer, settings
@@ -50,7 +51,10 @@ class _Active:
                 if self.token is not None:
                     otel_context.detach(self.token)  # type: ignore[arg-type]
             finally:
-                span.end()
+                try:
+                    self.handle._ending()
+                finally:
+                    span.end()
 
 
 # Spans opened by ``with step:`` in this context, innermost last. One variable for every Step (a variable per
@@ -95,13 +99,17 @@ class Step:
     def _capture(self) -> bool:
         return settings().capture_io if self._capture_io is None else self._capture_io
 
+    def _handle(self, span: Span, name: str) -> SpanHandle:
+        """The handle of a span this step started (a subclass may hold more state in its own)."""
+        return SpanHandle(span, self.kind, name)
+
     def _open(self, name: str, call_input: Any = None, has_input: bool = False, parent: Any = None) -> SpanHandle:
         """Start the span (a child of ``parent`` or of the current context) without making it current."""
         attrs = dict(clean_attributes(self._attributes(name), settings().max_value_length))
         attrs.update(self._extra)
         span_name = clean_text(self._span_name(name), NAME_LIMIT)
         span = get_tracer().start_span(span_name, context=parent, attributes=attrs)
-        handle = SpanHandle(span, self.kind, name)
+        handle = self._handle(span, name)
         if self._capture():
             if has_input:
                 handle.set_input(call_input)
@@ -113,6 +121,9 @@ class Step:
         """Record ``value`` as the output, unless capture is off or the user already set one."""
         if self._capture() and not active.handle._has_output():
             active.handle.set_output(value)
+
+    def _yielded(self, active: _Active, item: Any) -> None:
+        """A decorated generator yielded ``item`` (nothing to do here; a model call takes text as its answer)."""
 
     def _returned(self, active: _Active, result: Any) -> None:
         """The decorated call returned ``result``: record it and end the span."""
@@ -273,6 +284,7 @@ def _traced_gen(
             count += 1
             if len(items) < _MAX_COLLECTED_ITEMS:
                 items.append(item)
+            step._yielded(active, item)
             try:
                 to_send = yield item
             except GeneratorExit:
@@ -329,6 +341,7 @@ async def _traced_agen(
             count += 1
             if len(items) < _MAX_COLLECTED_ITEMS:
                 items.append(item)
+            step._yielded(active, item)
             try:
                 to_send = yield item
             except GeneratorExit:

@@ -142,14 +142,27 @@ def test_demo_streams_every_kind_of_run_and_stops_on_sigint(procs: list[Proc]) -
     url = demo.find(r"viewer is running at (http://127\.0\.0\.1:\d+)").group(1)
     assert demo.find(r"curl -N (\S+)").group(1) == f"{url}/api/stream"
     sse = SseClient(url)
-    # 7 runs cover the rotation: ok runs, a failing one, a cancelled one
-    sse.wait(lambda: len(sse.of_type("run.ended")) >= 7, "seven runs ended")
+    # 8 runs cover the rotation: ok runs, a failing one, a cancelled one
+    sse.wait(lambda: len(sse.of_type("run.ended")) >= 8, "eight runs ended")
     statuses = ended_statuses(sse)
     assert "ok" in statuses
     assert "error" in statuses
     assert "cancelled" in statuses, "a cancelled run is a state of its own, not a failure"
     names = {e["span"]["name"] for e in sse.of_type("span.started")}
     assert {"invoke_agent section_writer", "execute_tool search", "invoke_agent analyst"} <= names
+    # the support triage's model calls: kind llm, their answers streamed while they run, then ended whole
+    calls = [e["span"] for e in sse.of_type("span.ended") if e["span"]["name"] == "chat demo-chat-mini"]
+    assert len(calls) >= 2
+    assert {c["kind"] for c in calls} == {"llm"}
+    answers = [c["attributes"]["output.value"] for c in calls]
+    assert any(len(a.split()) > 40 for a in answers), "the drafted reply"
+    partials = [
+        e["span"]["attributes"]["otelflow.llm.output.partial"]
+        for e in sse.of_type("span.started") + sse.of_type("span.updated")
+        if "otelflow.llm.output.partial" in e["span"]["attributes"]
+    ]
+    assert partials, "the streamed answer is in the stream before the call ends"
+    assert all(any(a.startswith(p) for a in answers) for p in partials)
     assert any(e["span"]["status"] == "running" for e in sse.of_type("span.started"))
     assert demo.find(r"run cancelled +invoke_workflow flaky_agent +demo-\d{4} ")
     # every run has a readable run id, printed with its URL, by which the viewer finds it
@@ -157,7 +170,7 @@ def test_demo_streams_every_kind_of_run_and_stops_on_sigint(procs: list[Proc]) -
     detail = httpx.get(f"{url}/api/runs/demo-0001", timeout=5)
     assert detail.status_code == 200, detail.text
     assert detail.json()["run"]["run_id"] == trace_id
-    assert {e["run"]["otelflow_run_id"] for e in sse.of_type("run.ended")} >= {f"demo-{i:04d}" for i in range(1, 8)}
+    assert {e["run"]["otelflow_run_id"] for e in sse.of_type("run.ended")} >= {f"demo-{i:04d}" for i in range(1, 9)}
     code, took = demo.interrupt()
     assert code == 0, demo.text()
     assert took < 12
@@ -167,13 +180,14 @@ def test_demo_streams_every_kind_of_run_and_stops_on_sigint(procs: list[Proc]) -
 
 
 def test_demo_runs_n_runs_and_exits(procs: list[Proc]) -> None:
-    demo = Proc("demo", "--port", "0", "--interval", "0.01", "--runs", "7")
+    demo = Proc("demo", "--port", "0", "--interval", "0.01", "--runs", "8")
     procs.append(demo)
     assert demo.popen.wait(DEADLINE_S) == 0, demo.text()
     ended = [line.split() for line in demo.out if line.strip().startswith("run ") and "started" not in line]
-    assert sorted(words[1] for words in ended) == ["cancelled", "error"] + ["ok"] * 5
-    assert sorted(words[4] for words in ended) == [f"demo-{i:04d}" for i in range(1, 8)]  # run, outcome, name (2)
-    assert demo.out[-1] == "otelflow demo: stopped after 7 runs."
+    assert sorted(words[1] for words in ended) == ["cancelled", "error"] + ["ok"] * 6
+    assert sorted(words[4] for words in ended) == [f"demo-{i:04d}" for i in range(1, 9)]  # run, outcome, name (2)
+    assert "invoke_workflow support_triage" in demo.text()
+    assert demo.out[-1] == "otelflow demo: stopped after 8 runs."
 
 
 def test_demo_says_what_to_do_when_the_port_is_taken(procs: list[Proc]) -> None:

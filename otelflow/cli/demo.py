@@ -1,8 +1,9 @@
 """``otelflow demo``: the viewer, embedded, watching the example workflows run again and again.
 
-Deterministic, offline, no LLM: the workflows of :mod:`otelflow.engine.demo` with short simulated pauses. A
-new run starts every ``--interval`` seconds, cycling through a content pipeline, parallel research agents, a
-flaky agent that recovers through retries and a fallback, a run that fails and a run that is cancelled. The
+Deterministic and offline: the workflows of :mod:`otelflow.engine.demo` with short simulated pauses. A new
+run starts every ``--interval`` seconds, cycling through a content pipeline, parallel research agents, a flaky
+agent that recovers through retries and a fallback, a support triage whose agents make simulated model calls
+(the reply streams word by word), a run that fails and a run that is cancelled. The
 pauses scale with the interval (``--interval 0.1`` is a fast demo). ``--runs N`` stops once N runs finished.
 Each run has a readable run id, ``demo-0001``, ``demo-0002``..., printed in its run lines; the viewer finds the
 run by it too (``/runs/demo-0007``, ``/api/runs/demo-0007``).

@@ -1,10 +1,11 @@
 """The example workflows that ``otelflow demo`` keeps running and ``examples/01``–``03`` run once.
 
-Deterministic, offline and LLM-free: the "work" is a pause of ``pace`` seconds per unit (``pace=0`` in tests)
-and every result is computed from the inputs. Three flows, each built fresh by a function:
-:func:`content_pipeline`, :func:`parallel_research` and :func:`flaky_agent`. Each ``run_*`` coroutine builds
-one, runs it (as ``run_id``, when given) and returns the shared dict (or raises, for the failing scenario);
-:data:`SCENARIOS` is the rotation ``otelflow demo`` runs. Tracing comes from
+Deterministic and offline: the "work" is a pause of ``pace`` seconds per unit (``pace=0`` in tests) and every
+result is computed from the inputs; the model calls of :func:`support_triage` are simulated (``otelflow.llm``
+spans whose answers stream word by word at the demo's pace, no network). Four flows, each built fresh by a
+function: :func:`content_pipeline`, :func:`parallel_research`, :func:`flaky_agent` and :func:`support_triage`.
+Each ``run_*`` coroutine builds one, runs it (as ``run_id``, when given) and returns the shared dict (or raises,
+for the failing scenario); :data:`SCENARIOS` is the rotation ``otelflow demo`` runs. Tracing comes from
 :class:`otelflow.engine.instrumentor.EngineInstrumentor`; the nodes only add what the engine cannot know
 (``otelflow.progress`` of the batch items)::
 
@@ -26,9 +27,11 @@ from typing import Any, Final
 
 from otelflow.engine import AsyncBatchNode, AsyncFlow, AsyncNode, Parallel
 from otelflow.instrument import progress
+from otelflow.model_call import llm
 
 __all__ = [
     "BRIEFS",
+    "DEMO_MODEL",
     "SCENARIOS",
     "Scenario",
     "UpstreamError",
@@ -40,6 +43,8 @@ __all__ = [
     "run_failing",
     "run_flaky",
     "run_parallel_research",
+    "run_support_triage",
+    "support_triage",
 ]
 
 _Shared = dict[str, Any]
@@ -369,6 +374,113 @@ async def run_cancelled(pace: float = 0.0, n: int = 0, run_id: str | None = None
         task.cancel()
 
 
+# --- 4. support triage: classifier (model call) → lookup_order (tool) → reply_drafter (streamed model call) ------
+
+DEMO_MODEL: Final = "demo-chat-mini"
+"""The simulated model the support triage calls (provider ``simulated``)."""
+
+_TICKETS: Final = (
+    ("T-1042", "My parcel was supposed to arrive on Monday and the tracking page has not changed since Friday."),
+    ("T-1043", "I was charged twice for the same order, please refund one of the payments."),
+    ("T-1044", "The blender I received makes a grinding noise. Can I swap it for a new one?"),
+)
+_CATEGORIES: Final = {"T-1042": "shipping", "T-1043": "billing", "T-1044": "returns"}
+_NEXT_STEPS: Final = {
+    "shipping": "I have asked the carrier to trace it and you will get an update by tomorrow evening",
+    "billing": "the duplicate payment has been refunded and should reach your account within five days",
+    "returns": "a prepaid return label is on its way and the replacement ships as soon as we scan it",
+}
+
+
+def _tokens(text: str) -> int:
+    """A stand-in for a tokenizer: about four tokens for every three words."""
+    return max(1, len(text.split()) * 4 // 3)
+
+
+async def _simulated_call(pace: float, units: float, system: str, prompt: str, answer: str, *, stream: bool) -> str:
+    """One model call as ``otelflow.llm`` records it; a streamed answer arrives word by word over ``units``."""
+    with llm(DEMO_MODEL, provider="simulated") as call:
+        call.set_input([{"role": "system", "content": system}, {"role": "user", "content": prompt}])
+        words = answer.split(" ")
+        if stream:
+            await _work(pace, units / 4)  # until the first token
+            for i, word in enumerate(words):
+                call.output_delta(word if i == 0 else " " + word)
+                await _work(pace, units * 3 / 4 / len(words))
+        else:
+            await _work(pace, units)
+            call.output_delta(answer)
+        call.usage(input_tokens=_tokens(system) + _tokens(prompt), output_tokens=_tokens(answer))
+        call.set_response(response_model=f"{DEMO_MODEL}-2026-01", finish_reasons=["stop"])
+    return answer
+
+
+class _Classifier(_Step):
+    kind = "agent"
+    name = "triage_classifier"
+    reads, writes = "ticket", "category"
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        ticket_id, text = prep_result
+        system = "Classify the support ticket as one of: shipping, billing, returns. Answer with the label only."
+        return await _simulated_call(self.pace, 1, system, text, _CATEGORIES[ticket_id], stream=False)
+
+
+class _LookupOrder(_Step):
+    kind = "tool"
+    name = "lookup_order"
+    writes = "order"
+
+    async def prep_async(self, shared: _Shared) -> Any:
+        return shared["ticket"][0]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, 1)
+        return {"order": f"O-{_digest(prep_result)}", "status": "in transit", "items": 1}
+
+
+class _ReplyDrafter(_Step):
+    kind = "agent"
+    name = "reply_drafter"
+    writes = "reply"
+
+    async def prep_async(self, shared: _Shared) -> Any:
+        return shared["ticket"], shared["category"], shared["order"]
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        (ticket_id, text), category, order = prep_result
+        answer = (
+            f"Hello, and thank you for writing to us about order {order['order']}. I am sorry for the trouble. "
+            f"I looked into it right away: {_NEXT_STEPS[category]}. If anything else comes up, reply to this "
+            f"message and quote {ticket_id} so that we can pick it up at once. Kind regards, the support team."
+        )
+        system = f"You are a friendly support agent. Write a short reply to a {category} ticket."
+        return await _simulated_call(self.pace, 4, system, text, answer, stream=True)
+
+
+class _SendReply(_Step):
+    kind = "tool"
+    name = "send_reply"
+    reads, writes = "reply", "sent"
+
+    async def exec_async(self, prep_result: Any) -> Any:
+        await _work(self.pace, 0.5)
+        return {"sent": True, "words": len(prep_result.split())}
+
+
+def support_triage(pace: float = 0.0) -> AsyncFlow:
+    """``triage_classifier`` (a model call) → ``lookup_order`` → ``reply_drafter`` (a streamed model call) →
+    ``send_reply``."""
+    classifier = _Classifier(pace)
+    classifier >> _LookupOrder(pace) >> _ReplyDrafter(pace) >> _SendReply(pace)
+    return AsyncFlow(start=classifier, name="support_triage")
+
+
+async def run_support_triage(pace: float = 0.0, n: int = 0, run_id: str | None = None) -> _Shared:
+    """Runs :func:`support_triage` once on the ``n``-th ticket; ends with ``shared["reply"]``."""
+    return await _run(support_triage(pace), {"ticket": _TICKETS[n % len(_TICKETS)]}, run_id)
+
+
 # --- the demo's rotation -----------------------------------------------------------------------------------------
 
 
@@ -384,6 +496,7 @@ SCENARIOS: Final = (
     Scenario("content pipeline", run_content_pipeline),
     Scenario("parallel research", run_parallel_research),
     Scenario("flaky agent recovering", run_flaky),
+    Scenario("support triage", run_support_triage),
     Scenario("content pipeline", run_content_pipeline),
     Scenario("parallel research", run_parallel_research),
     Scenario("failing run", run_failing),
