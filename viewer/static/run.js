@@ -131,8 +131,14 @@ function onEvent(envelope) {
   scheduleRender();
 }
 
+/** The run's snapshot (`run: null` while the viewer knows nothing of it: the page then waits for it). */
 async function loadSnapshot() {
-  const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}`);
+  const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}`, { wait: 1 });
+  waiting = !data.run;
+  if (waiting) {
+    changed.run = true;
+    return data;
+  }
   live.run = data.run;
   live.spans = new Map();
   for (const span of data.spans) live.spans.set(span.span_id, span);
@@ -149,7 +155,7 @@ async function resync() {
   resyncing = [];
   try {
     const data = await loadSnapshot();
-    waiting = false;
+    if (waiting) throw Object.assign(new Error("not known yet"), { status: 404 });
     const buffered = resyncing;
     resyncing = null;
     let last = data.last_event_id;
@@ -790,12 +796,11 @@ async function main() {
   const badge = $("conn");
   let data = null;
   try {
-    data = await loadSnapshot();
+    data = await loadSnapshot(); // a run not known yet: shown as waiting, its first span fills the page in
   } catch (err) {
-    if (err.status === 404) waiting = true; // shown as waiting; the run's first span fills the page in
-    else showProblem(`Could not load the run: ${err.message}`);
+    showProblem(`Could not load the run: ${err.message}`);
   }
-  const traceId = data ? data.run.trace_id : runKey;
+  const traceId = data && data.run ? data.run.trace_id : runKey;
   connection = new LiveConnection({
     filters: { run: traceId }, onEvent, onReset: resync, lastEventId: data ? data.last_event_id : null, badge,
   });

@@ -7,7 +7,7 @@ import { displayName } from "./graph.js";
 import { STALLED, STATUS_CANCELLED, STATUS_ERROR, STATUS_RUNNING } from "./wire.js";
 
 export const ROW_PX = 26; // .tl-row height in style.css
-const LABEL_PX = 260; // .tl-row first column
+const LABEL_PX = 260; // .tl-row first column (--tl-label in style.css; read from it on resize)
 const INDENT_PX = 14;
 const TRACK_LEFT_PX = 8; // .tl-track margins in style.css
 const TRACK_RIGHT_PX = 14;
@@ -55,7 +55,9 @@ export function treeOrder(spans) {
       roots.push(span);
     }
   }
-  const byStart = (a, b) => startMs(a) - startMs(b) || (a.span_id < b.span_id ? -1 : a.span_id > b.span_id ? 1 : 0);
+  // by start (the ISO text breaks ties below a millisecond, which Date.parse drops), then by id
+  const cmp = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
+  const byStart = (a, b) => startMs(a) - startMs(b) || cmp(a.start_time, b.start_time) || cmp(a.span_id, b.span_id);
   const out = [];
   const stack = roots.sort(byStart).reverse().map((s) => [s, 0]);
   const seen = new Set();
@@ -123,6 +125,7 @@ export class TimelineView {
     this.itemsDirty = true;
     this.onRequest = () => {};
     this.ticksKey = "";
+    this.labelPx = LABEL_PX;
     container.addEventListener("scroll", () => {
       this.scrollTop = container.scrollTop;
       this.request();
@@ -132,6 +135,8 @@ export class TimelineView {
         this.width = entry.contentRect.width;
         this.viewHeight = entry.contentRect.height;
       }
+      // after layout: reading the label column's width costs nothing here
+      this.labelPx = parseFloat(getComputedStyle(container).getPropertyValue("--tl-label")) || LABEL_PX;
       this.ticksKey = "";
       this.request();
     }).observe(container);
@@ -420,7 +425,7 @@ export class TimelineView {
 
   /** Track geometry from the last measured width (ResizeObserver): its left edge and width in px. */
   track() {
-    const left = LABEL_PX + TRACK_LEFT_PX;
+    const left = this.labelPx + TRACK_LEFT_PX;
     return { left, width: Math.max(1, this.width - left - TRACK_RIGHT_PX) };
   }
 
@@ -482,6 +487,8 @@ export class TimelineView {
     this.nowEl.style.left = `${(left + width * Math.max(0, Math.min(1, f))).toFixed(1)}px`;
     // near the right edge the label goes to the line's left, so that it is never cut off
     this.nowEl.classList.toggle("tl-now-end", f > 0.85);
+    const label = this.replaying ? "replay" : "now";
+    if (this.nowEl.firstChild && this.nowEl.firstChild.textContent !== label) this.nowEl.firstChild.textContent = label;
   }
 
   /** Moves the now line and stretches running bars (called on a timer). */
