@@ -268,10 +268,12 @@ function scheduleRender() {
 const GRAPH_COST_FACTOR = 8;
 const GRAPH_MIN_GAP_MS = 200;
 const GRAPH_MAX_WAIT_MS = 1000;
+const GRAPH_DEFER_SPANS = 5000;
 let graphAt = -Infinity;
 let graphCost = 0;
 let graphTimer = null;
-let graphDrawn = false;
+let graphDrawn = false; // the first graph is drawn, or deferred for a big run
+let graphRendered = false;
 let rootCache = null;
 let lastFilters = "";
 
@@ -286,14 +288,20 @@ function render() {
   const root = rootCache.root;
 
   // the graph first: its fit() reads the layout, which is cheap before this frame's other writes
-  if (changed.graph || filtersChanged) {
+  if (changed.graph && !graphDrawn && v.spans.size > GRAPH_DEFER_SPANS && !graphTimer) {
+    graphTimer = setTimeout(() => { // a big run: the timeline and logs first, the graph in a task of its own
+      graphTimer = null;
+      graphDrawn = true;
+      scheduleRender();
+    }, 0);
+  } else if (filtersChanged || (changed.graph && !graphTimer)) {
     const gap = Math.min(GRAPH_MAX_WAIT_MS, Math.max(GRAPH_MIN_GAP_MS, graphCost * GRAPH_COST_FACTOR));
     const wait = graphAt + gap - performance.now();
     if (wait <= 0 || filtersChanged || replay) {
       const t0 = performance.now();
       const g = markStalls(buildGraph(v.spans, root, graphOwner(v.spans, root)), v.stalled);
       graph.render(g, (node) => nodeMatches(node, f), v.now);
-      graphDrawn = true;
+      graphDrawn = graphRendered = true;
       changed.graph = false;
       graphAt = performance.now();
       graphCost = graphAt - t0;
@@ -809,7 +817,7 @@ async function main() {
   every(250, () => {
     if (replay) return;
     const v = view();
-    if (graphDrawn) graph.tick(v.now);
+    if (graphRendered) graph.tick(v.now);
     if (v.live || v.stalled.size) timeline.tick(v.now);
     tickHeader(v);
     inspector.tick(selectedSpanId ? v.spans.get(selectedSpanId) : null, v.now, stallOf(v, selectedSpanId));

@@ -102,6 +102,7 @@ export class TimelineView {
     this.rows = new Map(); // span id -> row element (only rows in view)
     this.spare = [];
     this.order = []; // every span in tree order: {id, depth, kids}
+    this.running = []; // ids of the running spans
     this.items = []; // what is shown: order minus filtered-out spans and collapsed subtrees
     this.index = new Map(); // span id -> its position in items
     this.collapsed = new Set();
@@ -185,6 +186,7 @@ export class TimelineView {
     let end = -Infinity;
     let shown = 0;
     const counts = new Map();
+    const running = [];
     for (const item of this.order) {
       const span = this.spans.get(item.id);
       if (!span) continue;
@@ -192,6 +194,7 @@ export class TimelineView {
       if (s < start) start = s;
       const e = endMs(span, s);
       if (e > end) end = e;
+      if (span.status === STATUS_RUNNING) running.push(item.id);
       if (!this.visible(span)) continue;
       shown++;
       counts.set(span.status, (counts.get(span.status) || 0) + 1);
@@ -200,6 +203,7 @@ export class TimelineView {
       items.push(item);
     }
     this.items = items;
+    this.running = running; // rebuilt on every change of a span (the page re-filters then)
     this.shownCount = shown;
     this.statusCounts = counts;
     this.index = new Map(items.map((item, i) => [item.id, i]));
@@ -232,11 +236,8 @@ export class TimelineView {
     return { start: r.start, end: Math.max(end, r.start + 1) };
   }
 
-  *runningIds() {
-    for (const item of this.items) {
-      const span = this.spans.get(item.id);
-      if (span && span.status === STATUS_RUNNING) yield item.id;
-    }
+  runningIds() {
+    return this.running || [];
   }
 
   // ------------------------------------------------------------------------------------------- drawing
