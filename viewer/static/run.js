@@ -2,7 +2,7 @@
 // Stalled spans (a live flag: quiet or slow) are marked amber in the graph, the timeline and the inspector.
 
 import {
-  LiveConnection, apiUrl, clear, compareIds, every, formatClock, formatDuration, getJSON, h, parseTime, progressPercent,
+  LiveConnection, apiUrl, compareIds, every, formatDuration, getJSON, h, parseTime, progressPercent,
   statusLabel,
 } from "./common.js";
 import { GraphView, PENDING, buildGraph, displayName, graphOwner, markStalls } from "./graph.js";
