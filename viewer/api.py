@@ -176,10 +176,14 @@ class _Api:
             return _error(404, f"no open alert {alert_id!r}")
         return ApiResponse({"alert": done})
 
-    async def run_detail(self, run: str) -> Response:
+    async def run_detail(self, run: str, wait: bool = False) -> Response:
+        """One run with its spans. ``wait``: a run not known (yet) answers 200 with ``run: null`` and no spans
+        instead of 404, with the stream's last event id to subscribe from (a page opened before its run)."""
         live = self.hub.run(run)
         last = self.hub.broadcast.last_id
         stalled: dict[str, Any] = {}
+        missing: dict[str, Any] = {"run": None, "spans": [], "tree": [], "progress": None, "stalled": {}}
+        missing["last_event_id"] = last
         if live is not None:
             spans = sorted(live.spans.values(), key=lambda s: (s.start_time_ns, s.span_id))
             summary: dict[str, Any] | None = live.to_dict()
@@ -187,10 +191,14 @@ class _Api:
         else:
             trace = await self.history.resolve(run)
             if trace is None:
-                return _error(404, f"no run {run!r}: give a trace id or an otelflow.run.id")
+                return (
+                    ApiResponse(missing)
+                    if wait
+                    else _error(404, f"no run {run!r}: give a trace id or an otelflow.run.id")
+                )
             summary, spans = await self.history.get_run(trace)
             if summary is None:
-                return _error(404, f"no run {run!r}")
+                return ApiResponse(missing) if wait else _error(404, f"no run {run!r}")
         return ApiResponse(
             {
                 "run": summary,

@@ -88,6 +88,16 @@ function attrValue(key, value) {
   return foldedText(String(value), typeof value === "string" ? "j-str-plain" : "j-num");
 }
 
+/** An attribute key as text with line-break chances after its dots and underscores only (never inside a word). */
+export function keyParts(key) {
+  const out = [];
+  for (const part of String(key).split(/(?<=[._])/)) {
+    if (out.length) out.push(h("wbr"));
+    out.push(part);
+  }
+  return out;
+}
+
 export class Inspector {
   constructor(el) {
     this.el = el;
@@ -129,7 +139,7 @@ export class Inspector {
     this.tick(span, now, stall);
     if (span.error) {
       const err = span.error;
-      const stack = err.stack ? h("pre", { class: "stack", text: err.stack }) : null;
+      const stack = err.stack ? foldedText(err.stack, "stack", "pre") : null;
       this.el.append(section("Error",
         h("div", { class: "insp-error" },
           err.type ? h("div", { class: "err-type", text: err.type }) : null,
@@ -142,7 +152,7 @@ export class Inspector {
     const table = h("table", { class: "attr-table" });
     for (const key of Object.keys(attrs).sort()) {
       if (HIDDEN_ATTRS.has(key)) continue;
-      table.append(h("tr", {}, h("th", { scope: "row", text: key }), h("td", {}, attrValue(key, attrs[key]))));
+      table.append(h("tr", {}, h("th", { scope: "row", title: key }, ...keyParts(key)), h("td", {}, attrValue(key, attrs[key]))));
     }
     this.el.append(section("Attributes", table, copyButton(() => JSON.stringify(attrs, null, 2))));
     const events = span.events || [];

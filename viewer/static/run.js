@@ -2,7 +2,7 @@
 // Stalled spans (a live flag: quiet or slow) are marked amber in the graph, the timeline and the inspector.
 
 import {
-  LiveConnection, apiUrl, clear, compareIds, every, formatClock, formatDuration, getJSON, h, parseTime, progressPercent,
+  LiveConnection, apiUrl, compareIds, every, formatDuration, getJSON, h, parseTime, progressPercent,
   statusLabel,
 } from "./common.js";
 import { GraphView, PENDING, buildGraph, displayName, graphOwner, markStalls } from "./graph.js";
@@ -12,7 +12,8 @@ import { TimelineView } from "./timeline.js";
 import {
   DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_EXCEPTION, EVENT_LOG, EXCEPTION_MESSAGE, EXCEPTION_TYPE,
   KIND_WORKFLOW, LOG_LEVEL, LOG_LEVELS, LOG_MESSAGE, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED,
-  SPAN_EVENT, SPAN_STALLED, SPAN_STARTED, SPAN_UNSTALLED, SPAN_UPDATED, STATUS_ERROR, STATUS_OK, STATUS_RUNNING,
+  SPAN_EVENT, SPAN_STALLED, SPAN_STARTED, SPAN_UNSTALLED, SPAN_UPDATED, STATUS_CANCELLED, STATUS_ERROR, STATUS_OK,
+  STATUS_RUNNING,
 } from "./wire.js";
 
 // LOG_LEVELS lists the levels least severe first (debug, info, warning, error, critical): that is their rank
@@ -21,7 +22,7 @@ const LEVEL_RANK = new Map(LOG_LEVELS.map((level, i) => [level, i]));
 LEVEL_RANK.set("warn", LEVEL_RANK.get(LEVEL_WARNING)); // read as log() reads it
 const SPAN_TYPES = new Set([SPAN_STARTED, SPAN_UPDATED, SPAN_ENDED, SPAN_ABANDONED]);
 const RUN_TYPES = new Set([RUN_STARTED, RUN_UPDATED, RUN_ENDED]);
-const FINAL = new Set([STATUS_OK, STATUS_ERROR]);
+const FINAL = new Set([STATUS_OK, STATUS_ERROR, STATUS_CANCELLED]);
 const WATCHDOG_MS = 4000; // silence on an open SSE stream before the buffering check
 const REPLAY_TICKS = 1000;
 const NOT_STALLED = new Map(); // replay shows no stalls: they are a live flag
@@ -36,12 +37,20 @@ const live = { run: null, spans: new Map(), stalled: new Map() }; // stalled: sp
 let connection = null;
 let resyncing = null; // buffered events while a snapshot is re-fetched
 let selectedSpanId = null;
-let replay = null; // {spansFinal, progress, start, end, t, playing, speed, flows}
+let replay = null; // {spansFinal, progress, start, end, t, playing, speed, flows, logs}
+let waiting = false; // the page was opened before its run existed
+
+// What changed since the last frame: a frame draws only that (see render()).
+const changed = { structure: true, spans: true, run: true, graph: true, logs: true };
+function markAll() {
+  for (const key of Object.keys(changed)) changed[key] = true;
+}
 
 function mergeSpan(spans, incoming) {
   const current = spans.get(incoming.span_id);
-  if (current && FINAL.has(current.status) && !FINAL.has(incoming.status)) return; // ended spans are final
+  if (current && FINAL.has(current.status) && !FINAL.has(incoming.status)) return false; // ended spans are final
   spans.set(incoming.span_id, incoming);
+  return true;
 }
 
 function addSpanEvent(spans, envelope) {
@@ -65,20 +74,37 @@ function addSpanEvent(spans, envelope) {
 function applyEvent(envelope, { animate = true } = {}) {
   if (RUN_TYPES.has(envelope.type)) {
     live.run = envelope.run;
+    changed.run = true;
   } else if (SPAN_TYPES.has(envelope.type)) {
-    const existing = live.spans.get(envelope.span.span_id);
+    const id = envelope.span.span_id;
+    const existing = live.spans.get(id);
     if (existing && existing.placeholder) envelope.span.events = mergeEvents(envelope.span.events, existing.events);
-    mergeSpan(live.spans, envelope.span);
-    if (live.spans.get(envelope.span.span_id).status !== STATUS_RUNNING) live.stalled.delete(envelope.span.span_id);
+    if (!mergeSpan(live.spans, envelope.span)) return;
+    const span = live.spans.get(id);
+    if (!existing || existing.parent_span_id !== span.parent_span_id || existing.start_time !== span.start_time) changed.structure = true;
+    if (span.status !== STATUS_RUNNING) live.stalled.delete(id);
+    indexLogs(span);
+    changed.spans = changed.graph = true;
   } else if (envelope.type === SPAN_STALLED) {
     const span = envelope.span;
-    if (!live.spans.has(span.span_id)) mergeSpan(live.spans, span);
+    if (!live.spans.has(span.span_id)) {
+      mergeSpan(live.spans, span);
+      changed.structure = true;
+    }
     if (envelope.stalled && live.spans.get(span.span_id).status === STATUS_RUNNING) live.stalled.set(span.span_id, envelope.stalled);
+    changed.spans = changed.graph = true;
   } else if (envelope.type === SPAN_UNSTALLED) {
     live.stalled.delete(envelope.span.span_id);
+    changed.spans = changed.graph = true;
   } else if (envelope.type === SPAN_EVENT) {
+    const known = live.spans.has(envelope.span_id);
     const added = addSpanEvent(live.spans, envelope);
-    if (added && animate && envelope.event.name === EVENT_DATA_FLOW) {
+    if (!added) return;
+    if (!known) changed.structure = true;
+    const span = live.spans.get(envelope.span_id);
+    addLogEntry(span, envelope.event);
+    changed.spans = changed.graph = true;
+    if (animate && envelope.event.name === EVENT_DATA_FLOW) {
       const a = envelope.event.attributes || {};
       graph.particle(String(a[DATA_FLOW_FROM]), String(a[DATA_FLOW_TO]));
     }
@@ -98,24 +124,38 @@ function onEvent(envelope) {
     return;
   }
   applyEvent(envelope);
+  if (!live.run) {
+    resync(); // the run's first span: fetch the run itself
+    return;
+  }
   scheduleRender();
 }
 
+/** The run's snapshot (`run: null` while the viewer knows nothing of it: the page then waits for it). */
 async function loadSnapshot() {
-  const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}`);
+  const data = await getJSON(`/api/runs/${encodeURIComponent(runKey)}`, { wait: 1 });
+  waiting = !data.run;
+  if (waiting) {
+    changed.run = true;
+    return data;
+  }
   live.run = data.run;
   live.spans = new Map();
   for (const span of data.spans) live.spans.set(span.span_id, span);
   live.stalled = new Map(Object.entries(data.stalled || {}));
+  rebuildLogs(live.spans);
+  markAll();
   return data;
 }
 
+let waitTimer = null;
 async function resync() {
   header.refresh();
   if (resyncing) return;
   resyncing = [];
   try {
     const data = await loadSnapshot();
+    if (waiting) throw Object.assign(new Error("not known yet"), { status: 404 });
     const buffered = resyncing;
     resyncing = null;
     let last = data.last_event_id;
@@ -127,8 +167,16 @@ async function resync() {
     }
     connection.setLastEventId(last);
   } catch (err) {
+    const buffered = resyncing;
     resyncing = null;
-    showProblem(`Could not reload the run: ${err.message}`);
+    if (err.status === 404 && waiting) {
+      // not known yet: keep what the stream said and ask again shortly
+      for (const envelope of buffered) applyEvent(envelope, { animate: false });
+      clearTimeout(waitTimer);
+      waitTimer = setTimeout(() => { if (!live.run) resync(); }, 500);
+    } else {
+      showProblem(`Could not reload the run: ${err.message}`);
+    }
   }
   scheduleRender();
 }
@@ -140,8 +188,10 @@ const graph = new GraphView({
   particlesEl: $("graph-particles"), wrapEl: $("graph-wrap"), emptyEl: $("graph-empty"), onSelect: select,
 });
 const timeline = new TimelineView({
-  container: $("timeline"), rowsEl: $("tl-rows"), nowEl: $("tl-now"), scaleEl: $("timeline-scale"), onSelect: select,
+  container: $("timeline"), rowsEl: $("tl-rows"), nowEl: $("tl-now"), scaleEl: $("timeline-scale"),
+  axisEl: $("tl-axis"), ticksEl: $("tl-ticks"), resetEl: $("tl-zoom-reset"), onSelect: select,
 });
+timeline.onRequest = scheduleRender;
 const inspector = new Inspector($("inspector"));
 const filterForm = $("span-filters");
 
@@ -161,10 +211,11 @@ function filters() {
   };
 }
 
+/** Whether `span` passes the filters: kind, status, and a name that the shown name or the span name contains. */
 function spanMatches(span, f) {
   if (f.kind && span.kind !== f.kind) return false;
   if (f.status && span.status !== f.status) return false;
-  if (f.name && !span.name.toLowerCase().includes(f.name)) return false;
+  if (f.name && !displayName(span).toLowerCase().includes(f.name) && !span.name.toLowerCase().includes(f.name)) return false;
   return true;
 }
 
@@ -180,7 +231,11 @@ function view() {
   if (!replay) {
     return { run: live.run, spans: live.spans, stalled: live.stalled, now: Date.now(), live: live.run?.status === STATUS_RUNNING };
   }
-  return { run: live.run, spans: replayState(replay.t), stalled: NOT_STALLED, now: replay.t, live: false };
+  if (replay.stateAt !== replay.t) {
+    replay.state = replayState(replay.t);
+    replay.stateAt = replay.t;
+  }
+  return { run: live.run, spans: replay.state, stalled: NOT_STALLED, now: replay.t, live: false };
 }
 
 function rootOf(spans, run) {
@@ -206,20 +261,83 @@ function scheduleRender() {
   });
 }
 
+// The graph (buildGraph over every span, a layout when nodes or edges change, then the browser's style and paint
+// of its SVG) is the costliest view: while events pour in it is redrawn at most every GRAPH_MIN_GAP_MS, and
+// never sooner than GRAPH_COST_FACTOR times its own last cost, so that it takes a bounded share of the main
+// thread; a quiet page redraws it at once (the first change after a pause is drawn in the next frame).
+const GRAPH_COST_FACTOR = 8;
+const GRAPH_MIN_GAP_MS = 200;
+const GRAPH_MAX_WAIT_MS = 1000;
+const GRAPH_DEFER_SPANS = 5000;
+let graphAt = -Infinity;
+let graphCost = 0;
+let graphTimer = null;
+let graphDrawn = false; // the first graph is drawn, or deferred for a big run
+let graphRendered = false;
+let rootCache = null;
+let lastFilters = "";
+
 function render() {
   const v = view();
   const f = filters();
-  const root = rootOf(v.spans, v.run);
-  const g = markStalls(buildGraph(v.spans, root, graphOwner(v.spans, root)), v.stalled);
-  graph.render(g, (node) => nodeMatches(node, f), v.now);
-  timeline.replaying = Boolean(replay);
-  timeline.render(v.spans, (span) => spanMatches(span, f), v.now, v.live, v.stalled);
+  const filterKey = `${f.kind}|${f.status}|${f.name}`;
+  const filtersChanged = filterKey !== lastFilters;
+  lastFilters = filterKey;
+  if (replay) markAll();
+  if (changed.structure || !rootCache || rootCache.spans !== v.spans) rootCache = { spans: v.spans, root: rootOf(v.spans, v.run) };
+  const root = rootCache.root;
+
+  // the graph first: its fit() reads the layout, which is cheap before this frame's other writes
+  if (changed.graph && !graphDrawn && v.spans.size > GRAPH_DEFER_SPANS && !graphTimer) {
+    graphTimer = setTimeout(() => { // a big run: the timeline and logs first, the graph in a task of its own
+      graphTimer = null;
+      graphDrawn = true;
+      scheduleRender();
+    }, 0);
+  } else if (filtersChanged || (changed.graph && !graphTimer)) {
+    const gap = Math.min(GRAPH_MAX_WAIT_MS, Math.max(GRAPH_MIN_GAP_MS, graphCost * GRAPH_COST_FACTOR));
+    const wait = graphAt + gap - performance.now();
+    if (wait <= 0 || filtersChanged || replay) {
+      const t0 = performance.now();
+      const g = markStalls(buildGraph(v.spans, root, graphOwner(v.spans, root)), v.stalled);
+      graph.render(g, (node) => nodeMatches(node, f), v.now);
+      graphDrawn = graphRendered = true;
+      changed.graph = false;
+      graphAt = performance.now();
+      graphCost = graphAt - t0;
+    } else if (!graphTimer) {
+      graphTimer = setTimeout(() => {
+        graphTimer = null;
+        scheduleRender();
+      }, wait);
+    }
+  }
+  // timeline: the rows in view, re-filtered when spans or filters changed
+  if (changed.structure || changed.spans || filtersChanged) {
+    timeline.replaying = Boolean(replay);
+    timeline.update({
+      spans: v.spans, visible: (span) => spanMatches(span, f), now: v.now, live: v.live, stalled: v.stalled,
+      structure: changed.structure, filtersChanged: true,
+      fixedRange: replay ? { start: replay.start, end: replay.end } : null,
+    });
+  } else {
+    timeline.now = v.now;
+    timeline.live = v.live;
+  }
+  timeline.draw();
+
   inspector.show(selectedSpanId ? v.spans.get(selectedSpanId) || null : null, v.now, stallOf(v, selectedSpanId));
-  renderHeader(v, root);
-  renderLogs(v.spans, f);
-  document.body.dataset.spanCount = String(v.spans.size);
-  document.body.dataset.stalledCount = String(v.stalled.size);
-  document.body.dataset.runStatus = v.run ? v.run.status : "";
+  if (changed.run || changed.structure || replay) renderHeader(v);
+  renderLogs(v, f, filtersChanged);
+  changed.structure = changed.spans = changed.run = changed.logs = false;
+  setData(document.body, "spanCount", String(v.spans.size));
+  setData(document.body, "stalledCount", String(v.stalled.size));
+  setData(document.body, "runStatus", v.run ? v.run.status : "");
+}
+
+/** Sets a data attribute only when it changes (a write to the body's attributes restyles the page). */
+function setData(el, key, value) {
+  if (el.dataset[key] !== value) el.dataset[key] = value;
 }
 
 /** The stall of a running span of the view, or null. */
@@ -228,9 +346,16 @@ function stallOf(v, spanId) {
   return span && span.status === STATUS_RUNNING ? v.stalled.get(spanId) || null : null;
 }
 
-function renderHeader(v, root) {
+function renderHeader(v) {
   const run = v.run;
-  if (!run) return;
+  if (!run) {
+    if (waiting) {
+      const chip = $("run-status");
+      setData(chip, "status", "waiting");
+      chip.textContent = `waiting for run ${runKey}…`;
+    }
+    return;
+  }
   const name = run.name ? displayName({ name: run.name, attributes: {} }) : runKey;
   $("run-name").textContent = name;
   document.title = `${name} · otelflow`;
@@ -274,64 +399,172 @@ function tickHeader(v) {
 
 // ------------------------------------------------------------------------------------------- logs
 
+// Log lines (log and exception events) are indexed as they arrive; the list draws only the lines in view.
+const LOG_PX = 22; // .log height in style.css
+const LOG_MARGIN = 10;
 const logsEl = $("logs");
+const logsSizer = h("li", { class: "logs-sizer", "aria-hidden": "true" });
+logsEl.append(logsSizer);
 const logKeys = new Set();
-let logEntries = [];
+let logEntries = []; // every line, by time
+let logsUnsorted = false;
+let shownLogs = [];
 let logsFollow = true;
-let logSignature = "";
+let logsScrollTop = 0;
+let logsScrollSet = 0; // the scrollTop the page last gave the list
+let logsHeight = 200;
+let logsKey = "";
+const logRows = new Map(); // entry key -> its <li> (only lines in view)
 
-function logsOf(spans) {
-  const out = [];
-  for (const span of spans.values()) {
-    for (const ev of span.events || []) {
-      if (ev.name !== EVENT_LOG && ev.name !== EVENT_EXCEPTION) continue;
-      const a = ev.attributes || {};
-      const level = ev.name === EVENT_EXCEPTION ? LEVEL_ERROR : String(a[LOG_LEVEL] || LEVEL_INFO).toLowerCase();
-      const message = ev.name === EVENT_EXCEPTION
-        ? `${a[EXCEPTION_TYPE] || EVENT_EXCEPTION}: ${a[EXCEPTION_MESSAGE] || ""}`
-        : String(a[LOG_MESSAGE] ?? "");
-      out.push({ key: `${span.span_id}|${ev.name}|${ev.time}`, time: parseTime(ev.time), level, message, span });
+function logEntry(span, ev) {
+  if (ev.name !== EVENT_LOG && ev.name !== EVENT_EXCEPTION) return null;
+  const a = ev.attributes || {};
+  const level = ev.name === EVENT_EXCEPTION ? LEVEL_ERROR : String(a[LOG_LEVEL] || LEVEL_INFO).toLowerCase();
+  const message = ev.name === EVENT_EXCEPTION
+    ? `${a[EXCEPTION_TYPE] || EVENT_EXCEPTION}: ${a[EXCEPTION_MESSAGE] || ""}`
+    : String(a[LOG_MESSAGE] ?? "");
+  return { key: `${span.span_id}|${ev.name}|${ev.time}`, time: parseTime(ev.time), level, message, spanId: span.span_id };
+}
+
+function addLogEntry(span, ev) {
+  const entry = logEntry(span, ev);
+  if (!entry || logKeys.has(entry.key)) return;
+  logKeys.add(entry.key);
+  const last = logEntries[logEntries.length - 1];
+  if (last && (last.time > entry.time || (last.time === entry.time && last.key > entry.key))) logsUnsorted = true;
+  logEntries.push(entry);
+  changed.logs = true;
+}
+
+function indexLogs(span) {
+  for (const ev of span.events || []) addLogEntry(span, ev);
+}
+
+function rebuildLogs(spans) {
+  logKeys.clear();
+  logEntries = [];
+  for (const span of spans.values()) indexLogs(span);
+  logsUnsorted = true;
+  changed.logs = true;
+}
+
+const byTime = (a, b) => a.time - b.time || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+
+function renderLogs(v, f, filtersChanged) {
+  const min = LEVEL_RANK.get($("log-level").value) ?? 0;
+  const key = `${min}|${Boolean(replay)}`;
+  const refilter = changed.logs || filtersChanged || key !== logsKey || replay || (f.status && changed.spans);
+  if (refilter) {
+    logsKey = key;
+    if (logsUnsorted) {
+      logEntries.sort(byTime);
+      logsUnsorted = false;
+    }
+    const source = replay ? replay.logs : logEntries;
+    const rank = (level) => LEVEL_RANK.get(level) ?? LEVEL_RANK.get(LEVEL_INFO);
+    const plain = !f.kind && !f.status && !f.name;
+    shownLogs = [];
+    for (const entry of source) {
+      if (replay && entry.time > replay.t) break;
+      if (rank(entry.level) < min) continue;
+      if (!plain) {
+        const span = v.spans.get(entry.spanId);
+        if (!span || !spanMatches(span, f)) continue;
+      }
+      shownLogs.push(entry);
+    }
+    $("log-count").textContent = `${shownLogs.length} line${shownLogs.length === 1 ? "" : "s"}`;
+    const empty = logEntries.length === 0 && !replay;
+    const panel = logsEl.closest(".panel");
+    if (panel.dataset.empty !== String(empty)) {
+      panel.dataset.empty = String(empty);
+      panel.closest(".run-grid").classList.toggle("logs-empty", empty);
+    }
+    logsSizer.style.height = `${shownLogs.length * LOG_PX + 8}px`;
+  }
+  if (logsFollow) logsScrollTop = Math.max(0, shownLogs.length * LOG_PX + 8 - logsHeight);
+  drawLogRows(v);
+}
+
+/**
+ * Keeps a following list at its bottom. Called from ResizeObservers, which run after the frame's layout: there a
+ * scrollTop write costs no layout of its own (in render() it would force one in the middle of the frame's writes).
+ */
+function applyFollow() {
+  if (!logsFollow) return;
+  const top = Math.max(0, shownLogs.length * LOG_PX + 8 - logsHeight);
+  if (logsScrollSet === top) return;
+  logsEl.scrollTop = logsScrollSet = top;
+  ownScroll = true;
+}
+
+/** HH:MM:SS.mmm in local time (as formatClock shows it, without the cost of Intl's first call). */
+function clockOf(ms) {
+  if (!Number.isFinite(ms)) return "–";
+  const d = new Date(ms);
+  const two = (n) => String(n).padStart(2, "0");
+  return `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, "0")}`;
+}
+
+function drawLogRows(v) {
+  const first = Math.max(0, Math.floor(logsScrollTop / LOG_PX) - LOG_MARGIN);
+  const last = Math.min(shownLogs.length, Math.ceil((logsScrollTop + logsHeight) / LOG_PX) + LOG_MARGIN);
+  const wanted = new Set();
+  for (let i = first; i < last; i++) wanted.add(shownLogs[i].key);
+  for (const [key, row] of logRows) {
+    if (!wanted.has(key) && !row.contains(document.activeElement)) {
+      row.remove();
+      logRows.delete(key);
     }
   }
-  return out.sort((a, b) => a.time - b.time || a.key.localeCompare(b.key));
+  let previous = logsSizer;
+  for (let i = first; i < last; i++) {
+    const entry = shownLogs[i];
+    let row = logRows.get(entry.key);
+    if (!row) {
+      const span = v.spans.get(entry.spanId) || { name: "", attributes: {}, span_id: entry.spanId };
+      row = h("li", { class: "log", "data-level": entry.level, "data-key": entry.key },
+        h("span", { class: "log-time num", text: clockOf(entry.time) }),
+        h("span", { class: "log-level", text: entry.level }),
+        h("button", { type: "button", class: "log-span", text: displayName(span), title: span.name, onclick: () => select(entry.spanId) }),
+        h("span", { class: "log-msg", text: entry.message, title: entry.message }));
+      logRows.set(entry.key, row);
+    }
+    if (row.index !== i) {
+      row.style.transform = `translateY(${i * LOG_PX}px)`;
+      row.index = i;
+    }
+    if (previous.nextSibling !== row) previous.after(row);
+    previous = row;
+  }
 }
 
-function renderLogs(spans, f) {
-  const min = LEVEL_RANK.get($("log-level").value) ?? 0;
-  const rank = (level) => LEVEL_RANK.get(level) ?? LEVEL_RANK.get(LEVEL_INFO);
-  const entries = logsOf(spans).filter((e) => rank(e.level) >= min && spanMatches(e.span, f));
-  const signature = `${min}|${f.kind}|${f.status}|${f.name}|${Boolean(replay)}`;
-  const appendOnly = signature === logSignature && entries.length >= logEntries.length
-    && logEntries.every((e, i) => entries[i].key === e.key);
-  if (!appendOnly) {
-    clear(logsEl);
-    logKeys.clear();
-    logEntries = [];
-    logSignature = signature;
-  }
-  for (const entry of entries.slice(logEntries.length)) {
-    if (logKeys.has(entry.key)) continue;
-    logKeys.add(entry.key);
-    logEntries.push(entry);
-    logsEl.append(h("li", { class: "log", "data-level": entry.level, "data-key": entry.key },
-      h("span", { class: "log-time num", text: formatClock(entry.time) }),
-      h("span", { class: "log-level", text: entry.level }),
-      h("button", { type: "button", class: "log-span", text: displayName(entry.span), title: entry.span.name, onclick: () => select(entry.span.span_id) }),
-      h("span", { class: "log-msg", text: entry.message })));
-  }
-  $("log-count").textContent = `${logEntries.length} line${logEntries.length === 1 ? "" : "s"}`;
-  if (logsFollow) logsEl.scrollTop = logsEl.scrollHeight;
-}
-
+let ownScroll = false; // the next scroll event is the page's own follow: its position is known, not read
 logsEl.addEventListener("scroll", () => {
-  const atBottom = logsEl.scrollTop + logsEl.clientHeight >= logsEl.scrollHeight - 24;
+  if (ownScroll) {
+    ownScroll = false;
+    logsScrollTop = logsScrollSet;
+    scheduleRender();
+    return;
+  }
+  logsScrollTop = logsScrollSet = logsEl.scrollTop;
+  const atBottom = logsScrollTop + logsHeight >= shownLogs.length * LOG_PX + 8 - 24;
   logsFollow = atBottom;
   $("log-jump").hidden = atBottom;
-});
+  scheduleRender();
+}, { passive: true });
+new ResizeObserver((entries) => {
+  for (const entry of entries) if (entry.target === logsEl) logsHeight = entry.contentRect.height;
+  applyFollow();
+  scheduleRender();
+}).observe(logsEl);
+new ResizeObserver(applyFollow).observe(logsSizer);
 $("log-jump").addEventListener("click", () => {
   logsFollow = true;
-  logsEl.scrollTop = logsEl.scrollHeight;
   $("log-jump").hidden = true;
+  logsScrollTop = Math.max(0, shownLogs.length * LOG_PX + 8 - logsHeight);
+  logsEl.scrollTop = logsScrollSet = logsScrollTop;
+  scheduleRender();
 });
 $("log-level").addEventListener("change", scheduleRender);
 
@@ -415,10 +648,19 @@ async function startReplay() {
     }
   }
   if (!Number.isFinite(start)) return;
+  const logs = [];
+  for (const span of spansFinal.values()) {
+    for (const ev of span.events || []) {
+      const entry = logEntry(span, ev);
+      if (entry) logs.push(entry);
+    }
+  }
+  logs.sort(byTime);
   replay = {
     spansFinal, progress, start, end: Math.max(end, start + 1), t: start, playing: true, speed: replay?.speed || 1, flows,
-    last: null,
+    last: null, logs,
   };
+  timeline.resetZoom();
   for (const id of ["replay-play", "replay-speed", "replay-scrub", "replay-time"]) $(id).hidden = false;
   $("replay-toggle").textContent = "Back to live";
   document.body.classList.add("replaying");
@@ -432,6 +674,9 @@ function stopReplay() {
   $("replay-toggle").textContent = "Replay";
   document.body.classList.remove("replaying");
   document.body.dataset.replay = "";
+  timeline.replaying = false;
+  timeline.resetZoom();
+  markAll();
   scheduleRender();
 }
 
@@ -494,6 +739,42 @@ $("zoom-in").addEventListener("click", () => graph.zoomBy(1.25));
 $("zoom-out").addEventListener("click", () => graph.zoomBy(1 / 1.25));
 $("zoom-fit").addEventListener("click", () => graph.fit());
 filterForm.addEventListener("input", scheduleRender);
+const search = $("tl-search");
+search.addEventListener("input", () => {
+  timeline.search(search.value);
+  scheduleRender();
+});
+search.addEventListener("keydown", (e) => {
+  if (e.key !== "Enter") return;
+  e.preventDefault();
+  timeline.nextMatch(e.shiftKey);
+});
+installSplitter($("tl-splitter"), $("run-grid"));
+
+/** The bar under the timeline: drag it (or use the arrow keys on it) to give the timeline more or less height. */
+function installSplitter(handle, grid) {
+  const panel = handle.closest(".panel");
+  let drag = null;
+  const setHeight = (px) => {
+    const h = Math.max(140, Math.round(px));
+    grid.style.setProperty("--tl-rows", `${h}px`);
+    handle.setAttribute("aria-valuenow", String(h));
+  };
+  handle.addEventListener("pointerdown", (e) => {
+    drag = { y: e.clientY, height: panel.getBoundingClientRect().height };
+    handle.setPointerCapture(e.pointerId);
+    e.preventDefault();
+  });
+  handle.addEventListener("pointermove", (e) => {
+    if (drag) setHeight(drag.height + e.clientY - drag.y);
+  });
+  handle.addEventListener("pointerup", () => { drag = null; });
+  handle.addEventListener("keydown", (e) => {
+    if (e.key !== "ArrowUp" && e.key !== "ArrowDown") return;
+    e.preventDefault();
+    setHeight(panel.getBoundingClientRect().height + (e.key === "ArrowDown" ? 40 : -40));
+  });
+}
 filterForm.addEventListener("submit", (e) => e.preventDefault());
 window.addEventListener("resize", () => {
   if (!graph.userMoved) graph.fit();
@@ -523,11 +804,11 @@ async function main() {
   const badge = $("conn");
   let data = null;
   try {
-    data = await loadSnapshot();
+    data = await loadSnapshot(); // a run not known yet: shown as waiting, its first span fills the page in
   } catch (err) {
-    showProblem(err.status === 404 ? `No run ${runKey}` : `Could not load the run: ${err.message}`);
+    showProblem(`Could not load the run: ${err.message}`);
   }
-  const traceId = data ? data.run.trace_id : runKey;
+  const traceId = data && data.run ? data.run.trace_id : runKey;
   connection = new LiveConnection({
     filters: { run: traceId }, onEvent, onReset: resync, lastEventId: data ? data.last_event_id : null, badge,
   });
@@ -536,8 +817,8 @@ async function main() {
   every(250, () => {
     if (replay) return;
     const v = view();
-    graph.tick(v.now);
-    timeline.tick(v.now, v.spans);
+    if (graphRendered) graph.tick(v.now);
+    if (v.live || v.stalled.size) timeline.tick(v.now);
     tickHeader(v);
     inspector.tick(selectedSpanId ? v.spans.get(selectedSpanId) : null, v.now, stallOf(v, selectedSpanId));
   });
