@@ -285,7 +285,8 @@ function render() {
   lastFilters = filterKey;
   if (replay) markAll();
   if (changed.structure || !rootCache || rootCache.spans !== v.spans) rootCache = { spans: v.spans, root: rootOf(v.spans, v.run) };
-  const root = rootCache.root;
+  // which span is the root only changes with the structure; its latest snapshot (e.g. ended) is the map's
+  const root = rootCache.root ? v.spans.get(rootCache.root.span_id) || rootCache.root : null;
 
   // the graph first: its fit() reads the layout, which is cheap before this frame's other writes
   if (changed.graph && !graphDrawn && v.spans.size > GRAPH_DEFER_SPANS && !graphTimer) {
