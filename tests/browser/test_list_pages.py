@@ -364,6 +364,10 @@ def test_runs_and_stats_fit_a_phone(viewer: Viewer, page: Any, artifacts: Path) 
     page.goto(f"{viewer.url}/stats")
     expect(page.locator("#stats tbody tr")).to_have_count(names)
     assert scroll_width(page) <= PHONE["width"]
+    ranges = page.locator("#stats .hist-range")  # a chart's range is not cut off at the card's edge
+    expect(ranges.first).to_be_visible()
+    for i in range(ranges.count()):
+        assert_on_screen(ranges.nth(i).bounding_box(), "the durations' range")
     # the sort buttons are still there, above the rows
     name_th = page.locator('#stats th[data-sort="name"]')
     expect(name_th.get_by_role("button")).to_be_visible()
