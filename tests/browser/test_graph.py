@@ -291,6 +291,16 @@ def test_undeclared_steps_are_joined_by_then_edges_and_keep_their_places_as_the_
     assert_labels_fit(geo, {})
     assert_edges_avoid_nodes(geo)
     expect(page.locator("#graph .gedge-then").first).to_have_css("stroke-dasharray", "3px, 5px")
+    # the pointer goes through edges and labels to what is under them: only the boxes take clicks (hit testing
+    # hundreds of routed strokes after every change kept a browser under a busy stream from drawing frames)
+    hit = page.evaluate("""() => {
+      const path = document.querySelector("#graph .gedge-then");
+      const p = path.getPointAtLength(path.getTotalLength() / 2).matrixTransform(path.getScreenCTM());
+      const label = document.querySelector("#graph .gnode-label").getBoundingClientRect();
+      const at = (x, y) => document.elementFromPoint(x, y);
+      return [at(p.x, p.y).closest(".gedge") !== null, at(label.x + 2, label.y + label.height / 2).tagName];
+    }""")
+    assert hit == [False, "rect"]
     screenshots(page, artifacts, "graph-undeclared")
     page.probe.assert_clean()
 
