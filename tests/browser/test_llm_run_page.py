@@ -1,0 +1,219 @@
+"""Model calls on the run page, in a real Chromium, from real calls: the model in the graph and the timeline.
+
+A worker process makes ``otelflow.llm`` calls inside an agent, streamed live to a real viewer, one step per line
+of stdin (each step answered "ok"): the test decides when the answer grows and when the call ends, without
+sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from otelflow import attributes as A
+from tests.browser.test_list_pages import DESKTOP
+from tests.viewer.conftest import Viewer, wait_for
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+LIMIT = 1000  # OTELFLOW_MAX_VALUE_BYTES of the worker: a longer answer so far is cut
+HTML = "<b>x</b><script>window.injected = true</script>"
+
+# "open <model>" starts a call (in agent "triage") with a system text, a user message, an assistant tool call and
+# the tool's answer (HTML); "delta <json string>" adds to the answer; "usage <in> <out>"; "bad_tokens" sets the
+# output token count as a string; "close" ends the call; "end" ends the workflow.
+_WORKER = textwrap.dedent(
+    """
+    import json
+    import os
+    import sys
+
+    import otelflow
+    from otelflow import attributes as A
+
+    run_id = sys.argv[1]
+    telemetry = otelflow.configure(service_name="llm-page", live=os.environ["VIEWER_URL"], otlp=False)
+    messages = [
+        {"role": "user", "content": "My invoice 42 is wrong"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "lookup_invoice", "arguments": '{"id": 42}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": os.environ["TOOL_ANSWER"]},
+    ]
+    step = None
+    call = None
+    with otelflow.workflow("support_desk", run_id=run_id), otelflow.agent("triage"):
+        print("ok", flush=True)
+        for line in sys.stdin:
+            command, _, arg = line.rstrip("\\n").partition(" ")
+            if command == "open":
+                step = otelflow.llm(arg, provider="openai")
+                call = step.__enter__()
+                call.set_input(messages, system="You triage support tickets.")
+            elif command == "delta":
+                call.output_delta(json.loads(arg))
+            elif command == "usage":
+                tokens_in, tokens_out = arg.split()
+                call.usage(input_tokens=int(tokens_in), output_tokens=int(tokens_out))
+            elif command == "bad_tokens":
+                call.set_attribute(A.GEN_AI_USAGE_OUTPUT_TOKENS, "ninety")
+            elif command == "close":
+                call.set_response(finish_reasons=["stop"])
+                step.__exit__(None, None, None)
+            elif command == "end":
+                break
+            print("ok", flush=True)
+    telemetry.force_flush(10_000)
+    telemetry.shutdown()
+    print("done", flush=True)
+    """
+)
+
+
+class CallWorker:
+    def __init__(self, viewer: Viewer, run_id: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELFLOW_"))}
+        env.update(
+            VIEWER_URL=viewer.url, OTEL_TRACES_EXPORTER="none", OTELFLOW_MAX_VALUE_BYTES=str(LIMIT), TOOL_ANSWER=HTML
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, run_id],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        assert self._next() == "ok"  # the workflow and the agent are open
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("<eof>")
+
+    def _next(self) -> str:
+        try:
+            return self.lines.get(timeout=60)
+        except queue.Empty:
+            raise AssertionError("the worker did not answer") from None
+
+    def send(self, command: str, expected: str = "ok") -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        assert self._next() == expected
+
+    def delta(self, text: str) -> None:
+        self.send(f"delta {json.dumps(text)}")
+
+    def end(self) -> None:
+        self.send("end", "done")
+        assert self.proc.wait(30) == 0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.reader.join(10)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def call_worker() -> Iterator[Callable[[Viewer, str], CallWorker]]:
+    started: list[CallWorker] = []
+
+    def start(viewer: Viewer, run_id: str) -> CallWorker:
+        worker = CallWorker(viewer, run_id)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+def llm_span_ids(viewer: Viewer, run_id: str) -> list[str]:
+    data = httpx.get(f"{viewer.url}/api/runs/{run_id}", timeout=10).json()
+    spans = sorted((s for s in data["spans"] if s["kind"] == A.KIND_LLM), key=lambda s: s["start_time"])
+    return [str(s["span_id"]) for s in spans]
+
+
+def open_run(page: Any, viewer: Viewer, run_id: str) -> None:
+    page.goto(f"{viewer.url}/runs/{run_id}")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
+    expect(page.locator('g.gnode[data-node-id="triage"]')).to_be_visible()
+
+
+def test_the_graph_and_the_timeline_show_the_model(
+    viewer: Viewer, page: Any, call_worker: Callable[[Viewer, str], CallWorker], artifacts: Path
+) -> None:
+    page.set_viewport_size(DESKTOP)
+    worker = call_worker(viewer, "job-graph")
+    open_run(page, viewer, "job-graph")
+    worker.send("open gpt-4o-mini")
+    worker.send("usage 812 95")
+    worker.send("close")
+    [span_id] = wait_for(lambda: llm_span_ids(viewer, "job-graph") or None)
+
+    # the graph: a node of kind llm named by its model, inside its agent, with its duration and tokens
+    node = page.locator('g.gnode[data-node-id="triage › gpt-4o-mini"]')
+    expect(node).to_have_attribute("data-kind", A.KIND_LLM)
+    expect(node.locator(".gnode-label")).to_have_text("gpt-4o-mini")
+    expect(node.locator(".gnode-meta")).to_have_text(re.compile(r"^llm · \d+(\.\d+)? (ms|s) · 812→95 tok$"))
+    expect(node).to_have_attribute("aria-label", "gpt-4o-mini in triage: ok")
+    expect(page.locator("#graph")).to_have_attribute("data-layout", "done")
+    inside = page.evaluate(
+        """([agent, call]) => {
+          const rect = (key) =>
+            document.querySelector(`g.gnode[data-node-id="${key}"] .gnode-box`).getBoundingClientRect();
+          const box = rect(agent);
+          const node = rect(call);
+          return node.left >= box.left && node.right <= box.right && node.top >= box.top && node.bottom <= box.bottom;
+        }""",
+        ["triage", "triage › gpt-4o-mini"],
+    )
+    assert inside, "the model call is drawn inside its agent's box"
+    # the timeline: its row says llm and the model
+    row = page.locator(f'.tl-row[data-span-id="{span_id}"]')
+    expect(row.locator(".tl-kind")).to_have_text(A.KIND_LLM)
+    expect(row.locator(".tl-name")).to_have_text("gpt-4o-mini")
+    page.screenshot(path=str(artifacts / "run-llm-graph-1440.png"))
+    worker.end()
+    page.probe.assert_clean()
+
+
+def test_the_kind_filter_has_model_calls(
+    viewer: Viewer, page: Any, call_worker: Callable[[Viewer, str], CallWorker]
+) -> None:
+    worker = call_worker(viewer, "job-filter")
+    open_run(page, viewer, "job-filter")
+    worker.send("open gpt-4o")
+    worker.send("close")
+    node = page.locator('g.gnode[data-node-id="triage › gpt-4o"]')
+    expect(node).to_be_visible()
+    page.select_option('#span-filters select[name="kind"]', A.KIND_LLM)
+    expect(node).not_to_have_class(re.compile(r"\bdim\b"))
+    expect(page.locator('g.gnode[data-node-id="triage"]')).to_have_class(re.compile(r"\bdim\b"))
+    expect(page.locator(".tl-row")).to_have_count(1)
+    worker.end()
+    page.probe.assert_clean()
