@@ -1,4 +1,6 @@
-"""Model calls on the run page, in a real Chromium, from real calls: the model in the graph and the timeline.
+"""Model calls on the run page, in a real Chromium, from real calls: the model in the graph and the timeline, the
+answer growing in the inspector while the call streams, the conversation as plain text and a token count that is not a
+number.
 
 A worker process makes ``otelflow.llm`` calls inside an agent, streamed live to a real viewer, one step per line
 of stdin (each step answered "ok"): the test decides when the answer grows and when the call ends, without
@@ -24,7 +26,7 @@ import pytest
 from playwright.sync_api import expect
 
 from otelflow import attributes as A
-from tests.browser.test_list_pages import DESKTOP
+from tests.browser.test_list_pages import DESKTOP, PHONE, scroll_width
 from tests.viewer.conftest import Viewer, wait_for
 
 pytestmark = pytest.mark.browser
@@ -164,6 +166,47 @@ def open_run(page: Any, viewer: Viewer, run_id: str) -> None:
     expect(page.locator('g.gnode[data-node-id="triage"]')).to_be_visible()
 
 
+def test_the_answer_grows_in_the_inspector_while_the_call_streams(
+    viewer: Viewer, page: Any, call_worker: Callable[[Viewer, str], CallWorker], artifacts: Path
+) -> None:
+    page.set_viewport_size(DESKTOP)
+    worker = call_worker(viewer, "job-stream")
+    open_run(page, viewer, "job-stream")
+    worker.send("open gpt-4o-mini")
+    [span_id] = wait_for(lambda: llm_span_ids(viewer, "job-stream") or None)
+    row = page.locator(f'.tl-row[data-span-id="{span_id}"]')
+    row.click()
+    inspector = page.locator("#inspector")
+    answer = inspector.locator('.llm-answer[data-live="true"] .llm-answer-text')
+    expect(answer).to_be_visible()
+
+    worker.delta("Thanks for writing in. ")
+    expect(answer).to_have_text("Thanks for writing in. ")
+    page.evaluate("() => { window.sameAnswer = document.querySelector('.llm-answer-text'); }")
+    worker.delta("Your invoice 42 shows a double charge; ")
+    expect(answer).to_have_text("Thanks for writing in. Your invoice 42 shows a double charge; ")
+    expect(row).to_have_attribute("data-status", A.STATUS_RUNNING)  # grown while the call runs
+    # updated in place: the same element, not a new inspector per update
+    assert page.evaluate("() => window.sameAnswer === document.querySelector('.llm-answer-text')")
+
+    long_tail = "refund " * 300  # past the worker's limit: the answer so far is cut, and says how much
+    worker.delta(long_tail)
+    cut = inspector.locator(".llm-answer .llm-cut")
+    expect(cut).to_be_visible()
+    expect(cut).to_contain_text("characters cut")
+    expect(row).to_have_attribute("data-status", A.STATUS_RUNNING)
+    page.screenshot(path=str(artifacts / "run-llm-streaming-1440.png"))
+
+    worker.send("usage 812 95")
+    worker.send("close")
+    expect(row).to_have_attribute("data-status", A.STATUS_OK)
+    final = inspector.locator('.llm-answer[data-live="false"]')
+    expect(final).to_contain_text("Thanks for writing in. Your invoice 42 shows a double charge; refund")
+    expect(inspector.locator('.llm-answer[data-live="true"]')).to_have_count(0)
+    worker.end()
+    page.probe.assert_clean()
+
+
 def test_the_graph_and_the_timeline_show_the_model(
     viewer: Viewer, page: Any, call_worker: Callable[[Viewer, str], CallWorker], artifacts: Path
 ) -> None:
@@ -198,6 +241,69 @@ def test_the_graph_and_the_timeline_show_the_model(
     expect(row.locator(".tl-kind")).to_have_text(A.KIND_LLM)
     expect(row.locator(".tl-name")).to_have_text("gpt-4o-mini")
     page.screenshot(path=str(artifacts / "run-llm-graph-1440.png"))
+    worker.end()
+    page.probe.assert_clean()
+
+
+def test_a_model_call_shows_its_conversation_model_tokens_and_cost(
+    viewer: Viewer, page: Any, call_worker: Callable[[Viewer, str], CallWorker], artifacts: Path
+) -> None:
+    page.set_viewport_size(DESKTOP)
+    worker = call_worker(viewer, "job-chat")
+    open_run(page, viewer, "job-chat")
+    worker.send("open gpt-4o-mini")
+    worker.delta("Checking your invoice now.")
+    worker.send("usage 812 95")
+    worker.send("close")
+    [span_id] = wait_for(lambda: llm_span_ids(viewer, "job-chat") or None)
+
+    page.locator(f'.tl-row[data-span-id="{span_id}"]').click()
+    inspector = page.locator("#inspector")
+    facts = inspector.locator(".llm-facts")
+    expect(facts).to_contain_text("gpt-4o-mini")
+    expect(facts).to_contain_text("openai")
+    expect(facts).to_contain_text("812 → 95")
+    expect(facts.locator('[data-llm="cost"]')).to_have_text("~$0.00018")  # 812 × 0.15 + 95 × 0.6 per 1M
+    expect(facts).to_contain_text("stop")
+    messages = inspector.locator(".msg")
+    expect(messages).to_have_count(5)  # system, user, assistant (a tool call), tool, the answer
+    roles = messages.evaluate_all("items => items.map(m => m.dataset.role)")
+    assert roles == ["system", "user", "assistant", "tool", "assistant"]
+    expect(messages.nth(0)).to_contain_text("You triage support tickets.")
+    expect(messages.nth(1)).to_contain_text("My invoice 42 is wrong")
+    expect(messages.nth(2).locator(".msg-call")).to_contain_text('lookup_invoice({"id": 42})')
+    expect(messages.nth(2).locator(".msg-call")).to_contain_text("call_1")
+    expect(messages.nth(3)).to_contain_text("result of call_1")
+    # HTML in a message is text: the tags show, nothing is parsed or run
+    expect(messages.nth(3).locator(".msg-content")).to_have_text(HTML)
+    assert inspector.locator(".msg b, .msg script").count() == 0
+    assert page.evaluate("() => window.injected === undefined")
+    expect(messages.nth(4)).to_contain_text("Checking your invoice now.")
+    page.screenshot(path=str(artifacts / "run-llm-call-1440.png"))
+
+    # a phone: nothing wider than the screen, the conversation included
+    page.set_viewport_size(PHONE)
+    messages.nth(3).scroll_into_view_if_needed()
+    assert scroll_width(page) <= PHONE["width"]
+    page.screenshot(path=str(artifacts / "run-llm-call-390.png"), full_page=True)
+    worker.end()
+    page.probe.assert_clean()
+
+
+def test_a_token_count_that_is_not_a_number_shows_as_a_problem(
+    viewer: Viewer, page: Any, call_worker: Callable[[Viewer, str], CallWorker]
+) -> None:
+    worker = call_worker(viewer, "job-bad")
+    open_run(page, viewer, "job-bad")
+    worker.send("open gpt-4o-mini")
+    worker.send("bad_tokens")
+    worker.send("close")
+    [span_id] = wait_for(lambda: llm_span_ids(viewer, "job-bad") or None)
+    page.locator(f'.tl-row[data-span-id="{span_id}"]').click()
+    problems = page.locator("#inspector .llm-problems")
+    expect(problems).to_be_visible()
+    expect(problems).to_contain_text(A.GEN_AI_USAGE_OUTPUT_TOKENS)
+    expect(page.locator("#inspector .llm-facts")).to_contain_text("–")
     worker.end()
     page.probe.assert_clean()
 
