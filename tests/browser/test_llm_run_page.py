@@ -1,6 +1,6 @@
 """Model calls on the run page, in a real Chromium, from real calls: the model in the graph and the timeline, the
-answer growing in the inspector while the call streams, the conversation as plain text and a token count that is not a
-number.
+answer growing in the inspector while the call streams, the conversation as plain text, a token count that is not a
+number, tokens and cost in the header and in an agent's inspector.
 
 A worker process makes ``otelflow.llm`` calls inside an agent, streamed live to a real viewer, one step per line
 of stdin (each step answered "ok"): the test decides when the answer grows and when the call ends, without
@@ -286,6 +286,52 @@ def test_a_model_call_shows_its_conversation_model_tokens_and_cost(
     messages.nth(3).scroll_into_view_if_needed()
     assert scroll_width(page) <= PHONE["width"]
     page.screenshot(path=str(artifacts / "run-llm-call-390.png"), full_page=True)
+    worker.end()
+    page.probe.assert_clean()
+
+
+def test_the_run_header_and_an_agent_show_their_tokens_and_cost(
+    viewer: Viewer, page: Any, call_worker: Callable[[Viewer, str], CallWorker], artifacts: Path
+) -> None:
+    page.set_viewport_size(DESKTOP)
+    worker = call_worker(viewer, "job-totals")
+    open_run(page, viewer, "job-totals")
+    expect(page.locator("#run-llm")).to_be_hidden()  # no model call yet
+    worker.send("open gpt-4o-mini")
+    worker.send("usage 812 95")
+    worker.send("close")
+    # the header: the run's tokens and cost, live (the run is still running)
+    expect(page.locator("#run-llm")).to_be_visible()
+    expect(page.locator("#run-llm-tokens")).to_have_text("812 → 95")
+    expect(page.locator("#run-llm-cost")).to_have_text("~$0.00018")
+    expect(page.locator("#run-status")).to_have_attribute("data-status", A.STATUS_RUNNING)
+
+    # the agent: the totals of its model calls (kept up live as calls end)
+    agent = page.locator('g.gnode[data-node-id="triage"]')
+    agent.click(position={"x": 40, "y": 8})  # its header, not the call drawn inside it
+    totals = page.locator("#inspector .llm-totals")
+    expect(totals).to_contain_text("1 call")
+    expect(totals).to_contain_text("812 → 95")
+    worker.send("open gpt-4o-mini")
+    worker.send("usage 1000 5")
+    worker.send("close")
+    expect(totals).to_contain_text("2 calls")
+    expect(totals).to_contain_text("1.8k → 100")
+    expect(totals.locator('[data-llm="cost"]')).to_have_text("~$0.00033")
+    expect(page.locator("#run-llm-tokens")).to_have_text("1.8k → 100")
+    page.screenshot(path=str(artifacts / "run-llm-totals-1440.png"))
+    # after a reload the same totals come from the snapshot's llm_by_span
+    page.reload()
+    expect(page.locator("#graph")).to_have_attribute("data-layout", "done")
+    agent.click(position={"x": 40, "y": 8})
+    expect(totals).to_contain_text("2 calls")
+    expect(totals).to_contain_text("1.8k → 100")
+    expect(page.locator("#run-llm-tokens")).to_have_text("1.8k → 100")
+
+    page.set_viewport_size(PHONE)
+    expect(page.locator("#run-llm")).to_be_visible()
+    assert scroll_width(page) <= PHONE["width"]
+    page.screenshot(path=str(artifacts / "run-llm-totals-390.png"), full_page=True)
     worker.end()
     page.probe.assert_clean()
 

@@ -1,11 +1,12 @@
 // The inspector: one span's status, stall, error, input/output (collapsible JSON tree), attributes and events; for a
-// model call its model, tokens and cost, the answer growing live while it streams and the conversation.
+// model call its model, tokens and cost, the answer growing live while it streams and the conversation; for other
+// spans the totals of the model calls below them.
 
 import {
   STALL_SLOW, clear, copyButton, formatClock, formatDuration, formatSeconds, h, parseTime, stallLabel, statusLabel,
 } from "./common.js";
 import { displayName } from "./graph.js";
-import { costTitle, formatCost, formatExact, formatTokens } from "./usage.js";
+import { costTitle, formatCost, formatExact, formatTokens, tokensTitle } from "./usage.js";
 import {
   INPUT_VALUE, KIND_LLM, LLM_OUTPUT_CUT, LLM_OUTPUT_PARTIAL, OUTPUT_VALUE, STATUS_RUNNING, WORKFLOW_GRAPH,
 } from "./wire.js";
@@ -150,12 +151,14 @@ export class Inspector {
   }
 
   /**
-   * Shows `span` (or a hint when null) and its `stall` (null: not stalled); re-renders only when they changed. The
-   * answer of a streaming model call is updated in place.
+   * Shows `span` (or a hint when null), its `stall` (null: not stalled) and, for a span that is not a model call,
+   * `llmTotals` (the totals of the model calls below it, or null); re-renders only when they changed. The answer
+   * of a streaming model call is updated in place.
    */
-  show(span, now, stall = null) {
+  show(span, now, stall = null, llmTotals = null) {
     const stalled = stall ? `${stall.reason}|${stall.since}|${stall.rule}` : "";
-    const signature = span ? `${span.span_id}|${span.status}|${span.end_time}|${(span.events || []).length}|${Object.keys(span.attributes || {}).length}|${stalled}` : "";
+    const totals = llmTotals ? `${llmTotals.calls}|${llmTotals.input_tokens}|${llmTotals.output_tokens}|${llmTotals.cost_usd}` : "";
+    const signature = span ? `${span.span_id}|${span.status}|${span.end_time}|${(span.events || []).length}|${Object.keys(span.attributes || {}).length}|${stalled}|${totals}` : "";
     this.spanId = span ? span.span_id : null;
     if (signature === this.signature) {
       this.showPartial(span);
@@ -188,6 +191,7 @@ export class Inspector {
     this.tick(span, now, stall);
     const llm = span.kind === KIND_LLM ? span.llm : null;
     if (llm) this.el.append(...this.llmSections(span, llm));
+    else if (llmTotals && llmTotals.calls) this.el.append(this.totalsSection(llmTotals));
     if (span.error) {
       const err = span.error;
       const stack = err.stack ? foldedText(err.stack, "stack", "pre") : null;
@@ -285,6 +289,15 @@ export class Inspector {
     for (const note of [more(llm.input_messages_cut, "input"), more(llm.output_messages_cut, "output")]) if (note) list.append(note);
     const count = list.querySelectorAll(".msg").length;
     return count ? section(`Conversation (${count})`, list) : null;
+  }
+
+  /** What the model calls below a span used: calls, tokens and the estimated cost. */
+  totalsSection(t) {
+    const calls = `${formatExact(t.calls)} call${t.calls === 1 ? "" : "s"}`;
+    return section("Model calls below", h("dl", { class: "insp-facts llm-totals" },
+      fact("Calls", calls),
+      fact("Tokens in → out", tokensText(t.input_tokens, t.output_tokens), { title: tokensTitle(t.input_tokens, t.output_tokens, t.calls) }),
+      fact("Cost", formatCost(t.cost_usd, t.cost_estimate !== false), { title: costTitle(t.cost_usd, t.unpriced_calls), "data-llm": "cost" })));
   }
 
   /** Why the span is stalled: its label (kept ticking), since when it is quiet or what its usual time is, the rule. */
