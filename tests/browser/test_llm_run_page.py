@@ -182,6 +182,7 @@ def test_the_answer_grows_in_the_inspector_while_the_call_streams(
 
     worker.delta("Thanks for writing in. ")
     expect(answer).to_have_text("Thanks for writing in. ")
+    expect(inspector.locator('.llm-facts [data-llm="cost"]')).to_have_text("–")  # no tokens yet: no cost to say
     page.evaluate("() => { window.sameAnswer = document.querySelector('.llm-answer-text'); }")
     worker.delta("Your invoice 42 shows a double charge; ")
     expect(answer).to_have_text("Thanks for writing in. Your invoice 42 shows a double charge; ")
@@ -200,6 +201,7 @@ def test_the_answer_grows_in_the_inspector_while_the_call_streams(
     worker.send("usage 812 95")
     worker.send("close")
     expect(row).to_have_attribute("data-status", A.STATUS_OK)
+    expect(inspector.locator('.llm-facts [data-llm="cost"]')).to_have_text("~$0.00018")
     final = inspector.locator('.llm-answer[data-live="false"]')
     expect(final).to_contain_text("Thanks for writing in. Your invoice 42 shows a double charge; refund")
     expect(inspector.locator('.llm-answer[data-live="true"]')).to_have_count(0)
@@ -354,18 +356,22 @@ def test_a_token_count_that_is_not_a_number_shows_as_a_problem(
     page.probe.assert_clean()
 
 
-def test_the_kind_filter_has_model_calls(
+def test_the_kind_filter_shows_model_calls_and_an_unknown_model_has_no_price(
     viewer: Viewer, page: Any, call_worker: Callable[[Viewer, str], CallWorker]
 ) -> None:
     worker = call_worker(viewer, "job-filter")
     open_run(page, viewer, "job-filter")
-    worker.send("open gpt-4o")
+    worker.send("open local-model")
+    worker.send("usage 10 10")
     worker.send("close")
-    node = page.locator('g.gnode[data-node-id="triage › gpt-4o"]')
+    node = page.locator('g.gnode[data-node-id="triage › local-model"]')
     expect(node).to_be_visible()
     page.select_option('#span-filters select[name="kind"]', A.KIND_LLM)
     expect(node).not_to_have_class(re.compile(r"\bdim\b"))
     expect(page.locator('g.gnode[data-node-id="triage"]')).to_have_class(re.compile(r"\bdim\b"))
     expect(page.locator(".tl-row")).to_have_count(1)
+    node.click()  # a model the price table does not know: its tokens, and no price
+    expect(page.locator("#inspector .llm-facts")).to_contain_text("10 → 10")
+    expect(page.locator('#inspector .llm-facts [data-llm="cost"]')).to_have_text("no price")
     worker.end()
     page.probe.assert_clean()

@@ -116,6 +116,12 @@ function tokensText(input, output) {
   return `${formatTokens(input)} → ${formatTokens(output)}`;
 }
 
+/** A call's estimated cost (`~$0.00018`); "no price" when its tokens are known but its model is not in the table. */
+function costText(llm) {
+  if (Number.isFinite(llm.cost_usd)) return formatCost(llm.cost_usd, llm.cost_estimate !== false);
+  return Number.isFinite(llm.input_tokens) || Number.isFinite(llm.output_tokens) ? "no price" : "–";
+}
+
 function fact(label, value, attrs = {}) {
   return h("div", {}, h("dt", { text: label }), h("dd", { class: "num", ...attrs }, value));
 }
@@ -237,7 +243,7 @@ export class Inspector {
       fact("Provider", llm.provider || "–"),
       fact("Tokens in → out", tokensText(llm.input_tokens, llm.output_tokens),
         { title: `${formatExact(llm.input_tokens)} input → ${formatExact(llm.output_tokens)} output tokens` }),
-      fact("Cost", llm.cost_usd === null || llm.cost_usd === undefined ? "no price" : formatCost(llm.cost_usd, llm.cost_estimate !== false),
+      fact("Cost", costText(llm),
         { title: costTitle(llm.cost_usd, 0), "data-llm": "cost" }),
       fact("First token", Number.isFinite(ttft) ? formatDuration(ttft) : "–"),
       fact("Finish", (llm.finish_reasons || []).join(", ") || "–"));
