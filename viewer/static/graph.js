@@ -3,9 +3,10 @@
 // run only when the set of nodes and edges changes; new nodes get a provisional place until its answer.
 
 import { formatDuration, parseTime, stallLabel, svg } from "./common.js";
+import { formatTokens } from "./usage.js";
 import {
-  DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_RETRY, GEN_AI_AGENT_NAME, GEN_AI_TOOL_NAME, KIND_AGENT, KIND_NODE,
-  KIND_TOOL, KIND_WORKFLOW, NODE_ID, OP_EXECUTE_TOOL, OP_INVOKE_AGENT, OP_INVOKE_WORKFLOW, STALLED, STATUS_ABANDONED,
+  DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_RETRY, GEN_AI_AGENT_NAME, GEN_AI_TOOL_NAME, KIND_AGENT, KIND_LLM,
+  KIND_NODE, KIND_TOOL, KIND_WORKFLOW, NODE_ID, OP_EXECUTE_TOOL, OP_INVOKE_AGENT, OP_INVOKE_WORKFLOW, STALLED, STATUS_ABANDONED,
   STATUS_CANCELLED, STATUS_ERROR, STATUS_OK, STATUS_RUNNING, WORKFLOW_GRAPH,
 } from "./wire.js";
 
@@ -19,7 +20,7 @@ const GAP_Y = 22;
 const HEAD_H = 50; // the header row of a box drawn around its children (label, meta, spinner)
 const PAD = 14;
 const NAME_PREFIXES = [OP_INVOKE_AGENT, OP_EXECUTE_TOOL, OP_INVOKE_WORKFLOW].map((op) => `${op} `); // "<operation> <name>"
-const GRAPH_KINDS = new Set([KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_WORKFLOW]);
+const GRAPH_KINDS = new Set([KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_WORKFLOW, KIND_LLM]);
 const RUN_ENDED_STATUSES = new Set([STATUS_OK, STATUS_ERROR, STATUS_ABANDONED, STATUS_CANCELLED]);
 const PARTICLE_MS = 900;
 const LABEL_X = 20;
@@ -79,7 +80,15 @@ export function plannedGraph(root) {
   }
 }
 
+/** The model of a model call (the one asked for, else the one that answered), or null for other spans. */
+export function modelOf(span) {
+  const llm = span.kind === KIND_LLM ? span.llm : null;
+  return llm ? llm.request_model || llm.model || null : null;
+}
+
 export function displayName(span) {
+  const model = modelOf(span);
+  if (model) return String(model);
   const a = span.attributes || {};
   const named = a[GEN_AI_AGENT_NAME] || a[GEN_AI_TOOL_NAME];
   if (named) return String(named);
@@ -107,6 +116,12 @@ function endMs(span) {
  * Once the run has ended, planned nodes that never ran are SKIPPED instead of PENDING.
  */
 export function buildGraph(spans, root, owner = root) {
+  // a model call is a node of its caller's: the calls of one model by one agent are one node (×N), in its box
+  const keyOf = (span) => {
+    if (span.kind !== KIND_LLM) return nodeKey(span);
+    const parent = span.parent_span_id ? spans.get(span.parent_span_id) : null;
+    return parent ? `${nodeKey(parent)} › ${displayName(span)}` : displayName(span);
+  };
   const planned = plannedGraph(owner);
   const nodes = new Map();
   const edges = new Map();
@@ -129,7 +144,7 @@ export function buildGraph(spans, root, owner = root) {
   const typed = candidates.filter((s) => GRAPH_KINDS.has(s.kind));
   const members = typed.length ? typed : candidates;
   for (const span of members.sort((a, b) => parseTime(a.start_time) - parseTime(b.start_time))) {
-    const key = nodeKey(span);
+    const key = keyOf(span);
     if (planned && key === rootKey && !nodes.has(key)) continue;
     let node = nodes.get(key);
     if (!node) {
@@ -153,6 +168,7 @@ export function buildGraph(spans, root, owner = root) {
     if (node.endMs === -Infinity) node.endMs = null;
     node.durationMs = latest.duration_ms;
     node.latest = latest;
+    if (node.kind === KIND_LLM) node.tokens = tokensOf(node.spans);
   }
   // who is drawn inside whom: the planned container, else the node of its spans' parent spans
   const keyOfSpan = new Map();
@@ -185,6 +201,19 @@ export function buildGraph(spans, root, owner = root) {
   }
   if (!planned) addSequence(nodes, addEdge);
   return { nodes, edges };
+}
+
+/** Tokens in and out of model calls, summed over those that report them; null when none does. */
+function tokensOf(calls) {
+  let input = null;
+  let output = null;
+  for (const span of calls) {
+    const llm = span.llm;
+    if (!llm) continue;
+    if (Number.isFinite(llm.input_tokens)) input = (input || 0) + llm.input_tokens;
+    if (Number.isFinite(llm.output_tokens)) output = (output || 0) + llm.output_tokens;
+  }
+  return input === null && output === null ? null : { input, output };
 }
 
 /**
@@ -867,7 +896,8 @@ export class GraphView {
     else if (node.status === STATUS_RUNNING && node.latest) meta = `${node.kind} · ${formatDuration(now - parseTime(node.latest.start_time))}`;
     else if (node.latest && node.durationMs !== null && node.durationMs !== undefined) meta = `${node.kind} · ${formatDuration(node.durationMs)}`;
     else if (node.status === PENDING || node.status === SKIPPED) meta = `${node.kind} · ${node.status}`;
-    const text = stall ? meta : meta + runs;
+    const tokens = node.tokens && !stall ? ` · ${formatTokens(node.tokens.input)}→${formatTokens(node.tokens.output)} tok` : "";
+    const text = stall ? meta : meta + tokens + runs;
     // the label ends before the spinner while there is one, else before the box's edge
     const room = node.status === STATUS_RUNNING && !stall ? r.width - LABEL_X - 18 - SPINNER_R - SPINNER_GAP : r.width - LABEL_X - 12;
     if (r.labelFitted !== room) {
@@ -883,7 +913,7 @@ export class GraphView {
     g.setAttribute("class", cls);
     g.setAttribute("aria-label", `${node.label}${owner}: ${node.status}${stall ? `, ${stall}` : ""}`);
     r.meta.textContent = text;
-    if (stall && text.length > STALL_CHARS) {
+    if ((stall || node.kind === KIND_LLM) && text.length > STALL_CHARS) { // squeezed into the node's width
       r.meta.setAttribute("textLength", r.width - META_X - 8);
       r.meta.setAttribute("lengthAdjust", "spacingAndGlyphs");
     } else {

@@ -1,12 +1,18 @@
-// The inspector: one span's status, stall, error, input/output (collapsible JSON tree), attributes and events.
+// The inspector: one span's status, stall, error, input/output (collapsible JSON tree), attributes and events; for a
+// model call its model, tokens and cost, the answer growing live while it streams and the conversation; for other
+// spans the totals of the model calls below them.
 
 import {
   STALL_SLOW, clear, copyButton, formatClock, formatDuration, formatSeconds, h, parseTime, stallLabel, statusLabel,
 } from "./common.js";
 import { displayName } from "./graph.js";
-import { INPUT_VALUE, OUTPUT_VALUE, STATUS_RUNNING, WORKFLOW_GRAPH } from "./wire.js";
+import { costTitle, formatCost, formatExact, formatTokens, tokensTitle } from "./usage.js";
+import {
+  INPUT_VALUE, KIND_LLM, LLM_OUTPUT_CUT, LLM_OUTPUT_PARTIAL, OUTPUT_VALUE, STATUS_RUNNING, WORKFLOW_GRAPH,
+} from "./wire.js";
 
-const HIDDEN_ATTRS = new Set([INPUT_VALUE, OUTPUT_VALUE]); // shown as blocks of their own
+// shown as blocks of their own (the answer so far of a streaming model call: as the live answer)
+const HIDDEN_ATTRS = new Set([INPUT_VALUE, OUTPUT_VALUE, LLM_OUTPUT_PARTIAL, LLM_OUTPUT_CUT]);
 const TREE_OPEN_DEPTH = 2;
 const FOLD_CHARS = 600; // longer texts show their start and a "show all" button
 
@@ -98,6 +104,51 @@ export function keyParts(key) {
   return out;
 }
 
+/** "… 1,234 characters cut" for a text of which `cut` characters were left out, else null. */
+function cutNote(cut) {
+  return cut > 0 ? h("div", { class: "llm-cut muted", text: `… ${formatExact(cut)} character${cut === 1 ? "" : "s"} cut` }) : null;
+}
+
+/** Tokens in → out as a fact: `812 → 95` (exact counts in the tooltip), "–" when neither is known. */
+function tokensText(input, output) {
+  const known = (n) => n !== null && n !== undefined && Number.isFinite(n);
+  if (!known(input) && !known(output)) return "–";
+  return `${formatTokens(input)} → ${formatTokens(output)}`;
+}
+
+/** A call's estimated cost (`~$0.00018`); "no price" when its tokens are known but its model is not in the table. */
+function costText(llm) {
+  if (Number.isFinite(llm.cost_usd)) return formatCost(llm.cost_usd, llm.cost_estimate !== false);
+  return Number.isFinite(llm.input_tokens) || Number.isFinite(llm.output_tokens) ? "no price" : "–";
+}
+
+function fact(label, value, attrs = {}) {
+  return h("div", {}, h("dt", { text: label }), h("dd", { class: "num", ...attrs }, value));
+}
+
+/** One message of a conversation: its role, its text (folded when long), its tool calls and what it answers. */
+function messageItem(message) {
+  const role = String(message.role || "unknown");
+  const calls = Array.isArray(message.tool_calls) ? message.tool_calls : [];
+  const content = message.content === null || message.content === undefined ? "" : String(message.content);
+  return h("li", { class: "msg", "data-role": role },
+    h("div", { class: "msg-head" },
+      h("span", { class: "msg-role", text: role }),
+      message.tool_call_id ? h("span", { class: "msg-ref muted", text: `result of ${message.tool_call_id}` }) : null),
+    content ? foldedText(content, "msg-content", "pre") : null,
+    cutNote(message.cut),
+    calls.length ? h("ul", { class: "msg-calls" }, calls.map((call) => h("li", { class: "msg-call" },
+      h("span", { class: "msg-call-name", text: `${call.name || "?"}(` }),
+      foldedText(String(call.arguments ?? ""), "msg-call-args"),
+      h("span", { class: "msg-call-name", text: ")" }),
+      call.id ? h("span", { class: "msg-ref muted", text: ` ${call.id}` }) : null))) : null);
+}
+
+/** The final answer of a model call: the text of its output messages. */
+function answerOf(llm) {
+  return (llm.output_messages || []).map((m) => (m.content === null || m.content === undefined ? "" : String(m.content))).join("\n");
+}
+
 export class Inspector {
   constructor(el) {
     this.el = el;
@@ -105,16 +156,23 @@ export class Inspector {
     this.signature = "";
   }
 
-  /** Shows `span` (or a hint when null) and its `stall` (null: not stalled); re-renders only when they changed. */
-  show(span, now, stall = null) {
+  /**
+   * Shows `span` (or a hint when null), its `stall` (null: not stalled) and, for a span that is not a model call,
+   * `llmTotals` (the totals of the model calls below it, or null); re-renders only when they changed. The answer
+   * of a streaming model call is updated in place.
+   */
+  show(span, now, stall = null, llmTotals = null) {
     const stalled = stall ? `${stall.reason}|${stall.since}|${stall.rule}` : "";
-    const signature = span ? `${span.span_id}|${span.status}|${span.end_time}|${(span.events || []).length}|${Object.keys(span.attributes || {}).length}|${stalled}` : "";
+    const totals = llmTotals ? `${llmTotals.calls}|${llmTotals.input_tokens}|${llmTotals.output_tokens}|${llmTotals.cost_usd}` : "";
+    const signature = span ? `${span.span_id}|${span.status}|${span.end_time}|${(span.events || []).length}|${Object.keys(span.attributes || {}).length}|${stalled}|${totals}` : "";
     this.spanId = span ? span.span_id : null;
     if (signature === this.signature) {
+      this.showPartial(span);
       this.tick(span, now, stall);
       return;
     }
     this.stallEl = null;
+    this.partialEl = null;
     this.signature = signature;
     clear(this.el);
     if (!span) {
@@ -137,6 +195,9 @@ export class Inspector {
     );
     if (stall) this.el.append(this.stallSection(stall));
     this.tick(span, now, stall);
+    const llm = span.kind === KIND_LLM ? span.llm : null;
+    if (llm) this.el.append(...this.llmSections(span, llm));
+    else if (llmTotals && llmTotals.calls) this.el.append(this.totalsSection(llmTotals));
     if (span.error) {
       const err = span.error;
       const stack = err.stack ? foldedText(err.stack, "stack", "pre") : null;
@@ -147,8 +208,12 @@ export class Inspector {
           stack),
         copyButton(() => [err.type, err.message, err.stack].filter(Boolean).join("\n"))));
     }
-    if (INPUT_VALUE in attrs) this.el.append(valueBlock("Input", attrs[INPUT_VALUE]));
-    if (OUTPUT_VALUE in attrs) this.el.append(valueBlock("Output", attrs[OUTPUT_VALUE]));
+    const conversation = llm ? this.conversationSection(llm) : null; // a model call's input and output, as messages
+    if (conversation) this.el.append(conversation);
+    else {
+      if (INPUT_VALUE in attrs) this.el.append(valueBlock("Input", attrs[INPUT_VALUE]));
+      if (OUTPUT_VALUE in attrs) this.el.append(valueBlock("Output", attrs[OUTPUT_VALUE]));
+    }
     const table = h("table", { class: "attr-table" });
     for (const key of Object.keys(attrs).sort()) {
       if (HIDDEN_ATTRS.has(key)) continue;
@@ -166,6 +231,79 @@ export class Inspector {
         attrEntries.length ? h("div", { class: "json-tree" }, jsonTree(ev.attributes, 1)) : null));
     }
     this.el.append(section(`Events (${events.length})`, events.length ? list : h("p", { class: "muted", text: "No events." })));
+  }
+
+  /** A model call's facts (model, provider, tokens, cost, first token, finish reasons, problems) and its answer. */
+  llmSections(span, llm) {
+    const problems = Array.isArray(llm.problems) ? llm.problems : [];
+    const ttft = llm.time_to_first_token_ms;
+    const model = llm.model || llm.request_model || "–";
+    const facts = h("dl", { class: "insp-facts llm-facts" },
+      fact("Model", model, { title: llm.request_model && llm.request_model !== llm.model ? `asked for ${llm.request_model}` : null }),
+      fact("Provider", llm.provider || "–"),
+      fact("Tokens in → out", tokensText(llm.input_tokens, llm.output_tokens),
+        { title: `${formatExact(llm.input_tokens)} input → ${formatExact(llm.output_tokens)} output tokens` }),
+      fact("Cost", costText(llm),
+        { title: costTitle(llm.cost_usd, 0), "data-llm": "cost" }),
+      fact("First token", Number.isFinite(ttft) ? formatDuration(ttft) : "–"),
+      fact("Finish", (llm.finish_reasons || []).join(", ") || "–"));
+    const out = [section(llm.operation ? `Model call · ${llm.operation}` : "Model call", h("div", {},
+      facts,
+      problems.length ? h("ul", { class: "llm-problems" }, problems.map((p) => h("li", { text: String(p) }))) : null))];
+    // the answer: growing while the call streams, then the final one
+    this.partialEl = null;
+    this.partialShown = null;
+    if (span.status === STATUS_RUNNING) {
+      this.partialText = h("pre", { class: "llm-answer-text" });
+      this.partialCut = h("div", { class: "llm-cut muted" });
+      this.partialEl = h("div", { class: "llm-answer", "data-live": "true" }, h("div", { class: "llm-answer-scroll" }, this.partialText), this.partialCut);
+      out.push(section("Answer (streaming)", this.partialEl));
+      this.showPartial(span);
+    } else {
+      const answer = answerOf(llm);
+      if (answer) out.push(section("Answer", h("div", { class: "llm-answer", "data-live": "false" }, foldedText(answer, "llm-answer-text", "pre")), copyButton(() => answer)));
+    }
+    return out;
+  }
+
+  /** The answer so far of a streaming call, written in place when it grew (no re-render of the rest). */
+  showPartial(span) {
+    if (!this.partialEl || !span || !span.llm) return;
+    const text = span.llm.partial_output || "";
+    const cut = span.llm.partial_cut || 0;
+    const key = `${text.length}|${cut}`;
+    if (this.partialShown === key) return;
+    this.partialShown = key;
+    this.partialText.textContent = text || "…";
+    this.partialCut.textContent = cut > 0 ? `… ${formatExact(cut)} character${cut === 1 ? "" : "s"} cut` : "";
+    this.partialCut.hidden = !(cut > 0);
+  }
+
+  /** The conversation: system instructions, then the input messages, then the answer's messages (null: none). */
+  conversationSection(llm) {
+    const input = Array.isArray(llm.input_messages) ? llm.input_messages : [];
+    const output = Array.isArray(llm.output_messages) ? llm.output_messages : [];
+    const list = h("ol", { class: "msg-list" });
+    if (llm.system_instructions) list.append(messageItem({ role: "system", content: llm.system_instructions }));
+    for (const m of input) list.append(messageItem(m));
+    for (const m of output) {
+      const item = messageItem(m);
+      item.classList.add("msg-output");
+      list.append(item);
+    }
+    const more = (n, side) => (n > 0 ? h("li", { class: "muted", text: `… ${formatExact(n)} more ${side} messages not kept` }) : null);
+    for (const note of [more(llm.input_messages_cut, "input"), more(llm.output_messages_cut, "output")]) if (note) list.append(note);
+    const count = list.querySelectorAll(".msg").length;
+    return count ? section(`Conversation (${count})`, list) : null;
+  }
+
+  /** What the model calls below a span used: calls, tokens and the estimated cost. */
+  totalsSection(t) {
+    const calls = `${formatExact(t.calls)} call${t.calls === 1 ? "" : "s"}`;
+    return section("Model calls below", h("dl", { class: "insp-facts llm-totals" },
+      fact("Calls", calls),
+      fact("Tokens in → out", tokensText(t.input_tokens, t.output_tokens), { title: tokensTitle(t.input_tokens, t.output_tokens, t.calls) }),
+      fact("Cost", formatCost(t.cost_usd, t.cost_estimate !== false), { title: costTitle(t.cost_usd, t.unpriced_calls), "data-llm": "cost" })));
   }
 
   /** Why the span is stalled: its label (kept ticking), since when it is quiet or what its usual time is, the rule. */

@@ -9,9 +9,10 @@ import { GraphView, PENDING, buildGraph, displayName, graphOwner, markStalls } f
 import { header } from "./header.js";
 import { Inspector } from "./inspector.js";
 import { TimelineView } from "./timeline.js";
+import { costTitle, formatCost, formatTokens, tokensTitle } from "./usage.js";
 import {
   DATA_FLOW_FROM, DATA_FLOW_TO, EVENT_DATA_FLOW, EVENT_EXCEPTION, EVENT_LOG, EXCEPTION_MESSAGE, EXCEPTION_TYPE,
-  KIND_WORKFLOW, LOG_LEVEL, LOG_LEVELS, LOG_MESSAGE, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED,
+  KIND_LLM, KIND_WORKFLOW, LOG_LEVEL, LOG_LEVELS, LOG_MESSAGE, RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ABANDONED, SPAN_ENDED,
   SPAN_EVENT, SPAN_STALLED, SPAN_STARTED, SPAN_UNSTALLED, SPAN_UPDATED, STATUS_CANCELLED, STATUS_ERROR, STATUS_OK,
   STATUS_RUNNING,
 } from "./wire.js";
@@ -34,6 +35,10 @@ const jaegerUrl = document.body.dataset.jaegerUrl;
 // ------------------------------------------------------------------------------------------- state
 
 const live = { run: null, spans: new Map(), stalled: new Map() }; // stalled: span id -> its `stalled` object
+// Totals of the model calls below each span (span id -> {calls, input_tokens, output_tokens, cost_usd,
+// unpriced_calls}): the snapshot's `llm_by_span`, then each model call that ends live added to its ancestors.
+let llmTotals = new Map();
+let llmCounted = new Set(); // the model calls in those totals
 let connection = null;
 let resyncing = null; // buffered events while a snapshot is re-fetched
 let selectedSpanId = null;
@@ -82,7 +87,10 @@ function applyEvent(envelope, { animate = true } = {}) {
     if (!mergeSpan(live.spans, envelope.span)) return;
     const span = live.spans.get(id);
     if (!existing || existing.parent_span_id !== span.parent_span_id || existing.start_time !== span.start_time) changed.structure = true;
-    if (span.status !== STATUS_RUNNING) live.stalled.delete(id);
+    if (span.status !== STATUS_RUNNING) {
+      live.stalled.delete(id);
+      if (span.kind === KIND_LLM) countLlm(span);
+    }
     indexLogs(span);
     changed.spans = changed.graph = true;
   } else if (envelope.type === SPAN_STALLED) {
@@ -108,6 +116,25 @@ function applyEvent(envelope, { animate = true } = {}) {
       const a = envelope.event.attributes || {};
       graph.particle(String(a[DATA_FLOW_FROM]), String(a[DATA_FLOW_TO]));
     }
+  }
+}
+
+/** Adds an ended model call to the totals of the spans above it (once): a walk up its ancestors, nothing more. */
+function countLlm(span) {
+  if (llmCounted.has(span.span_id) || !span.llm) return;
+  llmCounted.add(span.span_id);
+  const llm = span.llm;
+  const priced = Number.isFinite(llm.cost_usd);
+  const seen = new Set();
+  for (let id = span.parent_span_id; id && !seen.has(id); id = live.spans.get(id)?.parent_span_id) {
+    seen.add(id);
+    const t = llmTotals.get(id) || { calls: 0, input_tokens: 0, output_tokens: 0, cost_usd: null, unpriced_calls: 0, cost_estimate: true };
+    t.calls += 1;
+    t.input_tokens += Number.isFinite(llm.input_tokens) ? llm.input_tokens : 0;
+    t.output_tokens += Number.isFinite(llm.output_tokens) ? llm.output_tokens : 0;
+    if (priced) t.cost_usd = (t.cost_usd || 0) + llm.cost_usd;
+    else t.unpriced_calls += 1;
+    llmTotals.set(id, { ...t }); // a new object: the inspector compares them
   }
 }
 
@@ -143,6 +170,9 @@ async function loadSnapshot() {
   live.spans = new Map();
   for (const span of data.spans) live.spans.set(span.span_id, span);
   live.stalled = new Map(Object.entries(data.stalled || {}));
+  llmTotals = new Map(Object.entries(data.llm_by_span || {}));
+  llmCounted = new Set();
+  for (const span of live.spans.values()) if (span.kind === KIND_LLM && span.status !== STATUS_RUNNING) llmCounted.add(span.span_id);
   rebuildLogs(live.spans);
   markAll();
   return data;
@@ -327,7 +357,8 @@ function render() {
   }
   timeline.draw();
 
-  inspector.show(selectedSpanId ? v.spans.get(selectedSpanId) || null : null, v.now, stallOf(v, selectedSpanId));
+  inspector.show(selectedSpanId ? v.spans.get(selectedSpanId) || null : null, v.now, stallOf(v, selectedSpanId),
+    replay || !selectedSpanId ? null : llmTotals.get(selectedSpanId) || null);
   if (changed.run || changed.structure || replay) renderHeader(v);
   renderLogs(v, f, filtersChanged);
   changed.structure = changed.spans = changed.run = changed.logs = false;
@@ -368,6 +399,7 @@ function renderHeader(v) {
   $("run-trace").textContent = run.trace_id;
   $("run-service").textContent = run.service || "–";
   $("run-spans").textContent = String(v.spans.size);
+  renderRunLlm(run.llm);
   tickHeader(v);
   const progress = replay ? replayProgress(replay.t) : run.progress;
   const pct = progressPercent(progress) ?? (status === STATUS_OK ? 100 : 0);
@@ -386,6 +418,19 @@ function renderHeader(v) {
   const toggle = $("replay-toggle");
   toggle.disabled = run.status === STATUS_RUNNING;
   toggle.title = run.status === STATUS_RUNNING ? "Replay is available once the run has finished" : "Replay the recorded events";
+}
+
+/** The run's model calls in the header: tokens in → out and the estimated cost, as the run summary has them. */
+function renderRunLlm(llm) {
+  const box = $("run-llm");
+  box.hidden = !llm || !llm.calls;
+  if (box.hidden) return;
+  const tokens = $("run-llm-tokens");
+  tokens.textContent = `${formatTokens(llm.input_tokens)} → ${formatTokens(llm.output_tokens)}`;
+  tokens.title = tokensTitle(llm.input_tokens, llm.output_tokens, llm.calls);
+  const cost = $("run-llm-cost");
+  cost.textContent = formatCost(llm.cost_usd, llm.cost_estimate !== false);
+  cost.title = costTitle(llm.cost_usd, llm.unpriced_calls);
 }
 
 function tickHeader(v) {
