@@ -45,6 +45,10 @@ const LAYOUT_OPTIONS = {
   "elk.padding": "[top=4,left=4,bottom=4,right=4]",
 };
 // a large graph (hundreds of nodes) is laid out with less effort spent on crossings: seconds become a fraction of one
+// Between two layouts of a growing graph, at least this long, and twice the last one's time: ELK in its worker
+// and the repaint of a moved graph compete with the page's frames for the machine (nodes that arrive meanwhile
+// get a provisional place below the others).
+const LAYOUT_GAP_MS = 1000;
 const LARGE_GRAPH = 100;
 const LARGE_OPTIONS = {
   "elk.layered.thoroughness": "1",
@@ -544,6 +548,8 @@ export class GraphView {
     this.queuedParticles = [];
     this.layoutBusy = false;
     this.layoutCount = 0;
+    this.nextLayoutAt = 0;
+    this.layoutTimer = null;
     this.elk = elkWorker(); // started now, so that it is ready when the first spans arrive
     this.svgEl.dataset.layout = this.elk ? "pending" : "fallback";
     this.installPanZoom();
@@ -730,7 +736,16 @@ export class GraphView {
 
   /** Asks the worker for a layout of the current graph; one at a time, the latest graph next. */
   requestLayout() {
-    if (!this.elk || this.layoutBusy) return;
+    if (!this.elk || this.layoutBusy || this.layoutTimer) return;
+    const wait = this.nextLayoutAt - performance.now();
+    if (wait > 0) {
+      this.svgEl.dataset.layout = "pending";
+      this.layoutTimer = setTimeout(() => {
+        this.layoutTimer = null;
+        this.requestLayout();
+      }, wait);
+      return;
+    }
     const graph = this.graph;
     const signature = this.signature;
     this.layoutBusy = true;
@@ -741,7 +756,9 @@ export class GraphView {
     this.elk.layout(input).then(
       (result) => {
         this.layoutBusy = false;
-        this.svgEl.dataset.layoutMs = String(Math.round(performance.now() - started));
+        const took = performance.now() - started;
+        this.nextLayoutAt = performance.now() + Math.max(LAYOUT_GAP_MS, 2 * took);
+        this.svgEl.dataset.layoutMs = String(Math.round(took));
         this.applyLayout(readElk(result), signature);
         if (this.signature !== signature) this.requestLayout();
       },
@@ -808,7 +825,11 @@ export class GraphView {
         this.edgesEl.append(el);
       }
       const points = this.placed && this.placed.has(edge.from) && this.placed.has(edge.to) ? this.paths.get(edge.key) : null;
-      el.setAttribute("d", points ? polyline(points) : edgePath(this.positions.get(edge.from), this.positions.get(edge.to)));
+      const d = points ? polyline(points) : edgePath(this.positions.get(edge.from), this.positions.get(edge.to));
+      if (el.drawnD !== d) { // an unchanged path is left alone: setting it again repaints it
+        el.drawnD = d;
+        el.setAttribute("d", d);
+      }
     }
     const depth = (node) => {
       let d = 0;
@@ -829,7 +850,10 @@ export class GraphView {
       this.placeNode(node, el, this.positions.get(node.key), isBox, graph);
     }
     boxNodes.sort((a, b) => a[0] - b[0]);
-    for (const [, el] of boxNodes) this.boxesEl.append(el); // outer boxes first
+    // outer boxes first; moved only when the order changed (moving an element repaints it)
+    const inOrder = boxNodes.length === this.boxesEl.childElementCount
+      && boxNodes.every(([, el], i) => this.boxesEl.children[i] === el);
+    if (!inOrder) for (const [, el] of boxNodes) this.boxesEl.append(el);
   }
 
   /** Moves a node's element; when its size changed, resizes it. */

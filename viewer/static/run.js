@@ -296,7 +296,7 @@ function scheduleRender() {
 // never sooner than GRAPH_COST_FACTOR times its own last cost, so that it takes a bounded share of the main
 // thread; a quiet page redraws it at once (the first change after a pause is drawn in the next frame).
 const GRAPH_COST_FACTOR = 8;
-const GRAPH_MIN_GAP_MS = 200;
+const GRAPH_MIN_GAP_MS = 500;
 const GRAPH_MAX_WAIT_MS = 1000;
 const GRAPH_DEFER_SPANS = 5000;
 let graphAt = -Infinity;
