@@ -39,6 +39,7 @@ __all__ = [
     "decode_json",
     "decode_protobuf",
     "from_otlp_json",
+    "json_body",
 ]
 
 KIND_PROTOBUF: Final = 1  # a request body's encoding, as the intake log records it
@@ -504,14 +505,19 @@ def _json_spans(
             yield _attempt(_from_json, span, resource, scope, f"{swhere}.spans[{i}]", limit)
 
 
-def decode_json(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded:
-    """An OTLP/JSON export request; raises :class:`OtlpDecodeError` when its shape is wrong."""
+def json_body(body: bytes) -> Any:
+    """The JSON of an OTLP/JSON request body; raises :class:`OtlpDecodeError` when it is not JSON."""
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except RecursionError:
         raise OtlpDecodeError("body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise OtlpDecodeError(f"body is not valid JSON: {exc}") from None
+
+
+def decode_json(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded:
+    """An OTLP/JSON export request; raises :class:`OtlpDecodeError` when its shape is wrong."""
+    payload = json_body(body)
     workers: set[str] = set()
     try:
         groups = _json_groups(payload, limit, workers)

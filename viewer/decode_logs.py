@@ -31,7 +31,7 @@ from otelflow import attributes as A
 from otelflow.records import MAX_TIME_NS, EventRecord
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, NAME_LIMIT, clean_attributes, clean_text
 
-from .decode import OtlpDecodeError, _any, _attrs, _hex_id, _json_any, _json_attrs, _nanos
+from .decode import OtlpDecodeError, _any, _attrs, _hex_id, _json_any, _json_attrs, _nanos, json_body
 
 __all__ = [
     "KIND_LOGS_JSON",
@@ -274,12 +274,7 @@ def _json_scopes(payload: Any) -> Iterable[tuple[list[Any], str]]:
 
 def decode_logs_json(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> DecodedLogs:
     """An OTLP/JSON logs export request; raises :class:`OtlpDecodeError` when its shape is wrong."""
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        raise OtlpDecodeError("body is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise OtlpDecodeError(f"body is not valid JSON: {exc}") from None
+    payload = json_body(body)
     out = DecodedLogs(KIND_LOGS_JSON, body)
     for records, swhere in _json_scopes(payload):
         for i, rec in enumerate(records):

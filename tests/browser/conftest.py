@@ -113,21 +113,13 @@ def start_viewer_on(port: int, db: Path) -> Viewer:
     return v.start()
 
 
-class Workflow:
-    """The gated workflow subprocess: ``wait_node()`` returns the node waiting to run, ``send()`` releases it."""
+class LineProcess:
+    """A Python child process driven by lines: commands go to its stdin, each answer is a line of its stdout
+    (read by a thread, so that waiting for one has a timeout)."""
 
-    def __init__(self, viewer_url: str) -> None:
-        env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKFLOW), viewer_url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.lines: queue.Queue[str] = queue.Queue()
-        self.trace_id = ""
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -141,23 +133,12 @@ class Workflow:
         try:
             return self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError("the workflow process said nothing") from None
+            raise AssertionError(f"{type(self).__name__} said nothing for {timeout:g} s") from None
 
-    def wait_node(self) -> str:
-        line = self.next_line()
-        assert line.startswith("waiting "), line
-        _, name, trace = line.split()
-        self.trace_id = trace
-        return name
-
-    def send(self, command: str = "go") -> None:
+    def write(self, command: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
-
-    def finish(self, timeout: float = 20.0) -> None:
-        assert self.next_line(timeout) == "done"
-        assert self.proc.wait(timeout) == 0
 
     def close(self) -> None:
         """Kill the process if it still runs and close its pipes."""
@@ -168,6 +149,29 @@ class Workflow:
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+class Workflow(LineProcess):
+    """The gated workflow subprocess: ``wait_node()`` returns the node waiting to run, ``send()`` releases it."""
+
+    def __init__(self, viewer_url: str) -> None:
+        env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "PYTHONPATH": str(ROOT)}
+        super().__init__([sys.executable, str(WORKFLOW), viewer_url], env)
+        self.trace_id = ""
+
+    def wait_node(self) -> str:
+        line = self.next_line()
+        assert line.startswith("waiting "), line
+        _, name, trace = line.split()
+        self.trace_id = trace
+        return name
+
+    def send(self, command: str = "go") -> None:
+        self.write(command)
+
+    def finish(self, timeout: float = 20.0) -> None:
+        assert self.next_line(timeout) == "done"
+        assert self.proc.wait(timeout) == 0
 
 
 @pytest.fixture

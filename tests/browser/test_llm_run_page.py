@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
-import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import pytest
 from playwright.sync_api import expect
 
 from otelflow import attributes as A
+from tests.browser.conftest import LineProcess
 from tests.browser.test_list_pages import DESKTOP, PHONE, scroll_width
 from tests.viewer.conftest import Viewer, wait_for
 
@@ -86,42 +84,18 @@ _WORKER = textwrap.dedent(
 )
 
 
-class CallWorker:
+class CallWorker(LineProcess):
     def __init__(self, viewer: Viewer, run_id: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELFLOW_"))}
         env.update(
             VIEWER_URL=viewer.url, OTEL_TRACES_EXPORTER="none", OTELFLOW_MAX_VALUE_BYTES=str(LIMIT), TOOL_ANSWER=HTML
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, run_id],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        assert self._next() == "ok"  # the workflow and the agent are open
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put("<eof>")
-
-    def _next(self) -> str:
-        try:
-            return self.lines.get(timeout=60)
-        except queue.Empty:
-            raise AssertionError("the worker did not answer") from None
+        super().__init__([sys.executable, "-c", _WORKER, run_id], env)
+        assert self.next_line(60) == "ok"  # the workflow and the agent are open
 
     def send(self, command: str, expected: str = "ok") -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        assert self._next() == expected
+        self.write(command)
+        assert self.next_line(60) == expected
 
     def delta(self, text: str) -> None:
         self.send(f"delta {json.dumps(text)}")
@@ -129,15 +103,6 @@ class CallWorker:
     def end(self) -> None:
         self.send("end", "done")
         assert self.proc.wait(30) == 0
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.reader.join(10)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
 
 
 @pytest.fixture

@@ -9,12 +9,9 @@ so that it can watch the pages between calls without sleeping.
 from __future__ import annotations
 
 import os
-import queue
 import re
-import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import pytest
 from playwright.sync_api import expect
 
 from otelflow import attributes as A
+from tests.browser.conftest import LineProcess
 from tests.browser.test_list_pages import DESKTOP, PHONE, assert_on_screen, run_root, scroll_width
 from tests.browser.test_pages import post
 from tests.viewer.conftest import Viewer, wait_for
@@ -87,7 +85,7 @@ _WORKER = textwrap.dedent(
 )
 
 
-class LlmWorker:
+class LlmWorker(LineProcess):
     """The worker process: ``call(model, words)`` makes one model call and returns once it was answered."""
 
     def __init__(self, viewer: Viewer, run_id: str, instrumentation: str) -> None:
@@ -99,32 +97,11 @@ class LlmWorker:
             OTEL_SEMCONV_STABILITY_OPT_IN="gen_ai_latest_experimental",
             OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT="span_only",
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, run_id, instrumentation],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-        self.lines.put("<eof>")
+        super().__init__([sys.executable, "-c", _WORKER, run_id, instrumentation], env)
 
     def _send(self, command: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        try:
-            return self.lines.get(timeout=60)
-        except queue.Empty:
-            raise AssertionError(f"the worker did not answer {command!r}") from None
+        self.write(command)
+        return self.next_line(60)
 
     def call(self, model: str, words: int, *, stream: bool = False, fails: bool = False) -> None:
         answer = self._send(f"{model} {words}{' stream' if stream else ''}")
@@ -133,15 +110,6 @@ class LlmWorker:
     def end(self) -> None:
         assert self._send("end") == "done"
         assert self.proc.wait(30) == 0
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.reader.join(10)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
 
 
 @pytest.fixture
