@@ -336,6 +336,9 @@ def configure(
             if isinstance(sink, LiveExporter):
                 sink.bind(live_processor)
             processors.append(live_processor)
+            from otelflow.stream_taps import tap_model_streams  # imports model_call, which imports this module
+
+            tap_model_streams()  # streamed calls of openai-v2 / OpenInference show their answer as it grows
         processors.extend(extra_processors)
         board.processors = (*board.processors, *processors)
 

@@ -25,6 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+import otelflow
 from otelflow import attributes as A
 from otelflow.genai import CONTENT_LIMIT, Prices
 from tests.test_examples import EXAMPLES, load
@@ -395,3 +396,91 @@ def test_messages_sent_as_log_events_fill_the_llm_object(viewer: Viewer) -> None
     ]
     assert [m["content"] for m in llm["output_messages"]] == ["Echo: hello there"]
     assert (llm["model"], llm["input_tokens"], llm["output_tokens"]) == ("gpt-4o-mini-2024-07-18", 4, 3)
+
+
+def _partials_before_end(events: list[dict[str, Any]], name: str) -> list[str]:
+    """The answers so far that the stream told for the span named ``name`` before its span.ended."""
+    partials: list[str] = []
+    for e in events:
+        span = e["data"].get("span") or {}
+        if span.get("name") != name:
+            continue
+        if e["event"] == "span.ended":
+            return partials
+        partial = (span.get("llm") or {}).get("partial_output")
+        if partial and (not partials or partials[-1] != partial):
+            partials.append(partial)
+    raise AssertionError(f"no span.ended for {name}")
+
+
+def test_a_streamed_openinference_call_shows_its_answer_growing_before_it_ends(viewer: Viewer) -> None:
+    """OpenInference keeps a streamed call's chunks in its stream wrapper until the stream ends; otelflow taps it,
+    so the answer so far reaches the stream while the call runs, and the ended span carries it only as output."""
+    from openinference.instrumentation.openai import OpenAIInstrumentor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "llm-live"}))
+    telemetry = otelflow.configure(tracer_provider=provider, live=viewer.url, otlp=False)
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        with SseClient(f"{viewer.url}/api/stream?type=span") as sse:
+            wait_for(lambda: viewer.hub.broadcast.subscriber_count == 1)
+            with (
+                local_llm.serve(chunk_delay=0.15) as base_url,
+                openai.OpenAI(base_url=base_url, api_key="k") as client,
+                otelflow.workflow("live_answer", run_id="llm-live-oi"),
+            ):
+                stream = client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "one two three four five six"}],
+                    stream=True,
+                )
+                answer = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            assert telemetry.force_flush(10_000)
+            sse.read_until(lambda e: e["event"] == "span.ended" and e["data"]["span"]["name"] == "ChatCompletion")
+    finally:
+        instrumentor.uninstrument()
+        telemetry.shutdown()
+    partials = _partials_before_end(sse.events, "ChatCompletion")
+    assert len(partials) >= 2, partials  # it grew while the call ran
+    assert all(answer.startswith(p) for p in partials), (partials, answer)
+    ended = next(e for e in sse.events if e["event"] == "span.ended" and e["data"]["span"]["name"] == "ChatCompletion")
+    llm = ended["data"]["span"]["llm"]
+    assert llm["partial_output"] is None
+    assert llm["time_to_first_token_ms"] > 0
+    assert A.LLM_OUTPUT_PARTIAL not in ended["data"]["span"]["attributes"]
+
+
+def test_a_streamed_openai_v2_call_shows_its_answer_growing_before_it_ends(viewer: Viewer) -> None:
+    """examples/openai_live.py (openai-v2, message content on spans) as a worker, watched over SSE: the streaming
+    call's answer so far is in the stream before its span ends."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELFLOW_"))},
+        "OTELFLOW_VIEWER_URL": viewer.url,
+        "OTEL_SERVICE_NAME": "llm-worker",
+    }
+    with SseClient(f"{viewer.url}/api/stream?type=span") as sse:
+        wait_for(lambda: viewer.hub.broadcast.subscriber_count == 1)
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / "openai_live.py"), "llm-v2-live"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        ended_run(viewer, "llm-v2-live", spans=5)
+        sse.read_until(lambda e: e["event"] == "span.ended" and e["data"]["span"]["name"].startswith("invoke_workflow"))
+    streamed = [
+        e["data"]["span"]["span_id"]
+        for e in sse.events
+        if e["event"] == "span.ended" and (e["data"]["span"].get("llm") or {}).get("time_to_first_token_ms")
+    ]
+    assert len(streamed) == 1, "the streaming call has a time to its first token"
+    partials = [
+        (e["data"]["span"].get("llm") or {}).get("partial_output")
+        for e in sse.events
+        if e["event"] in ("span.started", "span.updated") and e["data"]["span"]["span_id"] == streamed[0]
+    ]
+    assert [p for p in partials if p], "the answer so far was in the stream before the span ended"
