@@ -75,18 +75,15 @@ def stored_span_objects(viewer: Viewer, run: str, type_: str) -> dict[str, dict[
 # ------------------------------------------------------------------------------------------------
 
 
-def test_openai_v2_calls_show_model_tokens_messages_and_cost(
-    viewer: Viewer, make_viewer: Callable[..., Viewer]
-) -> None:
-    """examples/openai_live.py as a worker: otelflow.configure streams to the viewer, openai-v2 traces a plain and a
-    streaming chat call; the viewer shows both as kind llm, with their totals on the run and on each agent."""
+def openai_live(viewer: Viewer, run_id: str) -> str:
+    """Run examples/openai_live.py as a worker streaming to ``viewer`` under ``run_id``; returns its output."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELFLOW_"))},
         "OTELFLOW_VIEWER_URL": viewer.url,
         "OTEL_SERVICE_NAME": "llm-worker",
     }
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "openai_live.py"), "llm-v2"],
+        [sys.executable, str(EXAMPLES / "openai_live.py"), run_id],
         capture_output=True,
         text=True,
         timeout=90,
@@ -94,7 +91,16 @@ def test_openai_v2_calls_show_model_tokens_messages_and_cost(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("Echo: Write one paragraph")
+    return done.stdout
+
+
+def test_openai_v2_calls_show_model_tokens_messages_and_cost(
+    viewer: Viewer, make_viewer: Callable[..., Viewer]
+) -> None:
+    """examples/openai_live.py as a worker: otelflow.configure streams to the viewer, openai-v2 traces a plain and a
+    streaming chat call; the viewer shows both as kind llm, with their totals on the run and on each agent."""
+    said = openai_live(viewer, "llm-v2")
+    assert said.startswith("Echo: Write one paragraph")
 
     detail = ended_run(viewer, "llm-v2", spans=5)
     plain, streamed = llm_spans(detail)
@@ -114,7 +120,7 @@ def test_openai_v2_calls_show_model_tokens_messages_and_cost(
     ]
     assert plain["llm"]["output_messages"][0]["content"] == "Echo: Three facts about OpenTelemetry"
     assert (streamed["llm"]["input_tokens"], streamed["llm"]["output_tokens"]) == (11, 12)  # the usage chunk
-    assert streamed["llm"]["output_messages"][0]["content"] == done.stdout.strip()
+    assert streamed["llm"]["output_messages"][0]["content"] == said.strip()
     assert all("llm" not in s for s in detail["spans"] if s["kind"] != A.KIND_LLM)
 
     totals = detail["run"]["llm"]
@@ -454,22 +460,9 @@ def test_a_streamed_openinference_call_shows_its_answer_growing_before_it_ends(v
 def test_a_streamed_openai_v2_call_shows_its_answer_growing_before_it_ends(viewer: Viewer) -> None:
     """examples/openai_live.py (openai-v2, message content on spans) as a worker, watched over SSE: the streaming
     call's answer so far is in the stream before its span ends."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELFLOW_"))},
-        "OTELFLOW_VIEWER_URL": viewer.url,
-        "OTEL_SERVICE_NAME": "llm-worker",
-    }
     with SseClient(f"{viewer.url}/api/stream?type=span") as sse:
         wait_for(lambda: viewer.hub.broadcast.subscriber_count == 1)
-        done = subprocess.run(
-            [sys.executable, str(EXAMPLES / "openai_live.py"), "llm-v2-live"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            env=env,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        openai_live(viewer, "llm-v2-live")
         ended_run(viewer, "llm-v2-live", spans=5)
         sse.read_until(lambda e: e["event"] == "span.ended" and e["data"]["span"]["name"].startswith("invoke_workflow"))
     streamed = [
