@@ -34,6 +34,7 @@ from .api import ApiResponse, api_router, run_has_ended
 from .history import Recorder, SqliteHistory, default_db_path
 from .intake import Intake
 from .live import Hub
+from .live.backends.redis import DEFAULT_MAXLEN, BrokerError, RedisBackend, check_broker
 from .live.stall import DEFAULT_QUIET_S, StallPolicy
 from .otlp import DEFAULT_MAX_BYTES
 from .pages import install_pages, jaeger_url_from_env
@@ -81,6 +82,7 @@ def create_app(
     stall_after_s: float | None = DEFAULT_QUIET_S,
     durations_every_s: float = 60.0,
     prices: Prices | None = None,
+    broker: RedisBackend | None = None,
 ) -> FastAPI:
     """The viewer as an ASGI app. ``app.state.hub`` and ``app.state.history`` are its hub and history.
 
@@ -94,18 +96,22 @@ def create_app(
     so; ``alerts`` (see :mod:`viewer.alerts`) fire on the stream, in ``/api/alerts`` and at their webhooks.
     What "slow" means (p95 durations per name) is read from the history every ``durations_every_s``.
     ``prices`` (default: the shipped table with ``$OTELFLOW_PRICES`` over it) estimates the cost of model calls.
+    ``broker`` (a :class:`viewer.live.backends.RedisBackend`) makes this viewer one of the replicas that share its
+    stream (``hub`` must then not be given).
     """
     use_prices(prices if prices is not None else load_prices())
     history = (
         db if isinstance(db, SqliteHistory) else SqliteHistory(db, retention_days=retention_days, max_runs=max_runs)
     )
-    hub = hub or Hub(idle_run_s=idle_run_s)
+    if broker is not None and hub is not None:
+        raise ValueError("give create_app a broker or a hub, not both")
+    hub = hub or Hub(idle_run_s=idle_run_s, backend=broker)
     config = alerts or AlertConfig()
     hub.state.stall = StallPolicy(config.stall_rules(), default_quiet_s=stall_after_s)
     hub.tap(Recorder(history))
     engine = AlertEngine(config, hub, history, Delivery(config.actions))
     hub.tap(engine)
-    intake = Intake(hub, history, max_body_bytes=max_body_bytes, max_value_length=max_value_length)
+    intake = Intake(hub, history, max_body_bytes=max_body_bytes, max_value_length=max_value_length, broker=broker)
 
     app = ViewerApp(
         title="otelflow viewer",
@@ -335,6 +341,8 @@ def serve(
     alerts_path: str | os.PathLike[str] | None = None,
     stall_after_s: float | None = DEFAULT_QUIET_S,
     prices_path: str | os.PathLike[str] | None = None,
+    broker_url: str | None = None,
+    broker_maxlen: int = DEFAULT_MAXLEN,
 ) -> None:
     """Run the viewer until SIGINT/SIGTERM (what ``otelflow serve`` calls).
 
@@ -344,6 +352,8 @@ def serve(
     a port outside 0..65535 or one that cannot be bound (in use), an alert rules file (``alerts_path``) or a
     price table (``prices_path``, default ``$OTELFLOW_PRICES``) that cannot be used, and
     :class:`viewer.history.HistoryError` for an unusable database, all before serving anything.
+    ``broker_url`` (``redis://...``) makes this viewer a replica sharing that Redis stream with others; a broker
+    that does not answer raises :class:`ViewerConfigError` before serving.
     ``ready_callback(host, port)`` is called once the socket listens (``port=0`` picks a free port).
     The loopback names are accepted as Host, plus ``host`` itself when it is not a wildcard, plus
     ``allowed_hosts``; a wildcard bind without ``allowed_hosts`` accepts any Host (the token protects it).
@@ -370,6 +380,13 @@ def serve(
         prices = load_prices(prices_path)
     except PriceError as exc:
         raise ViewerConfigError(f"prices: {exc}") from None
+    broker = None
+    if broker_url:
+        try:
+            broker = RedisBackend(broker_url, maxlen=broker_maxlen)
+            asyncio.run(check_broker(broker_url))
+        except BrokerError as exc:
+            raise ViewerConfigError(str(exc)) from None
     extra = {allowed_host(h) for h in allowed_hosts or ()}
     hosts: frozenset[str] | None
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - only names what a wildcard bind means
@@ -403,6 +420,7 @@ def serve(
         alerts=alerts,
         stall_after_s=stall_after_s,
         prices=prices,
+        broker=broker,
     )
     server = make_server(app, host, port, ready_callback=ready_callback, log_level=log_level)
     try:

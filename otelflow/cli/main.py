@@ -80,6 +80,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             alerts_path=args.alerts,
             stall_after_s=args.stall_after or None,
             prices_path=args.prices,
+            broker_url=args.broker,
+            broker_maxlen=args.broker_maxlen,
         )
     except (ViewerConfigError, HistoryError) as exc:
         print(f"otelflow serve: {exc}", file=sys.stderr)
@@ -154,6 +156,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     serve.add_argument("--db", default=os.environ.get("OTELFLOW_DB") or None, help="SQLite file, or :memory:")
     serve.add_argument("--token", default=None, help="required for non-loopback hosts (or OTELFLOW_TOKEN)")
+    serve.add_argument(
+        "--broker",
+        default=os.environ.get("OTELFLOW_BROKER") or None,
+        metavar="redis://HOST:PORT/DB",
+        help="share one live stream with other replicas through this Redis (default $OTELFLOW_BROKER)",
+    )
+    serve.add_argument(
+        "--broker-maxlen",
+        type=_positive_int,
+        default=20_000,
+        metavar="ENTRIES",
+        help="requests the broker's stream keeps, about (default 20000)",
+    )
     serve.add_argument("--retention-days", type=float, default=30.0, help="drop runs older than this (0: keep)")
     serve.add_argument("--max-runs", type=int, default=10_000, help="keep at most this many runs (0: no limit)")
     serve.add_argument(

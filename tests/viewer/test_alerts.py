@@ -24,6 +24,7 @@ import otelflow
 from otelflow.viewer.alerts import AlertConfigError, parse_rules
 from otelflow.wire import ALERT_FIRED, ALERT_RESOLVED, RUN_ENDED, SPAN_ENDED, SPAN_STALLED, SPAN_UNSTALLED
 from tests.test_live_exporter import Serve, Worker, free_port
+from tests.redis_server import RedisServer
 from tests.viewer.conftest import SseClient, Viewer, wait_for
 
 # ------------------------------------------------------------------------------------------------
@@ -584,13 +585,14 @@ def test_serve_refuses_a_bad_rules_file_in_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
-@pytest.mark.skip(reason="needs viewer replicas on a shared broker (--broker), the scale-out issue; not built yet")
+@pytest.mark.slow
 def test_an_alert_fires_once_for_a_cluster_of_replicas(tmp_path: Path, receiver: Receiver) -> None:
     rules_file = tmp_path / "alerts.toml"
     rules_file.write_text(
         f'[[rule]]\nname = "any failure"\nwhen = "run_failed"\n\n[[action]]\nwebhook = "{receiver.url}"\n'
     )
-    broker = "redis://127.0.0.1:6379/0"  # the scale-out issue's tests start their own redis-server
+    redis = RedisServer().start()
+    broker = redis.url
     replicas = [
         Serve(free_port(), tmp_path / f"r{i}.db", "--alerts", str(rules_file), "--broker", broker).start()
         for i in (1, 2)
@@ -606,6 +608,7 @@ def test_an_alert_fires_once_for_a_cluster_of_replicas(tmp_path: Path, receiver:
     finally:
         for r in replicas:
             r.kill()
+        redis.close()
 
 
 def test_an_open_alert_of_a_rule_taken_out_of_the_file_is_resolved_at_start(

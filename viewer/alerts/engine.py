@@ -358,7 +358,8 @@ class AlertEngine:
             finally:
                 self._busy = False
             self.history.put_alert(alert)
-            self.delivery.send(alert)
+            if self.hub.backend.leading:  # replicas sharing a broker all see it fire; one of them calls the webhooks
+                self.delivery.send(alert)
             log.warning(
                 "alert %s: %s: %s", "fired" if type_ == ALERT_FIRED else "resolved", alert["rule"], alert["message"]
             )

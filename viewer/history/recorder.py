@@ -28,6 +28,8 @@ class Recorder:
 
     def __init__(self, history: HistoryWriter) -> None:
         self.history = history
+        # a shared history keeps the number of the broker's last entry it holds (with the rows of that entry)
+        self.positions = bool(getattr(history, "positions", False))
         # trace id -> (the run's summary as last stored, run.updated deltas since it was stored whole)
         self._summaries: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
 
@@ -36,7 +38,9 @@ class Recorder:
         spans: dict[tuple[str, str], SpanRecord] = {}
         life: Event | None = None  # the first event of the LIFE row being gathered
         items: list[str] = []
-        with history.batch(droppable=batch.local):
+        entry = batch.entry
+        position = entry.n if entry is not None and entry.last and self.positions else 0
+        with history.batch(droppable=batch.local, journal_end=position):
             for ev in events:
                 record, run_id = ev.record, ev.run_id
                 if record is not None:

@@ -4,6 +4,10 @@ Contracts:
 
 - Event ids are ``<epoch>.<seq>``: epoch is random per broadcast, seq starts at 1 and has no gaps. Every
   event is encoded once (its JSON and its SSE lines) and the same bytes go to every subscriber.
+- Behind a shared log (a broker's stream, see :meth:`Broadcast.align`) the epoch is the log's and the events of
+  its entry ``n`` are numbered from ``n << ENTRY_BITS``: every viewer reading the log gives an event the same
+  id. A client may then resume on another viewer; one that knows events this viewer has not read yet gets what
+  follows them. When the log lost entries (or all of its data: a new epoch) every subscriber gets ``reset``.
 - The last ``ring_size`` events (at most ``ring_bytes`` of them) are kept for resume: :meth:`Broadcast.open`
   with a ``last_event_id`` inside the ring replays every later event exactly once, else the subscription
   starts with a ``reset`` event. Replay is bounded by the ring, not by the subscriber's queue.
@@ -21,7 +25,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from otelflow import attributes as A
 from otelflow.records import SpanRecord, bare_name, format_time, shown_name
@@ -43,12 +47,14 @@ from otelflow.wire import (
 )
 
 from .events import Event, bare_event, envelope, span_event_envelope, sse_head, wrapped
-from .state import RUN_STORED, Batch, Change
+from .state import RUN_STORED, Batch, Change, Entry
 
 if TYPE_CHECKING:
     from .state import RunState
 
-__all__ = ["Broadcast", "Event", "Filters", "Subscription", "Tap"]
+__all__ = ["ENTRY_BITS", "Broadcast", "Event", "Filters", "Subscription", "Tap"]
+
+ENTRY_BITS: Final = 24  # events one entry of a shared log may number (2**24); ids stay below 2**53 for browsers
 
 
 def _split(value: str | Iterable[str] | None) -> frozenset[str] | None:
@@ -140,6 +146,7 @@ class Subscription:
         "_queue",
         "_waiter",
         "_wake",
+        "after",
         "closed",
         "filters",
         "limit",
@@ -166,6 +173,7 @@ class Subscription:
         self._waiter: asyncio.Future[bool] | None = None
         self._on_cut: Callable[[], None] | None = None
         self.closed: str | None = None
+        self.after = 0  # events up to this seq are the client's already (it resumed from a viewer further on)
 
     def on_cut(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` (on the loop) when this subscriber is cut for falling behind."""
@@ -184,7 +192,7 @@ class Subscription:
         return self.until_run_end and ev.type == RUN_ENDED and run is not None and (ev.run_id in run or ev.alias in run)
 
     def _offer(self, ev: Event) -> None:
-        if self.closed is not None:
+        if self.closed is not None or ev.seq <= self.after:
             return
         if self.filters.matches(ev):
             if len(self._queue) >= self.limit:
@@ -296,6 +304,7 @@ class Broadcast:
         self._subs: set[Subscription] = set()
         self._taps: list[Tap] = []
         self.shutting_down = False
+        self.shared = False  # numbered by a shared log's entries (align): ids are the same on every viewer
         self.stats: dict[str, int] = {"events": 0, "cut": 0}
 
     # ------------------------------------------------------------------ publishing
@@ -463,6 +472,28 @@ class Broadcast:
 
     # ------------------------------------------------------------------ ids and resume
 
+    def align(self, entry: Entry) -> None:
+        """Number the events of a shared log's entry from ``entry.n << ENTRY_BITS`` (call before its first batch).
+        A new epoch (the log lost its data) empties the ring; a new epoch or lost entries tell every subscriber
+        to ``reset``."""
+        self.shared = True
+        base = entry.n << ENTRY_BITS
+        reason = None
+        if entry.epoch != self.epoch:
+            reason = "the broker lost its data" if self._seq else None
+            self.epoch = entry.epoch
+            self._ring.clear()
+            self.ring_nbytes = 0
+            self._seq = base - 1  # the entry's first event is numbered base, as on every viewer
+        elif entry.gap:
+            reason = "this viewer fell behind the broker: events were lost"
+        if base - 1 > self._seq:
+            self._seq = base - 1
+        if reason is not None:
+            self.stats["resets"] = self.stats.get("resets", 0) + 1
+            for sub in tuple(self._subs):
+                sub._put(self.reset_event(sub.filters, reason))
+
     @property
     def last_id(self) -> str:
         """The id of the latest event (``<epoch>.0`` before the first)."""
@@ -517,7 +548,9 @@ class Broadcast:
         start: int | None = None  # replay events with seq > start
         if last_event_id:
             seq = self.parse_id(last_event_id)
-            if seq is None or seq > self._seq:
+            if seq is not None and seq > self._seq and self.shared:
+                sub.after = start = seq  # read by a viewer further on in the shared log: what follows it
+            elif seq is None or seq > self._seq:
                 sub._put(self.reset_event(filters, "unknown event id"))
             elif seq < ring_first - 1:
                 sub._put(self.reset_event(filters, "event id no longer in the replay ring"))

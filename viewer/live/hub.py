@@ -11,7 +11,8 @@ Contracts:
   of the interpreter at most while a burst lasts (the application's thread shares it), and it catches up at
   full speed once arrivals pause or more than :data:`YIELD_BELOW` records wait.
 - Every ``check_interval_s`` the hub asks the live state which decisions are due (silent workers, idle runs)
-  and publishes them as a batch, so that they reach every live state sharing the backend.
+  and publishes them as a batch, so that they reach every live state sharing the backend; with a shared
+  backend only the viewer that leads (:attr:`viewer.live.backends.Backend.leading`) decides.
 - Queries (:meth:`Hub.run`, :meth:`Hub.resolve`, ...) and subscriptions delegate to the state and the
   broadcast; all of it runs on one event loop.
 """
@@ -118,6 +119,14 @@ class Hub:
 
     # ------------------------------------------------------------------ ingesting
 
+    def now_ns(self) -> int:
+        """The hub's clock (wall, ns): what batches say about when they arrived."""
+        return self._clock_ns()
+
+    def publish(self, batch: Batch) -> None:
+        """Publish a batch as it is."""
+        self.backend.publish(batch)
+
     def ingest(self, records: Sequence[SpanRecord], workers: Iterable[str] = (), *, local: bool = False) -> None:
         """Publish a batch of records (and the worker ids heard from with them)."""
         self.backend.publish(Batch(records, tuple(workers), self._clock_ns(), local))
@@ -140,6 +149,12 @@ class Hub:
 
     def _deliver(self, batch: Batch) -> None:
         try:
+            entry = batch.entry
+            if entry is not None and entry.first:
+                if entry.epoch != self.broadcast.epoch:
+                    for run in self.state.runs():
+                        run.first_seq = 0  # the ring starts again: a run's replay must not point into the old one
+                self.broadcast.align(entry)
             changes = self.state.apply(batch)
             self.broadcast.publish(changes, batch)
         except Exception:  # noqa: BLE001 - a bug here must not take the receiver down with it
@@ -223,7 +238,10 @@ class Hub:
                 self._log_error("the heartbeat check failed")
 
     def check(self) -> None:
-        """Publish the decisions that are due now (workers gone silent, runs gone quiet)."""
+        """Publish the decisions that are due now (workers gone silent, runs gone quiet); behind a shared backend,
+        only the viewer that leads takes them (they reach every viewer through the backend)."""
+        if not self.backend.leading:
+            return
         self._stats["checks"] += 1
         batch = self.state.due(self._clock_ns())
         if batch is not None:

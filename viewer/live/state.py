@@ -48,13 +48,26 @@ from otelflow.wire import (
 
 from .stall import STALL_ABANDONED, STALL_ENDED, STALL_MOVED, STALL_QUIET, Stall, StallPolicy, workflow_name
 
-__all__ = ["RUN_STORED", "Batch", "Change", "JoinedLogs", "LiveState", "LlmTotals", "RunState", "llm_by_span"]
+__all__ = ["RUN_STORED", "Batch", "Change", "Entry", "JoinedLogs", "LiveState", "LlmTotals", "RunState", "llm_by_span"]
 
 _ENDED: Final = (A.STATUS_OK, A.STATUS_ERROR, A.STATUS_CANCELLED)
 # counters of log records (in LiveState.stats): joined a span, held now (and their bytes), dropped unjoined
 # after hold_logs_s, dropped because the held ones were over their budget
 _LOG_STATS: Final = ("logs_joined", "logs_held", "logs_held_bytes", "logs_expired", "logs_dropped_full")
 RUN_STORED: Final = "run.stored"  # a run's summary changed with nothing to tell the stream (an ended run's counts)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """Where a batch sits in a shared ordered log (a broker's stream): the log's ``epoch`` (new when the log lost
+    its data), the entry's number ``n`` (dense from 1 within an epoch), whether the batch is the entry's first
+    and last, and whether entries were lost just before it (``gap``: a reader fell behind the log's length)."""
+
+    epoch: str
+    n: int
+    first: bool = True
+    last: bool = True
+    gap: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,7 @@ class Batch:
     idle_runs: tuple[tuple[str, int], ...] = ()
     stalls: tuple[tuple[str, str, int, Stall], ...] = ()  # trace, span, quiet since, why
     logs: Sequence[tuple[str, str, EventRecord]] = ()  # events from log records: trace, span, event
+    entry: Entry | None = None  # its place in a shared log (a broker's), which numbers its events
 
 
 @dataclass(slots=True)

@@ -13,8 +13,9 @@ from typing import Protocol
 
 from ..state import Batch
 from .memory import MemoryBackend
+from .redis import BrokerError, RedisBackend
 
-__all__ = ["Backend", "Deliver", "MemoryBackend"]
+__all__ = ["Backend", "BrokerError", "Deliver", "MemoryBackend", "RedisBackend"]
 
 Deliver = Callable[[Batch], None]
 
@@ -33,3 +34,7 @@ class Backend(Protocol):
 
     async def stop(self) -> None:
         """Stop delivering; what was published and not delivered may be dropped."""
+
+    @property
+    def leading(self) -> bool:
+        """Whether this viewer takes the time-based decisions (one viewer of those sharing the backend)."""

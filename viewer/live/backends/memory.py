@@ -12,6 +12,8 @@ __all__ = ["MemoryBackend"]
 class MemoryBackend:
     """Delivers each batch as it is published (the order of publishing is the order)."""
 
+    leading = True  # the only viewer
+
     def __init__(self) -> None:
         self._deliver: Callable[[Batch], None] | None = None
 
