@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace import TracerProvider
 import otelflow
 from otelflow.viewer.alerts import AlertConfigError, parse_rules
 from otelflow.wire import ALERT_FIRED, ALERT_RESOLVED, RUN_ENDED, SPAN_ENDED, SPAN_STALLED, SPAN_UNSTALLED
-from tests.test_live_exporter import Serve, Worker, free_port
 from tests.redis_server import RedisServer
+from tests.test_live_exporter import Serve, Worker, free_port
 from tests.viewer.conftest import SseClient, Viewer, wait_for
 
 # ------------------------------------------------------------------------------------------------
