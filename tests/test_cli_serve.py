@@ -257,3 +257,28 @@ def test_max_db_mb_must_be_a_number(tmp_path: Path) -> None:
     done = run_cli("serve", "--port", "0", "--db", str(tmp_path / "h.db"), "--max-db-mb", "lots")
     assert done.returncode == 2
     assert "not a number of megabytes" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "expect"),
+    [
+        ("redis://127.0.0.1:{port}/0", "cannot reach the broker at 127.0.0.1:{port}/0"),
+        ("http://127.0.0.1:{port}/", "not one Redis understands"),
+    ],
+)
+def test_a_broker_that_cannot_be_used_is_one_line(url: str, expect: str) -> None:
+    port = free_port()  # nothing listens there
+    done = run_cli("serve", "--port", "0", "--db", ":memory:", "--broker", url.format(port=port))
+    assert done.returncode == 2
+    assert expect.format(port=port) in one_line(done)
+
+
+def test_a_broker_password_never_reaches_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    done = run_cli(
+        "serve", "--port", "0", "--db", ":memory:", env={"OTELFLOW_BROKER": f"redis://:s3cr3t@127.0.0.1:{port}/0"}
+    )
+    assert done.returncode == 2
+    line = one_line(done)
+    assert "cannot reach the broker" in line
+    assert "s3cr3t" not in line

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
@@ -32,6 +32,7 @@ from otelflow.scrub import DEFAULT_VALUE_LIMIT
 from .alerts import AlertConfig, AlertConfigError, AlertEngine, Delivery, load_rules
 from .api import ApiResponse, api_router, run_has_ended
 from .history import Recorder, SqliteHistory, default_db_path
+from .history.standby import Positioned, Standby
 from .intake import Intake
 from .live import Hub
 from .live.backends.redis import DEFAULT_MAXLEN, BrokerError, RedisBackend, check_broker
@@ -108,14 +109,16 @@ def create_app(
     hub = hub or Hub(idle_run_s=idle_run_s, backend=broker)
     config = alerts or AlertConfig()
     hub.state.stall = StallPolicy(config.stall_rules(), default_quiet_s=stall_after_s)
-    hub.tap(Recorder(history))
+    recorder = Recorder(history)
+    hub.tap(recorder)
     engine = AlertEngine(config, hub, history, Delivery(config.actions))
     hub.tap(engine)
     intake = Intake(hub, history, max_body_bytes=max_body_bytes, max_value_length=max_value_length, broker=broker)
+    shared = _SharedHistory(broker, history, recorder) if broker is not None and _positioned(history) else None
 
     app = ViewerApp(
         title="otelflow viewer",
-        lifespan=_lifespan(hub, history, intake, engine, durations_every_s),
+        lifespan=_lifespan(hub, history, intake, engine, durations_every_s, shared),
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
@@ -158,8 +161,55 @@ def create_app(
     return app
 
 
+def _positioned(history: object) -> TypeGuard[Positioned]:
+    """Whether ``history`` is shared by replicas and keeps the broker's position (PostgreSQL)."""
+    return callable(getattr(history, "position", None))
+
+
+class _SharedHistory:
+    """A history shared by replicas: the leading replica writes it, the others keep rows in a
+    :class:`viewer.history.standby.Standby` (see there)."""
+
+    def __init__(self, broker: RedisBackend, store: Positioned, recorder: Recorder) -> None:
+        self.broker, self.store, self.recorder = broker, store, recorder
+        self.standby = Standby()
+        recorder.positions = True
+        recorder.history = self.standby
+        broker.on_lead = self.lead
+
+    async def start(self) -> None:
+        """Read the broker from the entry after the last one the store holds."""
+        self.broker.start_after = await self.store.position()
+
+    async def lead(self, leading: bool) -> None:
+        if leading:
+            position = await self.store.position()
+            written = self.standby.hand_over(self.store, position)  # no await from here on: nothing comes between
+            self.recorder.history = self.store
+            if written:
+                log.warning("this replica leads now: it wrote %d broker entries the shared history lacked", written)
+        else:
+            self.standby = Standby()
+            self.recorder.history = self.standby
+
+    async def trim(self) -> None:
+        """Forget, every 2 s, the rows the store holds by now."""
+        while True:
+            await asyncio.sleep(2.0)
+            if self.recorder.history is self.standby:
+                try:
+                    self.standby.forget(await self.store.position())
+                except Exception:
+                    log.warning("cannot read the shared history's position; the standby rows wait", exc_info=True)
+
+
 def _lifespan(
-    hub: Hub, history: SqliteHistory, intake: Intake, alerts: AlertEngine, durations_every_s: float
+    hub: Hub,
+    history: SqliteHistory,
+    intake: Intake,
+    alerts: AlertEngine,
+    durations_every_s: float,
+    shared: _SharedHistory | None = None,
 ) -> Callable[[FastAPI], Any]:
     """Open the history (unless open), restore the runs that were live and the open alerts, ingest what the
     intake log holds beyond the history, start the hub and the alerts; on the way out, tell the streams, stop
@@ -173,12 +223,16 @@ def _lifespan(
         hub.restore(runs, spans)
         alerts.restore(await history.alerts("open", 10_000))
         intake.replay()
+        if shared is not None:
+            await shared.start()
         await hub.start()
         await alerts.delivery.start()
         tasks = [
             asyncio.create_task(_every(1.0, alerts.tick), name="otelflow-alerts"),
             asyncio.create_task(_durations(hub, history, durations_every_s), name="otelflow-durations"),
         ]
+        if shared is not None:
+            tasks.append(asyncio.create_task(shared.trim(), name="otelflow-standby"))
         try:
             yield
         finally:

@@ -1,0 +1,108 @@
+"""A shared history (PostgreSQL behind viewer replicas) is written by the replica that leads; the others stand by.
+
+Every replica turns the same broker entries into the same rows (:class:`viewer.history.Recorder`). The leading
+one writes them, each entry's rows with the entry's number (the store's ``position`` commits with them); the
+others keep the rows of each entry in a :class:`Standby` until the store's position passes it. A replica that
+comes to lead writes what it kept beyond the store's position first, so that a leader's death loses no entry
+(an entry written twice, by the old leader's last commit and the new one, is stored once: its rows are keyed).
+What a standby keeps is bounded (``max_rows``); beyond it the oldest entries are forgotten and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from otelflow.records import SpanRecord
+
+from .protocols import HistoryWriter
+
+__all__ = ["Positioned", "Standby"]
+
+log = logging.getLogger("otelflow.viewer")
+
+_Call = tuple[str, tuple[Any, ...]]
+
+
+class Positioned(HistoryWriter, Protocol):
+    """A writer that keeps the number of the broker's last entry it holds."""
+
+    async def position(self) -> int:
+        """The number of the last entry whose rows are committed (0: none)."""
+
+
+class Standby:
+    """The rows of recent entries, kept by a replica that does not lead (a :class:`HistoryWriter` that writes
+    nothing)."""
+
+    full = False
+    positions = True
+
+    def __init__(self, max_rows: int = 500_000) -> None:
+        self.max_rows = max_rows
+        self.entries: deque[tuple[int, list[_Call]]] = deque()
+        self.rows = 0
+        self.forgotten = 0
+        self._open: list[_Call] = []
+
+    @contextlib.contextmanager
+    def batch(self, *, droppable: bool = False, journal_end: int = 0) -> Iterator[None]:
+        yield
+        if journal_end:
+            self.entries.append((journal_end, self._open))
+            self._open = []
+            while self.rows > self.max_rows and self.entries:
+                _, calls = self.entries.popleft()
+                self.rows -= len(calls)
+                self.forgotten += 1
+                if self.forgotten == 1 or self.forgotten % 1000 == 0:
+                    log.warning(
+                        "a standby replica forgot %d broker entries the shared history had not written yet",
+                        self.forgotten,
+                    )
+
+    def _keep(self, name: str, *args: Any) -> None:
+        self._open.append((name, args))
+        self.rows += 1
+
+    def put_span(self, rec: SpanRecord) -> None:
+        self._keep("put_span", rec)
+
+    def put_run(self, summary: Mapping[str, Any], summary_json: str | None = None) -> None:
+        self._keep("put_run", summary, summary_json)
+
+    def put_event(self, event_id: str, trace_id: str, type_: str, data: str | None, span_id: str | None = None) -> None:
+        self._keep("put_event", event_id, trace_id, type_, data, span_id)
+
+    def put_alert(self, alert: Mapping[str, Any]) -> None:
+        self._keep("put_alert", alert)
+
+    def health(self) -> tuple[str, str | None]:
+        return ("ok", None)
+
+    def forget(self, position: int) -> None:
+        """Drop the entries the store holds (numbered up to ``position``)."""
+        entries = self.entries
+        while entries and entries[0][0] <= position:
+            self.rows -= len(entries.popleft()[1])
+
+    def hand_over(self, store: HistoryWriter, position: int) -> int:
+        """Write to ``store`` what it does not hold yet (entries after ``position``); returns how many entries."""
+        self.forget(position)
+        count = 0
+        for n, calls in self.entries:
+            with store.batch(journal_end=n):
+                for name, args in calls:
+                    getattr(store, name)(*args)
+            count += 1
+        if self._open:
+            with store.batch():
+                for name, args in self._open:
+                    getattr(store, name)(*args)
+        self.entries.clear()
+        self._open = []
+        self.rows = 0
+        return count
