@@ -14,11 +14,14 @@ every replica's stream. The ``mode`` fixture lists the kinds these tests run aga
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -327,3 +330,54 @@ def test_a_killed_serve_process_is_skipped_for_new_requests(tmp_path: Path) -> N
         nginx = Nginx(replicas.upstreams, tmp_path / "nginx").start()
         stack.callback(nginx.stop)
         _stop_one_replica_and_check_the_other_serves(replicas, nginx)
+
+
+class DyingReplica:
+    """A replica that reads a request and closes the connection without answering, as one killed while it handles
+    a post. Counts the connections it cut."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.cut = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def upstream(self) -> str:
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                self.cut += 1
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
+        self.sock.close()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+def test_a_post_cut_off_by_a_dying_replica_goes_to_the_next_one(tmp_path: Path) -> None:
+    nginx_binary()
+    with ExitStack() as stack:
+        dying = DyingReplica()
+        stack.callback(dying.close)
+        replicas = start_replicas(1, stack, tmp_path)
+        # listed first: round robin tries it first, in every nginx worker
+        nginx = Nginx([dying.upstream, *replicas.upstreams], tmp_path / "nginx").start()
+        stack.callback(nginx.stop)
+        for _ in range(4):
+            t, _root, records = running_run()
+            response = post(nginx.url, records)
+            assert response.status_code == 200, response.text
+            assert wait_for(partial(replicas.holding, t), what=f"run {t} on the live replica") == replicas.urls
+        assert dying.cut >= 1, "nginx never tried the dying replica: the test proved nothing"
