@@ -19,7 +19,7 @@ from otelflow._log import logger
 from otelflow.processor import LiveSpanProcessor, Sink
 from otelflow.records import set_value_limit
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, CleanExporter
-from otelflow.sinks import InProcessSink, LiveExporter
+from otelflow.sinks import InProcessSink, LiveExporter, viewer_urls
 
 __all__ = ["Configurator", "Settings", "Telemetry", "configure", "get_tracer", "settings"]
 
@@ -257,17 +257,23 @@ def _wants_otlp(otlp: bool | None, endpoint: str | None) -> list[str]:
     return ["otlp"] if configured else []
 
 
-def _live_sink(live: bool | str | Sink | None, token: str | None) -> Sink | None:
+def _live_sink(live: bool | str | Sequence[str] | Sink | None, token: str | None) -> Sink | None:
     if live is False:
         return None
+    source = "live"
     if live is None:
         if not _env_bool(ENV_LIVE, True):
             return None
         live = os.environ.get(ENV_VIEWER_URL) or True
+        source = ENV_VIEWER_URL
     if live is True:
         return InProcessSink()
-    if isinstance(live, str):
-        return LiveExporter(live, token=token or os.environ.get(ENV_TOKEN))
+    if isinstance(live, (str, Sequence)):
+        try:
+            urls = viewer_urls(live)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        return LiveExporter(urls, token=token or os.environ.get(ENV_TOKEN))
     if live is False:
         return None
     return live
@@ -282,7 +288,7 @@ def configure(
     otlp_endpoint: str | None = None,
     otlp_protocol: str | None = None,
     otlp_headers: Mapping[str, str] | None = None,
-    live: bool | str | Sink | None = None,
+    live: bool | str | Sequence[str] | Sink | None = None,
     token: str | None = None,
     capture_io: bool | None = None,
     max_value_bytes: int | None = None,
@@ -302,7 +308,8 @@ def configure(
     - ``live``: ``True`` streams to an in-process sink (an embedded viewer subscribes to it), a URL
       streams to a viewer in another process (``OTELFLOW_VIEWER_URL``, token ``OTELFLOW_TOKEN``),
       ``False`` turns live streaming off (``OTELFLOW_LIVE=false``). Default: the URL when set, else
-      in-process.
+      in-process. Several URLs (comma-separated, or a list) name replicas of one viewer: records go to one
+      at a time and move on to the next when it fails (see :class:`otelflow.LiveExporter`).
     - ``capture_io`` / ``max_value_bytes``: ``OTELFLOW_CAPTURE_IO`` (default true) and
       ``OTELFLOW_MAX_VALUE_BYTES`` (default 4096).
     - ``tracer_provider``: attach to an existing SDK provider instead of creating one. Without it, the

@@ -24,9 +24,57 @@ from otelflow.records import PHASE_START, SpanRecord, otlp_resource, record_from
 if TYPE_CHECKING:
     from otelflow.processor import LiveSpanProcessor
 
-__all__ = ["InProcessSink", "LiveExporter", "Subscriber"]
+__all__ = ["InProcessSink", "LiveExporter", "Subscriber", "viewer_urls"]
 
 Subscriber = Callable[[Sequence[SpanRecord]], None]
+
+
+def viewer_urls(value: str | Sequence[str]) -> tuple[str, ...]:
+    """The viewer URLs in ``value``: one URL, several separated by commas (spaces around them are ignored), or a
+    sequence of URLs. Each must be ``http(s)://host[:port][/prefix]``; trailing slashes are dropped.
+
+    Raises ``ValueError`` naming the offending item: an empty one (``a,,b``, a trailing comma), one that is
+    not an http or https URL, a bad port, or no URL at all.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if not items or (isinstance(value, str) and not value.strip()):
+        raise ValueError("viewer URL must look like http://127.0.0.1:8080, got nothing")
+    urls: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"viewer URL must be a string, got {item!r}")
+        url = item.strip()
+        if not url:
+            raise ValueError(
+                f"viewer URLs {value!r}: an empty item; separate several URLs with single commas, as in "
+                "http://127.0.0.1:8081,http://127.0.0.1:8082"
+            )
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
+        except ValueError as exc:
+            raise ValueError(f"viewer URL {url!r}: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"viewer URL must look like http://127.0.0.1:8080, got {url!r}")
+        urls.append(url.rstrip("/"))
+    return tuple(urls)
+
+
+class _Target:
+    """One viewer replica: where to connect and what to call it in logs (no credentials, no query)."""
+
+    __slots__ = ("host", "path", "port", "scheme", "shown", "url")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.path = (parts.path.rstrip("/") or "") + "/v1/traces"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        self.shown = f"{self.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 class InProcessSink:
@@ -95,11 +143,21 @@ class LiveExporter:
     running span are re-sent so a restarted viewer knows them. A heartbeat is posted every
     ``heartbeat_s`` so the viewer can tell a live worker from a dead one. Nothing here ever blocks or
     raises into the workflow, and the OTLP export to other backends is separate and unaffected.
+
+    ``url`` may name several viewer replicas (a comma-separated string or a sequence, see :func:`viewer_urls`).
+    Records and heartbeats go to one replica at a time, the first at the start. When a post to it fails (no
+    connection, a timeout, or an answer of 5xx, 408 or 429), the same batch, with a snapshot of every running
+    span, is posted at once to the next replica in the list, and so on; the exporter then stays on the replica
+    that took it (it logs the switch once, rate-limited, naming the URLs without credentials). Only when every
+    replica failed in turn does it back off as above, then go round the list again. A batch is thus sent at
+    least once and may reach two replicas; the viewer merges repeated snapshots of a span. Other 4xx answers
+    (a wrong token, a body too large) would be the same on every replica: they are logged and the batch is
+    dropped, as with a single viewer. The token and ``headers`` go to every replica.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
@@ -110,14 +168,8 @@ class LiveExporter:
         max_backoff_s: float = 5.0,
         compress_above: int = 64 * 1024,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"viewer URL must look like http://127.0.0.1:8080, got {url!r}")
-        self.url = url.rstrip("/")
-        self._scheme = parts.scheme
-        self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._path = (parts.path.rstrip("/") or "") + "/v1/traces"
+        self.urls = viewer_urls(url)
+        self._targets = tuple(_Target(u) for u in self.urls)
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -131,7 +183,8 @@ class LiveExporter:
         self.active = True  # a viewer may be listening at any time
         self.dropped = 0
         self.sent = 0
-        self.failures = 0
+        self.failures = 0  # deliveries that failed on every replica (each then waits for the backoff)
+        self.failovers = 0  # times the records moved on to another replica and it took them
         self._init_state()
         weak_self = weakref.ref(self)
 
@@ -151,8 +204,11 @@ class LiveExporter:
         self._idle = threading.Event()
         self._idle.set()
         self._conn: http.client.HTTPConnection | None = None
+        self._conn_target: _Target | None = None
         self._connected = False
         self._circuit_open = False
+        self._current = 0  # index of the replica records go to
+        self._error = ""  # why the last post failed, for the logs
         self._resource: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._run, name="otelflow-live-exporter", daemon=True)
         self._thread.start()
@@ -163,8 +219,13 @@ class LiveExporter:
 
     @property
     def connected(self) -> bool:
-        """Whether the last post reached the viewer."""
+        """Whether the last post reached a viewer."""
         return self._connected
+
+    @property
+    def url(self) -> str:
+        """The viewer (replica) records go to now, as given."""
+        return self.urls[self._current]
 
     # --- called on the processor's worker thread ----------------------------------------------------
     def export(self, records: Sequence[SpanRecord]) -> None:
@@ -232,7 +293,8 @@ class LiveExporter:
             resync = not self._connected
             if resync:
                 batch = self._running_snapshots(batch)
-            if self._post(batch):
+            delivered, batch = self._deliver(batch)
+            if delivered:
                 last_post = time.monotonic()
                 backoff = 0.0
                 self._circuit_open = False
@@ -248,6 +310,44 @@ class LiveExporter:
                 self._idle.set()  # flushing cannot make progress while the viewer is away
                 if self._stop.is_set():
                     break
+
+    def _deliver(self, batch: list[SpanRecord]) -> tuple[bool, list[SpanRecord]]:
+        """Post ``batch`` to the current replica, else to each next one in turn (with the running spans' snapshots,
+        which a replica new to us may not know); whether one took it, and the batch as last posted."""
+        was_connected = self._connected
+        first = self._current
+        errors: list[str] = []
+        for tried in range(len(self._targets)):
+            if tried:
+                self._current = (self._current + 1) % len(self._targets)
+                batch = self._running_snapshots(batch)
+            target = self._targets[self._current]
+            if self._post(target, batch):
+                if tried:
+                    self.failovers += 1
+                    problems.warning(
+                        "live-failover",
+                        "otelflow: viewer at %s unreachable (%s); live spans go to %s now",
+                        self._targets[first].shown,
+                        errors[0],
+                        target.shown,
+                    )
+                return True, batch
+            errors.append(self._error)
+        # every replica failed: the next round starts where this one did
+        self._current = (self._current + 1) % len(self._targets)
+        if was_connected:
+            if len(self._targets) == 1:
+                shown = self._targets[0].shown
+                problems.warning("live-down", "otelflow: viewer at %s unreachable: %s", shown, errors[0])
+            else:
+                problems.warning(
+                    "live-down",
+                    "otelflow: no viewer reachable (%s): %s",
+                    ", ".join(t.shown for t in self._targets),
+                    "; ".join(errors),
+                )
+        return False, batch
 
     def _running_snapshots(self, batch: list[SpanRecord]) -> list[SpanRecord]:
         """Add a snapshot of every running span the batch does not already carry (after a reconnect)."""
@@ -286,7 +386,9 @@ class LiveExporter:
             payload = {"resourceSpans": [{"resource": otlp_resource(resource), "scopeSpans": []}]}
         return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
-    def _post(self, batch: list[SpanRecord]) -> bool:
+    def _post(self, target: _Target, batch: list[SpanRecord]) -> bool:
+        """Post ``batch`` to ``target``: True when it took it (or refused it for good, a 4xx), False when it
+        could not (no connection, a timeout, 5xx, 408, 429; ``self._error`` says which)."""
         try:
             body = self._body(batch)
         except Exception:  # noqa: BLE001
@@ -298,8 +400,8 @@ class LiveExporter:
             headers["Content-Encoding"] = "gzip"
         for attempt in (1, 2):  # a kept-alive connection may have been closed by the server: retry once
             try:
-                conn = self._connection()
-                conn.request("POST", self._path, body=body, headers=headers)
+                conn = self._connection(target)
+                conn.request("POST", target.path, body=body, headers=headers)
                 response = conn.getresponse()
                 response.read()
                 if response.status >= 500 or response.status in (408, 429):
@@ -308,24 +410,27 @@ class LiveExporter:
                     problems.warning(
                         "live-4xx",
                         "otelflow: viewer at %s refused live spans: HTTP %d",
-                        self.url,
+                        target.shown,
                         response.status,
                     )
                 self._connected = True
                 return True
             except (OSError, http.client.HTTPException) as exc:
                 self._close()
-                if attempt == 2 or not self._connected:
-                    if self._connected:
-                        problems.warning("live-down", "otelflow: viewer at %s unreachable: %s", self.url, exc)
+                # a timeout is not a stale connection: trying the same replica again would only wait as long again
+                if attempt == 2 or not self._connected or isinstance(exc, TimeoutError):
+                    self._error = str(exc) or type(exc).__name__
                     self._connected = False
                     return False
         return False
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self, target: _Target) -> http.client.HTTPConnection:
+        if self._conn is not None and self._conn_target is not target:
+            self._close()  # moving to another replica
         if self._conn is None:
-            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self._timeout)
+            cls = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
+            self._conn = cls(target.host, target.port, timeout=self._timeout)
+            self._conn_target = target
         return self._conn
 
     def _close(self) -> None:

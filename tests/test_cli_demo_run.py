@@ -296,6 +296,32 @@ def test_run_streams_to_a_separate_viewer_and_exits_with_the_script(procs: list[
         viewer.stop()
 
 
+def test_run_streams_to_the_replica_that_answers(procs: list[Proc], script: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens here once the socket is closed
+    viewer = Viewer(create_app()).start()
+    try:
+        go = script.parent / "go"
+        go.touch()
+        run = Proc("run", "--viewer", f"{dead}, {viewer.url}", str(script), str(go), "0")
+        procs.append(run)
+        assert run.popen.wait(DEADLINE_S) == 0, run.text()
+        assert f"streaming to the viewer replicas {dead}, {viewer.url}" in run.text()
+        runs = wait_for(lambda: [r for r in viewer.call(viewer.hub.runs) if r.status == "ok"], 10, "the run")
+        assert [(r.name, r.service) for r in runs] == [("invoke_workflow scripted", "script")]
+        assert f"live spans go to {viewer.url} now" in run.text()
+    finally:
+        viewer.stop()
+
+
+def test_run_refuses_a_viewer_list_with_an_empty_item(procs: list[Proc], script: Path) -> None:
+    run = Proc("run", "--viewer", "http://127.0.0.1:8081,,http://127.0.0.1:8082", str(script), "go", "0")
+    procs.append(run)
+    assert run.popen.wait(DEADLINE_S) == 2
+    assert "an empty item" in run.text()
+
+
 def test_run_exit_flag_beats_the_environment(procs: list[Proc], script: Path) -> None:
     go = script.parent / "go"
     go.touch()

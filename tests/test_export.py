@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -101,6 +102,17 @@ def test_jsonl_to_stdout_is_one_span_per_line(make_viewer: Callable[..., Viewer]
     agent = next(s for s in spans if s["kind"] == "agent")
     assert agent["attributes"]["input.value"] == "[bold]<script>"
     assert {s["status"] for s in spans} == {"ok", "error"}
+
+
+def test_with_replicas_export_reads_from_the_one_that_answers(make_viewer: Callable[..., Viewer]) -> None:
+    viewer = make_viewer()
+    t, ids = a_run(viewer)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    result = export(t, "--viewer", f"{dead}, {viewer.url}", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(line)["span_id"] for line in result.stdout.splitlines()) == sorted(ids)
 
 
 def test_unknown_run_is_exit_1_and_writes_no_file(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:

@@ -300,6 +300,17 @@ def test_reconnects_while_the_viewer_is_down_and_ctrl_c_exits_cleanly(procs: Cal
     assert not any("Traceback" in line for line in tail.err), tail.err
 
 
+def test_with_replicas_tail_follows_the_one_that_answers(
+    make_viewer: Callable[..., Viewer], procs: Callable[..., Proc]
+) -> None:
+    viewer = make_viewer()
+    dead = f"http://127.0.0.1:{free_port()}"
+    tail = procs(tail_cmd("--viewer", f"{dead},{viewer.url}", "--json"))
+    wait_for(lambda: any(f"following {viewer.url}" in line for line in list(tail.err)), 10, "tail on the live replica")
+    tail.proc.send_signal(signal.SIGINT)
+    assert tail.wait(10) == 0
+
+
 def test_a_refused_token_is_a_clear_error(make_viewer: Callable[..., Viewer], procs: Callable[..., Proc]) -> None:
     viewer = make_viewer(token="s3cret")
     tail = procs(tail_cmd("--viewer", viewer.url))

@@ -20,6 +20,7 @@ __all__ = [
     "headers",
     "problem",
     "run_path",
+    "viewers",
 ]
 
 TIMEOUT_S = 10.0
@@ -39,6 +40,11 @@ class ViewerRequestError(ViewerError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+def viewers(value: str) -> list[str]:
+    """The viewer URLs in ``value``: one, or several replicas separated by commas (as ``OTELFLOW_VIEWER_URL``)."""
+    return [v.strip() for v in value.split(",") if v.strip()] or [value]
 
 
 def connect(viewer: str, timeout: float = TIMEOUT_S) -> tuple[http.client.HTTPConnection, str]:
@@ -69,7 +75,20 @@ def run_path(run: str, suffix: str = "") -> str:
 
 
 def get_json(viewer: str, path: str, token: str | None, timeout: float = TIMEOUT_S) -> Any:
-    """``GET viewer+path`` decoded as JSON; raises :class:`ViewerUnreachable` or :class:`ViewerRequestError`."""
+    """``GET viewer+path`` decoded as JSON; raises :class:`ViewerUnreachable` or :class:`ViewerRequestError`.
+
+    ``viewer`` may name several replicas separated by commas: each is asked in turn until one answers.
+    """
+    replicas = viewers(viewer)
+    for replica in replicas[:-1]:
+        try:
+            return _get_json(replica, path, token, timeout)
+        except ViewerUnreachable:
+            continue
+    return _get_json(replicas[-1], path, token, timeout)
+
+
+def _get_json(viewer: str, path: str, token: str | None, timeout: float) -> Any:
     conn, prefix = connect(viewer, timeout)
     try:
         try:

@@ -162,8 +162,8 @@ class RunAnnouncer(SpanProcessor):
     Writing is a short formatted line per run; failures are logged (rate-limited), never raised.
     """
 
-    def __init__(self, base_url: str, stream: TextIO | None = None, *, prefix: str = "") -> None:
-        self.base_url = base_url
+    def __init__(self, base_url: str | Callable[[], str], stream: TextIO | None = None, *, prefix: str = "") -> None:
+        self.base_url = base_url  # or a function giving it: the viewer replica spans go to now
         self._stream = stream
         self._prefix = prefix
         self._lock = threading.Lock()
@@ -173,6 +173,9 @@ class RunAnnouncer(SpanProcessor):
         with self._lock:
             stream.write(f"{self._prefix}{line}\n")
             stream.flush()
+
+    def _base(self) -> str:
+        return self.base_url if isinstance(self.base_url, str) else self.base_url()
 
     @staticmethod
     def _is_root(span: ReadableSpan) -> bool:
@@ -187,7 +190,7 @@ class RunAnnouncer(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             if self._is_root(span) and span.context is not None:
-                self._write(f"run started   {self._title(span)}{run_url(self.base_url, span.context.trace_id)}")
+                self._write(f"run started   {self._title(span)}{run_url(self._base(), span.context.trace_id)}")
         except Exception:  # noqa: BLE001 - telemetry never hurts the program
             problems.warning("announce", "otelflow: could not announce a run", exc_info=True)
 

@@ -241,7 +241,11 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run a Python script with tracing and live streaming")
-    run.add_argument("--viewer", default=os.environ.get("OTELFLOW_VIEWER_URL"), help="viewer URL (default: embedded)")
+    run.add_argument(
+        "--viewer",
+        default=os.environ.get("OTELFLOW_VIEWER_URL"),
+        help="viewer URL, or several replicas separated by commas (default: embedded)",
+    )
     run.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port of the embedded viewer")
     after = run.add_mutually_exclusive_group()
     after.add_argument(

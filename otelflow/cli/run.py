@@ -1,7 +1,8 @@
 """``otelflow run``: runs a Python script as ``__main__`` with engine tracing and live streaming to a viewer.
 
-The viewer is ``--viewer`` (or ``OTELFLOW_VIEWER_URL``); without one, a viewer is embedded in this process on
-``--port``. ``OTELFLOW_VIEWER_URL`` is set for the script and its child processes, so a script that calls
+The viewer is ``--viewer`` (or ``OTELFLOW_VIEWER_URL``): one URL, or several replicas separated by commas (spans
+go to one at a time, the next when it fails); without one, a viewer is embedded in this process on ``--port``.
+``OTELFLOW_VIEWER_URL`` is set for the script and its child processes, so a script that calls
 ``otelflow.configure()`` itself, or starts workers, streams to the same viewer. Each run (trace) is announced on
 standard error with its URL as it starts. The exit status is the script's (130 when Ctrl-C interrupted it).
 
@@ -19,13 +20,14 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from otelflow import config
 from otelflow.cli.embedded import EmbeddedViewer, RunAnnouncer, ViewerStartError
 from otelflow.engine.instrumentor import EngineInstrumentor
-from otelflow.sinks import InProcessSink
+from otelflow.sinks import InProcessSink, LiveExporter, viewer_urls
 
 __all__ = ["ENV_RUN_EXIT", "main"]
 
@@ -122,13 +124,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"otelflow run: {exc}", file=sys.stderr)
         return 2
     if args.viewer:
-        url: str = args.viewer.rstrip("/")
-        _say(f"streaming to the viewer at {url}")
+        urls = viewer_urls(args.viewer)  # configure() accepted them
+        url: str = urls[0]  # run pages are announced on the first replica; every replica shows every run
+        if len(urls) == 1:
+            _say(f"streaming to the viewer at {url}")
+        else:
+            _say(f"streaming to the viewer replicas {', '.join(urls)} (one at a time, the next when one fails)")
     else:
-        sink = telemetry.sink
-        assert isinstance(sink, InProcessSink)  # live=True always gives the in-process sink
+        in_process = telemetry.sink
+        assert isinstance(in_process, InProcessSink)  # live=True always gives the in-process sink
         try:
-            viewer = EmbeddedViewer("127.0.0.1", args.port).start(sink)
+            viewer = EmbeddedViewer("127.0.0.1", args.port).start(in_process)
         except ViewerStartError as exc:
             telemetry.shutdown()
             print(f"otelflow run: {exc}", file=sys.stderr)
@@ -143,8 +149,12 @@ def main(args: argparse.Namespace) -> int:
             return 2
         url = viewer.url
         _say(f"viewer at {url}  (live stream: curl -N {url}/api/stream)")
-    os.environ[config.ENV_VIEWER_URL] = url  # the script's own configure() and its workers stream there too
-    telemetry.tracer_provider.add_span_processor(RunAnnouncer(url, sys.stderr, prefix="otelflow: "))
+    # the script's own configure() and its workers stream there too
+    os.environ[config.ENV_VIEWER_URL] = ",".join(viewer_urls(args.viewer)) if args.viewer else url
+    sink = telemetry.sink
+    # with viewer replicas, a run's link names the one its spans go to when it starts
+    base: str | Callable[[], str] = (lambda: sink.url) if isinstance(sink, LiveExporter) else url
+    telemetry.tracer_provider.add_span_processor(RunAnnouncer(base, sys.stderr, prefix="otelflow: "))
     EngineInstrumentor().instrument()
 
     code = _run_script(path, list(args.args))

@@ -41,7 +41,7 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 from otelflow import attributes as A
-from otelflow.cli.client import ViewerError, ViewerRequestError, ViewerUnreachable, get_json, run_path
+from otelflow.cli.client import ViewerError, ViewerRequestError, ViewerUnreachable, get_json, run_path, viewers
 from otelflow.cli.stream import Backoff, SseEvent, SseStream
 from otelflow.cli.tail_view import (
     ALERT_TYPES,
@@ -402,7 +402,8 @@ class Follower:
     """Connects, resumes and reconnects; hands every report to an :class:`Output`."""
 
     def __init__(self, args: argparse.Namespace, tail: Tail, output: Output) -> None:
-        self.viewer: str = args.viewer
+        self.viewers = viewers(args.viewer)  # replicas: the next one is tried when this one cannot be reached
+        self.viewer = self.viewers[0]
         self.token: str | None = args.token
         self.tail = tail
         self.output = output
@@ -461,6 +462,10 @@ class Follower:
     def _done(self) -> bool:
         return self.tail.done
 
+    def _next_viewer(self) -> None:
+        """With replicas, reconnect to the next one (it resumes from the same event id)."""
+        self.viewer = self.viewers[(self.viewers.index(self.viewer) + 1) % len(self.viewers)]
+
     def run(self) -> None:
         while not self._done():
             stream: SseStream | None = None
@@ -490,8 +495,10 @@ class Follower:
                 reason = str(exc)
             except ViewerUnreachable as exc:
                 reason = str(exc)
+                self._next_viewer()
             except (OSError, http.client.HTTPException) as exc:
                 reason = f"connection lost ({exc or type(exc).__name__})"
+                self._next_viewer()
             finally:
                 if stream is not None:
                     stream.close()
