@@ -586,7 +586,9 @@ def test_serve_refuses_a_bad_rules_file_in_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_alert_fires_once_for_a_cluster_of_replicas(tmp_path: Path, receiver: Receiver) -> None:
+def test_an_alert_fires_once_for_a_cluster_of_replicas(
+    tmp_path: Path, receiver: Receiver, workers: Callable[..., Gated]
+) -> None:
     rules_file = tmp_path / "alerts.toml"
     rules_file.write_text(
         f'[[rule]]\nname = "any failure"\nwhen = "run_failed"\n\n[[action]]\nwebhook = "{receiver.url}"\n'
@@ -599,7 +601,7 @@ def test_an_alert_fires_once_for_a_cluster_of_replicas(tmp_path: Path, receiver:
     ]
     try:
         urls = ",".join(r.url for r in replicas)
-        worker = Gated(urls, "payments", fail=True)
+        worker = workers(urls, "payments", fail=True)
         worker.expect("waiting")
         worker.finish()
         receiver.next()
