@@ -31,7 +31,7 @@ from otelflow.scrub import DEFAULT_VALUE_LIMIT
 
 from .alerts import AlertConfig, AlertConfigError, AlertEngine, Delivery, load_rules
 from .api import ApiResponse, api_router, run_has_ended
-from .history import Recorder, SqliteHistory, default_db_path
+from .history import History, PostgresHistory, Recorder, SqliteHistory, default_db_path, is_postgres_url
 from .intake import Intake
 from .live import Hub
 from .live.stall import DEFAULT_QUIET_S, StallPolicy
@@ -64,7 +64,7 @@ class ViewerApp(FastAPI):
 
 def create_app(
     *,
-    db: str | os.PathLike[str] | SqliteHistory = ":memory:",
+    db: str | os.PathLike[str] | History = ":memory:",
     token: str | None = None,
     allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
     allowed_origins: Iterable[str] = (),
@@ -84,7 +84,8 @@ def create_app(
 ) -> FastAPI:
     """The viewer as an ASGI app. ``app.state.hub`` and ``app.state.history`` are its hub and history.
 
-    ``db`` is a path, ``":memory:"``, or a :class:`SqliteHistory`. The lifespan opens the history (unless open),
+    ``db`` is a path, ``":memory:"``, a ``postgresql://`` (or ``postgres://``) URL of a :class:`PostgresHistory`,
+    or a :class:`SqliteHistory` or :class:`PostgresHistory`. The lifespan opens the history (unless open),
     restores the runs that were live, ingests what the intake log holds beyond the history, starts the hub, and
     on shutdown publishes ``shutdown``, closes streams and flushes the history. ``jaeger_url`` (default
     ``$OTELFLOW_JAEGER_URL``) adds "Open in Jaeger" links to run pages. Attribute values longer than
@@ -96,9 +97,13 @@ def create_app(
     ``prices`` (default: the shipped table with ``$OTELFLOW_PRICES`` over it) estimates the cost of model calls.
     """
     use_prices(prices if prices is not None else load_prices())
-    history = (
-        db if isinstance(db, SqliteHistory) else SqliteHistory(db, retention_days=retention_days, max_runs=max_runs)
-    )
+    history: History
+    if isinstance(db, (SqliteHistory, PostgresHistory)):
+        history = db
+    elif is_postgres_url(db):
+        history = PostgresHistory(str(db), retention_days=retention_days, max_runs=max_runs)
+    else:
+        history = SqliteHistory(db, retention_days=retention_days, max_runs=max_runs)
     hub = hub or Hub(idle_run_s=idle_run_s)
     config = alerts or AlertConfig()
     hub.state.stall = StallPolicy(config.stall_rules(), default_quiet_s=stall_after_s)
@@ -153,7 +158,7 @@ def create_app(
 
 
 def _lifespan(
-    hub: Hub, history: SqliteHistory, intake: Intake, alerts: AlertEngine, durations_every_s: float
+    hub: Hub, history: History, intake: Intake, alerts: AlertEngine, durations_every_s: float
 ) -> Callable[[FastAPI], Any]:
     """Open the history (unless open), restore the runs that were live and the open alerts, ingest what the
     intake log holds beyond the history, start the hub and the alerts; on the way out, tell the streams, stop
@@ -197,7 +202,7 @@ async def _every(interval_s: float, fn: Callable[[], None]) -> None:
             log.exception("periodic %s failed", getattr(fn, "__qualname__", fn))
 
 
-async def _durations(hub: Hub, history: SqliteHistory, interval_s: float) -> None:
+async def _durations(hub: Hub, history: History, interval_s: float) -> None:
     """Give the stall policy the p95 durations per (kind, name) the history knows, now and every minute."""
     while True:
         try:

@@ -28,7 +28,7 @@ from typing import Final, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .history import JournalError, SqliteHistory
+from .history import History, JournalError
 from .live import INGEST_SLICE, Hub
 from .otlp import (
     JSON,
@@ -58,7 +58,7 @@ YIELD_AFTER_S: Final = 0.005  # the longest the intake holds the event loop at a
 class Intake:
     """The OTLP receiver's path into the hub and the history (see the module docstring)."""
 
-    def __init__(self, hub: Hub, history: SqliteHistory, *, max_body_bytes: int, max_value_length: int | None) -> None:
+    def __init__(self, hub: Hub, history: History, *, max_body_bytes: int, max_value_length: int | None) -> None:
         self.hub = hub
         self.history = history
         self.max_body_bytes = max_body_bytes

@@ -109,10 +109,6 @@ class SqliteWriter(BacklogWriter):
         self.max_vars = max_vars
         self.journal: Journal | None = None
         self._conn: sqlite3.Connection | None = None
-        # ended runs at the last retention, and ended runs written since (an upper bound: a run written twice
-        # counts twice): retention runs as soon as their sum passes max_runs, not only once a minute
-        self._runs_known = 0
-        self._ended_since = 0
         # epoch -> ordinal (event ids are stored as integers) and resource JSON -> id, as committed
         self._ordinals: dict[str, int] = {}
         self._resources: dict[str, int] = {}
@@ -236,9 +232,7 @@ class SqliteWriter(BacklogWriter):
             return
         tables: tuple[tuple[str, list[Any], int, str], ...] = ()
 
-        ended = sum(1 for row in rows.runs.values() if row[4] != A.STATUS_RUNNING)
-        # 5% of slack: a trim (a scan of the runs index) once every max_runs / 20 ended runs, not every write
-        over = self.max_runs is not None and self._runs_known + self._ended_since + ended > self.max_runs * 1.05
+        ended, over = self.trim_due(rows)
         held: list[int] = []
 
         def insert() -> None:
@@ -255,10 +249,7 @@ class SqliteWriter(BacklogWriter):
         for _, values, width, stat in tables:
             self.stats[stat] += len(values) // width
         self.stats["batches"] += 1
-        if held:
-            self._runs_known, self._ended_since = held[0], 0
-        else:
-            self._ended_since += ended
+        self.counted(ended, held[0] if held else None)
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         """Bytes of the database's pages in use (not on the free list): two reads of its header."""
@@ -292,10 +283,9 @@ class SqliteWriter(BacklogWriter):
                 used = self._used_bytes(conn)
                 if used <= goal:
                     break
-            self._runs_known = conn.execute(
-                "SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)
-            ).fetchone()[0]
-            self._ended_since = 0
+            self.counted(
+                0, conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0]
+            )
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -335,7 +325,7 @@ class SqliteWriter(BacklogWriter):
                 ).fetchall()
                 _delete_runs(conn, old)
             if self.max_runs is not None:
-                self._runs_known, self._ended_since = self._trim_runs(conn), 0
+                self.counted(0, self._trim_runs(conn))
             dropped = self._drop_unused_resources(conn)
             conn.execute("COMMIT")
         except BaseException:

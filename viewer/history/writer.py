@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from otelflow import attributes as A
+
 from .rows import Rows
 
 __all__ = ["BacklogWriter", "rate_limited"]
@@ -81,6 +83,10 @@ class BacklogWriter:
         self._done_rows = 0
         self._done_bytes = 0
         self.journal_pos = 0  # committed: the store holds the input up to here
+        # ended runs at the last retention, and ended runs written since (an upper bound: a run written twice
+        # counts twice): retention runs as soon as their sum passes max_runs, not only once a minute
+        self.runs_known = 0
+        self.ended_since = 0
         self.failure: str | None = None  # why the last write failed, while the backlog waits; None when healthy
         self.failing_since: float | None = None  # time.time() of the first failure of the current outage
         self.stats: dict[str, int] = {
@@ -126,6 +132,21 @@ class BacklogWriter:
     def close(self) -> None:
         """The thread stops: close the connection."""
 
+    def trim_due(self, rows: Rows) -> tuple[int, bool]:
+        """How many ended runs ``rows`` write, and whether their transaction must trim the runs to ``max_runs``:
+        it could take the history past 1.05 x ``max_runs`` ended runs (5% of slack: a trim, a scan of the runs
+        index, once every ``max_runs`` / 20 ended runs, not every write)."""
+        ended = sum(1 for row in rows.runs.values() if row[4] != A.STATUS_RUNNING)
+        over = self.max_runs is not None and self.runs_known + self.ended_since + ended > self.max_runs * 1.05
+        return ended, over
+
+    def counted(self, ended: int, remaining: int | None) -> None:
+        """A write of ``ended`` ended runs committed; ``remaining``: the ended runs its trim left (``None``: none)."""
+        if remaining is not None:
+            self.runs_known, self.ended_since = remaining, 0
+        else:
+            self.ended_since += ended
+
     # ------------------------------------------------------------------ the loop's side
 
     @property
@@ -161,6 +182,11 @@ class BacklogWriter:
     def retention_now(self) -> None:
         """Apply retention on the next turn."""
         self._queue.put(_Read(lambda _conn: self.retention(), concurrent.futures.Future()))
+
+    @property
+    def pending(self) -> bool:
+        """Some batch queued was not yet committed (or given up)."""
+        return self._queued_seq != self._done_seq
 
     @property
     def backlog_rows(self) -> int:
