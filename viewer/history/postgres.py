@@ -171,7 +171,7 @@ class PostgresHistory(HistoryStore):
         if not self._writer.running or self._executor is None:
             raise HistoryError("the history database is not open")
         if self._writer.pending:
-            await asyncio.wrap_future(self._writer.read(lambda _conn: None))
+            await asyncio.wrap_future(self._writer.barrier())
         executor = self._executor
         return await asyncio.get_running_loop().run_in_executor(executor, self._read, fn)
 

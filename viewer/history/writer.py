@@ -57,6 +57,10 @@ class _Read:
         self.future = future
 
 
+def _no_read(_conn: Any) -> None:
+    """A read that needs no connection (:meth:`BacklogWriter.barrier`)."""
+
+
 _STOP: Final = object()
 _CHUNK_ROWS: Final = 20_000  # rows per transaction when a backlog is written
 _RETRY_FIRST_S: Final = 0.05
@@ -178,6 +182,10 @@ class BacklogWriter:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put(_Read(fn, future))
         return future
+
+    def barrier(self) -> concurrent.futures.Future[Any]:
+        """Done once the writes queued before it were tried (no connection needed)."""
+        return self.read(_no_read)
 
     def retention_now(self) -> None:
         """Apply retention on the next turn."""
@@ -313,7 +321,7 @@ class BacklogWriter:
     def _read(self, op: _Read) -> None:
         if op.future.set_running_or_notify_cancel():
             try:
-                op.future.set_result(op.fn(self.connection()))
+                op.future.set_result(None if op.fn is _no_read else op.fn(self.connection()))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 op.future.set_exception(exc)
 
