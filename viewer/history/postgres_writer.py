@@ -34,7 +34,7 @@ from otelflow import attributes as A
 from .model_stats import COLUMNS as MODEL_COLUMNS
 from .model_stats import call_groups
 from .model_stats import merged_row as model_row
-from .name_stats import HOUR_NS, ended_groups, merged_row
+from .name_stats import ended_groups, merged_row
 from .rows import EVENT_WIDTH, SEQ_BITS, SPAN_WIDTH, TYPE_CODES, Rows
 from .writer import BacklogWriter, rate_limited
 
@@ -286,17 +286,9 @@ class PostgresWriter(BacklogWriter):
             raise
 
     def _alert_retention(self, cur: psycopg.Cursor[Any]) -> None:
-        """Resolved alerts leave after ``retention_days``, and beyond the newest 10,000; open ones stay; hourly
-        statistics leave after ``retention_days``."""
-        if self.retention_days is not None:
-            cutoff = time.time_ns() - int(self.retention_days * 86400e9)
-            cur.execute("DELETE FROM alerts WHERE status = 'resolved' AND resolved_ns < %s", (cutoff,))
-            cur.execute("DELETE FROM name_stats WHERE hour >= 0 AND hour < %s", (cutoff // HOUR_NS,))
-            cur.execute("DELETE FROM model_stats WHERE hour >= 0 AND hour < %s", (cutoff // HOUR_NS,))
-        cur.execute(
-            "DELETE FROM alerts WHERE status = 'resolved' AND alert_id NOT IN "
-            "(SELECT alert_id FROM alerts WHERE status = 'resolved' ORDER BY fired_ns DESC LIMIT 10000)"
-        )
+        """Resolved alerts and hourly statistics past retention leave (:meth:`BacklogWriter.alert_retention`)."""
+        for sql, args in self.alert_retention():
+            cur.execute(sql.replace("?", "%s"), args)
 
     def _trim_runs(self, cur: psycopg.Cursor[Any]) -> int:
         """Inside a transaction: delete the oldest ended runs beyond ``max_runs`` (with their spans and events);

@@ -31,7 +31,7 @@ from otelflow import attributes as A
 
 from .journal import Journal
 from .model_stats import add_calls
-from .name_stats import HOUR_NS, add_spans
+from .name_stats import add_spans
 from .rows import ALERT_WIDTH, EVENT_WIDTH, RUN_WIDTH, SEQ_BITS, SPAN_WIDTH, TYPE_CODES, Rows
 from .writer import BacklogWriter, rate_limited
 
@@ -356,15 +356,8 @@ class SqliteWriter(BacklogWriter):
         return int(conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0])
 
     def _alert_retention(self, conn: sqlite3.Connection) -> None:
-        """Resolved alerts leave after ``retention_days``, and beyond the newest 10,000; open ones stay."""
+        """Resolved alerts and hourly statistics past retention leave (:meth:`BacklogWriter.alert_retention`)."""
         conn.execute("BEGIN")
-        if self.retention_days is not None:
-            cutoff = time.time_ns() - int(self.retention_days * 86400e9)
-            conn.execute("DELETE FROM alerts WHERE status = 'resolved' AND resolved_ns < ?", (cutoff,))
-            conn.execute("DELETE FROM name_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,))
-            conn.execute("DELETE FROM model_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,))
-        conn.execute(
-            "DELETE FROM alerts WHERE status = 'resolved' AND alert_id NOT IN "
-            "(SELECT alert_id FROM alerts WHERE status = 'resolved' ORDER BY fired_ns DESC LIMIT 10000)"
-        )
+        for sql, args in self.alert_retention():
+            conn.execute(sql, args)
         conn.execute("COMMIT")

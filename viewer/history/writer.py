@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from otelflow import attributes as A
 
+from .name_stats import HOUR_NS
 from .rows import Rows
 
 __all__ = ["BacklogWriter", "rate_limited"]
@@ -150,6 +151,26 @@ class BacklogWriter:
             self.runs_known, self.ended_since = remaining, 0
         else:
             self.ended_since += ended
+
+    def alert_retention(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statements (``?`` marks) by which resolved alerts leave after ``retention_days`` and beyond the
+        newest 10,000 (open ones stay), and hourly statistics after ``retention_days``."""
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if self.retention_days is not None:
+            cutoff = time.time_ns() - int(self.retention_days * 86400e9)
+            statements += [
+                ("DELETE FROM alerts WHERE status = 'resolved' AND resolved_ns < ?", (cutoff,)),
+                ("DELETE FROM name_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,)),
+                ("DELETE FROM model_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,)),
+            ]
+        statements.append(
+            (
+                "DELETE FROM alerts WHERE status = 'resolved' AND alert_id NOT IN "
+                "(SELECT alert_id FROM alerts WHERE status = 'resolved' ORDER BY fired_ns DESC LIMIT 10000)",
+                (),
+            )
+        )
+        return statements
 
     # ------------------------------------------------------------------ the loop's side
 
