@@ -17,7 +17,7 @@ from .recorder import Recorder
 from .sqlite import SqliteHistory, default_db_path
 from .store import HistoryError
 
-History: TypeAlias = "SqliteHistory | PostgresHistory"
+History: TypeAlias = SqliteHistory | PostgresHistory
 """A history store: the embedded SQLite one, or the PostgreSQL one that replicas share."""
 
 __all__ = [
