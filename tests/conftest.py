@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -16,8 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import otelflow
 from otelflow.records import SpanRecord
+from tests.pg_server import PgServer
+from tests.pg_server import missing as pg_missing
 
 if TYPE_CHECKING:
+    from otelflow.viewer.history import History
     from tests.viewer.conftest import Viewer
 
 
@@ -92,3 +97,48 @@ def make_viewer() -> Iterator[Callable[..., Viewer]]:
     for viewer in started:
         if viewer.thread.is_alive():
             viewer.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# History stores: a throwaway PostgreSQL (tests/pg_server.py), and fixtures that run a test once per store
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the session. Without its programs the test skips, except under CI (``$CI``
+    set), where it fails: CI must run it."""
+    reason = pg_missing()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL tests must run in CI: {reason}")
+        pytest.skip(reason)
+    server = PgServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of a new, empty database of the session's server."""
+    return pg_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """Runs the test once per history store: each call gives a new, empty place for a history, a SQLite file or
+    (``postgres``) the URL of a new PostgreSQL database. Pass it as ``create_app(db=...)`` or to
+    :func:`history_of`."""
+    if request.param == "sqlite":
+        count = iter(range(1_000_000))
+        return lambda: str(tmp_path / f"history-{next(count)}.db")
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.create_database
+
+
+def history_of(db: str, **kwargs: Any) -> History:
+    """The store for ``db`` (a SQLite path or a PostgreSQL URL), not opened; ``kwargs`` go to its constructor."""
+    from otelflow.viewer.history import PostgresHistory, SqliteHistory, is_postgres_url
+
+    return PostgresHistory(db, **kwargs) if is_postgres_url(db) else SqliteHistory(db, **kwargs)

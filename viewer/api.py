@@ -21,7 +21,7 @@ from otelflow.scrub import fix_surrogates
 from otelflow.wire import STALLED, finite
 
 from .alerts import AlertEngine
-from .history import RunQuery, SqliteHistory
+from .history import History, RunQuery
 from .history.name_stats import HOUR_NS
 from .live import Hub, RunState
 from .live.state import llm_by_span
@@ -70,7 +70,7 @@ def _cursor(value: str) -> tuple[int, str] | None:
     return int(start), trace
 
 
-async def run_has_ended(hub: Hub, history: SqliteHistory, run: str) -> bool:
+async def run_has_ended(hub: Hub, history: History, run: str) -> bool:
     """Whether ``run`` is only in the history, ended: its stream then replays what is stored and closes."""
     if hub.resolve(run) is not None:
         return False
@@ -84,7 +84,7 @@ async def run_has_ended(hub: Hub, history: SqliteHistory, run: str) -> bool:
 class _Api:
     """The route handlers, over ``hub`` (live runs) and ``history`` (the rest)."""
 
-    def __init__(self, hub: Hub, history: SqliteHistory, alerts: AlertEngine | None) -> None:
+    def __init__(self, hub: Hub, history: History, alerts: AlertEngine | None) -> None:
         self.hub = hub
         self.history = history
         self.alerts = alerts
@@ -264,7 +264,7 @@ class _Api:
         )
 
 
-def api_router(hub: Hub, history: SqliteHistory, alerts: AlertEngine | None = None) -> APIRouter:
+def api_router(hub: Hub, history: History, alerts: AlertEngine | None = None) -> APIRouter:
     """The REST routes over ``hub`` (live runs), ``history`` (the rest) and ``alerts``."""
     api = _Api(hub, history, alerts)
     router = APIRouter()

@@ -31,7 +31,7 @@ from otelflow.scrub import DEFAULT_VALUE_LIMIT
 
 from .alerts import AlertConfig, AlertConfigError, AlertEngine, Delivery, load_rules
 from .api import ApiResponse, api_router, run_has_ended
-from .history import Recorder, SqliteHistory, default_db_path
+from .history import History, PostgresHistory, Recorder, SqliteHistory, default_db_path, is_postgres_url
 from .history.standby import Positioned, Standby
 from .intake import Intake
 from .live import Hub
@@ -66,7 +66,7 @@ class ViewerApp(FastAPI):
 
 def create_app(
     *,
-    db: str | os.PathLike[str] | SqliteHistory = ":memory:",
+    db: str | os.PathLike[str] | History = ":memory:",
     token: str | None = None,
     allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
     allowed_origins: Iterable[str] = (),
@@ -87,7 +87,8 @@ def create_app(
 ) -> FastAPI:
     """The viewer as an ASGI app. ``app.state.hub`` and ``app.state.history`` are its hub and history.
 
-    ``db`` is a path, ``":memory:"``, or a :class:`SqliteHistory`. The lifespan opens the history (unless open),
+    ``db`` is a path, ``":memory:"``, a ``postgresql://`` (or ``postgres://``) URL of a :class:`PostgresHistory`,
+    or a :class:`SqliteHistory` or :class:`PostgresHistory`. The lifespan opens the history (unless open),
     restores the runs that were live, ingests what the intake log holds beyond the history, starts the hub, and
     on shutdown publishes ``shutdown``, closes streams and flushes the history. ``jaeger_url`` (default
     ``$OTELFLOW_JAEGER_URL``) adds "Open in Jaeger" links to run pages. Attribute values longer than
@@ -101,9 +102,13 @@ def create_app(
     stream (``hub`` must then not be given).
     """
     use_prices(prices if prices is not None else load_prices())
-    history = (
-        db if isinstance(db, SqliteHistory) else SqliteHistory(db, retention_days=retention_days, max_runs=max_runs)
-    )
+    history: History
+    if isinstance(db, (SqliteHistory, PostgresHistory)):
+        history = db
+    elif is_postgres_url(db):
+        history = PostgresHistory(str(db), retention_days=retention_days, max_runs=max_runs)
+    else:
+        history = SqliteHistory(db, retention_days=retention_days, max_runs=max_runs)
     if broker is not None and hub is not None:
         raise ValueError("give create_app a broker or a hub, not both")
     hub = hub or Hub(idle_run_s=idle_run_s, backend=broker)
@@ -205,7 +210,7 @@ class _SharedHistory:
 
 def _lifespan(
     hub: Hub,
-    history: SqliteHistory,
+    history: History,
     intake: Intake,
     alerts: AlertEngine,
     durations_every_s: float,
@@ -257,7 +262,7 @@ async def _every(interval_s: float, fn: Callable[[], None]) -> None:
             log.exception("periodic %s failed", getattr(fn, "__qualname__", fn))
 
 
-async def _durations(hub: Hub, history: SqliteHistory, interval_s: float) -> None:
+async def _durations(hub: Hub, history: History, interval_s: float) -> None:
     """Give the stall policy the p95 durations per (kind, name) the history knows, now and every minute."""
     while True:
         try:
@@ -447,14 +452,22 @@ def serve(
         hosts = LOOPBACK_HOSTS | extra if extra else None  # without names, any name may reach it
     else:
         hosts = LOOPBACK_HOSTS | extra | {host.lower().strip("[]")}
-    history = SqliteHistory(
-        db if db is not None else default_db_path(),
-        retention_days=retention_days,
-        max_runs=max_runs,
-        max_backlog_bytes=max_backlog_bytes,
-        max_db_bytes=max_db_bytes,
-        create_folder=db is None,
-    )
+    history: History
+    if db is not None and is_postgres_url(db):
+        if max_db_bytes is not None:
+            raise ViewerConfigError("--max-db-mb is for a SQLite history; PostgreSQL keeps runs by count and age")
+        history = PostgresHistory(
+            str(db), retention_days=retention_days, max_runs=max_runs, max_backlog_bytes=max_backlog_bytes
+        )
+    else:
+        history = SqliteHistory(
+            db if db is not None else default_db_path(),
+            retention_days=retention_days,
+            max_runs=max_runs,
+            max_backlog_bytes=max_backlog_bytes,
+            max_db_bytes=max_db_bytes,
+            create_folder=db is None,
+        )
     history.open()
     try:
         # bound here, not by uvicorn, so that a busy port is one line saying what to do, not uvicorn's log

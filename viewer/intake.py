@@ -32,7 +32,7 @@ from typing import Final, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .history import JournalError, SqliteHistory
+from .history import History, JournalError
 from .live import INGEST_SLICE, Batch, Hub
 from .live.backends.codec import KIND_BATCH, decode_batch
 from .live.backends.redis import BrokerError, RedisBackend
@@ -67,7 +67,7 @@ class Intake:
     def __init__(
         self,
         hub: Hub,
-        history: SqliteHistory,
+        history: History,
         *,
         max_body_bytes: int,
         max_value_length: int | None,

@@ -614,9 +614,9 @@ def test_an_alert_fires_once_for_a_cluster_of_replicas(
 
 
 def test_an_open_alert_of_a_rule_taken_out_of_the_file_is_resolved_at_start(
-    make_viewer: Callable[..., Viewer], tmp_path: Path
+    make_viewer: Callable[..., Viewer], new_db: Callable[[], str]
 ) -> None:
-    db = tmp_path / "viewer.db"
+    db = new_db()
     first = make_viewer(db=db, alerts=rules('[[rule]]\nname = "old"\nwhen = "run_slow"\nover_s = 0.2\n'))
     telemetry = in_process(first)
     release = threading.Event()

@@ -125,7 +125,8 @@ def test_protobuf_from_the_real_otlp_exporter_and_rest(viewer: Viewer) -> None:
     assert writer["p95_ms"] >= 0
 
 
-def test_runs_list_filters_and_pagination(viewer: Viewer) -> None:
+def test_runs_list_filters_and_pagination(make_viewer: Callable[..., Viewer], new_db: Callable[[], str]) -> None:
+    viewer = make_viewer(db=new_db())
     for i in range(7):
         t = trace_id()
         viewer.post_json(
@@ -155,7 +156,10 @@ def test_runs_list_filters_and_pagination(viewer: Viewer) -> None:
     assert httpx.get(f"{viewer.url}/api/runs", params={"service": "other"}, timeout=5).json()["total"] == 0
 
 
-def test_runs_page_by_cursor_through_every_run_once_in_order(viewer: Viewer) -> None:
+def test_runs_page_by_cursor_through_every_run_once_in_order(
+    make_viewer: Callable[..., Viewer], new_db: Callable[[], str]
+) -> None:
+    viewer = make_viewer(db=new_db())
     for i in range(9):  # three runs start at each of three instants: ties are ordered by trace id
         start = 5_000_000_000 + (i // 3) * 1_000_000_000
         viewer.post_json(
@@ -179,8 +183,8 @@ def test_runs_page_by_cursor_through_every_run_once_in_order(viewer: Viewer) -> 
     assert runs(after="nonsense")["error"].startswith("after must be")
 
 
-def test_export_round_trips_and_events_replay(make_viewer: Callable[..., Viewer]) -> None:
-    viewer = make_viewer()
+def test_export_round_trips_and_events_replay(make_viewer: Callable[..., Viewer], new_db: Callable[[], str]) -> None:
+    viewer = make_viewer(db=new_db())
     t, root, child = trace_id(), span_id(), span_id()
     viewer.post_json([record(t, root, "wf", kind="workflow", run_id="job-x")])
     viewer.post_json([record(t, child, "a", parent=root, kind="agent", ended=True)])
@@ -189,7 +193,7 @@ def test_export_round_trips_and_events_replay(make_viewer: Callable[..., Viewer]
     records, rejected = from_otlp_json(exported)
     assert not rejected
     assert {r.span_id for r in records} == {root, child}
-    other = make_viewer()
+    other = make_viewer(db=new_db())
     response = httpx.post(
         f"{other.url}/v1/traces", content=json.dumps(exported), headers={"content-type": "application/json"}, timeout=5
     )

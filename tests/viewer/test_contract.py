@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -80,7 +81,10 @@ def _read(conn: Any, into: list[dict[str, Any]]) -> None:
             into.append(json.loads(conn.recv(timeout=60)))
 
 
-def test_every_span_starts_once_before_it_ends_on_every_stream(viewer: Viewer) -> None:
+def test_every_span_starts_once_before_it_ends_on_every_stream(
+    make_viewer: Callable[..., Viewer], new_db: Callable[[], str]
+) -> None:
+    viewer = make_viewer(db=new_db())
     ws_messages: list[dict[str, Any]] = []
     compat_messages: list[dict[str, Any]] = []
 

@@ -10,6 +10,7 @@ import math
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -18,10 +19,11 @@ from typing import Any
 import pytest
 
 from otelflow.records import EventRecord, SpanRecord
-from otelflow.viewer.history import Recorder, SqliteHistory
+from otelflow.viewer.history import History, Recorder, SqliteHistory
 from otelflow.viewer.history.rows import record_from_row, record_to_row
 from otelflow.viewer.live import Hub
 from otelflow.wire import derived_start, dumps, encode_exact, encode_span, encode_span_pair, event_json
+from tests.conftest import history_of
 
 
 def _records() -> list[SpanRecord]:
@@ -300,7 +302,7 @@ def test_schema_3_database_is_upgraded_and_replays_the_same_events(tmp_path: Pat
     asyncio.run(check())
 
 
-async def _recorded(store: SqliteHistory) -> tuple[Hub, list[dict[str, Any]]]:
+async def _recorded(store: History) -> tuple[Hub, list[dict[str, Any]]]:
     """A started hub whose events ``store`` records, and the list of what its stream tells (quiet ones left out)."""
     hub = Hub()
     hub.tap(Recorder(store))
@@ -310,12 +312,12 @@ async def _recorded(store: SqliteHistory) -> tuple[Hub, list[dict[str, Any]]]:
     return hub, told
 
 
-def test_a_read_resumes_after_any_event_even_inside_one_spans_row() -> None:
+def test_a_read_resumes_after_any_event_even_inside_one_spans_row(new_db: Callable[[], str]) -> None:
     """Spans that arrive ended with events are stored one row each (start, events, end): reading after any of
     their events, or a page of any size, gives exactly the rest of what the stream told."""
 
     async def check() -> None:
-        store = SqliteHistory(":memory:")
+        store = history_of(new_db())
         store.open()
         try:
             hub, told = await _recorded(store)
@@ -347,12 +349,12 @@ def test_a_read_resumes_after_any_event_even_inside_one_spans_row() -> None:
     asyncio.run(check())
 
 
-def test_a_live_run_replays_as_told_its_updates_included() -> None:
+def test_a_live_run_replays_as_told_its_updates_included(new_db: Callable[[], str]) -> None:
     """A run told live: spans start, report progress (each a run.updated, stored as what changed, every 64th
     whole) and end. The history gives back exactly the stream, from the start and resuming after any event."""
 
     async def check() -> None:
-        store = SqliteHistory(":memory:")
+        store = history_of(new_db())
         store.open()
         try:
             hub, told = await _recorded(store)
@@ -382,12 +384,12 @@ def test_a_live_run_replays_as_told_its_updates_included() -> None:
     asyncio.run(check())
 
 
-def test_events_an_sdk_dropped_from_a_span_still_replay() -> None:
+def test_events_an_sdk_dropped_from_a_span_still_replay(new_db: Callable[[], str]) -> None:
     """SDKs bound a span's events and drop the oldest (OTEL_SPAN_EVENT_COUNT_LIMIT): the span as it ended no
     longer has the first events the stream told while it ran. The history still replays every one."""
 
     async def check() -> None:
-        store = SqliteHistory(":memory:")
+        store = history_of(new_db())
         store.open()
         try:
             hub, told = await _recorded(store)
@@ -411,9 +413,9 @@ def test_events_an_sdk_dropped_from_a_span_still_replay() -> None:
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 5000])
-def test_batched_inserts_keep_every_row_in_order(n: int) -> None:
+def test_batched_inserts_keep_every_row_in_order(n: int, new_db: Callable[[], str]) -> None:
     async def check() -> None:
-        store = SqliteHistory(":memory:")
+        store = history_of(new_db())
         store.open()
         try:
             hub = Hub()

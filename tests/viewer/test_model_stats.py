@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from otelflow import attributes as A
-from otelflow.viewer.history import SqliteHistory
+from otelflow.viewer.history import History, SqliteHistory
 
 from .conftest import Viewer, record, span_id, trace_id, wait_for
 from .test_name_stats import HOUR_NS, exact
@@ -59,8 +59,10 @@ def models(viewer: Viewer, since: str = "all") -> dict[str, dict[str, Any]]:
     return {s["model"]: s for s in got["models"]}
 
 
-def test_per_model_counts_tokens_cost_and_quantiles(make_viewer: Callable[..., Viewer]) -> None:
-    viewer = make_viewer()
+def test_per_model_counts_tokens_cost_and_quantiles(
+    make_viewer: Callable[..., Viewer], new_db: Callable[[], str]
+) -> None:
+    viewer = make_viewer(db=new_db())
     rng = random.Random(3)
     latencies = [rng.lognormvariate(6.0, 0.8) for _ in range(200)]
     ttfts = [rng.lognormvariate(4.0, 0.5) for _ in range(200)]
@@ -90,15 +92,17 @@ def test_per_model_counts_tokens_cost_and_quantiles(make_viewer: Callable[..., V
     assert models(viewer, "1h") == stats
 
 
-def test_narrowed_by_time_and_trimmed_by_retention(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
-    viewer = make_viewer(db=tmp_path / "h.db", retention_days=2.0)
+def test_narrowed_by_time_and_trimmed_by_retention(
+    make_viewer: Callable[..., Viewer], new_db: Callable[[], str]
+) -> None:
+    viewer = make_viewer(db=new_db(), retention_days=2.0)
     trace = trace_id()
     old = [call(trace, "gpt-4o", 100.0, ended_ago_ns=3 * DAY_NS) for _ in range(2)]
     assert viewer.post_json([*old, call(trace, "gpt-4o", 200.0)]).is_success
     wait_for(lambda: models(viewer).get("gpt-4o", {}).get("calls") == 3, what="three calls")
     assert models(viewer, "1h")["gpt-4o"]["calls"] == 1
     assert models(viewer, "7d")["gpt-4o"]["calls"] == 3
-    history: SqliteHistory = viewer.app.state.history
+    history: History = viewer.app.state.history
     history.retention_now()
     assert models(viewer, "7d")["gpt-4o"]["calls"] == 1  # the hours past retention left
     assert models(viewer, "all")["gpt-4o"]["calls"] == 3  # all time is a running total, as per name

@@ -15,6 +15,7 @@ import httpx
 
 from otelflow import attributes as A
 from otelflow.viewer.history import SqliteHistory
+from tests.conftest import history_of
 
 from .conftest import Viewer, record, span_id, trace_id, wait_for
 
@@ -54,8 +55,10 @@ def lookup(viewer: Viewer, since: str = "all") -> dict[str, float]:
     return next((s for s in stats if s["name"] == "execute_tool lookup"), {})
 
 
-def test_p50_and_p95_are_within_one_percent_of_the_exact_ones(make_viewer: Callable[..., Viewer]) -> None:
-    viewer = make_viewer()
+def test_p50_and_p95_are_within_one_percent_of_the_exact_ones(
+    make_viewer: Callable[..., Viewer], new_db: Callable[[], str]
+) -> None:
+    viewer = make_viewer(db=new_db())
     rng = random.Random(5)
     durations = [rng.lognormvariate(3.0, 1.2) for _ in range(400)]  # ms, a long tail like LLM calls have
     post_spans(viewer, durations, errors=40)
@@ -77,8 +80,8 @@ def test_p50_and_p95_are_within_one_percent_of_the_exact_ones(make_viewer: Calla
         )
 
 
-def test_stats_narrow_to_the_last_hour_or_day(make_viewer: Callable[..., Viewer]) -> None:
-    viewer = make_viewer()
+def test_stats_narrow_to_the_last_hour_or_day(make_viewer: Callable[..., Viewer], new_db: Callable[[], str]) -> None:
+    viewer = make_viewer(db=new_db())
     post_spans(viewer, [10.0] * 3, ended_ago_ns=3 * HOUR_NS)  # three hours ago
     post_spans(viewer, [20.0] * 2)  # now
     wait_for(lambda: lookup(viewer).get("count") == 5, what="the statistics")
@@ -126,10 +129,10 @@ def test_a_schema_4_history_keeps_its_statistics_and_counts_cancelled_spans_apar
     assert (got["count"], got["error_rate"]) == (3, 1 / 3), "a cancelled span is no failure"
 
 
-def test_a_span_abandoned_then_ended_counts_once() -> None:
+def test_a_span_abandoned_then_ended_counts_once(new_db: Callable[[], str]) -> None:
     """A span whose worker went silent is stored abandoned (cut off where it was last heard of); should it end
     after all, the statistics count it once, with its real duration."""
-    store = SqliteHistory(":memory:")
+    store = history_of(new_db())
     store.open()
     try:
         trace, sid, now = trace_id(), span_id(), time.time_ns()

@@ -84,7 +84,8 @@ def test_kill_9_of_a_replica_mid_run_loses_nothing(
         got = [e for e in resumed.events if e.get("event") not in (None,)]
         assert not [e for e in got if e["event"] == "reset"], "a gap was announced"
         ids = [e["id"] for e in got]
-        assert ids == sorted(ids, key=lambda i: int(i.split(".")[1])) and len(set(ids)) == len(ids)
+        assert ids == sorted(ids, key=lambda i: int(i.split(".")[1]))
+        assert len(set(ids)) == len(ids)
         assert all(int(i.split(".")[1]) > int(last.split(".")[1]) for i in ids)
         assert {e["event"] for e in got} >= {"span.ended", "run.ended"}
 

@@ -1,4 +1,5 @@
-"""SQLite history: restart keeps runs, live runs come back (then abandoned if silent), retention, clear errors."""
+"""History (SQLite; and PostgreSQL where a test takes ``new_db``): restart keeps runs, live runs come back (then
+abandoned if silent), retention, clear errors."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import pytest
 from otelflow.viewer import ViewerConfigError, serve
 from otelflow.viewer.history import HistoryError, RunQuery, SqliteHistory, default_db_path
 from otelflow.viewer.live import Hub
+from tests.conftest import history_of
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 
 
-def test_restart_keeps_history_and_resumes_live_runs(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
-    db = tmp_path / "history.db"
+def test_restart_keeps_history_and_resumes_live_runs(
+    make_viewer: Callable[..., Viewer], new_db: Callable[[], str]
+) -> None:
+    db = new_db()
     first = make_viewer(db=db)
     done, live = trace_id(), trace_id()
     done_root, live_root = span_id(), span_id()
@@ -44,7 +48,7 @@ def test_restart_keeps_history_and_resumes_live_runs(make_viewer: Callable[..., 
         events = sse.read_all()
     assert [e["event"] for e in events] == ["span.abandoned", "run.ended"]
     # …unless the worker is alive and carries on: a fresh viewer keeps its spans and takes new ones
-    third_db = tmp_path / "third.db"
+    third_db = new_db()
     third = make_viewer(db=third_db)
     t, root = trace_id(), span_id()
     third.post_json([record(t, root, "wf", kind="workflow", run_id="job-3")])
@@ -82,8 +86,8 @@ def test_locked_database_gives_a_clear_error(tmp_path: Path) -> None:
         holder.close()
 
 
-def test_retention_by_count_and_age() -> None:
-    store = SqliteHistory(":memory:", retention_days=1.0, max_runs=2)
+def test_retention_by_count_and_age(new_db: Callable[[], str]) -> None:
+    store = history_of(new_db(), retention_days=1.0, max_runs=2)
     store.open()
     try:
         now = time.time_ns()
@@ -121,8 +125,8 @@ def test_serve_refuses_a_public_address_without_a_token(monkeypatch: pytest.Monk
             serve(host, 0, db=":memory:")
 
 
-def test_max_runs_holds_while_runs_keep_ending(make_viewer: Callable[..., Viewer], tmp_path: Path) -> None:
-    viewer = make_viewer(db=tmp_path / "viewer.db", max_runs=20)
+def test_max_runs_holds_while_runs_keep_ending(make_viewer: Callable[..., Viewer], new_db: Callable[[], str]) -> None:
+    viewer = make_viewer(db=new_db(), max_runs=20)
     stored = 0
     for batch in range(20):  # 100 ended runs, five a request
         runs = [
@@ -143,10 +147,10 @@ def _health(viewer: Viewer) -> dict[str, Any]:
     return answer
 
 
-def test_resources_no_span_uses_leave_with_retention() -> None:
+def test_resources_no_span_uses_leave_with_retention(new_db: Callable[[], str]) -> None:
     """A sender may put a value of its own in each request's resource: each distinct resource is stored once,
     and once runs leave, the resources only they used leave too; the spans that stay keep theirs."""
-    store = SqliteHistory(":memory:", retention_days=None, max_runs=5)
+    store = history_of(new_db(), retention_days=None, max_runs=5)
     store.open()
     try:
         traces = []

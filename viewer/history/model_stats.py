@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from otelflow import attributes as A
 
 from .name_stats import ALL_TIME, HOUR_NS, Sketch
 from .rows import LlmCall, call_of
 
-__all__ = ["SCHEMA", "add_calls", "backfill", "read_model_stats"]
+if TYPE_CHECKING:
+    from .reading import Sql
+
+__all__ = ["COLUMNS", "SCHEMA", "add_calls", "backfill", "call_groups", "merged_row", "read_model_stats"]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS model_stats (
@@ -95,10 +98,11 @@ class _Group:
         )
 
 
-_COLUMNS: Final = "calls, errors, cancelled, input_tokens, output_tokens, cost_usd, unpriced, latency, ttft_count, ttft"
+COLUMNS: Final = "calls, errors, cancelled, input_tokens, output_tokens, cost_usd, unpriced, latency, ttft_count, ttft"
 
 
-def _groups(calls: Iterable[LlmCall]) -> dict[tuple[str, str, int], _Group]:
+def call_groups(calls: Iterable[LlmCall]) -> dict[tuple[str, str, int], _Group]:
+    """(provider, model, hour) -> the figures of these calls, the all-time rows included."""
     groups: dict[tuple[str, str, int], _Group] = {}
     for call in calls:
         for hour in (call[4] // HOUR_NS, ALL_TIME):
@@ -114,18 +118,24 @@ def add_calls(conn: sqlite3.Connection, calls: Sequence[LlmCall]) -> None:
     """Add a writer batch's ended model calls (inside its transaction)."""
     if not calls:
         return
-    for (provider, model, hour), group in _groups(calls).items():
-        row = conn.execute(
-            f"SELECT {_COLUMNS} FROM model_stats WHERE provider = ? AND model = ? AND hour = ?",  # noqa: S608
-            (provider, model, hour),
+    for key, group in call_groups(calls).items():
+        stored = conn.execute(
+            f"SELECT {COLUMNS} FROM model_stats WHERE provider = ? AND model = ? AND hour = ?",  # noqa: S608
+            key,
         ).fetchone()
-        if row is not None:
-            group.merge_row(row)
         conn.execute(
-            f"INSERT OR REPLACE INTO model_stats (provider, model, hour, {_COLUMNS}) "  # noqa: S608
+            f"INSERT OR REPLACE INTO model_stats (provider, model, hour, {COLUMNS}) "  # noqa: S608
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (provider, model, hour, *group.values()),
+            merged_row(key, group, stored),
         )
+
+
+def merged_row(key: tuple[str, str, int], group: _Group, stored: Sequence[Any] | None) -> tuple[Any, ...]:
+    """The ``model_stats`` row ``(provider, model, hour, COLUMNS...)`` of ``key``: ``group`` added to the row
+    ``stored`` holds (its :data:`COLUMNS`, ``None`` for a new row)."""
+    if stored is not None:
+        group.merge_row(stored)
+    return (*key, *group.values())
 
 
 def backfill(conn: sqlite3.Connection) -> None:
@@ -155,7 +165,7 @@ def backfill(conn: sqlite3.Connection) -> None:
     add_calls(conn, calls)
 
 
-def read_model_stats(conn: sqlite3.Connection, since_ns: int | None) -> list[dict[str, Any]]:
+def read_model_stats(conn: Sql, since_ns: int | None) -> list[dict[str, Any]]:
     """Per (provider, model), all time or the hours from ``since_ns``'s on: calls, errors' rate, cancelled, tokens,
     estimated cost, p50/p95 latency and time to first token (ms; ``None`` without samples)."""
     if since_ns is None:
@@ -163,7 +173,7 @@ def read_model_stats(conn: sqlite3.Connection, since_ns: int | None) -> list[dic
     else:
         where, args = "hour >= ?", (since_ns // HOUR_NS,)
     merged: dict[tuple[str, str], _Group] = {}
-    sql = f"SELECT provider, model, {_COLUMNS} FROM model_stats WHERE {where}"  # noqa: S608
+    sql = f"SELECT provider, model, {COLUMNS} FROM model_stats WHERE {where}"  # noqa: S608
     for provider, model, *row in conn.execute(sql, args):
         merged.setdefault((provider, model), _Group()).merge_row(row)
     out = []

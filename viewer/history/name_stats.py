@@ -14,14 +14,28 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from otelflow import attributes as A
 
 from .rows import SPAN_WIDTH
 
-__all__ = ["ALL_TIME", "HISTOGRAM_BINS", "HOUR_NS", "Sketch", "add_spans", "backfill", "read_stats", "upgrade"]
+if TYPE_CHECKING:
+    from .reading import Sql
+
+__all__ = [
+    "ALL_TIME",
+    "HISTOGRAM_BINS",
+    "HOUR_NS",
+    "Sketch",
+    "add_spans",
+    "backfill",
+    "ended_groups",
+    "merged_row",
+    "read_stats",
+    "upgrade",
+]
 
 GAMMA: Final = 1.02
 _LOG_GAMMA: Final = math.log(GAMMA)
@@ -181,24 +195,34 @@ def _ended(flat: list[Any]) -> Iterable[tuple[str, str, str, int, int]]:
             yield flat[i + 4], flat[i + 3], flat[i + 5], flat[i + 6], end
 
 
+def ended_groups(flat_spans: list[Any]) -> dict[tuple[str, str, int], Sketch]:
+    """(kind, name, hour) -> sketch of the ended spans among a writer's flat span rows, the all-time rows included."""
+    return _groups(_ended(flat_spans))
+
+
+def merged_row(key: tuple[str, str, int], sketch: Sketch, stored: Sequence[Any] | None) -> tuple[Any, ...]:
+    """The ``name_stats`` row ``(kind, name, hour, count, errors, buckets, cancelled)`` of ``key``: ``sketch`` added
+    to the row ``stored`` holds (``(count, errors, buckets, cancelled)``, ``None`` for a new row)."""
+    if stored is not None:
+        sketch.merge(Sketch.from_row(*stored))
+    return (*key, sketch.count, sketch.errors, sketch.to_json(), sketch.cancelled)
+
+
 def _merge_into(conn: sqlite3.Connection, groups: Mapping[tuple[str, str, int], Sketch]) -> None:
-    for (kind, name, hour), sketch in groups.items():
-        row = conn.execute(
-            "SELECT count, errors, buckets, cancelled FROM name_stats WHERE kind = ? AND name = ? AND hour = ?",
-            (kind, name, hour),
+    for key, sketch in groups.items():
+        stored = conn.execute(
+            "SELECT count, errors, buckets, cancelled FROM name_stats WHERE kind = ? AND name = ? AND hour = ?", key
         ).fetchone()
-        if row is not None:
-            sketch.merge(Sketch.from_row(*row))
         conn.execute(
             "INSERT OR REPLACE INTO name_stats (kind, name, hour, count, errors, buckets, cancelled) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (kind, name, hour, sketch.count, sketch.errors, sketch.to_json(), sketch.cancelled),
+            merged_row(key, sketch, stored),
         )
 
 
 def add_spans(conn: sqlite3.Connection, flat_spans: list[Any]) -> None:
     """Add the ended spans of a writer's batch (inside its transaction)."""
-    groups = _groups(_ended(flat_spans))
+    groups = ended_groups(flat_spans)
     if groups:
         _merge_into(conn, groups)
 
@@ -218,7 +242,7 @@ def upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE name_stats ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0")
 
 
-def read_stats(conn: sqlite3.Connection, kinds: list[str], since_ns: int | None) -> list[dict[str, Any]]:
+def read_stats(conn: Sql, kinds: list[str], since_ns: int | None) -> list[dict[str, Any]]:
     """Per (kind, name): count, p50/p95 in ms, error rate, cancelled count, a histogram of durations; all time, or
     the hours from ``since_ns``'s on. ``count`` and the rest are of the spans that ended ok or with an error;
     p50/p95 are ``None`` for a name whose spans were all cancelled."""

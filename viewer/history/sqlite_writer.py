@@ -1,14 +1,11 @@
-"""The SQLite history's writer thread: one connection, rows written in order, failures retried, reads in turn.
+"""The SQLite history's writer (:class:`viewer.history.writer.BacklogWriter`): one connection, rows written in
+order with multi-row statements, failures retried, reads in turn.
 
-Contracts:
+Contracts (besides the writer thread's):
 
-- :meth:`SqliteWriter.put` queues a batch of rows and never blocks. The thread takes what is queued (about
-  5,000 rows at a time), writes it in one transaction, then answers the reads queued with it: while the
-  database works, a read sees every write queued before it.
-- When the database refuses a write (locked, full, read-only, I/O error), the rows stay in a backlog, in
-  order, and the write is retried with backoff (50 ms doubling to 2 s); ``failure`` says why meanwhile. A row
-  that can never be written (a value SQLite cannot hold) is dropped alone, counted and logged. No
-  transaction is left open after any error.
+- Errors of SQLite that retrying cannot help (a value it cannot hold) are the ``data_errors``: those rows are
+  written one by one and the ones that still fail are dropped. Everything else (locked, full, read-only, I/O)
+  is retried. No transaction is left open after any error.
 - The intake log's position rides with the rows (``Rows.journal_end``) and is committed with them; committed
   segments of the log are then released.
 - Retention runs when the writer starts and once a minute while writes succeed: runs that ended more than
@@ -21,15 +18,11 @@ Contracts:
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import contextlib
 import functools
 import logging
 import math
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -38,22 +31,13 @@ from otelflow import attributes as A
 
 from .journal import Journal
 from .model_stats import add_calls
-from .name_stats import HOUR_NS, add_spans
+from .name_stats import add_spans
 from .rows import ALERT_WIDTH, EVENT_WIDTH, RUN_WIDTH, SEQ_BITS, SPAN_WIDTH, TYPE_CODES, Rows
+from .writer import BacklogWriter, rate_limited
 
 __all__ = ["SqliteWriter", "resource_id"]
 
 log = logging.getLogger("otelflow.viewer")
-
-_last_logged: dict[str, float] = {}
-
-
-def _rate_limited(emit: Callable[..., None], message: str, *args: Any) -> None:
-    """Log ``message`` at most once every 10 s."""
-    now = time.monotonic()
-    if now - _last_logged.get(message, -1e9) >= 10.0:
-        _last_logged[message] = now
-        emit(message, *args)
 
 
 @functools.lru_cache(maxsize=64)
@@ -93,21 +77,7 @@ def _insert_many(conn: sqlite3.Connection, head: str, values: list[Any], width: 
         i += n
 
 
-class _Read:
-    """A read to run on the writer's connection, in turn."""
-
-    __slots__ = ("fn", "future")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: concurrent.futures.Future[Any]) -> None:
-        self.fn = fn
-        self.future = future
-
-
-_STOP: Final = object()
 _RESOURCES_KEPT: Final = 1_000  # distinct resources kept before retention looks for unused ones
-_CHUNK_ROWS: Final = 20_000  # rows per transaction when a backlog is written
-_RETRY_FIRST_S: Final = 0.05
-_RETRY_MAX_S: Final = 2.0
 # Errors of the data, not of the database: retrying cannot help, so the offending rows are written one by
 # one and those that still fail are dropped. Everything else (locked, full, read-only, I/O) is retried.
 _DATA_ERRORS: Final = (
@@ -121,8 +91,10 @@ _DATA_ERRORS: Final = (
 )
 
 
-class SqliteWriter:
-    """The thread that owns the connection (see the module docstring)."""
+class SqliteWriter(BacklogWriter):
+    """The writer of a SQLite history (see the module docstring)."""
+
+    data_errors = _DATA_ERRORS
 
     def __init__(
         self,
@@ -132,215 +104,57 @@ class SqliteWriter:
         max_db_bytes: int | None = None,
         max_vars: int = 999,
     ) -> None:
-        self.retention_days = retention_days
-        self.max_runs = max_runs
+        super().__init__(retention_days=retention_days, max_runs=max_runs)
         self.max_db_bytes = max_db_bytes
         self.max_vars = max_vars
         self.journal: Journal | None = None
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
-        # Queued (loop thread) and done (writer thread: committed, or dropped as unwritable) batches, rows and
-        # bytes; each counter is written by one thread only. What is queued and not done is the backlog.
-        self._queued_seq = 0
-        self._queued_rows = 0
-        self._queued_bytes = 0
-        self._done_seq = 0
-        self._done_rows = 0
-        self._done_bytes = 0
-        self.journal_pos = 0  # committed: the intake log is in the database up to here
-        # ended runs at the last retention, and ended runs written since (an upper bound: a run written twice
-        # counts twice): retention runs as soon as their sum passes max_runs, not only once a minute
-        self._runs_known = 0
-        self._ended_since = 0
         # epoch -> ordinal (event ids are stored as integers) and resource JSON -> id, as committed
         self._ordinals: dict[str, int] = {}
         self._resources: dict[str, int] = {}
         self._pending_ordinals: dict[str, int] = {}  # of the transaction under way
         self._pending_resources: dict[str, int] = {}
-        self.failure: str | None = None  # why the last write failed, while the backlog waits; None when healthy
-        self.failing_since: float | None = None  # time.time() of the first failure of the current outage
-        self.stats: dict[str, int] = {
-            "spans": 0,
-            "events": 0,
-            "runs": 0,
-            "alerts": 0,
-            "errors": 0,
-            "batches": 0,
-            "retries": 0,
-            "dropped_rows": 0,
-            "trimmed_for_size": 0,
-        }
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
-    def start(self, conn: sqlite3.Connection) -> None:
+    def start_on(self, conn: sqlite3.Connection) -> None:
+        """Start the thread on this connection (it closes it when it stops)."""
         self._conn = conn
         self._ordinals = dict(conn.execute("SELECT epoch, ordinal FROM epochs"))
-        self._thread = threading.Thread(target=self._run, name="otelflow-history", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write everything queued, then stop the thread and close the connection."""
-        if self._thread is None:
-            return
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-        self._thread = None
+    # ------------------------------------------------------------------ the writer thread's hooks
 
-    # ------------------------------------------------------------------ the loop's side
+    def connection(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
 
-    def put(self, rows: Rows) -> None:
-        """Queue rows (numbered in order); never blocks."""
-        self._queued_seq += 1
-        rows.seq = self._queued_seq
-        self._queued_rows += len(rows)
-        self._queued_bytes += rows.nbytes
-        self._queue.put(rows)
+    def write(self, rows: Rows) -> None:
+        self._write(self.connection(), rows)
 
-    def read(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
-        """Run ``fn(connection)`` on the thread, after the writes queued before it were tried."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(_Read(fn, future))
-        return future
+    def write_one_by_one(self, rows: Rows) -> None:
+        self._write_one_by_one(self.connection(), rows)
 
-    def retention_now(self) -> None:
-        """Apply retention on the next turn."""
-        self._queue.put(_Read(self._retention, concurrent.futures.Future()))
+    def retention(self) -> None:
+        self._retention(self.connection())
 
-    @property
-    def backlog_rows(self) -> int:
-        """Rows queued and not yet committed."""
-        return self._queued_rows - self._done_rows
+    def abandon(self) -> None:
+        if self._conn is not None:
+            self._rollback(self._conn)
 
-    @property
-    def backlog_bytes(self) -> int:
-        """About how many bytes of text the rows queued and not yet committed hold."""
-        return self._queued_bytes - self._done_bytes
-
-    # ------------------------------------------------------------------ the thread
-
-    def _run(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        # Retention sweeps once when the store opens, then at most once a minute while writes succeed. (A first
-        # sweep right after the first batch could remove what that batch just wrote, when it has old timestamps.)
-        try:
-            self._retention(conn)
-        except sqlite3.Error:
-            self.stats["errors"] += 1
-            log.exception("retention failed")
-        backlog: collections.deque[Rows] = collections.deque()  # taken from the queue, not yet committed
-        state = {"last_retention": time.monotonic(), "retry_at": 0.0, "delay": 0.0}
-        while True:
-            try:
-                if self._step(conn, backlog, state):
-                    return
-            except Exception:  # the writer must outlive any bug; its rows stay in the backlog
-                self.stats["errors"] += 1
-                log.exception("history writer failed")
-                with contextlib.suppress(sqlite3.Error):
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-
-    def _step(self, conn: sqlite3.Connection, backlog: collections.deque[Rows], state: dict[str, float]) -> bool:
-        """Take what is queued (up to about 5000 rows), try to write the backlog, answer the reads taken;
-        ``True`` when told to stop."""
-        timeout = None if not backlog else max(0.0, state["retry_at"] - time.monotonic())
-        try:
-            item: Any = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            item = None
-        reads: list[_Read] = []
-        stop = False
-        taken = 0
-        while item is not None:
-            if isinstance(item, Rows):
-                backlog.append(item)
-                taken += len(item)
-            elif isinstance(item, _Read):
-                reads.append(item)
-            elif item is _STOP:
-                stop = True
-                break
-            if taken >= 5000:
-                break
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-        try:
-            if backlog and (stop or time.monotonic() >= state["retry_at"]):
-                if self._write_backlog(conn, backlog):
-                    state["delay"] = 0.0
-                else:
-                    state["delay"] = min(_RETRY_MAX_S, max(_RETRY_FIRST_S, state["delay"] * 2))
-                    state["retry_at"] = time.monotonic() + state["delay"]
-        finally:
-            for op in reads:  # after the writes queued before them were tried: read-your-writes while healthy
-                self._read(conn, op)
-        now = time.monotonic()
-        if not backlog and now - state["last_retention"] > 60.0:
-            state["last_retention"] = now
-            try:
-                self._retention(conn)
-            except sqlite3.Error:
-                self.stats["errors"] += 1
-                log.exception("retention failed")
-        if stop:
-            if backlog:
-                lost = sum(len(r) for r in backlog)
-                log.error("history database unusable at shutdown (%s): %d rows not written", self.failure, lost)
-            conn.close()
-            return True
-        return False
-
-    def _write_backlog(self, conn: sqlite3.Connection, backlog: collections.deque[Rows]) -> bool:
-        """Write the backlog in order, in transactions of about ``_CHUNK_ROWS`` rows; ``False`` (the rest kept)
-        when the database refuses."""
-        while backlog:
-            chunk = Rows()
-            count = 0
-            while backlog and (count == 0 or count + len(backlog[0]) <= _CHUNK_ROWS):
-                count += len(backlog[0])
-                chunk.merge(backlog[0])
-                backlog.popleft()
-            try:
-                try:
-                    self._write(conn, chunk)
-                except _DATA_ERRORS:
-                    self._write_one_by_one(conn, chunk)
-            except Exception as exc:  # noqa: BLE001 - the database refused (locked, full, read-only, I/O): retry later
-                backlog.appendleft(chunk)
-                self._failed(conn, exc)
-                return False
-            self._done(chunk)
-            if chunk.journal_end:
-                self.journal_pos = chunk.journal_end
-                if self.journal is not None:
-                    self.journal.release(chunk.journal_end)
+    def after_backlog(self) -> None:
         if self.max_db_bytes is not None:
             try:
-                self._hold_size(conn)
+                self._hold_size(self.connection())
             except sqlite3.Error as exc:  # what was written stays written; the next write tries again
                 self.stats["errors"] += 1
-                _rate_limited(log.error, "history size limit not applied: %s", exc)
-        if self.failure is not None:
-            log.warning("history writes work again; the backlog is written")
-        self.failure = None
-        self.failing_since = None
-        return True
+                rate_limited(log.error, "history size limit not applied: %s", exc)
 
-    def _failed(self, conn: sqlite3.Connection, exc: BaseException) -> None:
-        self._rollback(conn)
-        self.stats["errors"] += 1
-        self.stats["retries"] += 1
-        if self.failure is None:
-            self.failing_since = time.time()
-            log.error("history writes fail (%s); keeping the rows and retrying", exc)
-        self.failure = str(exc) or type(exc).__name__
+    def position_committed(self, end: int) -> None:
+        if self.journal is not None:
+            self.journal.release(end)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -418,9 +232,7 @@ class SqliteWriter:
             return
         tables: tuple[tuple[str, list[Any], int, str], ...] = ()
 
-        ended = sum(1 for row in rows.runs.values() if row[4] != A.STATUS_RUNNING)
-        # 5% of slack: a trim (a scan of the runs index) once every max_runs / 20 ended runs, not every write
-        over = self.max_runs is not None and self._runs_known + self._ended_since + ended > self.max_runs * 1.05
+        ended, over = self.trim_due(rows)
         held: list[int] = []
 
         def insert() -> None:
@@ -437,10 +249,7 @@ class SqliteWriter:
         for _, values, width, stat in tables:
             self.stats[stat] += len(values) // width
         self.stats["batches"] += 1
-        if held:
-            self._runs_known, self._ended_since = held[0], 0
-        else:
-            self._ended_since += ended
+        self.counted(ended, held[0] if held else None)
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         """Bytes of the database's pages in use (not on the free list): two reads of its header."""
@@ -461,7 +270,7 @@ class SqliteWriter:
                 runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
                 ended = conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0]
                 if not ended:
-                    _rate_limited(
+                    rate_limited(
                         log.warning, "the history is past --max-db-mb and holds only running runs: nothing to delete"
                     )
                     break
@@ -474,10 +283,9 @@ class SqliteWriter:
                 used = self._used_bytes(conn)
                 if used <= goal:
                     break
-            self._runs_known = conn.execute(
-                "SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)
-            ).fetchone()[0]
-            self._ended_since = 0
+            self.counted(
+                0, conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0]
+            )
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -497,20 +305,13 @@ class SqliteWriter:
                         self.stats[stat] += 1
                     except _DATA_ERRORS as exc:
                         dropped += 1
-                        _rate_limited(log.error, "a history row cannot be written and is dropped: %s", exc)
+                        rate_limited(log.error, "a history row cannot be written and is dropped: %s", exc)
             add_spans(conn, rows.spans)
             add_calls(conn, rows.llm)
 
         self._transaction(conn, rows, insert)
         self.stats["dropped_rows"] += dropped
         self.stats["errors"] += 1 if dropped else 0
-
-    def _read(self, conn: sqlite3.Connection, op: _Read) -> None:
-        if op.future.set_running_or_notify_cancel():
-            try:
-                op.future.set_result(op.fn(conn))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                op.future.set_exception(exc)
 
     def _retention(self, conn: sqlite3.Connection) -> None:
         self._alert_retention(conn)
@@ -524,7 +325,7 @@ class SqliteWriter:
                 ).fetchall()
                 _delete_runs(conn, old)
             if self.max_runs is not None:
-                self._runs_known, self._ended_since = self._trim_runs(conn), 0
+                self.counted(0, self._trim_runs(conn))
             dropped = self._drop_unused_resources(conn)
             conn.execute("COMMIT")
         except BaseException:
@@ -555,21 +356,8 @@ class SqliteWriter:
         return int(conn.execute("SELECT COUNT(*) FROM runs WHERE status != ?", (A.STATUS_RUNNING,)).fetchone()[0])
 
     def _alert_retention(self, conn: sqlite3.Connection) -> None:
-        """Resolved alerts leave after ``retention_days``, and beyond the newest 10,000; open ones stay."""
+        """Resolved alerts and hourly statistics past retention leave (:meth:`BacklogWriter.alert_retention`)."""
         conn.execute("BEGIN")
-        if self.retention_days is not None:
-            cutoff = time.time_ns() - int(self.retention_days * 86400e9)
-            conn.execute("DELETE FROM alerts WHERE status = 'resolved' AND resolved_ns < ?", (cutoff,))
-            conn.execute("DELETE FROM name_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,))
-            conn.execute("DELETE FROM model_stats WHERE hour >= 0 AND hour < ?", (cutoff // HOUR_NS,))
-        conn.execute(
-            "DELETE FROM alerts WHERE status = 'resolved' AND alert_id NOT IN "
-            "(SELECT alert_id FROM alerts WHERE status = 'resolved' ORDER BY fired_ns DESC LIMIT 10000)"
-        )
+        for sql, args in self.alert_retention():
+            conn.execute(sql, args)
         conn.execute("COMMIT")
-
-    def _done(self, rows: Rows) -> None:
-        """``rows`` (a whole number of queued batches, in order) are committed or given up."""
-        self._done_seq = max(self._done_seq, rows.seq)
-        self._done_rows += len(rows)
-        self._done_bytes += rows.nbytes

@@ -1,11 +1,15 @@
-"""Reading the SQLite history back: spans from their rows, and a run's events as the stream told them (the
-rows keep each thing once, see :mod:`.rows`; reading puts the envelopes back together)."""
+"""Reading a history back, whatever the store: spans from their rows, and a run's events as the stream told them
+(the rows keep each thing once, see :mod:`.rows`; reading puts the envelopes back together).
+
+The queries are written once, with ``?`` marks, against :class:`Sql`: a ``sqlite3.Connection`` is one, and the
+PostgreSQL store hands in a connection that reads ``?`` as its own ``%s`` (no query here has a ``?`` or a ``%``
+of its own)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from typing import Any, Final
+from collections.abc import Iterator, Sequence
+from typing import Any, Final, Protocol
 
 from otelflow.records import SpanRecord
 from otelflow.wire import RUN_STARTED, RUN_UPDATED
@@ -23,7 +27,24 @@ from .rows import (
     span_envelope,
 )
 
-__all__ = ["read_events", "read_spans"]
+__all__ = ["Cursor", "Sql", "read_events", "read_spans"]
+
+
+class Cursor(Protocol):
+    """What a query gives back."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Sql(Protocol):
+    """A connection that runs a query with ``?`` marks."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
 
 _SPANS_OF_TRACE: Final = (
     "SELECT s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.status, s.start_ns, s.end_ns, s.record, "
@@ -34,14 +55,14 @@ _RUN_DELTA: Final = TYPE_CODES[RUN_DELTA]
 _RUN_WHOLE: Final = (TYPE_CODES[RUN_STARTED], TYPE_CODES[RUN_UPDATED])
 
 
-def read_spans(conn: sqlite3.Connection, trace_id: str, *, by_start: bool = False) -> list[SpanRecord]:
+def read_spans(conn: Sql, trace_id: str, *, by_start: bool = False) -> list[SpanRecord]:
     """A run's spans (``by_start``: by start time, then span id)."""
     sql = _SPANS_OF_TRACE + " ORDER BY s.start_ns, s.span_id" if by_start else _SPANS_OF_TRACE
     resources: dict[str, dict[str, Any]] = {}  # parsed once for the spans that share them
     return [record_from_row(row, resources) for row in conn.execute(sql, (trace_id,))]
 
 
-def read_events(conn: sqlite3.Connection, trace_id: str, after: str | None, limit: int) -> list[dict[str, Any]] | None:
+def read_events(conn: Sql, trace_id: str, after: str | None, limit: int) -> list[dict[str, Any]] | None:
     """A run's events after the event ``after`` (all when ``None``), at most ``limit``; ``None`` if ``after`` is
     unknown."""
     start = -1
@@ -76,7 +97,7 @@ def _type_name(code: Any) -> str:
 
 
 def _envelopes(
-    conn: sqlite3.Connection, trace_id: str, rows: list[tuple[int, Any, str | None, Any]], after: int
+    conn: Sql, trace_id: str, rows: list[tuple[int, Any, str | None, Any]], after: int
 ) -> list[dict[str, Any]]:
     """Event rows ``(n, type, span_id, data)`` as the envelopes of the events after ``n`` = ``after``;
     span-referenced ones are rebuilt from their span, a ``run.ended`` from its run, a ``run.updated`` kept as a
