@@ -8,8 +8,8 @@ The replicas come from :func:`start_replicas`. Today they are independent viewer
 history), so a test that wants an event on whatever replica nginx picked feeds it to every replica
 (:meth:`Replicas.feed`). With ``broker`` and ``db`` given, the replicas are ``otelflow serve --broker ... --db ...``
 processes sharing one stream (``Replicas.shared``): a record posted once, through nginx or to any replica, is on
-every replica's stream. The ``mode`` fixture lists the kinds these tests run against; the broker kind runs when
-``OTELFLOW_TEST_BROKER`` and ``OTELFLOW_TEST_DB`` name a Redis and a PostgreSQL to use.
+every replica's stream. The ``mode`` fixture lists the kinds these tests run against; the broker kind starts its
+own ``redis-server`` and PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from websockets.typing import Origin
 from otelflow.records import SpanRecord, to_otlp_json
 from otelflow.viewer.app import create_app
 from tests.nginx_server import Nginx, nginx_binary
+from tests.redis_server import RedisServer
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 
 TOKEN = "tok"
@@ -146,32 +147,22 @@ def _stopper(viewer: Viewer) -> Callable[[], None]:
     return stop
 
 
-@pytest.fixture(
-    params=[
-        "embedded",
-        pytest.param(
-            "broker",
-            marks=pytest.mark.skipif(
-                not (os.environ.get("OTELFLOW_TEST_BROKER") and os.environ.get("OTELFLOW_TEST_DB")),
-                reason="set OTELFLOW_TEST_BROKER (redis://...) and OTELFLOW_TEST_DB (postgresql://...) to run the "
-                "replicas against a shared broker",
-            ),
-        ),
-    ]
-)
+@pytest.fixture(params=["embedded", "broker"])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def cluster(mode: str, tmp_path: Path) -> Iterator[tuple[Replicas, Nginx]]:
-    """Two replicas of ``mode`` and nginx in front of them."""
+def cluster(mode: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Replicas, Nginx]]:
+    """Two replicas of ``mode`` and nginx in front of them (``broker``: on their own redis-server and PostgreSQL
+    database)."""
     nginx_binary()  # skips (fails under CI) before anything starts
     with ExitStack() as stack:
         if mode == "broker":
-            replicas = start_replicas(
-                2, stack, tmp_path, broker=os.environ["OTELFLOW_TEST_BROKER"], db=os.environ["OTELFLOW_TEST_DB"]
-            )
+            redis = RedisServer().start()
+            stack.callback(redis.close)
+            db = request.getfixturevalue("pg_url")
+            replicas = start_replicas(2, stack, tmp_path, broker=redis.url, db=db)
         else:
             replicas = start_replicas(2, stack, tmp_path)
         nginx = Nginx(replicas.upstreams, tmp_path / "nginx").start()

@@ -65,11 +65,10 @@ def test_kill_9_of_a_replica_mid_run_loses_nothing(
     with ExitStack() as stack:
         replicas = start_replicas(2, stack, tmp_path, broker=redis_server.url, db=pg_url)
         first, second = replicas.urls
-        wait_for(lambda: httpx.get(f"{first}/healthz", timeout=5).status_code == 200, what="replica 1")
-        w = worker(f"{first},{second}", "kill9")
-        w.expect("waiting")
         browser = SseClient(f"{first}/api/stream?token={TOKEN}")
         stack.callback(browser.close)
+        w = worker(f"{first},{second}", "kill9")
+        w.expect("waiting")
         started = browser.read_until(lambda e: e.get("event") == "span.started" and "waiter" in json.dumps(e["data"]))
         last = started["id"]
 
