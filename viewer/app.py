@@ -119,7 +119,7 @@ def create_app(
     engine = AlertEngine(config, hub, history, Delivery(config.actions))
     hub.tap(engine)
     intake = Intake(hub, history, max_body_bytes=max_body_bytes, max_value_length=max_value_length, broker=broker)
-    shared = _SharedHistory(broker, history, recorder) if broker is not None and _positioned(history) else None
+    shared = _SharedHistory(hub, broker, history, recorder) if broker is not None and _positioned(history) else None
 
     app = ViewerApp(
         title="otelflow viewer",
@@ -175,12 +175,14 @@ class _SharedHistory:
     """A history shared by replicas: the leading replica writes it, the others keep rows in a
     :class:`viewer.history.standby.Standby` (see there)."""
 
-    def __init__(self, broker: RedisBackend, store: Positioned, recorder: Recorder) -> None:
-        self.broker, self.store, self.recorder = broker, store, recorder
+    def __init__(self, hub: Hub, broker: RedisBackend, store: Positioned, recorder: Recorder) -> None:
+        self.hub, self.broker, self.store, self.recorder = hub, broker, store, recorder
         self.standby = Standby()
         recorder.positions = True
+        recorder.droppable = True
         recorder.history = self.standby
         broker.on_lead = self.lead
+        self._dropped = 0
 
     async def start(self) -> None:
         """Read the broker from the entry after the last one the store holds."""
@@ -197,15 +199,33 @@ class _SharedHistory:
             self.standby = Standby()
             self.recorder.history = self.standby
 
-    async def trim(self) -> None:
-        """Forget, every 2 s, the rows the store holds by now."""
+    async def watch(self) -> None:
+        """Every 2 s: standing by, forget the rows the store holds by now; leading, write again what the live state
+        holds once the store took rows again after dropping some (its backlog was full: it was away too long)."""
         while True:
             await asyncio.sleep(2.0)
-            if self.recorder.history is self.standby:
-                try:
+            try:
+                if self.recorder.history is self.standby:
                     self.standby.forget(await self.store.position())
-                except Exception:
-                    log.warning("cannot read the shared history's position; the standby rows wait", exc_info=True)
+                elif self.store.dropped_rows > self._dropped and not self.store.full and self.store.failure is None:
+                    self._catch_up()
+            except Exception:
+                log.warning("cannot read the shared history's position; the standby rows wait", exc_info=True)
+
+    def _catch_up(self) -> None:
+        lost, self._dropped = self.store.dropped_rows - self._dropped, self.store.dropped_rows
+        runs = self.hub.runs()
+        with self.store.batch(journal_end=self.broker.last_n):
+            for run in runs:
+                self.store.put_run(run.to_dict())
+                for rec in run.spans.values():
+                    self.store.put_span(rec)
+        log.warning(
+            "the shared history takes rows again after dropping %d while its backlog was full; the %d runs in memory "
+            "were written again (events of that time that are not part of a span are not in it)",
+            lost,
+            len(runs),
+        )
 
 
 def _lifespan(
@@ -237,7 +257,7 @@ def _lifespan(
             asyncio.create_task(_durations(hub, history, durations_every_s), name="otelflow-durations"),
         ]
         if shared is not None:
-            tasks.append(asyncio.create_task(shared.trim(), name="otelflow-standby"))
+            tasks.append(asyncio.create_task(shared.watch(), name="otelflow-shared-history"))
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ PostgreSQL away for a while stops nothing live; the history catches up when it r
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -18,9 +19,11 @@ import httpx
 import pytest
 
 from otelflow import attributes as A
+from otelflow.viewer.history import PostgresHistory
+from otelflow.viewer.live.backends import RedisBackend
 from tests.pg_server import PgServer
 from tests.redis_server import RedisServer
-from tests.viewer.conftest import SseClient, wait_for
+from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 from tests.viewer.test_alerts import Gated
 from tests.viewer.test_nginx import AUTH, TOKEN, start_replicas
 
@@ -126,3 +129,45 @@ def test_postgresql_away_stops_nothing_live_and_the_history_catches_up(
         stored = wait_for(lambda: ended(late, "job-pgaway"), timeout=20, what="the run in the shared history")
         assert stored["run"]["status"] == A.STATUS_OK
         assert len(stored["spans"]) == 2
+
+
+def test_a_history_away_too_long_drops_rows_then_catches_up_from_the_live_state(
+    redis_server: RedisServer,
+    pg_server: PgServer,
+    pg_url: str,
+    tmp_path: Path,
+    make_viewer: Callable[..., Viewer],
+) -> None:
+    store = PostgresHistory(pg_url, max_backlog_bytes=64 * 1024)  # full after a few hundred spans
+    viewer = make_viewer(broker=RedisBackend(redis_server.url, lease_s=1.0), db=store)
+    wait_for(lambda: viewer.hub.backend.leading, what="the only replica to lead")
+    trace, root = trace_id(), span_id()
+    run = [record(trace, root, "invoke_workflow away", kind=A.KIND_WORKFLOW, run_id="job-away")]
+    pg_server.stop()
+    try:
+        assert viewer.post_json(run).status_code == 200
+        for i in range(10):  # 500 spans: far more than the backlog holds
+            agents = [
+                record(trace, span_id(), f"invoke_agent a{i}-{j}", parent=root, kind=A.KIND_AGENT, ended=True)
+                for j in range(50)
+            ]
+            assert viewer.post_json(agents).status_code == 200  # the broker holds them: never a 503
+        wait_for(lambda: store.dropped_rows > 0, what="rows dropped while the backlog is full")
+        ended_root = record(trace, root, "invoke_workflow away", kind=A.KIND_WORKFLOW, run_id="job-away", ended=True)
+        assert viewer.post_json([ended_root]).status_code == 200
+    finally:
+        pg_server.start()
+    # read the database itself (a replica would also read the broker's stream)
+    reader = PostgresHistory(pg_url)
+    reader.open()
+    try:
+
+        def in_db() -> tuple[dict[str, Any] | None, list[Any]] | None:
+            summary, spans = asyncio.run(reader.get_run(trace))
+            return (summary, spans) if summary is not None and summary["status"] == A.STATUS_OK else None
+
+        _summary, spans = wait_for(in_db, timeout=30, what="the ended run in the database")
+    finally:
+        reader.close()
+    assert len(spans) == 501
+    assert viewer.hub.backend.leading

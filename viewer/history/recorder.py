@@ -30,6 +30,8 @@ class Recorder:
         self.history = history
         # a shared history keeps the number of the broker's last entry it holds (with the rows of that entry)
         self.positions = bool(getattr(history, "positions", False))
+        # every batch may be dropped while the backlog is full (a shared history: the broker holds the requests)
+        self.droppable = False
         # trace id -> (the run's summary as last stored, run.updated deltas since it was stored whole)
         self._summaries: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
 
@@ -40,7 +42,7 @@ class Recorder:
         items: list[str] = []
         entry = batch.entry
         position = entry.n if entry is not None and entry.last and self.positions else 0
-        with history.batch(droppable=batch.local, journal_end=position):
+        with history.batch(droppable=batch.local or self.droppable, journal_end=position):
             for ev in events:
                 record, run_id = ev.record, ev.run_id
                 if record is not None:

@@ -33,6 +33,14 @@ class Positioned(HistoryWriter, Protocol):
     async def position(self) -> int:
         """The number of the last entry whose rows are committed (0: none)."""
 
+    @property
+    def dropped_rows(self) -> int:
+        """Rows dropped while the backlog was full."""
+
+    @property
+    def failure(self) -> str | None:
+        """Why writes fail now (``None``: they work)."""
+
 
 class Standby:
     """The rows of recent entries, kept by a replica that does not lead (a :class:`HistoryWriter` that writes
