@@ -24,6 +24,7 @@ from .alerts import AlertEngine
 from .history import History, RunQuery
 from .history.name_stats import HOUR_NS
 from .live import Hub, RunState
+from .live.backends import RedisBackend
 from .live.state import llm_by_span
 
 __all__ = ["ApiResponse", "api_router", "run_has_ended"]
@@ -250,6 +251,13 @@ class _Api:
         hub, history = self.hub, self.history
         status, reason = history.health()
         store = {**history.stats, "backlog_rows": history.backlog_rows, "backlog_bytes": history.backlog_bytes}
+        broker: dict[str, Any] | None = None
+        backend = hub.backend
+        if isinstance(backend, RedisBackend):
+            broker = {"leading": backend.leading, "last_entry": backend.last_n, **backend.stats}
+            down = backend.failure
+            if down is not None:
+                status, reason = "degraded", down if reason is None else f"{down}; {reason}"
         return ApiResponse(
             {
                 "status": "shutting_down" if hub.broadcast.shutting_down else status,
@@ -260,6 +268,7 @@ class _Api:
                 "live_runs": sum(1 for r in hub.runs() if r.status == A.STATUS_RUNNING),
                 "hub": {**hub.stats, "ring_bytes": hub.broadcast.ring_nbytes, "live_bytes": hub.state.live_nbytes},
                 "store": store,
+                **({"broker": broker} if broker is not None else {}),
             }
         )
 

@@ -140,3 +140,9 @@ def test_an_unreachable_broker_is_a_503_not_a_lost_request(
     r = a.post_json(_run_records(trace_id(), children=1))
     assert r.status_code == 503
     assert r.headers["retry-after"] == "2"
+    health = httpx.get(f"{a.url}/healthz", timeout=5).json()
+    assert health["status"] == "degraded"
+    assert "the broker does not answer" in health["reason"]
+    redis_server.start()
+    wait_for(lambda: httpx.get(f"{a.url}/healthz", timeout=5).json()["status"] == "ok", what="the broker back")
+    assert a.post_json(_run_records(trace_id(), children=1)).status_code == 200

@@ -148,6 +148,14 @@ class RedisBackend:
         return self._leading
 
     @property
+    def failure(self) -> str | None:
+        """Why the broker cannot be used now (``None``: it answers)."""
+        if not self._down_since:
+            return None
+        since = min(self._down_since.values())
+        return f"the broker does not answer (for {time.monotonic() - since:.0f} s); live events wait for it"
+
+    @property
     def last_n(self) -> int:
         """The number of the last entry read."""
         return self._last_n
@@ -315,6 +323,7 @@ class RedisBackend:
             log.warning("%s (%s); retrying", _describe(self.url, exc), what)
 
     def _recovered(self, what: str) -> None:
-        since = self._down_since.pop(what, None)
-        if since is not None:
+        if self._down_since:  # it answers one: it answers
+            since = min(self._down_since.values())
+            self._down_since.clear()
             log.warning("the broker answers again (%s), after %.1f s", what, time.monotonic() - since)
