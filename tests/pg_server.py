@@ -21,7 +21,18 @@ from pathlib import Path
 
 __all__ = ["BINARIES", "PgServer", "missing"]
 
-BINARIES = Path(os.environ.get("OTELFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _binaries() -> Path:
+    """``$OTELFLOW_PG_BIN``, else the newest Debian PostgreSQL's programs (``/usr/lib/postgresql/<version>/bin``)."""
+    if os.environ.get("OTELFLOW_PG_BIN"):
+        return Path(os.environ["OTELFLOW_PG_BIN"])
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BINARIES = _binaries()
 
 
 def missing() -> str | None:
