@@ -37,12 +37,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from _common import (
     HOST,
+    VIEWER_READY,
     cpu_seconds,
     healthz,
     open_streams,
@@ -50,10 +52,12 @@ from _common import (
     raise_nofile,
     recv_some,
     start_server,
-    start_viewer,
     stop,
     take_head,
     whole_frames,
+)
+from _common import (
+    start_viewer as _start_viewer,
 )
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -436,6 +440,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the sustained test")
     parser.add_argument("--per-post", type=int, default=10, help="spans per POST in the sustained test")
     parser.add_argument("--skip-sustained", action="store_true")
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="measure otelflow as a replica: --broker on a throwaway redis-server, --db on a throwaway PostgreSQL",
+    )
     parser.add_argument("--_naive-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_clients", type=int, default=0, help=argparse.SUPPRESS, dest="port")
     parser.add_argument("--_n", type=int, default=10, help=argparse.SUPPRESS, dest="n")
@@ -456,7 +465,8 @@ def main() -> None:
     requests = max(1, args.events // (SPANS_PER_REQUEST // SPANS_PER_TRACE * EVENTS_PER_TRACE))
     ours_rates: list[float] = []
     naive_rates: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="otelflow-bench-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="otelflow-bench-") as tmpdir, contextlib.ExitStack() as servers:
+        start_viewer = _viewer_starter(servers, args.replica)
         print(f"throughput: {args.fan} clients, {requests} requests x 600 events per repeat, {args.repeats} repeats")
         for rep in range(args.repeats):
             otlp = [build_otlp(SPANS_PER_REQUEST) for _ in range(requests)]
@@ -511,6 +521,30 @@ def main() -> None:
             f"  latency POST sent -> frame received: p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms "
             f"(target <= 100 ms), max {s['max_ms']:.1f} ms, {s['lat_n']:,} samples"
         )
+
+
+def _viewer_starter(servers: contextlib.ExitStack, replica: bool) -> Callable[[Path], tuple[Any, int]]:
+    """How to start the otelflow server under test: ``otelflow serve --db PATH``, or (``replica``) a replica with
+    ``--broker`` and ``--db postgresql://`` (a new database each time) on servers ``servers`` stops."""
+    if not replica:
+        return _start_viewer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.pg_server import PgServer
+    from tests.redis_server import RedisServer
+
+    redis = RedisServer().start()
+    servers.callback(redis.close)
+    pg = PgServer()
+    pg.start()
+    servers.callback(pg.remove)
+
+    def start(_db: Path) -> tuple[Any, int]:
+        cmd = [sys.executable, "-m", "otelflow.cli", "serve", "--host", HOST, "--port", "0"]
+        cmd += ["--broker", redis.url, "--db", pg.create_database()]
+        return start_server(cmd, VIEWER_READY, 30)
+
+    print("otelflow runs as a replica (Redis Streams + PostgreSQL)")
+    return start
 
 
 if __name__ == "__main__":

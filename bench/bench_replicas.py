@@ -79,7 +79,7 @@ def ingest_round(
     if errors:
         raise RuntimeError(f"{len(errors)} POSTs failed, e.g. {errors[0]}")
     done_store = done_pub = False
-    while time.perf_counter() - start < 300:
+    while time.perf_counter() - start < 120:
         done_pub = done_pub or sse.frames >= frames_goal
         done_store = done_store or stored(store_ports) >= goal
         if done_store and done_pub:
@@ -87,7 +87,9 @@ def ingest_round(
         if sse.eof:
             raise RuntimeError("the SSE subscriber was cut")
         time.sleep(0.005)
-    raise RuntimeError(f"round not complete (stored={done_store}, published={done_pub})")
+    raise RuntimeError(
+        f"round not complete: stored {stored(store_ports):,} of {goal:,}, {sse.frames:,} of {frames_goal:,} frames"
+    )
 
 
 def latency(worker_port: int, client_port: int, args: argparse.Namespace) -> tuple[float, float, int]:
@@ -116,43 +118,55 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10, help="latency: SSE clients")
     args = parser.parse_args()
     n_spans = max(SPANS_PER_REQUEST, args.spans // SPANS_PER_REQUEST * SPANS_PER_REQUEST)
-    rounds = [build_payloads(n_spans, args.events) for _ in range(args.rounds)]
-    warmup = build_payloads(5 * SPANS_PER_REQUEST, args.events)
+    # new traces for every setup and round: the replicas share one history, where a span sent again is stored once
+    rounds = [[build_payloads(n_spans, args.events) for _ in range(3)] for _ in range(args.rounds)]
+    warmup = [build_payloads(5 * SPANS_PER_REQUEST, args.events) for _ in range(3)]
 
     redis, pg = RedisServer().start(), PgServer()
     pg.start()
     procs: list[subprocess.Popen[str]] = []
     sses: list[SseCounter] = []
     try:
-        db_url = pg.url_of(pg.create_database())
+        db_url = pg.create_database()
         with tempfile.TemporaryDirectory(prefix="otelflow-bench-") as tmpdir:
             embedded = serve("--db", str(Path(tmpdir) / "viewer.db"))
             r1 = serve("--broker", redis.url, "--db", db_url)
-            r2 = serve("--broker", redis.url, "--db", db_url)
-            procs += [embedded[0], r1[0], r2[0]]
-            e_port, p1, p2 = embedded[1], r1[1], r2[1]
-            setups = {
-                "embedded (SQLite)": ([e_port], [e_port], e_port),
-                "1 replica (Redis + PostgreSQL)": ([p1], [p1, p2], p1),
-                "2 replicas (POSTs to both)": ([p1, p2], [p1, p2], p2),
-            }
-            counters = {}
-            for name, (_posts, _stores, sub) in setups.items():
-                counters[name] = sse = SseCounter(sub)
+            procs += [embedded[0], r1[0]]
+            e_port, p1 = embedded[1], r1[1]
+            e_sse, r1_sse = SseCounter(e_port), SseCounter(p1)
+            sses += [e_sse, r1_sse]
+            for sse in sses:
                 sse.start()
-                sses.append(sse)
-            for name, (posts, stores, _) in setups.items():
-                ingest_round(posts, stores, counters[name], warmup, args.events)
-            rates: dict[str, list[float]] = {name: [] for name in setups}
+            names = ["embedded (SQLite)", "1 replica (Redis + PostgreSQL)", "2 replicas (POSTs to both)"]
+            rates: dict[str, list[float]] = {name: [] for name in names}
+
+            def one_round(payloads: list[list[bytes]]) -> list[float]:
+                """The three setups on their payloads; the second replica runs only for the third."""
+                times = [ingest_round([e_port], [e_port], e_sse, payloads[0], args.events)]
+                times.append(ingest_round([p1], [p1], r1_sse, payloads[1], args.events))
+                proc2, p2 = serve("--broker", redis.url, "--db", db_url)
+                try:
+                    r2_sse = SseCounter(p2)
+                    r2_sse.start()
+                    try:
+                        times.append(ingest_round([p1, p2], [p1, p2], r2_sse, payloads[2], args.events))
+                    finally:
+                        r2_sse.close()
+                finally:
+                    stop(proc2)
+                return times
+
+            one_round(warmup)
             for i, payloads in enumerate(rounds):
-                for name, (posts, stores, _) in setups.items():
-                    t = ingest_round(posts, stores, counters[name], payloads, args.events)
+                for name, t in zip(names, one_round(payloads), strict=True):
                     rates[name].append(n_spans / t)
                 print(f"  round {i + 1}: " + "; ".join(f"{n}: {r[-1]:,.0f}/s" for n, r in rates.items()), flush=True)
             for sse in sses:
                 sse.close()
             sses = []
             lat_embedded = latency(e_port, e_port, args)
+            proc2, p2 = serve("--broker", redis.url, "--db", db_url)
+            procs.append(proc2)
             lat_replicas = latency(p1, p2, args)
     finally:
         for sse in sses:
