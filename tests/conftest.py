@@ -20,6 +20,7 @@ import otelflow
 from otelflow.records import SpanRecord
 from tests.pg_server import PgServer
 from tests.pg_server import missing as pg_missing
+from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from otelflow.viewer.history import History
@@ -142,3 +143,11 @@ def history_of(db: str, **kwargs: Any) -> History:
     from otelflow.viewer.history import PostgresHistory, SqliteHistory, is_postgres_url
 
     return PostgresHistory(db, **kwargs) if is_postgres_url(db) else SqliteHistory(db, **kwargs)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway ``redis-server`` on a free loopback port (skips without it, fails under CI)."""
+    server = RedisServer().start()
+    yield server
+    server.close()

@@ -5,7 +5,7 @@ of the broker are announced."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,13 +15,6 @@ from otelflow import attributes as A
 from otelflow.viewer.live.backends import RedisBackend
 from tests.redis_server import RedisServer
 from tests.viewer.conftest import SseClient, Viewer, heartbeat, record, span_id, trace_id, wait_for
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
 
 
 @pytest.fixture

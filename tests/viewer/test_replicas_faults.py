@@ -31,13 +31,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str], Gated]]:
     monkeypatch.setenv("OTELFLOW_TOKEN", TOKEN)  # the worker process inherits it
     started: list[Gated] = []
