@@ -282,3 +282,12 @@ def test_a_broker_password_never_reaches_the_error(monkeypatch: pytest.MonkeyPat
     line = one_line(done)
     assert "cannot reach the broker" in line
     assert "s3cr3t" not in line
+
+
+def test_a_postgresql_history_that_cannot_be_reached_is_one_line() -> None:
+    port = free_port()  # nothing listens there
+    done = run_cli("serve", "--port", "0", "--db", f"postgresql://otelflow:pw@127.0.0.1:{port}/otelflow")
+    assert done.returncode == 2
+    line = one_line(done)
+    assert f"127.0.0.1:{port}" in line
+    assert "pw" not in line.replace("postgresql", "")
