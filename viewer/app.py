@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, TypeGuard
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
@@ -32,7 +32,7 @@ from otelflow.scrub import DEFAULT_VALUE_LIMIT
 from .alerts import AlertConfig, AlertConfigError, AlertEngine, Delivery, load_rules
 from .api import ApiResponse, api_router, run_has_ended
 from .history import History, PostgresHistory, Recorder, SqliteHistory, default_db_path, is_postgres_url
-from .history.standby import Positioned, Standby
+from .history.standby import SharedHistory, positioned
 from .intake import Intake
 from .live import Hub
 from .live.backends.redis import DEFAULT_MAXLEN, BrokerError, RedisBackend, check_broker
@@ -119,7 +119,7 @@ def create_app(
     engine = AlertEngine(config, hub, history, Delivery(config.actions))
     hub.tap(engine)
     intake = Intake(hub, history, max_body_bytes=max_body_bytes, max_value_length=max_value_length, broker=broker)
-    shared = _SharedHistory(hub, broker, history, recorder) if broker is not None and _positioned(history) else None
+    shared = SharedHistory(hub, broker, history, recorder) if broker is not None and positioned(history) else None
 
     app = ViewerApp(
         title="otelflow viewer",
@@ -166,75 +166,13 @@ def create_app(
     return app
 
 
-def _positioned(history: object) -> TypeGuard[Positioned]:
-    """Whether ``history`` is shared by replicas and keeps the broker's position (PostgreSQL)."""
-    return callable(getattr(history, "position", None))
-
-
-class _SharedHistory:
-    """A history shared by replicas: the leading replica writes it, the others keep rows in a
-    :class:`viewer.history.standby.Standby` (see there)."""
-
-    def __init__(self, hub: Hub, broker: RedisBackend, store: Positioned, recorder: Recorder) -> None:
-        self.hub, self.broker, self.store, self.recorder = hub, broker, store, recorder
-        self.standby = Standby()
-        recorder.positions = True
-        recorder.droppable = True
-        recorder.history = self.standby
-        broker.on_lead = self.lead
-        self._dropped = 0
-
-    async def start(self) -> None:
-        """Read the broker from the entry after the last one the store holds."""
-        self.broker.start_after = await self.store.position()
-
-    async def lead(self, leading: bool) -> None:
-        if leading:
-            position = await self.store.position()
-            written = self.standby.hand_over(self.store, position)  # no await from here on: nothing comes between
-            self.recorder.history = self.store
-            if written:
-                log.warning("this replica leads now: it wrote %d broker entries the shared history lacked", written)
-        else:
-            self.standby = Standby()
-            self.recorder.history = self.standby
-
-    async def watch(self) -> None:
-        """Every 2 s: standing by, forget the rows the store holds by now; leading, write again what the live state
-        holds once the store took rows again after dropping some (its backlog was full: it was away too long)."""
-        while True:
-            await asyncio.sleep(2.0)
-            try:
-                if self.recorder.history is self.standby:
-                    self.standby.forget(await self.store.position())
-                elif self.store.dropped_rows > self._dropped and not self.store.full and self.store.failure is None:
-                    self._catch_up()
-            except Exception:
-                log.warning("cannot read the shared history's position; the standby rows wait", exc_info=True)
-
-    def _catch_up(self) -> None:
-        lost, self._dropped = self.store.dropped_rows - self._dropped, self.store.dropped_rows
-        runs = self.hub.runs()
-        with self.store.batch(journal_end=self.broker.last_n):
-            for run in runs:
-                self.store.put_run(run.to_dict())
-                for rec in run.spans.values():
-                    self.store.put_span(rec)
-        log.warning(
-            "the shared history takes rows again after dropping %d while its backlog was full; the %d runs in memory "
-            "were written again (events of that time that are not part of a span are not in it)",
-            lost,
-            len(runs),
-        )
-
-
 def _lifespan(
     hub: Hub,
     history: History,
     intake: Intake,
     alerts: AlertEngine,
     durations_every_s: float,
-    shared: _SharedHistory | None = None,
+    shared: SharedHistory | None = None,
 ) -> Callable[[FastAPI], Any]:
     """Open the history (unless open), restore the runs that were live and the open alerts, ingest what the
     intake log holds beyond the history, start the hub and the alerts; on the way out, tell the streams, stop

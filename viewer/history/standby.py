@@ -6,21 +6,31 @@ others keep the rows of each entry in a :class:`Standby` until the store's posit
 comes to lead writes what it kept beyond the store's position first, so that a leader's death loses no entry
 (an entry written twice, by the old leader's last commit and the new one, is stored once: its rows are keyed).
 What a standby keeps is bounded (``max_rows``); beyond it the oldest entries are forgotten and counted.
+
+:class:`SharedHistory` wires it: a replica starts reading the broker after the store's position, and the leading
+one lets rows go (counted) while the store's backlog is full — the broker holds the requests, so nothing is
+refused — then, once the store takes rows again, writes every run of its live state again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from otelflow.records import SpanRecord
 
 from .protocols import HistoryWriter
+from .recorder import Recorder
 
-__all__ = ["Positioned", "Standby"]
+if TYPE_CHECKING:
+    from ..live import Hub
+    from ..live.backends import RedisBackend
+
+__all__ = ["Positioned", "SharedHistory", "Standby", "positioned"]
 
 log = logging.getLogger("otelflow.viewer")
 
@@ -114,3 +124,65 @@ class Standby:
         self._open = []
         self.rows = 0
         return count
+
+
+def positioned(history: object) -> TypeGuard[Positioned]:
+    """Whether ``history`` is shared by replicas and keeps the broker's position (PostgreSQL)."""
+    return callable(getattr(history, "position", None))
+
+
+class SharedHistory:
+    """The history of a replica sharing a broker: written while this replica leads, else kept in a
+    :class:`Standby` (see the module docstring); it also restarts the broker's reading where the history ends."""
+
+    def __init__(self, hub: Hub, broker: RedisBackend, store: Positioned, recorder: Recorder) -> None:
+        self.hub, self.broker, self.store, self.recorder = hub, broker, store, recorder
+        self.standby = Standby()
+        recorder.positions = True
+        recorder.droppable = True
+        recorder.history = self.standby
+        broker.on_lead = self.lead
+        self._dropped = 0
+
+    async def start(self) -> None:
+        """Read the broker from the entry after the last one the store holds."""
+        self.broker.start_after = await self.store.position()
+
+    async def lead(self, leading: bool) -> None:
+        if leading:
+            position = await self.store.position()
+            written = self.standby.hand_over(self.store, position)  # no await from here on: nothing comes between
+            self.recorder.history = self.store
+            if written:
+                log.warning("this replica leads now: it wrote %d broker entries the shared history lacked", written)
+        else:
+            self.standby = Standby()
+            self.recorder.history = self.standby
+
+    async def watch(self) -> None:
+        """Every 2 s: standing by, forget the rows the store holds by now; leading, write again what the live state
+        holds once the store took rows again after dropping some (its backlog was full: it was away too long)."""
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                if self.recorder.history is self.standby:
+                    self.standby.forget(await self.store.position())
+                elif self.store.dropped_rows > self._dropped and not self.store.full and self.store.failure is None:
+                    self._catch_up()
+            except Exception:
+                log.warning("cannot read the shared history's position; the standby rows wait", exc_info=True)
+
+    def _catch_up(self) -> None:
+        lost, self._dropped = self.store.dropped_rows - self._dropped, self.store.dropped_rows
+        runs = self.hub.runs()
+        with self.store.batch(journal_end=self.broker.last_n):
+            for run in runs:
+                self.store.put_run(run.to_dict())
+                for rec in run.spans.values():
+                    self.store.put_span(rec)
+        log.warning(
+            "the shared history takes rows again after dropping %d while its backlog was full; the %d runs in memory "
+            "were written again (events of that time that are not part of a span are not in it)",
+            lost,
+            len(runs),
+        )
