@@ -436,3 +436,66 @@ def test_a_large_run_is_laid_out_in_a_worker(viewer: Viewer, page: Any, artifact
     assert sorted(e["to"] for e in then) == [f"agent_{a:03d}" for a in range(10, 200)]
     page.screenshot(path=str(artifacts / "graph-large-1440.png"))
     page.probe.assert_clean()
+
+
+ALL_SHOWN = """() => {
+  const wrap = document.getElementById("graph-wrap").getBoundingClientRect();
+  return [...document.querySelectorAll("#graph .gnode")].every((g) => {
+    const r = g.getBoundingClientRect();
+    return r.left >= wrap.left - 1 && r.top >= wrap.top - 1 && r.right <= wrap.right + 1 && r.bottom <= wrap.bottom + 1;
+  });
+}"""
+
+
+def test_a_growing_run_keeps_its_view_while_it_fits_and_is_fitted_again_once_it_does_not(
+    viewer: Viewer, page: Any
+) -> None:
+    """Each change of the view's transform makes the browser raster the whole graph again: while a run grows, the
+    view moves only when the graph no longer fits it."""
+    trace, root = trace_id(), span_id()
+    t0 = time.time_ns() - 600 * 10**9
+    second = 10**9
+    wf = record(trace, root, "invoke_workflow growing", kind=A.KIND_WORKFLOW, start=t0)
+
+    def agents(first: int, count: int) -> list[SpanRecord]:
+        return [
+            record(
+                trace,
+                span_id(),
+                f"step_{i:02d}",
+                parent=root,
+                kind=A.KIND_AGENT,
+                start=t0 + 2 * i * second,
+                ended=True,
+                duration_ns=second,
+            )
+            for i in range(first, first + count)
+        ]
+
+    def laid_out_after(count: str | None) -> str:
+        page.wait_for_function(
+            "(c) => { const g = document.getElementById('graph'); return g.dataset.layoutCount !== c"
+            " && g.dataset.layout === 'done'; }",
+            arg=count,
+        )
+        return str(page.locator("#graph").get_attribute("data-layout-count"))
+
+    post(viewer, [wf, *agents(0, 20)])
+    page.goto(f"{viewer.url}/runs/{trace}")
+    count = laid_out_after(None)
+    page.wait_for_function("() => document.getElementById('graph-view').hasAttribute('transform')")
+    first = page.locator("#graph-view").get_attribute("transform")
+
+    post(viewer, agents(20, 20))  # twice as many steps: the graph no longer fits, so it is fitted again
+    expect(node(page, "step_39")).to_have_attribute("data-status", A.STATUS_OK)
+    count = laid_out_after(count)
+    page.wait_for_function(ALL_SHOWN)
+    view = page.locator("#graph-view").get_attribute("transform")
+    assert view != first
+
+    post(viewer, agents(40, 1))  # one more: it fits in the room left for growth, and the view stays
+    expect(node(page, "step_40")).to_have_attribute("data-status", A.STATUS_OK)
+    laid_out_after(count)
+    assert page.evaluate(ALL_SHOWN)
+    assert page.locator("#graph-view").get_attribute("transform") == view
+    page.probe.assert_clean()

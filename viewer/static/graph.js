@@ -653,13 +653,26 @@ export class GraphView {
     this.applyView();
   }
 
-  fit() {
+  /**
+   * Show the whole graph, centred. While following a growing run (`keep`), the view stays as it is as long as it
+   * still shows the whole graph at no less than 80% of the fitting scale, and a new fit leaves a tenth for growth:
+   * every change of the view's transform makes the browser paint and raster the whole graph again, which under a
+   * busy run took most of the main thread.
+   */
+  fit(keep = false) {
     const rect = this.wrapSize();
     const { x, y, width, height } = this.bounds;
     if (!width || !rect.width) return;
     const pad = 22;
-    const k = Math.min(1.25, (rect.width - 2 * pad) / width, (rect.height - 2 * pad) / height);
-    this.view.k = Math.max(0.08, k);
+    const k = Math.max(0.08, Math.min(1.25, (rect.width - 2 * pad) / width, (rect.height - 2 * pad) / height));
+    if (keep && this.fitted) {
+      const v = this.view;
+      const left = x * v.k + v.x, top = y * v.k + v.y;
+      const shown = left >= 0 && top >= 0 && left + width * v.k <= rect.width && top + height * v.k <= rect.height;
+      if (shown && v.k >= 0.8 * k) return;
+    }
+    this.view.k = keep && this.fitted ? Math.max(0.08, 0.9 * k) : k;
+    this.fitted = true;
     this.view.x = (rect.width - width * this.view.k) / 2 - x * this.view.k;
     this.view.y = (rect.height - height * this.view.k) / 2 - y * this.view.k;
     this.userMoved = false;
@@ -680,7 +693,7 @@ export class GraphView {
       this.placeNew(graph);
       this.rebuild(graph);
       this.requestLayout();
-      if (!this.userMoved) this.fit();
+      if (!this.userMoved) this.fit(true);
       performance.measure("graph-rebuild", { start: t0 }); // new nodes or edges: drawn, layout asked for
     }
     this.emptyEl.hidden = graph.nodes.size > 0;
@@ -804,7 +817,7 @@ export class GraphView {
     this.layoutCount++;
     this.updateBounds();
     this.rebuild(this.graph);
-    if (!this.userMoved) this.fit();
+    if (!this.userMoved) this.fit(true);
     this.svgEl.dataset.layoutCount = String(this.layoutCount);
     this.svgEl.dataset.layout = signature === this.signature ? "done" : "pending";
     this.svgEl.dataset.applyMs = String(Math.round(performance.now() - t0));
