@@ -499,3 +499,37 @@ def test_a_growing_run_keeps_its_view_while_it_fits_and_is_fitted_again_once_it_
     assert page.evaluate(ALL_SHOWN)
     assert page.locator("#graph-view").get_attribute("transform") == view
     page.probe.assert_clean()
+
+
+SPINNING = """() => [...document.querySelectorAll("#graph .gnode.st-running .gnode-spinner")].map(
+  (el) => getComputedStyle(el).animationName)"""
+
+
+def test_spinners_stand_still_when_many_nodes_run(viewer: Viewer, page: Any) -> None:
+    """Each turning spinner costs the browser work on every frame: past 24 running nodes they stand still, and the
+    boxes still say running."""
+    trace, root = trace_id(), span_id()
+    t0 = time.time_ns() - 60 * 10**9
+    wf = record(trace, root, "invoke_workflow busy", kind=A.KIND_WORKFLOW, start=t0)
+    ids = [span_id() for _ in range(30)]
+
+    def agent(i: int, *, ended: bool) -> SpanRecord:
+        return record(trace, ids[i], f"worker_{i:02d}", parent=root, kind=A.KIND_AGENT, start=t0, ended=ended)
+
+    post(viewer, [wf, *(agent(i, ended=False) for i in range(3))])
+    page.goto(f"{viewer.url}/runs/{trace}")
+    expect(node(page, "worker_02")).to_have_attribute("data-status", A.STATUS_RUNNING)
+    assert page.evaluate(SPINNING) == ["spin"] * 3
+
+    post(viewer, [agent(i, ended=False) for i in range(3, 30)])
+    expect(node(page, "worker_29")).to_have_attribute("data-status", A.STATUS_RUNNING)
+    page.wait_for_function(
+        f"() => {{ const s = ({SPINNING})(); return s.length === 30 && s.every((n) => n === 'none'); }}"
+    )
+
+    post(viewer, [agent(i, ended=True) for i in range(25)])  # five left running: they turn again
+    expect(node(page, "worker_24")).to_have_attribute("data-status", A.STATUS_OK)
+    page.wait_for_function(
+        f"() => {{ const s = ({SPINNING})(); return s.length === 5 && s.every((n) => n === 'spin'); }}"
+    )
+    page.probe.assert_clean()
