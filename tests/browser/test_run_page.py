@@ -335,7 +335,9 @@ def test_keyboard_reaches_and_operates_the_main_controls(viewer: Viewer, page: A
     expect(page.locator(".insp-name")).to_have_text("Fact-check claims")
     expect(page.locator("#inspector .insp-error")).to_contain_text("TimeoutError")
     # the graph pans and zooms from the keyboard
+    page.wait_for_function("() => document.getElementById('graph').dataset.layout === 'done'")  # bounds settled
     page.locator("#graph-wrap").focus()
+    page.keyboard.press("0")  # fitted now (while a run grows, the view may be one fitted earlier, with room to grow)
     transform = page.locator("#graph-view").get_attribute("transform") or ""
     page.keyboard.press("+")
     expect(page.locator("#graph-view")).not_to_have_attribute("transform", transform)
