@@ -23,7 +23,6 @@ from tests.pg_server import missing as pg_missing
 from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
-    from otelflow.viewer.history import History
     from tests.viewer.conftest import Viewer
 
 
@@ -130,19 +129,12 @@ def pg_url(pg_server: PgServer) -> str:
 def new_db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
     """Runs the test once per history store: each call gives a new, empty place for a history, a SQLite file or
     (``postgres``) the URL of a new PostgreSQL database. Pass it as ``create_app(db=...)`` or to
-    :func:`history_of`."""
+    :func:`otelflow.viewer.history.history_for`."""
     if request.param == "sqlite":
         count = iter(range(1_000_000))
         return lambda: str(tmp_path / f"history-{next(count)}.db")
     server: PgServer = request.getfixturevalue("pg_server")
     return server.create_database
-
-
-def history_of(db: str, **kwargs: Any) -> History:
-    """The store for ``db`` (a SQLite path or a PostgreSQL URL), not opened; ``kwargs`` go to its constructor."""
-    from otelflow.viewer.history import PostgresHistory, SqliteHistory, is_postgres_url
-
-    return PostgresHistory(db, **kwargs) if is_postgres_url(db) else SqliteHistory(db, **kwargs)
 
 
 @pytest.fixture

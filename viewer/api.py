@@ -25,7 +25,7 @@ from .history import History, RunQuery
 from .history.name_stats import HOUR_NS
 from .live import Hub, RunState
 from .live.backends import RedisBackend
-from .live.state import llm_by_span
+from .live.llm_totals import llm_by_span
 
 __all__ = ["ApiResponse", "api_router", "run_has_ended"]
 

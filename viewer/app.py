@@ -31,8 +31,8 @@ from otelflow.scrub import DEFAULT_VALUE_LIMIT
 
 from .alerts import AlertConfig, AlertConfigError, AlertEngine, Delivery, load_rules
 from .api import ApiResponse, api_router, run_has_ended
-from .history import History, PostgresHistory, Recorder, SqliteHistory, default_db_path, is_postgres_url
-from .history.standby import SharedHistory, positioned
+from .history import History, PostgresHistory, Recorder, SqliteHistory, default_db_path, history_for, is_postgres_url
+from .history.standby import SharedHistory
 from .intake import Intake
 from .live import Hub
 from .live.backends.redis import DEFAULT_MAXLEN, BrokerError, RedisBackend, check_broker
@@ -102,13 +102,11 @@ def create_app(
     stream (``hub`` must then not be given).
     """
     use_prices(prices if prices is not None else load_prices())
-    history: History
-    if isinstance(db, (SqliteHistory, PostgresHistory)):
-        history = db
-    elif is_postgres_url(db):
-        history = PostgresHistory(str(db), retention_days=retention_days, max_runs=max_runs)
-    else:
-        history = SqliteHistory(db, retention_days=retention_days, max_runs=max_runs)
+    history = (
+        db
+        if isinstance(db, (SqliteHistory, PostgresHistory))
+        else history_for(db, retention_days=retention_days, max_runs=max_runs)
+    )
     if broker is not None and hub is not None:
         raise ValueError("give create_app a broker or a hub, not both")
     hub = hub or Hub(idle_run_s=idle_run_s, backend=broker)
@@ -119,7 +117,11 @@ def create_app(
     engine = AlertEngine(config, hub, history, Delivery(config.actions))
     hub.tap(engine)
     intake = Intake(hub, history, max_body_bytes=max_body_bytes, max_value_length=max_value_length, broker=broker)
-    shared = SharedHistory(hub, broker, history, recorder) if broker is not None and positioned(history) else None
+    shared = (
+        SharedHistory(hub, broker, history, recorder)
+        if broker is not None and isinstance(history, PostgresHistory)
+        else None
+    )
 
     app = ViewerApp(
         title="otelflow viewer",
@@ -410,22 +412,16 @@ def serve(
         hosts = LOOPBACK_HOSTS | extra if extra else None  # without names, any name may reach it
     else:
         hosts = LOOPBACK_HOSTS | extra | {host.lower().strip("[]")}
-    history: History
-    if db is not None and is_postgres_url(db):
-        if max_db_bytes is not None:
-            raise ViewerConfigError("--max-db-mb is for a SQLite history; PostgreSQL keeps runs by count and age")
-        history = PostgresHistory(
-            str(db), retention_days=retention_days, max_runs=max_runs, max_backlog_bytes=max_backlog_bytes
-        )
-    else:
-        history = SqliteHistory(
-            db if db is not None else default_db_path(),
-            retention_days=retention_days,
-            max_runs=max_runs,
-            max_backlog_bytes=max_backlog_bytes,
-            max_db_bytes=max_db_bytes,
-            create_folder=db is None,
-        )
+    if db is not None and is_postgres_url(db) and max_db_bytes is not None:
+        raise ViewerConfigError("--max-db-mb is for a SQLite history; PostgreSQL keeps runs by count and age")
+    history = history_for(
+        db if db is not None else default_db_path(),
+        retention_days=retention_days,
+        max_runs=max_runs,
+        max_backlog_bytes=max_backlog_bytes,
+        max_db_bytes=max_db_bytes,
+        create_folder=db is None,
+    )
     history.open()
     try:
         # bound here, not by uvicorn, so that a busy port is one line saying what to do, not uvicorn's log

@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 
 from otelflow.records import EventRecord, SpanRecord
-from otelflow.viewer.history import History, Recorder, SqliteHistory
+from otelflow.viewer.history import History, Recorder, SqliteHistory, history_for
 from otelflow.viewer.history.rows import record_from_row, record_to_row
 from otelflow.viewer.live import Hub
 from otelflow.wire import derived_start, dumps, encode_exact, encode_span, encode_span_pair, event_json
-from tests.conftest import history_of
 
 
 def _records() -> list[SpanRecord]:
@@ -317,7 +316,7 @@ def test_a_read_resumes_after_any_event_even_inside_one_spans_row(new_db: Callab
     their events, or a page of any size, gives exactly the rest of what the stream told."""
 
     async def check() -> None:
-        store = history_of(new_db())
+        store = history_for(new_db())
         store.open()
         try:
             hub, told = await _recorded(store)
@@ -354,7 +353,7 @@ def test_a_live_run_replays_as_told_its_updates_included(new_db: Callable[[], st
     whole) and end. The history gives back exactly the stream, from the start and resuming after any event."""
 
     async def check() -> None:
-        store = history_of(new_db())
+        store = history_for(new_db())
         store.open()
         try:
             hub, told = await _recorded(store)
@@ -389,7 +388,7 @@ def test_events_an_sdk_dropped_from_a_span_still_replay(new_db: Callable[[], str
     longer has the first events the stream told while it ran. The history still replays every one."""
 
     async def check() -> None:
-        store = history_of(new_db())
+        store = history_for(new_db())
         store.open()
         try:
             hub, told = await _recorded(store)
@@ -415,7 +414,7 @@ def test_events_an_sdk_dropped_from_a_span_still_replay(new_db: Callable[[], str
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 5000])
 def test_batched_inserts_keep_every_row_in_order(n: int, new_db: Callable[[], str]) -> None:
     async def check() -> None:
-        store = history_of(new_db())
+        store = history_for(new_db())
         store.open()
         try:
             hub = Hub()

@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 
 from otelflow import attributes as A
-from otelflow.viewer.history import SqliteHistory
-from tests.conftest import history_of
+from otelflow.viewer.history import SqliteHistory, history_for
 
 from .conftest import Viewer, record, span_id, trace_id, wait_for
 
@@ -132,7 +131,7 @@ def test_a_schema_4_history_keeps_its_statistics_and_counts_cancelled_spans_apar
 def test_a_span_abandoned_then_ended_counts_once(new_db: Callable[[], str]) -> None:
     """A span whose worker went silent is stored abandoned (cut off where it was last heard of); should it end
     after all, the statistics count it once, with its real duration."""
-    store = history_of(new_db())
+    store = history_for(new_db())
     store.open()
     try:
         trace, sid, now = trace_id(), span_id(), time.time_ns()

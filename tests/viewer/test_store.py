@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from otelflow.viewer import ViewerConfigError, serve
-from otelflow.viewer.history import HistoryError, RunQuery, SqliteHistory, default_db_path
+from otelflow.viewer.history import HistoryError, RunQuery, SqliteHistory, default_db_path, history_for
 from otelflow.viewer.live import Hub
-from tests.conftest import history_of
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for
 
 
@@ -87,7 +86,7 @@ def test_locked_database_gives_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_retention_by_count_and_age(new_db: Callable[[], str]) -> None:
-    store = history_of(new_db(), retention_days=1.0, max_runs=2)
+    store = history_for(new_db(), retention_days=1.0, max_runs=2)
     store.open()
     try:
         now = time.time_ns()
@@ -150,7 +149,7 @@ def _health(viewer: Viewer) -> dict[str, Any]:
 def test_resources_no_span_uses_leave_with_retention(new_db: Callable[[], str]) -> None:
     """A sender may put a value of its own in each request's resource: each distinct resource is stored once,
     and once runs leave, the resources only they used leave too; the spans that stay keep theirs."""
-    store = history_of(new_db(), retention_days=None, max_runs=5)
+    store = history_for(new_db(), retention_days=None, max_runs=5)
     store.open()
     try:
         traces = []

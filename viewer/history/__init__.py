@@ -8,6 +8,7 @@ and the same surface; :data:`History` is either.
 
 from __future__ import annotations
 
+import os
 from typing import TypeAlias
 
 from .journal import Journal, JournalError
@@ -19,6 +20,32 @@ from .store import HistoryError
 
 History: TypeAlias = SqliteHistory | PostgresHistory
 """A history store: the embedded SQLite one, or the PostgreSQL one that replicas share."""
+
+
+def history_for(
+    db: str | os.PathLike[str],
+    *,
+    retention_days: float | None = 30.0,
+    max_runs: int | None = 10_000,
+    max_backlog_bytes: int = 128 * 1024 * 1024,
+    max_db_bytes: int | None = None,
+    create_folder: bool = False,
+) -> History:
+    """The store ``db`` names, not opened: a :class:`PostgresHistory` for a ``postgresql://`` (or ``postgres://``)
+    URL, else a :class:`SqliteHistory` (``max_db_bytes`` and ``create_folder`` are SQLite's)."""
+    if is_postgres_url(db):
+        return PostgresHistory(
+            str(db), retention_days=retention_days, max_runs=max_runs, max_backlog_bytes=max_backlog_bytes
+        )
+    return SqliteHistory(
+        db,
+        retention_days=retention_days,
+        max_runs=max_runs,
+        max_backlog_bytes=max_backlog_bytes,
+        max_db_bytes=max_db_bytes,
+        create_folder=create_folder,
+    )
+
 
 __all__ = [
     "History",
@@ -32,5 +59,6 @@ __all__ = [
     "RunQuery",
     "SqliteHistory",
     "default_db_path",
+    "history_for",
     "is_postgres_url",
 ]

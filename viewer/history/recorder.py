@@ -29,7 +29,7 @@ class Recorder:
     def __init__(self, history: HistoryWriter) -> None:
         self.history = history
         # a shared history keeps the number of the broker's last entry it holds (with the rows of that entry)
-        self.positions = bool(getattr(history, "positions", False))
+        self.positions = False
         # every batch may be dropped while the backlog is full (a shared history: the broker holds the requests)
         self.droppable = False
         # trace id -> (the run's summary as last stored, run.updated deltas since it was stored whole)

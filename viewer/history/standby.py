@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 from otelflow.records import SpanRecord
 
@@ -29,27 +29,13 @@ from .recorder import Recorder
 if TYPE_CHECKING:
     from ..live import Hub
     from ..live.backends import RedisBackend
+    from .postgres import PostgresHistory
 
-__all__ = ["Positioned", "SharedHistory", "Standby", "positioned"]
+__all__ = ["SharedHistory", "Standby"]
 
 log = logging.getLogger("otelflow.viewer")
 
 _Call = tuple[str, tuple[Any, ...]]
-
-
-class Positioned(HistoryWriter, Protocol):
-    """A writer that keeps the number of the broker's last entry it holds."""
-
-    async def position(self) -> int:
-        """The number of the last entry whose rows are committed (0: none)."""
-
-    @property
-    def dropped_rows(self) -> int:
-        """Rows dropped while the backlog was full."""
-
-    @property
-    def failure(self) -> str | None:
-        """Why writes fail now (``None``: they work)."""
 
 
 class Standby:
@@ -57,7 +43,6 @@ class Standby:
     nothing)."""
 
     full = False
-    positions = True
 
     def __init__(self, max_rows: int = 500_000) -> None:
         self.max_rows = max_rows
@@ -126,16 +111,11 @@ class Standby:
         return count
 
 
-def positioned(history: object) -> TypeGuard[Positioned]:
-    """Whether ``history`` is shared by replicas and keeps the broker's position (PostgreSQL)."""
-    return callable(getattr(history, "position", None))
-
-
 class SharedHistory:
     """The history of a replica sharing a broker: written while this replica leads, else kept in a
     :class:`Standby` (see the module docstring); it also restarts the broker's reading where the history ends."""
 
-    def __init__(self, hub: Hub, broker: RedisBackend, store: Positioned, recorder: Recorder) -> None:
+    def __init__(self, hub: Hub, broker: RedisBackend, store: PostgresHistory, recorder: Recorder) -> None:
         self.hub, self.broker, self.store, self.recorder = hub, broker, store, recorder
         self.standby = Standby()
         recorder.positions = True

@@ -472,27 +472,29 @@ class Broadcast:
 
     # ------------------------------------------------------------------ ids and resume
 
-    def align(self, entry: Entry) -> None:
+    def align(self, entry: Entry) -> bool:
         """Number the events of a shared log's entry from ``entry.n << ENTRY_BITS`` (call before its first batch).
         A new epoch (the log lost its data) empties the ring; a new epoch or lost entries tell every subscriber
-        to ``reset``."""
+        to ``reset``. Returns whether the ring was emptied."""
         self.shared = True
-        base = entry.n << ENTRY_BITS
+        base = entry.n << ENTRY_BITS  # the entry's first event is numbered base, as on every viewer
+        new_epoch = entry.epoch != self.epoch
         reason = None
-        if entry.epoch != self.epoch:
+        if new_epoch:
             reason = "the broker lost its data" if self._seq else None
             self.epoch = entry.epoch
             self._ring.clear()
             self.ring_nbytes = 0
-            self._seq = base - 1  # the entry's first event is numbered base, as on every viewer
-        elif entry.gap:
-            reason = "this viewer fell behind the broker: events were lost"
-        if base - 1 > self._seq:
             self._seq = base - 1
+        else:
+            if entry.gap:
+                reason = "this viewer fell behind the broker: events were lost"
+            self._seq = max(self._seq, base - 1)
         if reason is not None:
             self.stats["resets"] = self.stats.get("resets", 0) + 1
             for sub in tuple(self._subs):
                 sub._put(self.reset_event(sub.filters, reason))
+        return new_epoch
 
     @property
     def last_id(self) -> str:

@@ -150,11 +150,9 @@ class Hub:
     def _deliver(self, batch: Batch) -> None:
         try:
             entry = batch.entry
-            if entry is not None and entry.first:
-                if entry.epoch != self.broadcast.epoch:
-                    for run in self.state.runs():
-                        run.first_seq = 0  # the ring starts again: a run's replay must not point into the old one
-                self.broadcast.align(entry)
+            if entry is not None and entry.first and self.broadcast.align(entry):
+                for run in self.state.runs():
+                    run.first_seq = 0  # the ring started again: a run's replay must not point into the old one
             changes = self.state.apply(batch)
             self.broadcast.publish(changes, batch)
         except Exception:  # noqa: BLE001 - a bug here must not take the receiver down with it

@@ -141,7 +141,7 @@ class RedisBackend:
         self._last_id: bytes | str = "0-0"
         self._last_n = 0
         self._epoch: str | None = None
-        self._down_since: dict[str, float] = {}
+        self._down_since: float | None = None  # when the broker stopped answering (monotonic), while it does not
 
     @property
     def leading(self) -> bool:
@@ -150,10 +150,9 @@ class RedisBackend:
     @property
     def failure(self) -> str | None:
         """Why the broker cannot be used now (``None``: it answers)."""
-        if not self._down_since:
+        if self._down_since is None:
             return None
-        since = min(self._down_since.values())
-        return f"the broker does not answer (for {time.monotonic() - since:.0f} s); live events wait for it"
+        return f"the broker does not answer (for {time.monotonic() - self._down_since:.0f} s); live events wait for it"
 
     @property
     def last_n(self) -> int:
@@ -258,7 +257,6 @@ class RedisBackend:
             self.stats["gaps"] += 1
             log.warning("entries %d..%d left the broker before this viewer read them", self._last_n + 1, n - 1)
         if self._epoch is None and n <= self.start_after:
-            self._last_n = n
             return  # in the shared history already, from before this viewer started
         self._epoch, self._last_n = epoch, n
         self.stats["entries_read"] += 1
@@ -318,12 +316,11 @@ class RedisBackend:
     # ------------------------------------------------------------------ outages
 
     def _outage(self, what: str, exc: BaseException) -> None:
-        if what not in self._down_since:
-            self._down_since[what] = time.monotonic()
+        if self._down_since is None:
+            self._down_since = time.monotonic()
             log.warning("%s (%s); retrying", _describe(self.url, exc), what)
 
     def _recovered(self, what: str) -> None:
-        if self._down_since:  # it answers one: it answers
-            since = min(self._down_since.values())
-            self._down_since.clear()
-            log.warning("the broker answers again (%s), after %.1f s", what, time.monotonic() - since)
+        if self._down_since is not None:  # it answers one: it answers
+            log.warning("the broker answers again (%s), after %.1f s", what, time.monotonic() - self._down_since)
+            self._down_since = None
