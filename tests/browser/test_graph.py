@@ -533,3 +533,43 @@ def test_spinners_stand_still_when_many_nodes_run(viewer: Viewer, page: Any) -> 
         f"() => {{ const s = ({SPINNING})(); return s.length === 5 && s.every((n) => n === 'spin'); }}"
     )
     page.probe.assert_clean()
+
+
+INFINITE_ANIMATIONS = """() => document.getAnimations()
+  .filter((a) => a.effect && a.effect.getComputedTiming().iterations === Infinity)
+  .filter((a) => !(a.effect.target instanceof SVGElement))
+  .map((a) => ({
+    on: `${a.effect.target.id || a.effect.target.className}${a.effect.pseudoElement || ""}`,
+    props: [...new Set(a.effect.getKeyframes().flatMap((k) => Object.keys(k)))]
+      .filter((p) => !["offset", "computedOffset", "easing", "composite"].includes(p)),
+  }))"""
+
+
+def test_a_busy_run_page_keeps_the_browser_painting_little(viewer: Viewer, page: Any) -> None:
+    """Under a busy run the browser's paint and raster, not the page's script, kept it from drawing frames: the page's
+    endless animations (the running progress bar, the status chip) move only what the compositor moves on its own
+    (transform, opacity), and a parent's edges to children drawn elsewhere are solid lines (their dashes took most of
+    the raster time)."""
+    trace, root = trace_id(), span_id()
+    t0 = time.time_ns() - 10 * 10**9
+    wf = record(trace, root, "invoke_workflow busy", kind=A.KIND_WORKFLOW, start=t0)
+    agents = [span_id() for _ in range(2)]
+    spans = [wf]
+    for i, aid in enumerate(agents):
+        spans.append(record(trace, aid, f"invoke_agent a{i}", parent=root, kind=A.KIND_AGENT, start=t0, ended=False))
+        spans.append(
+            record(trace, span_id(), "execute_tool search", parent=aid, kind=A.KIND_TOOL, start=t0 + 1000, ended=True)
+        )
+    post(viewer, spans)
+    page.goto(f"{viewer.url}/runs/{trace}")
+    expect(node(page, "search")).to_have_attribute("data-status", A.STATUS_OK)
+    expect(page.locator("#run-progress")).to_have_attribute("data-status", A.STATUS_RUNNING)
+    animations = page.evaluate(INFINITE_ANIMATIONS)
+    assert any("progress" in a["on"] for a in animations), animations  # the bar does move
+    assert all(set(a["props"]) <= {"transform", "opacity"} for a in animations), animations
+    dashes = page.evaluate(
+        "() => [...document.querySelectorAll('#graph .gedge-contains')].map((e) => getComputedStyle(e).strokeDasharray)"
+    )
+    assert dashes, "no contains edge drawn"
+    assert set(dashes) == {"none"}, dashes
+    page.probe.assert_clean()
