@@ -4,6 +4,7 @@ the cost of laying out a large run."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -572,4 +573,43 @@ def test_a_busy_run_page_keeps_the_browser_painting_little(viewer: Viewer, page:
     )
     assert dashes, "no contains edge drawn"
     assert set(dashes) == {"none"}, dashes
+    page.probe.assert_clean()
+
+
+WATCH_META = """(key) => {
+  window.__ticks = [];
+  if (window.__watch) window.__watch.disconnect();
+  window.__watch = new MutationObserver(() => window.__ticks.push(performance.now()));
+  const meta = document.querySelector(`.gnode[data-node-id="${key}"] .gnode-meta`);
+  window.__watch.observe(meta, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+def test_many_running_nodes_tick_their_durations_once_a_second(viewer: Viewer, page: Any) -> None:
+    """Past 24 running nodes their durations change once a second, not four times: each change repaints the graph."""
+    trace, root = trace_id(), span_id()
+    t0 = time.time_ns() - 2 * 10**9  # durations under 10 s show hundredths, so each tick changes the text
+    wf = record(trace, root, "invoke_workflow busy", kind=A.KIND_WORKFLOW, start=t0)
+
+    def agents(count: int) -> list[SpanRecord]:
+        return [
+            record(trace, span_id(), f"worker_{i:02d}", parent=root, kind=A.KIND_AGENT, start=t0) for i in range(count)
+        ]
+
+    post(viewer, [wf, *agents(3)])
+    page.goto(f"{viewer.url}/runs/{trace}")
+    expect(node(page, "worker_02")).to_have_attribute("data-status", A.STATUS_RUNNING)
+    page.evaluate(WATCH_META, "worker_00")
+    page.wait_for_function("() => window.__ticks.length >= 4")
+    few = page.evaluate("window.__ticks")
+    assert min(b - a for a, b in itertools.pairwise(few)) < 500, few  # a few running nodes: several times a second
+
+    post(viewer, agents(30)[3:])
+    expect(node(page, "worker_29")).to_have_attribute("data-status", A.STATUS_RUNNING)
+    page.wait_for_function("() => document.getElementById('graph').classList.contains('calm')")
+    page.evaluate(WATCH_META, "worker_00")
+    page.wait_for_function("() => window.__ticks.length >= 4")
+    many = page.evaluate("window.__ticks")
+    gaps = [b - a for a, b in itertools.pairwise(many)]
+    assert min(gaps) >= 900, [round(g) for g in gaps]
     page.probe.assert_clean()

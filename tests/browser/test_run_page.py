@@ -3,6 +3,7 @@ the run's progress in replay."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -554,4 +555,31 @@ def test_replay_shows_the_run_progress_live_showed(viewer: Viewer, page: Any) ->
     expect(bar).to_have_attribute("aria-valuenow", "80")
     page.locator("#replay-toggle").click()
     expect(bar).to_have_attribute("aria-valuenow", "80")
+    page.probe.assert_clean()
+
+
+WATCH_SPAN_COUNT = """() => {
+  window.__drawn = [];
+  new MutationObserver(() => window.__drawn.push([performance.now(), Number(document.body.dataset.spanCount)]))
+    .observe(document.body, { attributes: true, attributeFilter: ["data-span-count"] });
+}"""
+
+
+def test_a_busy_stream_is_drawn_at_most_ten_times_a_second(viewer: Viewer, page: Any) -> None:
+    """Events that pour in are drawn together, at most every 100 ms, and none is left out: drawing on every frame
+    that brought an event kept the browser styling, laying out and painting the page instead of drawing frames."""
+    trace, root = trace_id(), span_id()
+    t0 = time.time_ns()
+    post(viewer, [record(trace, root, "invoke_workflow stream", kind=A.KIND_WORKFLOW, start=t0)])
+    page.goto(f"{viewer.url}/runs/{trace}")
+    page.wait_for_function("() => document.body.dataset.spanCount === '1'")
+    page.evaluate(WATCH_SPAN_COUNT)
+    n = 150
+    for i in range(n):  # one request per span: the events arrive one by one, for a second or more
+        post(viewer, [record(trace, span_id(), f"step_{i}", parent=root, start=t0 + i, ended=True)])
+    page.wait_for_function(f"() => document.body.dataset.spanCount === '{n + 1}'")
+    drawn = page.evaluate("window.__drawn")
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(drawn)]
+    assert len(drawn) >= 3, drawn  # drawn while the stream ran, not only at its end
+    assert min(gaps) >= 90, f"drawn {len(drawn)} times, gaps {[round(g) for g in gaps]} ms"
     page.probe.assert_clean()

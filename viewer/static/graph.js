@@ -24,6 +24,7 @@ const GRAPH_KINDS = new Set([KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_WORKFLOW, KI
 const RUN_ENDED_STATUSES = new Set([STATUS_OK, STATUS_ERROR, STATUS_ABANDONED, STATUS_CANCELLED]);
 const PARTICLE_MS = 900;
 const MAX_SPINNERS = 24; // running nodes whose spinners turn; past this many they stand still (see render)
+const CALM_TICK_MS = 1000; // past MAX_SPINNERS running nodes, their durations tick once a second (see tick)
 const LABEL_X = 20;
 const META_X = 20;
 const SPINNER_R = 7;
@@ -551,6 +552,8 @@ export class GraphView {
     this.layoutCount = 0;
     this.nextLayoutAt = 0;
     this.layoutTimer = null;
+    this.calm = false;
+    this.tickedAt = -Infinity;
     this.elk = elkWorker(); // started now, so that it is ready when the first spans arrive
     this.svgEl.dataset.layout = this.elk ? "pending" : "fallback";
     this.installPanZoom();
@@ -706,7 +709,8 @@ export class GraphView {
     // Past MAX_SPINNERS running nodes their spinners stand still (the boxes stay blue): each turning spinner is an
     // animation the browser sorts into layers on every frame, which under a busy run took a tenth of its time.
     const calm = running > MAX_SPINNERS;
-    if (this.svgEl.classList.contains("calm") !== calm) this.svgEl.classList.toggle("calm", calm);
+    if (this.calm !== calm) this.svgEl.classList.toggle("calm", calm);
+    this.calm = calm;
     for (const edge of graph.edges.values()) {
       const el = this.edgeEls.get(edge.key);
       const from = graph.nodes.get(edge.from);
@@ -779,7 +783,7 @@ export class GraphView {
       (result) => {
         this.layoutBusy = false;
         const took = performance.now() - started;
-        this.nextLayoutAt = performance.now() + Math.max(LAYOUT_GAP_MS, 2 * took);
+        this.nextLayoutAt = performance.now() + Math.max(LAYOUT_GAP_MS, (graph.nodes.size > LARGE_GRAPH ? 4 : 2) * took);
         this.svgEl.dataset.layoutMs = String(Math.round(took));
         this.applyLayout(readElk(result), signature);
         if (this.signature !== signature) this.requestLayout();
@@ -974,8 +978,13 @@ export class GraphView {
     g.dataset.retries = String(node.retries);
   }
 
-  /** Updates the running nodes' durations only (called on a timer). */
+  /**
+   * Updates the running nodes' durations only (called on a timer). Past MAX_SPINNERS running nodes, at most once a
+   * second: each update repaints the graph.
+   */
   tick(now) {
+    if (this.calm && now - this.tickedAt < CALM_TICK_MS) return;
+    this.tickedAt = now;
     for (const node of this.graph.nodes.values()) {
       if (node.status === STATUS_RUNNING) this.updateNode(node, !this.nodeEls.get(node.key)?.classList.contains("dim"), now);
     }

@@ -281,20 +281,29 @@ function rootOf(spans, run) {
   return root;
 }
 
+// A quiet page draws a change in the next frame; under a busy stream it draws at most every RENDER_GAP_MS (the
+// events in between are drawn together): drawing on every frame that brought an event kept the main thread busy
+// with style, layout and paint while the page could not draw frames of its own.
+const RENDER_GAP_MS = 100;
 let renderScheduled = false;
+let renderAt = -Infinity;
 function scheduleRender() {
   if (renderScheduled) return;
   renderScheduled = true;
-  requestAnimationFrame(() => {
+  const draw = () => requestAnimationFrame(() => {
     renderScheduled = false;
+    renderAt = performance.now();
     render();
   });
+  const wait = replay ? 0 : renderAt + RENDER_GAP_MS - performance.now();
+  if (wait > 0) setTimeout(draw, wait);
+  else draw();
 }
 
 // The graph (buildGraph over every span, a layout when nodes or edges change, then the browser's style and paint
 // of its SVG) is the costliest view: while events pour in it is redrawn at most every GRAPH_MIN_GAP_MS, and
-// never sooner than GRAPH_COST_FACTOR times its own last cost, so that it takes a bounded share of the main
-// thread; a quiet page redraws it at once (the first change after a pause is drawn in the next frame).
+// never sooner than GRAPH_COST_FACTOR times its own last cost (script and the frame that paints it), so that it
+// takes a bounded share of the main thread; a quiet page redraws it at once (in a task right after the frame).
 const GRAPH_COST_FACTOR = 8;
 const GRAPH_MIN_GAP_MS = 500;
 const GRAPH_MAX_WAIT_MS = 1000;
@@ -307,6 +316,29 @@ let graphRendered = false;
 let rootCache = null;
 let lastFilters = "";
 
+/** The root span of the view (recomputed when the structure changed). */
+function rootNow(v) {
+  if (changed.structure || !rootCache || rootCache.spans !== v.spans) rootCache = { spans: v.spans, root: rootOf(v.spans, v.run) };
+  // which span is the root only changes with the structure; its latest snapshot (e.g. ended) is the map's
+  return rootCache.root ? v.spans.get(rootCache.root.span_id) || rootCache.root : null;
+}
+
+/** Builds and draws the graph of the current view. */
+function drawGraph() {
+  const v = view();
+  const f = filters();
+  const root = rootNow(v);
+  const t0 = performance.now();
+  const g = markStalls(buildGraph(v.spans, root, graphOwner(v.spans, root)), v.stalled);
+  graph.render(g, (node) => nodeMatches(node, f), v.now);
+  graphDrawn = graphRendered = true;
+  changed.graph = false;
+  graphAt = performance.now();
+  graphCost = graphAt - t0;
+  // its cost includes the browser's style, layout and paint of the changed SVG, in the frame that follows
+  requestAnimationFrame(() => setTimeout(() => { if (graphAt >= t0) graphCost = performance.now() - t0; }, 0));
+}
+
 function render() {
   const v = view();
   const f = filters();
@@ -314,34 +346,25 @@ function render() {
   const filtersChanged = filterKey !== lastFilters;
   lastFilters = filterKey;
   if (replay) markAll();
-  if (changed.structure || !rootCache || rootCache.spans !== v.spans) rootCache = { spans: v.spans, root: rootOf(v.spans, v.run) };
-  // which span is the root only changes with the structure; its latest snapshot (e.g. ended) is the map's
-  const root = rootCache.root ? v.spans.get(rootCache.root.span_id) || rootCache.root : null;
+  rootNow(v); // now, while changed.structure still says whether the root may have changed
 
-  // the graph first: its fit() reads the layout, which is cheap before this frame's other writes
   if (changed.graph && !graphDrawn && v.spans.size > GRAPH_DEFER_SPANS && !graphTimer) {
     graphTimer = setTimeout(() => { // a big run: the timeline and logs first, the graph in a task of its own
       graphTimer = null;
       graphDrawn = true;
       scheduleRender();
     }, 0);
-  } else if (filtersChanged || (changed.graph && !graphTimer)) {
+  } else if (filtersChanged || replay) {
+    drawGraph(); // at once, in this frame
+  } else if (changed.graph && !graphTimer) {
+    // in a task of its own (the frame that paints it is another): the graph's script and the rest of the page's
+    // frame in one task kept the page from answering for over 100 ms
     const gap = Math.min(GRAPH_MAX_WAIT_MS, Math.max(GRAPH_MIN_GAP_MS, graphCost * GRAPH_COST_FACTOR));
-    const wait = graphAt + gap - performance.now();
-    if (wait <= 0 || filtersChanged || replay) {
-      const t0 = performance.now();
-      const g = markStalls(buildGraph(v.spans, root, graphOwner(v.spans, root)), v.stalled);
-      graph.render(g, (node) => nodeMatches(node, f), v.now);
-      graphDrawn = graphRendered = true;
-      changed.graph = false;
-      graphAt = performance.now();
-      graphCost = graphAt - t0;
-    } else if (!graphTimer) {
-      graphTimer = setTimeout(() => {
-        graphTimer = null;
-        scheduleRender();
-      }, wait);
-    }
+    const wait = Math.max(0, graphAt + gap - performance.now());
+    graphTimer = setTimeout(() => {
+      graphTimer = null;
+      if (changed.graph) drawGraph();
+    }, wait);
   }
   // timeline: the rows in view, re-filtered when spans or filters changed
   if (changed.structure || changed.spans || filtersChanged) {
@@ -863,7 +886,7 @@ async function main() {
   every(250, () => {
     if (replay) return;
     const v = view();
-    if (graphRendered) graph.tick(v.now);
+    if (graphRendered) setTimeout(() => graph.tick(view().now), 0); // a task of its own
     if (v.live || v.stalled.size) timeline.tick(v.now);
     tickHeader(v);
     inspector.tick(selectedSpanId ? v.spans.get(selectedSpanId) : null, v.now, stallOf(v, selectedSpanId));
