@@ -502,13 +502,15 @@ def test_a_growing_run_keeps_its_view_while_it_fits_and_is_fitted_again_once_it_
     page.probe.assert_clean()
 
 
+FADING = """() => [...document.querySelectorAll("#graph .gnode-box")].map(
+  (el) => getComputedStyle(el).transitionDuration)"""
 SPINNING = """() => [...document.querySelectorAll("#graph .gnode.st-running .gnode-spinner")].map(
   (el) => getComputedStyle(el).animationName)"""
 
 
 def test_spinners_stand_still_when_many_nodes_run(viewer: Viewer, page: Any) -> None:
     """Each turning spinner costs the browser work on every frame: past 24 running nodes they stand still, and the
-    boxes still say running."""
+    boxes still say running; their colours then change without fading (a fading box repaints on every frame)."""
     trace, root = trace_id(), span_id()
     t0 = time.time_ns() - 60 * 10**9
     wf = record(trace, root, "invoke_workflow busy", kind=A.KIND_WORKFLOW, start=t0)
@@ -527,12 +529,14 @@ def test_spinners_stand_still_when_many_nodes_run(viewer: Viewer, page: Any) -> 
     page.wait_for_function(
         f"() => {{ const s = ({SPINNING})(); return s.length === 30 && s.every((n) => n === 'none'); }}"
     )
+    assert set(page.evaluate(FADING)) == {"0s"}
 
     post(viewer, [agent(i, ended=True) for i in range(25)])  # five left running: they turn again
     expect(node(page, "worker_24")).to_have_attribute("data-status", A.STATUS_OK)
     page.wait_for_function(
         f"() => {{ const s = ({SPINNING})(); return s.length === 5 && s.every((n) => n === 'spin'); }}"
     )
+    assert "0s" not in set(page.evaluate(FADING))
     page.probe.assert_clean()
 
 
