@@ -617,3 +617,46 @@ def test_many_running_nodes_tick_their_durations_once_a_second(viewer: Viewer, p
     gaps = [b - a for a, b in itertools.pairwise(many)]
     assert min(gaps) >= 900, [round(g) for g in gaps]
     page.probe.assert_clean()
+
+
+def test_a_run_too_big_to_show_whole_keeps_its_view_as_it_grows(viewer: Viewer, page: Any) -> None:
+    """At the smallest scale a graph that does not fit is not fitted again on each new node (which would only move
+    it about and make the browser raster all of it again): the view stays where it is."""
+    trace, root = trace_id(), span_id()
+    t0 = time.time_ns() - 600 * 10**9
+    second = 10**9
+    wf = record(trace, root, "invoke_workflow long", kind=A.KIND_WORKFLOW, start=t0)
+
+    def steps(first: int, count: int) -> list[SpanRecord]:  # one after another: a chain of "then" edges
+        return [
+            record(
+                trace,
+                span_id(),
+                f"step_{i:02d}",
+                parent=root,
+                kind=A.KIND_AGENT,
+                start=t0 + 2 * i * second,
+                ended=True,
+                duration_ns=second,
+            )
+            for i in range(first, first + count)
+        ]
+
+    post(viewer, [wf, *steps(0, 80)])
+    page.goto(f"{viewer.url}/runs/{trace}")
+    page.wait_for_function(LAID_OUT)
+    page.wait_for_function(
+        "() => / scale\\(0\\.0800\\)/.test(document.getElementById('graph-view').getAttribute('transform'))"
+    )
+    view = page.locator("#graph-view").get_attribute("transform")
+    count = page.locator("#graph").get_attribute("data-layout-count")
+
+    post(viewer, steps(80, 3))
+    expect(node(page, "step_82")).to_have_attribute("data-status", A.STATUS_OK)
+    page.wait_for_function(
+        "(c) => { const g = document.getElementById('graph'); return g.dataset.layoutCount !== c"
+        " && g.dataset.layout === 'done'; }",
+        arg=count,
+    )
+    assert page.locator("#graph-view").get_attribute("transform") == view
+    page.probe.assert_clean()

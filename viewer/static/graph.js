@@ -23,6 +23,7 @@ const NAME_PREFIXES = [OP_INVOKE_AGENT, OP_EXECUTE_TOOL, OP_INVOKE_WORKFLOW].map
 const GRAPH_KINDS = new Set([KIND_AGENT, KIND_NODE, KIND_TOOL, KIND_WORKFLOW, KIND_LLM]);
 const RUN_ENDED_STATUSES = new Set([STATUS_OK, STATUS_ERROR, STATUS_ABANDONED, STATUS_CANCELLED]);
 const PARTICLE_MS = 900;
+const MIN_SCALE = 0.08; // the view's smallest zoom
 const MAX_SPINNERS = 24; // running nodes whose spinners turn; past this many they stand still (see render)
 const CALM_TICK_MS = 1000; // past MAX_SPINNERS running nodes, their durations tick once a second (see tick)
 const LABEL_X = 20;
@@ -648,7 +649,7 @@ export class GraphView {
   }
 
   zoomAt(factor, cx, cy) {
-    const k = Math.min(3, Math.max(0.08, this.view.k * factor));
+    const k = Math.min(3, Math.max(MIN_SCALE, this.view.k * factor));
     const f = k / this.view.k;
     this.view.x = cx - (cx - this.view.x) * f;
     this.view.y = cy - (cy - this.view.y) * f;
@@ -668,14 +669,16 @@ export class GraphView {
     const { x, y, width, height } = this.bounds;
     if (!width || !rect.width) return;
     const pad = 22;
-    const k = Math.max(0.08, Math.min(1.25, (rect.width - 2 * pad) / width, (rect.height - 2 * pad) / height));
+    const k = Math.max(MIN_SCALE, Math.min(1.25, (rect.width - 2 * pad) / width, (rect.height - 2 * pad) / height));
     if (keep && this.fitted) {
       const v = this.view;
+      // already at the smallest scale, a graph too big to show whole would only be moved about as it grows
+      if (v.k <= MIN_SCALE && k <= MIN_SCALE) return;
       const left = x * v.k + v.x, top = y * v.k + v.y;
       const shown = left >= 0 && top >= 0 && left + width * v.k <= rect.width && top + height * v.k <= rect.height;
       if (shown && v.k >= 0.8 * k) return;
     }
-    this.view.k = keep && this.fitted ? Math.max(0.08, 0.9 * k) : k;
+    this.view.k = keep && this.fitted ? Math.max(MIN_SCALE, 0.9 * k) : k;
     this.fitted = true;
     this.view.x = (rect.width - width * this.view.k) / 2 - x * this.view.k;
     this.view.y = (rect.height - height * this.view.k) / 2 - y * this.view.k;
