@@ -249,8 +249,14 @@ def _attrs(items: Iterable[KeyValue], depth: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in items:
         value = kv.value
-        if value.WhichOneof("value") == "string_value":  # the common case, without a call
+        which = value.WhichOneof("value")
+        # the common cases without a call (each as _any reads it)
+        if which == "string_value":
             out[kv.key] = value.string_value
+        elif which == "int_value":
+            out[kv.key] = value.int_value
+        elif which == "bool_value":
+            out[kv.key] = value.bool_value
         else:
             out[kv.key] = _any(value, depth)
     return out
@@ -272,6 +278,9 @@ def _span_id(raw: bytes, where: str, *, required: bool) -> str | None:
 
 
 def _from_proto(span: Span, resource: dict[str, Any], scope: str, where: str, limit: int | None) -> SpanRecord:
+    """:func:`_record` of a protobuf span: the same record, built here without the keyword call and its
+    intermediate lists for the common case (a span with no ``otelflow.pending`` attribute); the tests hold the two
+    equal (protobuf and JSON requests of the same spans decode to equal records)."""
     trace, raw_id = span.trace_id, span.span_id
     if len(trace) != 16 or not any(trace):
         raise OtlpDecodeError(f"{where}.traceId: must be 16 bytes, not all zero")
@@ -290,39 +299,91 @@ def _from_proto(span: Span, resource: dict[str, Any], scope: str, where: str, li
     if not 0 <= end <= MAX_TIME_NS:
         _time(end, f"{where}.endTimeUnixNano")
     raw_parent = span.parent_span_id
-    return _record(
-        trace_id=trace.hex(),
-        span_id=span_id,
-        parent_id=raw_parent.hex()
+    parent_id = (
+        raw_parent.hex()
         if len(raw_parent) == 8 and any(raw_parent)
-        else _span_id(raw_parent, f"{where}.parentSpanId", required=False),
-        name=span.name,
-        span_kind=span.kind,
-        start=start,
-        end=end,
-        status_code=span.status.code,
-        status_message=span.status.message,
-        attrs=_attrs(span.attributes),
-        events=events,
-        resource=resource,
-        scope=scope,
-        limit=limit,
+        else _span_id(raw_parent, f"{where}.parentSpanId", required=False)
+    )
+    attrs = _attrs(span.attributes)
+    status = span.status
+    if A.PENDING in attrs:  # a running snapshot: the general rules
+        return _record(
+            trace_id=trace.hex(),
+            span_id=span_id,
+            parent_id=parent_id,
+            name=span.name,
+            span_kind=span.kind,
+            start=start,
+            end=end,
+            status_code=status.code,
+            status_message=status.message,
+            attrs=attrs,
+            events=events,
+            resource=resource,
+            scope=scope,
+            limit=limit,
+        )
+    # _record, for a span without otelflow.pending
+    cleaned = clean_attributes(attrs, limit)
+    if cleaned is not attrs:
+        attrs = dict(cleaned)
+    message = status.message
+    if message:
+        message = clean_text(message, limit)
+    if end:
+        end_ns: int | None = end
+        state = ended_status(status.code == _STATUS_ERROR_CODE, message, attrs)
+        phase = PHASE_END
+    else:
+        end_ns, state, phase = None, A.STATUS_RUNNING, PHASE_UPDATE
+    span_kind = span.kind
+    return SpanRecord(
+        trace.hex(),
+        span_id,
+        clean_text(span.name, NAME_LIMIT),
+        parent_id,
+        kind_of(attrs),
+        span_kind if 0 <= span_kind <= 5 else 1,
+        start,
+        end_ns,
+        state,
+        message,
+        attrs,
+        tuple([EventRecord(clean_text(n, NAME_LIMIT), t, clean_attributes(a, limit)) for n, t, a in events]),
+        str(resource.get("service.name", "")),
+        resource,
+        scope,
+        phase,
     )
 
 
-def _proto_spans(request: ExportTraceServiceRequest, limit: int | None) -> Iterator[SpanRecord | str]:
+def _proto_spans(request: ExportTraceServiceRequest, limit: int | None, rejected: list[str]) -> Iterator[SpanRecord]:
+    """The records of a request's spans, by the rules (Logfire pending spans included); a message in ``rejected``
+    for each span that cannot be read. One generator for what :func:`_attempt`, :func:`_guarded` and
+    :func:`_pending_conventions` do, without their layers per span; a span's place (``where``) is written only
+    into the message of one that fails."""
     for r, resource_spans in enumerate(request.resource_spans):
         try:
             resource = _resource(_attrs(resource_spans.resource.attributes), limit)
         except (OtlpDecodeError, RecursionError) as exc:
             message = f"resourceSpans[{r}].resource: {exc}"
-            yield from (message for ss in resource_spans.scope_spans for _ in ss.spans)
+            rejected.extend(message for ss in resource_spans.scope_spans for _ in ss.spans)
             continue
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             scope = clean_text(scope_spans.scope.name, NAME_LIMIT)
             for i, span in enumerate(scope_spans.spans):
-                where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]"
-                yield _attempt(_from_proto, span, resource, scope, where, limit)
+                try:
+                    item: SpanRecord | str = _from_proto(span, resource, scope, "", limit)
+                except Exception:  # noqa: BLE001 - again with its place, for the message (decoding is deterministic)
+                    item = _attempt(
+                        _from_proto, span, resource, scope, f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]", limit
+                    )
+                if isinstance(item, str):
+                    rejected.append(item)
+                elif item.attributes.get(A.LOGFIRE_SPAN_TYPE) != A.LOGFIRE_PENDING_SPAN:
+                    yield item
+                else:
+                    yield from _pending_conventions((item,), rejected)
 
 
 def decode_protobuf(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded:
@@ -333,7 +394,7 @@ def decode_protobuf(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Dec
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError (untyped module), RecursionError
         raise OtlpDecodeError(f"body is not a valid ExportTraceServiceRequest: {exc}") from None
     rejected: list[str] = []
-    out = Decoded(_pending_conventions(_guarded(_proto_spans(request, limit), rejected), rejected), rejected)
+    out = Decoded(_proto_spans(request, limit, rejected), rejected)
     out.body, out.kind = body, KIND_PROTOBUF
     out.span_count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     for resource_spans in request.resource_spans:
