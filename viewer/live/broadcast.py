@@ -142,6 +142,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "_all",
         "_on_cut",
         "_queue",
         "_waiter",
@@ -165,6 +166,7 @@ class Subscription:
     ) -> None:
         # Thousands of idle subscribers are normal: keep each small (a list, and a future only while waiting).
         self.filters = filters
+        self._all = filters.empty  # every event passes (reset and shutdown always do)
         self.limit = limit
         self.start_id = start_id
         self.until_run_end = until_run_end
@@ -194,17 +196,43 @@ class Subscription:
     def _offer(self, ev: Event) -> None:
         if self.closed is not None or ev.seq <= self.after:
             return
-        if self.filters.matches(ev):
+        if self._all or self.filters.matches(ev):
             if len(self._queue) >= self.limit:
-                self._queue.clear()
-                self._close("overflow")
-                if self._on_cut is not None:
-                    self._on_cut()
+                self._overflow()
                 return
             self._queue.append(ev)
             self._signal()
         if self._ends_run(ev):
             self._close("run_ended")
+
+    def _offer_all(self, events: list[Event]) -> None:
+        """:meth:`_offer` each of ``events`` in order, waking the reader once."""
+        if self.closed is not None:
+            return
+        queue, after, limit = self._queue, self.after, self.limit
+        matches = None if self._all else self.filters.matches
+        until_run_end = self.until_run_end
+        added = False
+        for ev in events:
+            if ev.seq <= after:
+                continue
+            if matches is None or matches(ev):
+                if len(queue) >= limit:
+                    self._overflow()
+                    return
+                queue.append(ev)
+                added = True
+            if until_run_end and self._ends_run(ev):
+                self._close("run_ended")  # wakes the reader
+                return
+        if added:
+            self._signal()
+
+    def _overflow(self) -> None:
+        self._queue.clear()
+        self._close("overflow")
+        if self._on_cut is not None:
+            self._on_cut()
 
     def _replay(self, ev: Event) -> None:
         """Queue an event from the replay ring: filtered, without the queue limit."""
@@ -316,6 +344,7 @@ class Broadcast:
     def publish(self, changes: Iterable[Change], batch: Batch) -> list[Event]:
         """Number, encode and offer the events of these changes; returns them (quiet ones included)."""
         events = [self._event(change) for change in changes]
+        self._offer_all([ev for ev in events if not ev.quiet])
         for tap in self._taps:
             tap(events, batch)
         return events
@@ -440,25 +469,33 @@ class Broadcast:
             summary,
             summary_json,
         )
-        self._offer(ev)
-        return ev
+        return ev  # offered by publish, with the others of its batch
 
     def _offer(self, ev: Event) -> None:
+        self._offer_all([ev])
+
+    def _offer_all(self, events: list[Event]) -> None:
+        """Keep ``events`` in the ring and queue them for every subscriber, in order."""
+        if not events:
+            return
         ring = self._ring
-        ring.append(ev)
-        self.ring_nbytes += len(ev.head) + len(ev.data)
+        ring.extend(events)
+        self.ring_nbytes += sum([len(ev.head) + len(ev.data) for ev in events])
         if len(ring) > self.ring_size or self.ring_nbytes > self.ring_bytes:
             while len(ring) > self.ring_size or (self.ring_nbytes > self.ring_bytes and len(ring) > 1):
                 old = ring.popleft()
                 self.ring_nbytes -= len(old.head) + len(old.data)
-        self.stats["events"] += 1
+        self.stats["events"] += len(events)
         if self._subs:
+            closed = []
             for sub in tuple(self._subs):
-                sub._offer(ev)
+                sub._offer_all(events)
                 if sub.closed is not None:
-                    self._subs.discard(sub)
-                    if sub.closed == "overflow":
-                        self.stats["cut"] += 1
+                    closed.append(sub)
+            for sub in closed:
+                self._subs.discard(sub)
+                if sub.closed == "overflow":
+                    self.stats["cut"] += 1
 
     def shutdown(self) -> None:
         """Publish ``shutdown`` and close every subscription once its queue is delivered. Idempotent."""
