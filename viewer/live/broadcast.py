@@ -35,6 +35,7 @@ from otelflow.wire import (
     RUN_STARTED,
     SHUTDOWN,
     SPAN_ABANDONED,
+    SPAN_ENDED,
     SPAN_EVENT,
     SPAN_STALLED,
     SPAN_UNSTALLED,
@@ -44,6 +45,7 @@ from otelflow.wire import (
     encode_span,
     encode_span_pair,
     event_json,
+    quote,
 )
 
 from .events import Event, bare_event, envelope, span_event_envelope, sse_head, wrapped
@@ -316,6 +318,27 @@ def _time_up(waiter: asyncio.Future[bool]) -> None:
 Tap = Callable[[list[Event], Batch], None]
 
 
+_KNOWN_TYPES: Final = frozenset({SPAN_EVENT, SPAN_ENDED})
+
+
+def _known(record: SpanRecord, run: RunState, epoch: str) -> tuple[SpanRecord, RunState, str, str] | None:
+    """What the ``span.event`` and ``span.ended`` envelopes of ``record`` (of ``run``) share: ``"run_id":...``
+    and the ``span.event`` fields up to ``"event":``, as :func:`viewer.live.events.wrapped` and
+    :func:`viewer.live.events.span_event_envelope` write them; ``None`` when a value is not a str, or when the
+    epoch would need escaping in an id (the general path then writes them)."""
+    if not (epoch.isascii() and epoch.isalnum() and record.trace_id == run.trace_id):
+        return None
+    try:
+        run_id = f'"run_id":{quote(run.trace_id)}'
+        middle = (
+            f'{run_id},"trace_id":{quote(record.trace_id)},"span_id":{quote(record.span_id)},'
+            f'"span_name":{quote(record.name)},"span_kind":{quote(record.kind)},"event":'
+        )
+    except TypeError:
+        return None
+    return record, run, run_id, middle
+
+
 class Broadcast:
     """Numbering, the replay ring and subscriptions (see the module docstring)."""
 
@@ -327,6 +350,8 @@ class Broadcast:
         self._seq = 0
         self._ended: tuple[SpanRecord, bytes] | None = None  # encoded with a made-up start, next out
         self._events: tuple[SpanRecord, list[str]] | None = None  # its events, encoded for its span.event too
+        # that span, its run, and the JSON pieces its span.event and span.ended envelopes share (_known)
+        self._known: tuple[SpanRecord, RunState, str, str] | None = None
         self._ring: deque[Event] = deque()
         self.ring_nbytes = 0
         self._subs: set[Subscription] = set()
@@ -377,6 +402,11 @@ class Broadcast:
     def _event(self, change: Change) -> Event:
         run = change.run
         type_ = change.type
+        known = self._known
+        if known is not None and known[0] is change.span and known[1] is run and (type_ in _KNOWN_TYPES):
+            ev = self._known_event(change, known)
+            if ev is not None:
+                return ev
         if type_ == RUN_STORED:
             stored = run.to_dict()
             return Event(0, "", type_, run.trace_id, run.alias, None, None, None, b"", b"", summary=stored, quiet=True)
@@ -437,6 +467,7 @@ class Broadcast:
             raw, ended, _ = encode_span_pair(record, events)
             self._ended = (record, ended)
             self._events = (record, events) if events else None
+            self._known = _known(record, run, self.epoch)
             data = wrapped(event_id, type_, run, "span", raw)
             kind, name, status = record.kind, record.name, A.STATUS_RUNNING
             derived = True
@@ -470,6 +501,49 @@ class Broadcast:
             summary_json,
         )
         return ev  # offered by publish, with the others of its batch
+
+    def _known_event(self, change: Change, known: tuple[SpanRecord, RunState, str, str]) -> Event | None:
+        """The ``span.event`` or ``span.ended`` of the span that arrived ended whose start was the last encoded
+        (:func:`_known`): the bytes of the general path, written from its pieces; ``None`` when they are not all
+        at hand (the general path then writes the event)."""
+        record, _run, run_id, middle = known
+        type_ = change.type
+        if type_ == SPAN_EVENT:
+            texts = self._events
+            index = change.event_index
+            if texts is None or texts[0] is not record or not 0 <= index < len(texts[1]):
+                return None
+            self._seq += 1
+            seq = self._seq
+            event_id = f"{self.epoch}.{seq}"
+            data = f'{{"id":"{event_id}","type":"{SPAN_EVENT}",{middle}{texts[1][index]}}}'.encode("ascii")
+            status = A.STATUS_RUNNING
+        else:  # span.ended
+            ended = self._ended
+            if ended is None or ended[0] is not record:
+                return None
+            self._ended = self._known = None
+            self._seq += 1
+            seq = self._seq
+            event_id = f"{self.epoch}.{seq}"
+            head = f'{{"id":"{event_id}","type":"{SPAN_ENDED}",{run_id},"span":'
+            data = b"".join((head.encode("ascii"), ended[1], b"}"))
+            index = -1
+            status = record.status
+        return Event(
+            seq,
+            event_id,
+            type_,
+            record.trace_id,
+            change.run.alias,
+            record.kind,
+            record.name,
+            status,
+            data,
+            sse_head(event_id, type_),
+            record,
+            index,
+        )
 
     def _offer(self, ev: Event) -> None:
         self._offer_all([ev])
