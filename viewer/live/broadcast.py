@@ -418,7 +418,20 @@ class Broadcast:
         event_index, derived, stalled = -1, False, False
         summary: dict[str, Any] | None = None
         summary_json: str | None = None
-        if type_.startswith("run."):
+        if change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
+            assert record is not None
+            try:
+                events: list[str] | None = [event_json(e) for e in record.events]
+            except (TypeError, ValueError):
+                events = None
+            raw, ended, _ = encode_span_pair(record, events)
+            self._ended = (record, ended)
+            self._events = (record, events) if events else None
+            self._known = _known(record, run, self.epoch)
+            data = wrapped(event_id, type_, run, "span", raw)
+            kind, name, status = record.kind, record.name, A.STATUS_RUNNING
+            derived = True
+        elif type_.startswith("run."):
             summary = run.to_dict()
             raw, exact = encode_exact(summary)  # once, for the event and the stored run
             data = wrapped(event_id, type_, run, "run", raw)
@@ -458,19 +471,6 @@ class Broadcast:
             assert record is not None
             data = envelope(event_id, type_, run, {"span": record.to_dict(), "worker_id": change.worker})
             kind, name, status = record.kind, record.name, record.status
-        elif change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
-            assert record is not None
-            try:
-                events: list[str] | None = [event_json(e) for e in record.events]
-            except (TypeError, ValueError):
-                events = None
-            raw, ended, _ = encode_span_pair(record, events)
-            self._ended = (record, ended)
-            self._events = (record, events) if events else None
-            self._known = _known(record, run, self.epoch)
-            data = wrapped(event_id, type_, run, "span", raw)
-            kind, name, status = record.kind, record.name, A.STATUS_RUNNING
-            derived = True
         else:  # span.started, span.updated, span.ended: the span object is encoded once
             assert record is not None
             ended_before = self._ended
