@@ -524,3 +524,48 @@ def test_every_span_event_the_hub_writes_is_the_general_encoding_of_its_envelope
             span = derived_start(e.record) if e.derived else e.record
             assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, "span": span.to_dict()})
     assert spans > len(records)
+
+
+def test_the_orjson_paths_write_the_general_encoders_bytes() -> None:
+    """Attribute dicts, the start and end of a span that arrived ended, and a span's history row: where orjson
+    writes them (plain values), the bytes are those of the general encoders; other values take those."""
+    from otelflow.viewer.history import rows
+    from otelflow.viewer.live.events import attributes_json, encode_arrived_ended, plain
+    from otelflow.wire import to_json
+
+    taken = rows_taken = 0
+    records = _plain_records() + _records()
+    for rec in records:
+        for attributes in (rec.attributes, *(e.attributes for e in rec.events)):
+            try:
+                expected: str | type[Exception] = to_json(dict(attributes))
+            except (TypeError, ValueError) as exc:
+                expected = type(exc)
+            if isinstance(expected, str):
+                assert attributes_json(attributes) == expected
+            else:
+                with pytest.raises(expected):
+                    attributes_json(attributes)
+        if rec.ended:
+            written = encode_arrived_ended(rec)
+            if written is not None:
+                taken += plain(rec.attributes)
+                started, ended, events = written
+                assert (started, ended) == encode_span_pair(rec)[:2]
+                assert events == [event_json(e) for e in rec.events]
+        start = rec.start_time_ns
+        general = rows._dumps(
+            [
+                rec.span_kind,
+                rec.status_message,
+                rec.scope,
+                rec.phase,
+                None if rec.service == rec.resource.get("service.name") else rec.service,
+                rec.attributes,
+                [[e.name, e.time_ns - start, e.attributes] for e in rec.events],
+            ]
+        )
+        assert rows.record_to_row(rec) == general
+        rows_taken += rows._plain_row(rec) is not None
+    assert taken > 100
+    assert rows_taken > 100

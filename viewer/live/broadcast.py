@@ -48,7 +48,7 @@ from otelflow.wire import (
     quote,
 )
 
-from .events import Event, bare_event, envelope, span_event_envelope, sse_head, wrapped
+from .events import Event, bare_event, encode_arrived_ended, envelope, span_event_envelope, sse_head, wrapped
 from .state import RUN_STORED, Batch, Change, Entry
 
 if TYPE_CHECKING:
@@ -420,11 +420,16 @@ class Broadcast:
         summary_json: str | None = None
         if change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
             assert record is not None
-            try:
-                events: list[str] | None = [event_json(e) for e in record.events]
-            except (TypeError, ValueError):
-                events = None
-            raw, ended, _ = encode_span_pair(record, events)
+            written = encode_arrived_ended(record)
+            events: list[str] | None
+            if written is not None:
+                raw, ended, events = written
+            else:
+                try:
+                    events = [event_json(e) for e in record.events]
+                except (TypeError, ValueError):
+                    events = None
+                raw, ended, _ = encode_span_pair(record, events)
             self._ended = (record, ended)
             self._events = (record, events) if events else None
             self._known = _known(record, run, self.epoch)
