@@ -29,7 +29,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelflow import attributes as A
 from otelflow.records import MAX_TIME_NS, PHASE_END, PHASE_UPDATE, EventRecord, SpanRecord, ended_status, kind_of
-from otelflow.scrub import DEFAULT_VALUE_LIMIT, NAME_LIMIT, clean_attributes, clean_text, fix_surrogates
+from otelflow.scrub import (
+    DEFAULT_VALUE_LIMIT,
+    NAME_LIMIT,
+    REDACTED,
+    clean_attributes,
+    clean_text,
+    fix_surrogates,
+    is_secret_key,
+)
 
 __all__ = [
     "KIND_JSON",
@@ -47,6 +55,8 @@ KIND_JSON: Final = 2
 _MAX_ATTR_DEPTH: Final = 32
 _PENDING_SUFFIX: Final = " (pending)"
 _ZERO_SPAN: Final = "0" * 16
+_SECRET_KEYS: dict[str, bool] = {}  # attribute key -> is_secret_key(key), remembered (ASCII keys only)
+_SECRET_KEYS_SIZE: Final = 8192
 _STATUS_ERROR_CODE: Final = 2
 _STATUS_CODES: Final = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
 _SPAN_KINDS: Final = {
@@ -249,8 +259,14 @@ def _attrs(items: Iterable[KeyValue], depth: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in items:
         value = kv.value
-        if value.WhichOneof("value") == "string_value":  # the common case, without a call
+        which = value.WhichOneof("value")
+        # the common cases without a call (each as _any reads it)
+        if which == "string_value":
             out[kv.key] = value.string_value
+        elif which == "int_value":
+            out[kv.key] = value.int_value
+        elif which == "bool_value":
+            out[kv.key] = value.bool_value
         else:
             out[kv.key] = _any(value, depth)
     return out
@@ -271,58 +287,142 @@ def _span_id(raw: bytes, where: str, *, required: bool) -> str | None:
     return text
 
 
+def _clean_attrs(items: Iterable[KeyValue], limit: int | None) -> dict[str, Any]:
+    """``dict(clean_attributes(_attrs(items), limit))`` in one pass: strings, integers and booleans under ASCII
+    keys are cleaned as they are read (as :func:`otelflow.scrub.clean_attributes` cleans each), any other value
+    or key by ``clean_attributes`` itself."""
+    out: dict[str, Any] = {}
+    secret_keys = _SECRET_KEYS
+    for kv in items:
+        key = kv.key
+        value = kv.value
+        which = value.WhichOneof("value")
+        secret = secret_keys.get(key)
+        if secret is None and key.isascii():  # an ASCII key is its own cleaned form
+            if len(secret_keys) >= _SECRET_KEYS_SIZE:
+                secret_keys.clear()
+            secret = secret_keys[key] = is_secret_key(key)
+        if secret is None or not (which == "string_value" or which == "int_value" or which == "bool_value"):
+            out.update(clean_attributes({key: _any(value)}, limit))
+        elif which == "string_value":
+            text = value.string_value
+            out[key] = REDACTED if secret and text else clean_text(text, limit)
+        elif which == "int_value":
+            out[key] = REDACTED if secret else value.int_value
+        else:
+            out[key] = value.bool_value
+    return out
+
+
 def _from_proto(span: Span, resource: dict[str, Any], scope: str, where: str, limit: int | None) -> SpanRecord:
+    """:func:`_record` of a protobuf span: the same record, built here in one pass for the common case (a span
+    with no ``otelflow.pending`` attribute; :func:`_from_proto_by_rules` takes the others). The tests hold the two
+    equal (protobuf and JSON requests of the same spans decode to equal records)."""
     trace, raw_id = span.trace_id, span.span_id
     if len(trace) != 16 or not any(trace):
         raise OtlpDecodeError(f"{where}.traceId: must be 16 bytes, not all zero")
     span_id = raw_id.hex() if len(raw_id) == 8 and any(raw_id) else _span_id(raw_id, f"{where}.spanId", required=True)
     assert span_id is not None
     # times are checked inline; the message (and its text) is made only for a time that fails
-    events: list[tuple[str, int, dict[str, Any]]] = []
+    events: list[EventRecord] = []
     for e in span.events:
         t = e.time_unix_nano
         if not 0 <= t <= MAX_TIME_NS:
             _time(t, f"{where}.events[{len(events)}].timeUnixNano")
-        events.append((e.name, t, _attrs(e.attributes)))
+        events.append(EventRecord(clean_text(e.name, NAME_LIMIT), t, _clean_attrs(e.attributes, limit)))
     start, end = span.start_time_unix_nano, span.end_time_unix_nano
     if not 0 <= start <= MAX_TIME_NS:
         _time(start, f"{where}.startTimeUnixNano")
     if not 0 <= end <= MAX_TIME_NS:
         _time(end, f"{where}.endTimeUnixNano")
     raw_parent = span.parent_span_id
-    return _record(
-        trace_id=trace.hex(),
-        span_id=span_id,
-        parent_id=raw_parent.hex()
+    parent_id = (
+        raw_parent.hex()
         if len(raw_parent) == 8 and any(raw_parent)
-        else _span_id(raw_parent, f"{where}.parentSpanId", required=False),
+        else _span_id(raw_parent, f"{where}.parentSpanId", required=False)
+    )
+    attrs = _clean_attrs(span.attributes, limit)
+    if A.PENDING in attrs:  # a running snapshot: by the rules, from the raw values
+        return _from_proto_by_rules(span, resource, scope, where, limit)
+    status = span.status
+    message = status.message
+    if message:
+        message = clean_text(message, limit)
+    if end:
+        end_ns: int | None = end
+        state = ended_status(status.code == _STATUS_ERROR_CODE, message, attrs)
+        phase = PHASE_END
+    else:
+        end_ns, state, phase = None, A.STATUS_RUNNING, PHASE_UPDATE
+    span_kind = span.kind
+    return SpanRecord(
+        trace.hex(),
+        span_id,
+        clean_text(span.name, NAME_LIMIT),
+        parent_id,
+        kind_of(attrs),
+        span_kind if 0 <= span_kind <= 5 else 1,
+        start,
+        end_ns,
+        state,
+        message,
+        attrs,
+        tuple(events),
+        str(resource.get("service.name", "")),
+        resource,
+        scope,
+        phase,
+    )
+
+
+def _from_proto_by_rules(span: Span, resource: dict[str, Any], scope: str, where: str, limit: int | None) -> SpanRecord:
+    """A protobuf span's raw fields through :func:`_record` (checked already by :func:`_from_proto`)."""
+    raw_parent = span.parent_span_id
+    return _record(
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_id=raw_parent.hex() if len(raw_parent) == 8 and any(raw_parent) else None,
         name=span.name,
         span_kind=span.kind,
-        start=start,
-        end=end,
+        start=span.start_time_unix_nano,
+        end=span.end_time_unix_nano,
         status_code=span.status.code,
         status_message=span.status.message,
         attrs=_attrs(span.attributes),
-        events=events,
+        events=[(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in span.events],
         resource=resource,
         scope=scope,
         limit=limit,
     )
 
 
-def _proto_spans(request: ExportTraceServiceRequest, limit: int | None) -> Iterator[SpanRecord | str]:
+def _proto_spans(request: ExportTraceServiceRequest, limit: int | None, rejected: list[str]) -> Iterator[SpanRecord]:
+    """The records of a request's spans, by the rules (Logfire pending spans included); a message in ``rejected``
+    for each span that cannot be read. One generator for what :func:`_attempt`, :func:`_guarded` and
+    :func:`_pending_conventions` do, without their layers per span; a span's place (``where``) is written only
+    into the message of one that fails."""
     for r, resource_spans in enumerate(request.resource_spans):
         try:
             resource = _resource(_attrs(resource_spans.resource.attributes), limit)
         except (OtlpDecodeError, RecursionError) as exc:
             message = f"resourceSpans[{r}].resource: {exc}"
-            yield from (message for ss in resource_spans.scope_spans for _ in ss.spans)
+            rejected.extend(message for ss in resource_spans.scope_spans for _ in ss.spans)
             continue
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             scope = clean_text(scope_spans.scope.name, NAME_LIMIT)
             for i, span in enumerate(scope_spans.spans):
-                where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]"
-                yield _attempt(_from_proto, span, resource, scope, where, limit)
+                try:
+                    item: SpanRecord | str = _from_proto(span, resource, scope, "", limit)
+                except Exception:  # noqa: BLE001 - again with its place, for the message (decoding is deterministic)
+                    item = _attempt(
+                        _from_proto, span, resource, scope, f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]", limit
+                    )
+                if isinstance(item, str):
+                    rejected.append(item)
+                elif item.attributes.get(A.LOGFIRE_SPAN_TYPE) != A.LOGFIRE_PENDING_SPAN:
+                    yield item
+                else:
+                    yield from _pending_conventions((item,), rejected)
 
 
 def decode_protobuf(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Decoded:
@@ -333,7 +433,7 @@ def decode_protobuf(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Dec
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError (untyped module), RecursionError
         raise OtlpDecodeError(f"body is not a valid ExportTraceServiceRequest: {exc}") from None
     rejected: list[str] = []
-    out = Decoded(_pending_conventions(_guarded(_proto_spans(request, limit), rejected), rejected), rejected)
+    out = Decoded(_proto_spans(request, limit, rejected), rejected)
     out.body, out.kind = body, KIND_PROTOBUF
     out.span_count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     for resource_spans in request.resource_spans:

@@ -437,3 +437,135 @@ def test_batched_inserts_keep_every_row_in_order(n: int, new_db: Callable[[], st
             store.close()
 
     asyncio.run(check())
+
+
+def _plain_records() -> list[SpanRecord]:
+    """Plain records (printable ASCII, numbers), and among them values of other kinds (DEL, control characters,
+    floats of every range, big integers, non-str keys, model calls, failed spans)."""
+    rng = random.Random(11)
+    values: list[Any] = [
+        "plain",
+        'with "quotes" and \\ and / and \t\n\r\x00\x1f',
+        "",
+        0,
+        -(2**63),
+        2**64 - 1,
+        1.5,
+        0.0,
+        -0.0,
+        1e-4,
+        9_999_999_999_999_998.0,
+        True,
+        None,
+        [1, "a", None],
+        (True, 2),
+        [],
+    ]
+    odd: list[Any] = ["del \x7f", 2**64, 1e16, 1e-5, 5e-324, math.nan, [1.5], {"nested": 1}, "ünï", "\ud800"]
+    out = []
+    for i in range(600):
+        start = rng.randrange(0, 4_000_000_000 * 10**9)
+        ended = rng.random() < 0.7
+        pick = (lambda: rng.choice(values + odd)) if i % 4 == 0 else (lambda: rng.choice(values))
+        attrs: Any = {f"k{j}": pick() for j in range(rng.randrange(0, 5))}
+        if i % 97 == 5:
+            attrs[3] = "non-str key"
+        events = tuple(
+            EventRecord(rng.choice(["otelflow.progress", "exception", "otelflow.log"]), start + j, {"n": pick()})
+            for j in range(rng.randrange(0, 3))
+        )
+        status = rng.choice(["ok", "error", "cancelled"]) if ended else "running"
+        out.append(
+            SpanRecord(
+                trace_id=f"{rng.getrandbits(128):032x}",
+                span_id=f"{rng.getrandbits(64):016x}",
+                name=rng.choice(["wf", "invoke_agent a", "x" * 50, "del\x7f"]),
+                parent_span_id=None if i % 3 == 0 else f"{rng.getrandbits(64):016x}",
+                kind=rng.choice(["workflow", "agent", "node", "tool", "span", "llm"]),
+                start_time_ns=start,
+                end_time_ns=start + rng.choice([0, 1, 99, 100, 10**6, rng.randrange(10**13)]) if ended else None,
+                status=status,
+                status_message=rng.choice(["", "boom"]),
+                attributes=attrs if i % 7 else MappingProxyType(attrs),
+                events=events,
+                service=rng.choice(["svc", ""]),
+                resource={"service.name": "svc"},
+            )
+        )
+    return out
+
+
+def test_every_span_event_the_hub_writes_is_the_general_encoding_of_its_envelope() -> None:
+    """span.started, span.event and span.ended of spans that arrive ended (their pieces shared between the three)
+    and of live ones: the bytes of encoding each envelope's dict."""
+    records = _plain_records() + [rec for rec in _records() if rec.ended]
+
+    async def check() -> list[Any]:
+        hub = Hub()
+        told: list[Any] = []
+        hub.tap(lambda events, _batch: told.extend(events))
+        await hub.start()
+        hub.ingest(records)
+        await hub.stop()
+        return told
+
+    told = asyncio.run(check())
+    spans = 0
+    for e in told:
+        if e.quiet:
+            continue
+        if e.type == "span.event":
+            rec = e.record
+            body = {"trace_id": rec.trace_id, "span_id": rec.span_id, "span_name": rec.name, "span_kind": rec.kind}
+            event = rec.events[e.event_index].to_dict()
+            assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, **body, "event": event})
+        elif e.type in ("span.started", "span.ended"):
+            spans += 1
+            span = derived_start(e.record) if e.derived else e.record
+            assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, "span": span.to_dict()})
+    assert spans > len(records)
+
+
+def test_the_orjson_paths_write_the_general_encoders_bytes() -> None:
+    """Attribute dicts, the start and end of a span that arrived ended, and a span's history row: where orjson
+    writes them (plain values), the bytes are those of the general encoders; other values take those."""
+    from otelflow.viewer.history import rows
+    from otelflow.viewer.live.events import attributes_json, encode_arrived_ended, plain
+    from otelflow.wire import to_json
+
+    taken = rows_taken = 0
+    records = _plain_records() + _records()
+    for rec in records:
+        for attributes in (rec.attributes, *(e.attributes for e in rec.events)):
+            try:
+                expected: str | type[Exception] = to_json(dict(attributes))
+            except (TypeError, ValueError) as exc:
+                expected = type(exc)
+            if isinstance(expected, str):
+                assert attributes_json(attributes) == expected
+            else:
+                with pytest.raises(expected):
+                    attributes_json(attributes)
+        if rec.ended:
+            written = encode_arrived_ended(rec)
+            if written is not None:
+                taken += plain(rec.attributes)
+                started, ended, events = written
+                assert (started, ended) == encode_span_pair(rec)[:2]
+                assert events == [event_json(e) for e in rec.events]
+        start = rec.start_time_ns
+        general = rows._dumps(
+            [
+                rec.span_kind,
+                rec.status_message,
+                rec.scope,
+                rec.phase,
+                None if rec.service == rec.resource.get("service.name") else rec.service,
+                rec.attributes,
+                [[e.name, e.time_ns - start, e.attributes] for e in rec.events],
+            ]
+        )
+        assert rows.record_to_row(rec) == general
+        rows_taken += rows._plain_row(rec) is not None
+    assert taken > 100
+    assert rows_taken > 100

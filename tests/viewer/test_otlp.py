@@ -366,3 +366,100 @@ def test_fuzz_protobuf_never_5xx(fuzz_viewer: Any, data: bytes, gz: bool) -> Non
     r = client.post("/v1/traces", content=gzip.compress(data) if gz else data, headers=headers)
     assert r.status_code in (200, 400), r.text
     assert viewer.thread.is_alive()
+
+
+def _varied_request(seed: int) -> ExportTraceServiceRequest:
+    """Spans with every kind of value, ids, statuses, times and names the decoders see, some unreadable."""
+    import random
+
+    rng = random.Random(seed)
+    values = [
+        AnyValue(string_value="plain"),
+        AnyValue(string_value="ünïcødé \u2028"),
+        AnyValue(string_value=""),
+        AnyValue(string_value="Bearer abcdef0123456789abcdef0123456789"),
+        AnyValue(string_value="x" * 300),
+        AnyValue(int_value=0),
+        AnyValue(int_value=-(2**63)),
+        AnyValue(bool_value=True),
+        AnyValue(bool_value=False),
+        AnyValue(double_value=1.5),
+        AnyValue(double_value=float("nan")),
+        AnyValue(double_value=float("-inf")),
+        AnyValue(bytes_value=b"\x00\xff"),
+        AnyValue(array_value={"values": [AnyValue(int_value=1), AnyValue(string_value="a")]}),
+        AnyValue(kvlist_value={"values": [KeyValue(key="k", value=AnyValue(string_value="v"))]}),
+        AnyValue(),
+    ]
+    keys = ["otelflow.kind", "gen_ai.operation.name", "api_key", "password", "k", "k", "error.type", A.PENDING]
+    kinds = ["workflow", "agent", "node", "tool", "llm", "nonsense"]
+
+    def attrs(n: int) -> list[KeyValue]:
+        out = []
+        for _ in range(n):
+            key = rng.choice(keys)
+            if key == "otelflow.kind":
+                out.append(_kv(key, rng.choice(kinds)))
+            elif key == A.PENDING:
+                out.append(_kv(key, rng.random() < 0.5))
+            else:
+                out.append(KeyValue(key=key, value=rng.choice(values)))
+        return out
+
+    spans = []
+    for i in range(300):
+        ids = [b"", b"\x00" * 8, b"\x01" * 7, rng.randbytes(8)]
+        span = Span(
+            trace_id=rng.choice([rng.randbytes(16)] * 20 + [b"\x00" * 16, b"\x01" * 3]),
+            span_id=rng.choice(ids[2:] + [ids[3]] * 20),
+            parent_span_id=rng.choice(ids + [ids[3]] * 5),
+            name=rng.choice(["wf", "invoke_agent ägent", "", "n" * 2000]),
+            kind=rng.choice([1, 2, 5]),  # not 0: OTLP/JSON leaves it out, which reads as internal (1)
+            start_time_unix_nano=rng.choice([0, 10**18, 2**63 - 1, rng.randrange(10**18)]),
+            end_time_unix_nano=rng.choice([0, 0, 2 * 10**18, rng.randrange(10**18)]),
+            attributes=attrs(rng.randrange(0, 6)),
+        )
+        span.status.code = rng.choice([0, 1, 2])
+        span.status.message = rng.choice(["", "boom", "cancelled", "CancelledError: x", "token=abc"])
+        for _ in range(rng.randrange(0, 3)):
+            event = span.events.add()
+            event.name = rng.choice(["otelflow.progress", "exception", ""])
+            event.time_unix_nano = rng.choice([1, 10**18, 2**63 - 1])
+            event.attributes.extend(attrs(rng.randrange(0, 3)))
+        if i % 50 == 7:  # a Logfire pending span
+            span.attributes.extend([_kv(A.LOGFIRE_SPAN_TYPE, A.LOGFIRE_PENDING_SPAN)])
+        spans.append(span)
+    request = _pb_request(spans[:150])
+    request.resource_spans.append(_pb_request(spans[150:], worker="w-2").resource_spans[0])
+    return request
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_protobuf_decodes_as_its_json_form_by_the_same_rules(seed: int) -> None:
+    """The protobuf decoder builds its records by hand (the hot path); the JSON decoder by the general rules
+    (``_record``): the same request in either encoding gives equal records and rejects the same spans."""
+    import base64
+
+    from google.protobuf.json_format import MessageToDict
+
+    from otelflow.viewer.decode import decode_json
+
+    def otlp_json(value: Any) -> Any:  # OTLP/JSON writes ids in hex where ProtoJSON writes base64
+        if isinstance(value, list):
+            return [otlp_json(v) for v in value]
+        if isinstance(value, dict):
+            return {
+                k: base64.b64decode(v).hex() if k in ("traceId", "spanId", "parentSpanId") else otlp_json(v)
+                for k, v in value.items()
+            }
+        return value
+
+    request = _varied_request(seed)
+    from_pb = decode_protobuf(request.SerializeToString(), 256)
+    from_json = decode_json(json.dumps(otlp_json(MessageToDict(request))).encode(), 256)
+    records = from_pb.records
+    assert len(records) > 100
+    assert records == from_json.records
+    # the same spans rejected, at the same places (why is told in each encoding's terms)
+    assert [m.partition(": ")[0] for m in from_pb.rejected] == [m.partition(": ")[0] for m in from_json.rejected]
+    assert from_pb.workers == from_json.workers

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from typing import Any, Final
 
 from otelflow.records import SpanRecord
-from otelflow.wire import RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_EVENT, SPAN_STARTED, dumps
+from otelflow.wire import RUN_ENDED, RUN_STARTED, RUN_UPDATED, SPAN_ENDED, SPAN_EVENT, SPAN_STARTED, dumps
 
 from ..live import Batch, Event
 from .protocols import HistoryWriter
@@ -42,11 +42,13 @@ class Recorder:
         items: list[str] = []
         entry = batch.entry
         position = entry.n if entry is not None and entry.last and self.positions else 0
+        last: SpanRecord | None = None  # the record of the last event that had one (its span is in spans)
         with history.batch(droppable=batch.local or self.droppable, journal_end=position):
             for ev in events:
                 record, run_id = ev.record, ev.run_id
-                if record is not None:
+                if record is not None and record is not last:
                     spans[(record.trace_id, record.span_id)] = record
+                    last = record
                 if ev.summary is not None:
                     history.put_run(ev.summary, ev.summary_json)
                 if run_id is None or ev.quiet:
@@ -64,7 +66,10 @@ class Recorder:
                         and life.seq + len(items) == ev.seq
                         and len(items) < MAX_LIFE
                     ):
-                        items.append(life_item(ev.type, ev.event_index))
+                        kind = ev.type  # life_item, inline: most events of a request take this way
+                        items.append(
+                            "s" if kind == SPAN_STARTED else "e" if kind == SPAN_ENDED else str(ev.event_index)
+                        )
                         continue
                     if life is not None:
                         self._put_life(life, items)

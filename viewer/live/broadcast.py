@@ -35,6 +35,7 @@ from otelflow.wire import (
     RUN_STARTED,
     SHUTDOWN,
     SPAN_ABANDONED,
+    SPAN_ENDED,
     SPAN_EVENT,
     SPAN_STALLED,
     SPAN_UNSTALLED,
@@ -44,9 +45,10 @@ from otelflow.wire import (
     encode_span,
     encode_span_pair,
     event_json,
+    quote,
 )
 
-from .events import Event, bare_event, envelope, span_event_envelope, sse_head, wrapped
+from .events import Event, bare_event, encode_arrived_ended, envelope, span_event_envelope, sse_head, wrapped
 from .state import RUN_STORED, Batch, Change, Entry
 
 if TYPE_CHECKING:
@@ -142,6 +144,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "_all",
         "_on_cut",
         "_queue",
         "_waiter",
@@ -165,6 +168,7 @@ class Subscription:
     ) -> None:
         # Thousands of idle subscribers are normal: keep each small (a list, and a future only while waiting).
         self.filters = filters
+        self._all = filters.empty  # every event passes (reset and shutdown always do)
         self.limit = limit
         self.start_id = start_id
         self.until_run_end = until_run_end
@@ -194,17 +198,43 @@ class Subscription:
     def _offer(self, ev: Event) -> None:
         if self.closed is not None or ev.seq <= self.after:
             return
-        if self.filters.matches(ev):
+        if self._all or self.filters.matches(ev):
             if len(self._queue) >= self.limit:
-                self._queue.clear()
-                self._close("overflow")
-                if self._on_cut is not None:
-                    self._on_cut()
+                self._overflow()
                 return
             self._queue.append(ev)
             self._signal()
         if self._ends_run(ev):
             self._close("run_ended")
+
+    def _offer_all(self, events: list[Event]) -> None:
+        """:meth:`_offer` each of ``events`` in order, waking the reader once."""
+        if self.closed is not None:
+            return
+        queue, after, limit = self._queue, self.after, self.limit
+        matches = None if self._all else self.filters.matches
+        until_run_end = self.until_run_end
+        added = False
+        for ev in events:
+            if ev.seq <= after:
+                continue
+            if matches is None or matches(ev):
+                if len(queue) >= limit:
+                    self._overflow()
+                    return
+                queue.append(ev)
+                added = True
+            if until_run_end and self._ends_run(ev):
+                self._close("run_ended")  # wakes the reader
+                return
+        if added:
+            self._signal()
+
+    def _overflow(self) -> None:
+        self._queue.clear()
+        self._close("overflow")
+        if self._on_cut is not None:
+            self._on_cut()
 
     def _replay(self, ev: Event) -> None:
         """Queue an event from the replay ring: filtered, without the queue limit."""
@@ -288,6 +318,27 @@ def _time_up(waiter: asyncio.Future[bool]) -> None:
 Tap = Callable[[list[Event], Batch], None]
 
 
+_KNOWN_TYPES: Final = frozenset({SPAN_EVENT, SPAN_ENDED})
+
+
+def _known(record: SpanRecord, run: RunState, epoch: str) -> tuple[SpanRecord, RunState, str, str] | None:
+    """What the ``span.event`` and ``span.ended`` envelopes of ``record`` (of ``run``) share: ``"run_id":...``
+    and the ``span.event`` fields up to ``"event":``, as :func:`viewer.live.events.wrapped` and
+    :func:`viewer.live.events.span_event_envelope` write them; ``None`` when a value is not a str, or when the
+    epoch would need escaping in an id (the general path then writes them)."""
+    if not (epoch.isascii() and epoch.isalnum() and record.trace_id == run.trace_id):
+        return None
+    try:
+        run_id = f'"run_id":{quote(run.trace_id)}'
+        middle = (
+            f'{run_id},"trace_id":{quote(record.trace_id)},"span_id":{quote(record.span_id)},'
+            f'"span_name":{quote(record.name)},"span_kind":{quote(record.kind)},"event":'
+        )
+    except TypeError:
+        return None
+    return record, run, run_id, middle
+
+
 class Broadcast:
     """Numbering, the replay ring and subscriptions (see the module docstring)."""
 
@@ -299,6 +350,8 @@ class Broadcast:
         self._seq = 0
         self._ended: tuple[SpanRecord, bytes] | None = None  # encoded with a made-up start, next out
         self._events: tuple[SpanRecord, list[str]] | None = None  # its events, encoded for its span.event too
+        # that span, its run, and the JSON pieces its span.event and span.ended envelopes share (_known)
+        self._known: tuple[SpanRecord, RunState, str, str] | None = None
         self._ring: deque[Event] = deque()
         self.ring_nbytes = 0
         self._subs: set[Subscription] = set()
@@ -316,6 +369,7 @@ class Broadcast:
     def publish(self, changes: Iterable[Change], batch: Batch) -> list[Event]:
         """Number, encode and offer the events of these changes; returns them (quiet ones included)."""
         events = [self._event(change) for change in changes]
+        self._offer_all([ev for ev in events if not ev.quiet])
         for tap in self._taps:
             tap(events, batch)
         return events
@@ -348,6 +402,11 @@ class Broadcast:
     def _event(self, change: Change) -> Event:
         run = change.run
         type_ = change.type
+        known = self._known
+        if known is not None and known[0] is change.span and known[1] is run and (type_ in _KNOWN_TYPES):
+            ev = self._known_event(change, known)
+            if ev is not None:
+                return ev
         if type_ == RUN_STORED:
             stored = run.to_dict()
             return Event(0, "", type_, run.trace_id, run.alias, None, None, None, b"", b"", summary=stored, quiet=True)
@@ -359,7 +418,25 @@ class Broadcast:
         event_index, derived, stalled = -1, False, False
         summary: dict[str, Any] | None = None
         summary_json: str | None = None
-        if type_.startswith("run."):
+        if change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
+            assert record is not None
+            written = encode_arrived_ended(record)
+            events: list[str] | None
+            if written is not None:
+                raw, ended, events = written
+            else:
+                try:
+                    events = [event_json(e) for e in record.events]
+                except (TypeError, ValueError):
+                    events = None
+                raw, ended, _ = encode_span_pair(record, events)
+            self._ended = (record, ended)
+            self._events = (record, events) if events else None
+            self._known = _known(record, run, self.epoch)
+            data = wrapped(event_id, type_, run, "span", raw)
+            kind, name, status = record.kind, record.name, A.STATUS_RUNNING
+            derived = True
+        elif type_.startswith("run."):
             summary = run.to_dict()
             raw, exact = encode_exact(summary)  # once, for the event and the stored run
             data = wrapped(event_id, type_, run, "run", raw)
@@ -399,18 +476,6 @@ class Broadcast:
             assert record is not None
             data = envelope(event_id, type_, run, {"span": record.to_dict(), "worker_id": change.worker})
             kind, name, status = record.kind, record.name, record.status
-        elif change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
-            assert record is not None
-            try:
-                events: list[str] | None = [event_json(e) for e in record.events]
-            except (TypeError, ValueError):
-                events = None
-            raw, ended, _ = encode_span_pair(record, events)
-            self._ended = (record, ended)
-            self._events = (record, events) if events else None
-            data = wrapped(event_id, type_, run, "span", raw)
-            kind, name, status = record.kind, record.name, A.STATUS_RUNNING
-            derived = True
         else:  # span.started, span.updated, span.ended: the span object is encoded once
             assert record is not None
             ended_before = self._ended
@@ -440,25 +505,76 @@ class Broadcast:
             summary,
             summary_json,
         )
-        self._offer(ev)
-        return ev
+        return ev  # offered by publish, with the others of its batch
+
+    def _known_event(self, change: Change, known: tuple[SpanRecord, RunState, str, str]) -> Event | None:
+        """The ``span.event`` or ``span.ended`` of the span that arrived ended whose start was the last encoded
+        (:func:`_known`): the bytes of the general path, written from its pieces; ``None`` when they are not all
+        at hand (the general path then writes the event)."""
+        record, _run, run_id, middle = known
+        type_ = change.type
+        if type_ == SPAN_EVENT:
+            texts = self._events
+            index = change.event_index
+            if texts is None or texts[0] is not record or not 0 <= index < len(texts[1]):
+                return None
+            self._seq += 1
+            seq = self._seq
+            event_id = f"{self.epoch}.{seq}"
+            data = f'{{"id":"{event_id}","type":"{SPAN_EVENT}",{middle}{texts[1][index]}}}'.encode("ascii")
+            status = A.STATUS_RUNNING
+        else:  # span.ended
+            ended = self._ended
+            if ended is None or ended[0] is not record:
+                return None
+            self._ended = self._known = None
+            self._seq += 1
+            seq = self._seq
+            event_id = f"{self.epoch}.{seq}"
+            head = f'{{"id":"{event_id}","type":"{SPAN_ENDED}",{run_id},"span":'
+            data = b"".join((head.encode("ascii"), ended[1], b"}"))
+            index = -1
+            status = record.status
+        return Event(
+            seq,
+            event_id,
+            type_,
+            record.trace_id,
+            change.run.alias,
+            record.kind,
+            record.name,
+            status,
+            data,
+            sse_head(event_id, type_),
+            record,
+            index,
+        )
 
     def _offer(self, ev: Event) -> None:
+        self._offer_all([ev])
+
+    def _offer_all(self, events: list[Event]) -> None:
+        """Keep ``events`` in the ring and queue them for every subscriber, in order."""
+        if not events:
+            return
         ring = self._ring
-        ring.append(ev)
-        self.ring_nbytes += len(ev.head) + len(ev.data)
+        ring.extend(events)
+        self.ring_nbytes += sum([len(ev.head) + len(ev.data) for ev in events])
         if len(ring) > self.ring_size or self.ring_nbytes > self.ring_bytes:
             while len(ring) > self.ring_size or (self.ring_nbytes > self.ring_bytes and len(ring) > 1):
                 old = ring.popleft()
                 self.ring_nbytes -= len(old.head) + len(old.data)
-        self.stats["events"] += 1
+        self.stats["events"] += len(events)
         if self._subs:
+            closed = []
             for sub in tuple(self._subs):
-                sub._offer(ev)
+                sub._offer_all(events)
                 if sub.closed is not None:
-                    self._subs.discard(sub)
-                    if sub.closed == "overflow":
-                        self.stats["cut"] += 1
+                    closed.append(sub)
+            for sub in closed:
+                self._subs.discard(sub)
+                if sub.closed == "overflow":
+                    self.stats["cut"] += 1
 
     def shutdown(self) -> None:
         """Publish ``shutdown`` and close every subscription once its queue is delivered. Idempotent."""

@@ -1,20 +1,34 @@
 """Events as the stream sends them: :class:`Event` (encoded once, the same bytes to every subscriber) and the
 encoders of its envelopes, ``{"id", "type", "run_id", ...}``, written by hand where that is the hot path (the
-tests hold them byte-equal to encoding the envelope's dict)."""
+tests hold them byte-equal to encoding the envelope's dict, and :func:`encode_arrived_ended` to
+:func:`otelflow.wire.encode_span_pair`)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from otelflow.records import EventRecord, SpanRecord
-from otelflow.wire import SPAN_EVENT, dumps, event_json, quote
+import orjson
+
+from otelflow import attributes as A
+from otelflow.records import FAILED, STATUS_RUNNING, EventRecord, SpanRecord, format_time
+from otelflow.wire import SPAN_EVENT, dumps, event_json, quote, to_json
 
 if TYPE_CHECKING:
     from .state import RunState
 
-__all__ = ["Event", "bare_event", "envelope", "span_event_envelope", "sse_head", "wrapped"]
+__all__ = [
+    "Event",
+    "attributes_json",
+    "bare_event",
+    "encode_arrived_ended",
+    "envelope",
+    "plain",
+    "span_event_envelope",
+    "sse_head",
+    "wrapped",
+]
 
 
 @dataclass(slots=True, eq=False)
@@ -108,3 +122,73 @@ def bare_event(seq: int, event_id: str, type_: str, body: dict[str, Any]) -> Eve
     """An event of no run (``reset``, ``shutdown``)."""
     data = envelope(event_id, type_, None, body)
     return Event(seq, event_id, type_, None, None, None, None, None, data, sse_head(event_id, type_))
+
+
+_SCALARS: Final = frozenset({str, int, bool, type(None)})
+
+
+def plain(attributes: Any) -> bool:
+    """Whether orjson writes ``attributes`` as the standard library's encoder does with the stream's settings: a
+    dict whose values are strings, integers, booleans, ``None`` or floats from 1e-4 up to 1e16 (or zero), whose
+    float text is ``float.__repr__``'s. Its strings must still be checked (:func:`_exact`)."""
+    if type(attributes) is not dict:
+        return False
+    for value in attributes.values():
+        kind = type(value)
+        if kind not in _SCALARS and not (kind is float and (1e-4 <= abs(value) < 1e16 or value == 0.0)):
+            return False
+    return True
+
+
+def _exact(data: bytes) -> bool:
+    """orjson's bytes are the standard library's when they are ASCII without DEL (which it writes ``\\u007f``)."""
+    return data.isascii() and b"\x7f" not in data
+
+
+def attributes_json(attributes: Any) -> str:
+    """``to_json(dict(attributes))`` (:func:`otelflow.wire.to_json`), by orjson when :func:`plain` lets it;
+    raises as ``to_json`` does."""
+    if plain(attributes):
+        try:
+            data = orjson.dumps(attributes)
+        except TypeError:  # an integer past 64 bits, a lone surrogate, a key that is not a str
+            pass
+        else:
+            if _exact(data):
+                return data.decode("ascii")
+    return to_json(attributes if type(attributes) is dict else dict(attributes))
+
+
+def encode_arrived_ended(rec: SpanRecord) -> tuple[bytes, bytes, list[str]] | None:
+    """For a span that arrived ended, :func:`otelflow.wire.encode_span_pair`'s made-up start and end, and its
+    events as :func:`otelflow.wire.event_json` writes them, its attribute dicts written by
+    :func:`attributes_json`; ``None`` when a value needs the general path."""
+    start, end = rec.start_time_ns, rec.end_time_ns
+    if type(start) is not int or type(end) is not int or rec.kind == A.KIND_LLM:
+        return None  # a model call's span carries its "llm" object: the general path writes it
+    try:
+        events = [
+            f'{{"name":{quote(e.name)},"time":"{format_time(e.time_ns)}","attributes":{attributes_json(e.attributes)}}}'
+            for e in rec.events
+        ]
+        parent = rec.parent_span_id
+        head = (
+            f'{{"trace_id":{quote(rec.trace_id)},"span_id":{quote(rec.span_id)},'
+            f'"parent_span_id":{"null" if parent is None else quote(parent)},"name":{quote(rec.name)},'
+            f'"kind":{quote(rec.kind)},"status":'
+        )
+        start_time = f'"start_time":"{format_time(start)}",'
+        middle = f'"service":{quote(rec.service)},"attributes":{attributes_json(rec.attributes)},'
+        started = (
+            f'{head}"{STATUS_RUNNING}",{start_time}"end_time":null,"duration_ms":null,'
+            f'{middle}"events":[],"error":null}}'
+        )
+        ended = (
+            f"{head}{quote(rec.status)},{start_time}"
+            f'"end_time":"{format_time(end)}","duration_ms":{float.__repr__((end - start) / 1e6)},'
+            f'{middle}"events":[{",".join(events)}],'
+            f'"error":{"null" if rec.status not in FAILED else to_json(rec.error())}}}'
+        )
+        return started.encode("ascii"), ended.encode("ascii"), events
+    except (TypeError, ValueError):
+        return None
