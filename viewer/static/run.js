@@ -155,7 +155,7 @@ function onEvent(envelope) {
     resync(); // the run's first span: fetch the run itself
     return;
   }
-  scheduleRender();
+  schedulePacedRender();
 }
 
 /** The run's snapshot (`run: null` while the viewer knows nothing of it: the page then waits for it). */
@@ -222,6 +222,7 @@ const timeline = new TimelineView({
   axisEl: $("tl-axis"), ticksEl: $("tl-ticks"), resetEl: $("tl-zoom-reset"), onSelect: select,
 });
 timeline.onRequest = scheduleRender;
+timeline.onTick = schedulePacedRender;
 const inspector = new Inspector($("inspector"));
 const filterForm = $("span-filters");
 
@@ -281,23 +282,34 @@ function rootOf(spans, run) {
   return root;
 }
 
-// A quiet page draws a change in the next frame; under a busy stream it draws at most every RENDER_GAP_MS (the
-// events in between are drawn together): drawing on every frame that brought an event kept the main thread busy
-// with style, layout and paint while the page could not draw frames of its own.
+// A change is drawn in the next frame. What the stream and the clock change is drawn at most every RENDER_GAP_MS
+// (changes in between together): drawing on every frame that brought an event kept the main thread busy with style,
+// layout and paint while the page could not draw frames of its own. A first event after a quiet spell is drawn in
+// the next frame, and so is what the user does.
 const RENDER_GAP_MS = 100;
 let renderScheduled = false;
+let renderTimer = null;
 let renderAt = -Infinity;
 function scheduleRender() {
+  if (renderTimer) {
+    clearTimeout(renderTimer);
+    renderTimer = null;
+  }
   if (renderScheduled) return;
   renderScheduled = true;
-  const draw = () => requestAnimationFrame(() => {
+  requestAnimationFrame(() => {
     renderScheduled = false;
     renderAt = performance.now();
     render();
   });
+}
+
+/** scheduleRender for the stream and the clock: no sooner than RENDER_GAP_MS after the last frame drawn. */
+function schedulePacedRender() {
+  if (renderScheduled || renderTimer) return;
   const wait = replay ? 0 : renderAt + RENDER_GAP_MS - performance.now();
-  if (wait > 0) setTimeout(draw, wait);
-  else draw();
+  if (wait <= 0) scheduleRender();
+  else renderTimer = setTimeout(scheduleRender, wait);
 }
 
 // The graph (buildGraph over every span, a layout when nodes or edges change, then the browser's style and paint
@@ -625,10 +637,10 @@ function drawLogRows(v) {
 
 let ownScroll = false; // the next scroll event is the page's own follow: its position is known, not read
 logsEl.addEventListener("scroll", () => {
-  if (ownScroll) {
+  if (ownScroll) { // following the stream
     ownScroll = false;
     logsScrollTop = logsScrollSet;
-    scheduleRender();
+    schedulePacedRender();
     return;
   }
   logsScrollTop = logsScrollSet = logsEl.scrollTop;

@@ -125,6 +125,7 @@ export class TimelineView {
     this.structureDirty = true;
     this.itemsDirty = true;
     this.onRequest = () => {};
+    this.onTick = () => this.onRequest(); // a frame for the clock: the page may pace these
     this.ticksKey = "";
     this.labelPx = LABEL_PX;
     container.addEventListener("scroll", () => {
@@ -495,7 +496,8 @@ export class TimelineView {
   /** Moves the now line and stretches running bars (called on a timer). */
   tick(now) {
     this.now = quantize(now);
-    this.request();
+    this.dirty = true;
+    this.onTick();
   }
 
   select(spanId) {
