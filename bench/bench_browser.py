@@ -401,7 +401,9 @@ def scenario_stream(browser: Any, port: int, seconds: float) -> dict[str, float]
     if profile:
         cdp.send("Profiler.enable")
         cdp.send("Profiler.start")
-        page.context.browser.start_tracing(page=page, categories=["devtools.timeline"])
+        page.context.browser.start_tracing(
+            page=page, categories=["devtools.timeline", "disabled-by-default-devtools.timeline", "cc"]
+        )
     page.evaluate(WINDOW_START)
     page.wait_for_timeout(seconds * 1000)
     result = page.evaluate(WINDOW_END)
@@ -443,19 +445,24 @@ def print_profile(profile: dict[str, Any], top: int = 25) -> None:
 
 
 def print_trace(trace: bytes, top: int = 15) -> None:
-    """Time by kind of work (style, layout, paint, script...) on the page's main thread, to stderr."""
+    """Time by kind of work (style, layout, paint, script...) on the page's main thread, then the busiest work of
+    the browser's other threads (raster workers, compositor, the layout Web Worker), to stderr: a page that draws
+    few frames with an idle main thread is waiting for one of those."""
     events = json.loads(trace)["traceEvents"]
-    main = {
-        (e["pid"], e["tid"])
-        for e in events
-        if e.get("name") == "thread_name" and e["args"].get("name") == "CrRendererMain"
-    }
-    totals: dict[str, float] = {}
+    names = {(e["pid"], e["tid"]): e["args"].get("name", "?") for e in events if e.get("name") == "thread_name"}
+    totals: dict[tuple[str, str], float] = {}
     for e in events:
-        if e.get("ph") == "X" and (e["pid"], e["tid"]) in main and "dur" in e:
-            totals[e["name"]] = totals.get(e["name"], 0.0) + e["dur"] / 1000
-    for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+        if e.get("ph") == "X" and "dur" in e:
+            key = (names.get((e["pid"], e["tid"]), "?"), e["name"])
+            totals[key] = totals.get(key, 0.0) + e["dur"] / 1000
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    main = [(name, ms) for (thread, name), ms in ranked if thread == "CrRendererMain"]
+    for name, ms in main[:top]:
         print(f"  {ms:8.1f} ms  [{name}]", file=sys.stderr)
+    wanted = {"RasterTask", "HandlePostMessage", "Graphics.Pipeline", "ProxyImpl::ScheduledActionDraw"}
+    for (thread, name), ms in ranked:
+        if thread != "CrRendererMain" and name in wanted:
+            print(f"  {ms:8.1f} ms  [{thread}: {name}]", file=sys.stderr)
 
 
 SCROLL = """async () => {
