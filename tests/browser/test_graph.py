@@ -439,6 +439,34 @@ def test_a_large_run_is_laid_out_in_a_worker(viewer: Viewer, page: Any, artifact
     page.probe.assert_clean()
 
 
+def steps(trace: str, root: str, t0: int, first: int, count: int) -> list[SpanRecord]:
+    """Agents ``step_<first>`` … under ``root``, one after another (2 s apart, 1 s each): a chain of "then" edges."""
+    second = 10**9
+    return [
+        record(
+            trace,
+            span_id(),
+            f"step_{i:02d}",
+            parent=root,
+            kind=A.KIND_AGENT,
+            start=t0 + 2 * i * second,
+            ended=True,
+            duration_ns=second,
+        )
+        for i in range(first, first + count)
+    ]
+
+
+def laid_out_after(page: Any, count: str | None) -> str:
+    """Waits for a layout after the ``count``-th (``data-layout-count``) to be done; returns its count."""
+    page.wait_for_function(
+        "(c) => { const g = document.getElementById('graph'); return g.dataset.layoutCount !== c"
+        " && g.dataset.layout === 'done'; }",
+        arg=count,
+    )
+    return str(page.locator("#graph").get_attribute("data-layout-count"))
+
+
 ALL_SHOWN = """() => {
   const wrap = document.getElementById("graph-wrap").getBoundingClientRect();
   return [...document.querySelectorAll("#graph .gnode")].every((g) => {
@@ -455,48 +483,27 @@ def test_a_growing_run_keeps_its_view_while_it_fits_and_is_fitted_again_once_it_
     view moves only when the graph no longer fits it."""
     trace, root = trace_id(), span_id()
     t0 = time.time_ns() - 600 * 10**9
-    second = 10**9
     wf = record(trace, root, "invoke_workflow growing", kind=A.KIND_WORKFLOW, start=t0)
 
     def agents(first: int, count: int) -> list[SpanRecord]:
-        return [
-            record(
-                trace,
-                span_id(),
-                f"step_{i:02d}",
-                parent=root,
-                kind=A.KIND_AGENT,
-                start=t0 + 2 * i * second,
-                ended=True,
-                duration_ns=second,
-            )
-            for i in range(first, first + count)
-        ]
-
-    def laid_out_after(count: str | None) -> str:
-        page.wait_for_function(
-            "(c) => { const g = document.getElementById('graph'); return g.dataset.layoutCount !== c"
-            " && g.dataset.layout === 'done'; }",
-            arg=count,
-        )
-        return str(page.locator("#graph").get_attribute("data-layout-count"))
+        return steps(trace, root, t0, first, count)
 
     post(viewer, [wf, *agents(0, 20)])
     page.goto(f"{viewer.url}/runs/{trace}")
-    count = laid_out_after(None)
+    count = laid_out_after(page, None)
     page.wait_for_function("() => document.getElementById('graph-view').hasAttribute('transform')")
     first = page.locator("#graph-view").get_attribute("transform")
 
     post(viewer, agents(20, 20))  # twice as many steps: the graph no longer fits, so it is fitted again
     expect(node(page, "step_39")).to_have_attribute("data-status", A.STATUS_OK)
-    count = laid_out_after(count)
+    count = laid_out_after(page, count)
     page.wait_for_function(ALL_SHOWN)
     view = page.locator("#graph-view").get_attribute("transform")
     assert view != first
 
     post(viewer, agents(40, 1))  # one more: it fits in the room left for growth, and the view stays
     expect(node(page, "step_40")).to_have_attribute("data-status", A.STATUS_OK)
-    laid_out_after(count)
+    laid_out_after(page, count)
     assert page.evaluate(ALL_SHOWN)
     assert page.locator("#graph-view").get_attribute("transform") == view
     page.probe.assert_clean()
@@ -624,25 +631,12 @@ def test_a_run_too_big_to_show_whole_keeps_its_view_as_it_grows(viewer: Viewer, 
     it about and make the browser raster all of it again): the view stays where it is."""
     trace, root = trace_id(), span_id()
     t0 = time.time_ns() - 600 * 10**9
-    second = 10**9
     wf = record(trace, root, "invoke_workflow long", kind=A.KIND_WORKFLOW, start=t0)
 
-    def steps(first: int, count: int) -> list[SpanRecord]:  # one after another: a chain of "then" edges
-        return [
-            record(
-                trace,
-                span_id(),
-                f"step_{i:02d}",
-                parent=root,
-                kind=A.KIND_AGENT,
-                start=t0 + 2 * i * second,
-                ended=True,
-                duration_ns=second,
-            )
-            for i in range(first, first + count)
-        ]
+    def more(first: int, count: int) -> list[SpanRecord]:
+        return steps(trace, root, t0, first, count)
 
-    post(viewer, [wf, *steps(0, 80)])
+    post(viewer, [wf, *more(0, 80)])
     page.goto(f"{viewer.url}/runs/{trace}")
     page.wait_for_function(LAID_OUT)
     page.wait_for_function(
@@ -651,12 +645,8 @@ def test_a_run_too_big_to_show_whole_keeps_its_view_as_it_grows(viewer: Viewer, 
     view = page.locator("#graph-view").get_attribute("transform")
     count = page.locator("#graph").get_attribute("data-layout-count")
 
-    post(viewer, steps(80, 3))
+    post(viewer, more(80, 3))
     expect(node(page, "step_82")).to_have_attribute("data-status", A.STATUS_OK)
-    page.wait_for_function(
-        "(c) => { const g = document.getElementById('graph'); return g.dataset.layoutCount !== c"
-        " && g.dataset.layout === 'done'; }",
-        arg=count,
-    )
+    laid_out_after(page, count)
     assert page.locator("#graph-view").get_attribute("transform") == view
     page.probe.assert_clean()

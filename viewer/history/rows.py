@@ -24,8 +24,6 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import orjson
-
 from otelflow.attributes import KIND_LLM, STATUS_CANCELLED, STATUS_ERROR, STATUS_OK
 from otelflow.records import EventRecord, SpanRecord
 from otelflow.wire import (
@@ -45,7 +43,7 @@ from otelflow.wire import (
     to_json,
 )
 
-from ..live.events import plain
+from ..live.events import orjson_text, plain
 
 __all__ = [
     "ALERT_WIDTH",
@@ -168,7 +166,7 @@ def record_to_row(rec: SpanRecord) -> str:
 
 def _plain_row(rec: SpanRecord) -> str | None:
     """:func:`record_to_row`'s text by orjson, when every value is one it writes as this module's encoder does
-    (:func:`viewer.live.events.plain`, and the bytes checked); else ``None``."""
+    (:func:`viewer.live.events.plain` and :func:`viewer.live.events.orjson_text`); else ``None``."""
     start, events = rec.start_time_ns, rec.events
     if (
         type(rec.span_kind) is not int
@@ -186,11 +184,7 @@ def _plain_row(rec: SpanRecord) -> str | None:
             return None
         items.append([e.name, e.time_ns - start, e.attributes])
     service = None if rec.service == rec.resource.get(_SERVICE_NAME) else rec.service
-    try:
-        data = orjson.dumps([rec.span_kind, rec.status_message, rec.scope, rec.phase, service, rec.attributes, items])
-    except TypeError:  # an integer past 64 bits, a lone surrogate, a key that is not a str
-        return None
-    return data.decode("ascii") if data.isascii() and b"\x7f" not in data else None
+    return orjson_text([rec.span_kind, rec.status_message, rec.scope, rec.phase, service, rec.attributes, items])
 
 
 def _plain(value: object) -> object:

@@ -48,7 +48,7 @@ from otelflow.wire import (
     quote,
 )
 
-from .events import Event, bare_event, encode_arrived_ended, envelope, span_event_envelope, sse_head, wrapped
+from .events import Event, attributes_json, bare_event, envelope, span_event_envelope, sse_head, wrapped
 from .state import RUN_STORED, Batch, Change, Entry
 
 if TYPE_CHECKING:
@@ -195,20 +195,9 @@ class Subscription:
         run = self.filters.run
         return self.until_run_end and ev.type == RUN_ENDED and run is not None and (ev.run_id in run or ev.alias in run)
 
-    def _offer(self, ev: Event) -> None:
-        if self.closed is not None or ev.seq <= self.after:
-            return
-        if self._all or self.filters.matches(ev):
-            if len(self._queue) >= self.limit:
-                self._overflow()
-                return
-            self._queue.append(ev)
-            self._signal()
-        if self._ends_run(ev):
-            self._close("run_ended")
-
     def _offer_all(self, events: list[Event]) -> None:
-        """:meth:`_offer` each of ``events`` in order, waking the reader once."""
+        """Queue those of ``events`` that pass the filters and follow ``after``, in order, waking the reader once;
+        closes the subscription when its queue overflows, or at its run's end when it asked for that."""
         if self.closed is not None:
             return
         queue, after, limit = self._queue, self.after, self.limit
@@ -420,16 +409,11 @@ class Broadcast:
         summary_json: str | None = None
         if change.derived:  # the start of a span that arrived ended, then (next) its end: encoded together
             assert record is not None
-            written = encode_arrived_ended(record)
-            events: list[str] | None
-            if written is not None:
-                raw, ended, events = written
-            else:
-                try:
-                    events = [event_json(e) for e in record.events]
-                except (TypeError, ValueError):
-                    events = None
-                raw, ended, _ = encode_span_pair(record, events)
+            try:
+                events: list[str] | None = [event_json(e, attributes_json) for e in record.events]
+            except (TypeError, ValueError):
+                events = None
+            raw, ended, _ = encode_span_pair(record, events, attributes_json)
             self._ended = (record, ended)
             self._events = (record, events) if events else None
             self._known = _known(record, run, self.epoch)

@@ -1,7 +1,7 @@
 """Events as the stream sends them: :class:`Event` (encoded once, the same bytes to every subscriber) and the
 encoders of its envelopes, ``{"id", "type", "run_id", ...}``, written by hand where that is the hot path (the
-tests hold them byte-equal to encoding the envelope's dict, and :func:`encode_arrived_ended` to
-:func:`otelflow.wire.encode_span_pair`)."""
+tests hold them byte-equal to encoding the envelope's dict, and :func:`attributes_json` to
+:func:`otelflow.wire.attributes_text`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from otelflow import attributes as A
-from otelflow.records import FAILED, STATUS_RUNNING, EventRecord, SpanRecord, format_time
-from otelflow.wire import SPAN_EVENT, dumps, event_json, quote, to_json
+from otelflow.records import EventRecord, SpanRecord
+from otelflow.wire import SPAN_EVENT, attributes_text, dumps, event_json, quote
 
 if TYPE_CHECKING:
     from .state import RunState
@@ -22,8 +21,8 @@ __all__ = [
     "Event",
     "attributes_json",
     "bare_event",
-    "encode_arrived_ended",
     "envelope",
+    "orjson_text",
     "plain",
     "span_event_envelope",
     "sse_head",
@@ -130,7 +129,7 @@ _SCALARS: Final = frozenset({str, int, bool, type(None)})
 def plain(attributes: Any) -> bool:
     """Whether orjson writes ``attributes`` as the standard library's encoder does with the stream's settings: a
     dict whose values are strings, integers, booleans, ``None`` or floats from 1e-4 up to 1e16 (or zero), whose
-    float text is ``float.__repr__``'s. Its strings must still be checked (:func:`_exact`)."""
+    float text is ``float.__repr__``'s. Its strings are checked by :func:`orjson_text`."""
     if type(attributes) is not dict:
         return False
     for value in attributes.values():
@@ -140,55 +139,21 @@ def plain(attributes: Any) -> bool:
     return True
 
 
-def _exact(data: bytes) -> bool:
-    """orjson's bytes are the standard library's when they are ASCII without DEL (which it writes ``\\u007f``)."""
-    return data.isascii() and b"\x7f" not in data
+def orjson_text(value: Any) -> str | None:
+    """``value`` by orjson, when its bytes are the standard library's: ASCII without DEL (which orjson writes raw,
+    the standard library as ``\u007f``); ``None`` otherwise, and when orjson cannot write it (an integer past 64
+    bits, a lone surrogate, a key that is not a str). The caller makes sure of the kinds of values (:func:`plain`)."""
+    try:
+        data = orjson.dumps(value)
+    except TypeError:
+        return None
+    return data.decode("ascii") if data.isascii() and b"\x7f" not in data else None
 
 
 def attributes_json(attributes: Any) -> str:
-    """``to_json(dict(attributes))`` (:func:`otelflow.wire.to_json`), by orjson when :func:`plain` lets it;
-    raises as ``to_json`` does."""
+    """:func:`otelflow.wire.attributes_text`, by orjson when :func:`plain` lets it; raises as that does."""
     if plain(attributes):
-        try:
-            data = orjson.dumps(attributes)
-        except TypeError:  # an integer past 64 bits, a lone surrogate, a key that is not a str
-            pass
-        else:
-            if _exact(data):
-                return data.decode("ascii")
-    return to_json(attributes if type(attributes) is dict else dict(attributes))
-
-
-def encode_arrived_ended(rec: SpanRecord) -> tuple[bytes, bytes, list[str]] | None:
-    """For a span that arrived ended, :func:`otelflow.wire.encode_span_pair`'s made-up start and end, and its
-    events as :func:`otelflow.wire.event_json` writes them, its attribute dicts written by
-    :func:`attributes_json`; ``None`` when a value needs the general path."""
-    start, end = rec.start_time_ns, rec.end_time_ns
-    if type(start) is not int or type(end) is not int or rec.kind == A.KIND_LLM:
-        return None  # a model call's span carries its "llm" object: the general path writes it
-    try:
-        events = [
-            f'{{"name":{quote(e.name)},"time":"{format_time(e.time_ns)}","attributes":{attributes_json(e.attributes)}}}'
-            for e in rec.events
-        ]
-        parent = rec.parent_span_id
-        head = (
-            f'{{"trace_id":{quote(rec.trace_id)},"span_id":{quote(rec.span_id)},'
-            f'"parent_span_id":{"null" if parent is None else quote(parent)},"name":{quote(rec.name)},'
-            f'"kind":{quote(rec.kind)},"status":'
-        )
-        start_time = f'"start_time":"{format_time(start)}",'
-        middle = f'"service":{quote(rec.service)},"attributes":{attributes_json(rec.attributes)},'
-        started = (
-            f'{head}"{STATUS_RUNNING}",{start_time}"end_time":null,"duration_ms":null,'
-            f'{middle}"events":[],"error":null}}'
-        )
-        ended = (
-            f"{head}{quote(rec.status)},{start_time}"
-            f'"end_time":"{format_time(end)}","duration_ms":{float.__repr__((end - start) / 1e6)},'
-            f'{middle}"events":[{",".join(events)}],'
-            f'"error":{"null" if rec.status not in FAILED else to_json(rec.error())}}}'
-        )
-        return started.encode("ascii"), ended.encode("ascii"), events
-    except (TypeError, ValueError):
-        return None
+        text = orjson_text(attributes)
+        if text is not None:
+            return text
+    return attributes_text(attributes)
