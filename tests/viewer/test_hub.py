@@ -168,3 +168,36 @@ def test_run_progress_comes_from_the_workflow_and_agents_are_counted(viewer: Vie
     assert run["progress"]["percent"] == 50.0
     assert run["agent_count"] == 2
     assert run["span_count"] == 4
+
+
+def test_a_batch_tells_each_run_summary_once(viewer: Viewer) -> None:
+    """Five agents that each report progress, arriving in one request: the stream says run.updated once, with
+    the last progress (the summary is encoded after the whole batch, so earlier ones would repeat it)."""
+    from otelflow import attributes as A
+    from otelflow.records import EventRecord
+
+    t, root = trace_id(), span_id()
+    now = time.time_ns()
+    agents = [
+        record(
+            t,
+            span_id(),
+            f"agent {i}",
+            parent=root,
+            kind="agent",
+            ended=True,
+            events=(EventRecord(A.EVENT_PROGRESS, now + i, {A.PROGRESS_PERCENT: 20.0 * (i + 1)}),),
+        )
+        for i in range(5)
+    ]
+    with SseClient(f"{viewer.url}/api/runs/{t}/stream") as sse:
+        viewer.post_json([record(t, root, "wf", kind="workflow")])
+        sse.read_until(lambda e: e["event"] == "span.started")
+        viewer.post_json(agents)
+        sse.read_until(lambda e: e["event"] == "span.ended" and e["data"]["span"]["name"] == "agent 4")
+        viewer.post_json([record(t, root, "wf", kind="workflow", ended=True)])
+        sse.read_until(lambda e: e["event"] == "run.ended")
+    updated = [e["data"]["run"] for e in sse.events if e["event"] == "run.updated"]
+    assert len(updated) == 1, [u["progress"] for u in updated]
+    assert updated[0]["progress"]["percent"] == 100.0
+    assert sum(e["event"] == "span.ended" for e in sse.events) == 6

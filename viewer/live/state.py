@@ -197,6 +197,22 @@ def _progress_of(event: EventRecord, span: SpanRecord) -> dict[str, Any]:
     }
 
 
+def _last_summaries(changes: list[Change]) -> list[Change]:
+    """``changes`` with only the last ``run.updated`` (and ``run.stored``) of each run. The broadcast encodes a
+    batch's changes once all of it is applied, so the earlier ones would carry the same summary again; a busy
+    run (a progress event in each of its spans) would otherwise tell it once per span."""
+    seen: set[tuple[str, str]] = set()
+    earlier: set[int] = set()
+    for index in range(len(changes) - 1, -1, -1):
+        type_ = changes[index].type
+        if type_ in (RUN_UPDATED, RUN_STORED):
+            key = (type_, changes[index].run.trace_id)
+            if key in seen:
+                earlier.add(index)
+            seen.add(key)
+    return [change for index, change in enumerate(changes) if index not in earlier] if earlier else changes
+
+
 _EVENT_COST: Final = 120  # what an event costs in :func:`_size`
 
 
@@ -294,7 +310,7 @@ class LiveState:
         for run in ending.values():  # after every span of the batch: a run ends after the spans that came with it
             out.append(Change(RUN_ENDED, run))
             self._run_ended(run)
-        return out
+        return _last_summaries(out)
 
     def _apply_one(self, rec: SpanRecord, local: bool, at: int, out: list[Change], ending: dict[str, RunState]) -> None:
         self.stats["spans"] += 1
