@@ -166,17 +166,20 @@ def event_json(event: EventRecord, attributes: Callable[[Any], str] = attributes
     )
 
 
-def encode_span(rec: SpanRecord) -> tuple[bytes, bool]:
+def encode_span(
+    rec: SpanRecord, events: list[str] | None = None, attributes: Callable[[Any], str] = attributes_text
+) -> tuple[bytes, bool]:
     """``dumps(rec.to_dict())`` (the envelope's ``span`` object), and whether it is exact (see
     :func:`encode_exact`), so that the store may keep these bytes instead of encoding the span again.
+    ``events`` and ``attributes``: as for :func:`encode_span_pair`.
 
     The hot path of ingestion: the fixed fields are written here, the open-ended ones by the C encoder; any
     value this does not expect falls back to encoding ``to_dict()`` (the tests hold the two equal).
     """
-    parts = _span_parts(rec)
+    parts = _span_parts(rec, attributes)
     if parts is not None:
         try:
-            return _ended_text(rec, *parts).encode("ascii"), True
+            return _ended_text(rec, *parts, events).encode("ascii"), True
         except (TypeError, ValueError):
             pass
     return encode_exact(rec.to_dict())

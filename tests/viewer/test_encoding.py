@@ -126,6 +126,31 @@ def test_events_encoded_once_give_the_same_bytes() -> None:
         assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, **body, "event": event})
 
 
+def test_a_span_seen_running_then_ended_encodes_as_the_general_path() -> None:
+    """The path of the in-process viewer: a running snapshot, then the ended one with its events, which are
+    encoded once for their span.event envelopes and the span.ended (attributes by orjson where it agrees)."""
+    records = [
+        # event attributes as the SDK gives them: a read-only mapping
+        replace(rec, events=tuple(e._replace(attributes=MappingProxyType(dict(e.attributes))) for e in rec.events))
+        for rec in _records()
+        if rec.ended
+    ]
+    assert sum(bool(rec.events) for rec in records) > 50
+    running = [replace(rec, end_time_ns=None, status="running", events=(), phase="start") for rec in records]
+    told = _told(running + records)
+    ended = [e for e in told if e.type == "span.ended"]
+    assert [e.record for e in ended] == records
+    for e in ended:
+        assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, "span": e.record.to_dict()})
+    span_events = [e for e in told if e.type == "span.event"]
+    assert len(span_events) == sum(len(rec.events) for rec in records)
+    for e in span_events:
+        rec = e.record
+        body = {"trace_id": rec.trace_id, "span_id": rec.span_id, "span_name": rec.name, "span_kind": rec.kind}
+        event = rec.events[e.event_index].to_dict()
+        assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, **body, "event": event})
+
+
 def _told(records: list[SpanRecord]) -> list[Any]:
     """The events a hub publishes for ``records``, ingested at once."""
 

@@ -310,6 +310,15 @@ Tap = Callable[[list[Event], Batch], None]
 _KNOWN_TYPES: Final = frozenset({SPAN_EVENT, SPAN_ENDED})
 
 
+def _event_texts(record: SpanRecord) -> tuple[SpanRecord, list[str]] | None:
+    """``record``'s events as :func:`otelflow.wire.event_json` writes them (with :func:`attributes_json`), for its
+    ``span.event`` envelopes and its ``span.ended``; ``None`` when one needs the general path."""
+    try:
+        return record, [event_json(e, attributes_json) for e in record.events]
+    except (TypeError, ValueError):
+        return None
+
+
 def _known(record: SpanRecord, run: RunState, epoch: str) -> tuple[SpanRecord, RunState, str, str] | None:
     """What the ``span.event`` and ``span.ended`` envelopes of ``record`` (of ``run``) share: ``"run_id":...``
     and the ``span.event`` fields up to ``"event":``, as :func:`viewer.live.events.wrapped` and
@@ -432,6 +441,8 @@ class Broadcast:
         elif type_ == SPAN_EVENT:
             assert record is not None
             assert change.event is not None
+            if self._events is None or self._events[0] is not record:
+                self._events = _event_texts(record)  # once for its span.event envelopes and its span.ended
             fast = span_event_envelope(event_id, run, record, change.event, change.event_index, self._events)
             if fast is not None:
                 data = fast
@@ -467,7 +478,10 @@ class Broadcast:
                 raw = ended_before[1]
                 self._ended = None
             else:
-                raw, _ = encode_span(record)
+                texts = self._events
+                if texts is None or texts[0] is not record:
+                    texts = _event_texts(record) if record.events else None
+                raw, _ = encode_span(record, texts[1] if texts is not None else None, attributes_json)
             data = wrapped(event_id, type_, run, "span", raw)
             kind, name, status = record.kind, record.name, record.status
         head = sse_head(event_id, type_)

@@ -152,6 +152,8 @@ def orjson_text(value: Any) -> str | None:
 
 def attributes_json(attributes: Any) -> str:
     """:func:`otelflow.wire.attributes_text`, by orjson when :func:`plain` lets it; raises as that does."""
+    if type(attributes) is not dict:
+        attributes = dict(attributes)  # the SDK's attributes of an event (a read-only mapping)
     if plain(attributes):
         text = orjson_text(attributes)
         if text is not None:
