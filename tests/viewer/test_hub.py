@@ -201,3 +201,17 @@ def test_a_batch_tells_each_run_summary_once(viewer: Viewer) -> None:
     assert len(updated) == 1, [u["progress"] for u in updated]
     assert updated[0]["progress"]["percent"] == 100.0
     assert sum(e["event"] == "span.ended" for e in sse.events) == 6
+
+
+def test_the_in_process_hub_yields_to_a_busy_script_but_never_for_long() -> None:
+    """While a script keeps producing spans, the hub waits out the pause after each slice; it stops waiting once
+    a record has waited MAX_LAG_S (the page trails a burst by that much at most) or YIELD_BELOW records wait."""
+    from otelflow.viewer.live.hub import MAX_LAG_S, YIELD_BELOW, drain_wait
+
+    assert drain_wait(0.05, 1_000, 0.1) == 0.05  # a busy producer: the pause is kept
+    assert drain_wait(-0.01, 1_000, 0.1) == 0.0  # the pause is over
+    # the pause is cut so that the oldest record is taken when it has waited MAX_LAG_S
+    assert drain_wait(0.05, 1_000, MAX_LAG_S - 0.02) == pytest.approx(0.02)
+    assert drain_wait(0.05, 1_000, MAX_LAG_S + 0.5) == 0.0
+    assert drain_wait(0.05, YIELD_BELOW, 0.1) == 0.0  # too many waiting: full speed
+    assert drain_wait(0.05, YIELD_BELOW - 1, 0.1) == 0.05

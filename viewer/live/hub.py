@@ -7,9 +7,11 @@ Contracts:
   :meth:`Hub.ingest_threadsafe` takes records from any thread (the in-process sink): it never blocks or
   raises, wakes the loop once per batch of arrivals (not per call), and ingests them a slice at a time,
   letting the streams write in between. While records keep arriving, the hub yields to their producer:
-  after a slice it waits twice as long as the slice took before the next, so that it takes about a third
+  after a slice it waits nine times as long as the slice took before the next, so that it takes about a tenth
   of the interpreter at most while a burst lasts (the application's thread shares it), and it catches up at
-  full speed once arrivals pause or more than :data:`YIELD_BELOW` records wait.
+  full speed once arrivals pause, once a record has waited :data:`MAX_LAG_S`, or once more than
+  :data:`YIELD_BELOW` records wait (:func:`drain_wait`). The live view may thus trail a busy script by up to
+  that long, not slow it down by as much as the viewer's own work.
 - Every ``check_interval_s`` the hub asks the live state which decisions are due (silent workers, idle runs)
   and publishes them as a batch, so that they reach every live state sharing the backend; with a shared
   backend only the viewer that leads (:attr:`viewer.live.backends.Backend.leading`) decides.
@@ -35,13 +37,23 @@ from .backends import Backend, MemoryBackend
 from .broadcast import Broadcast, Filters, Subscription, Tap
 from .state import Batch, LiveState, RunState
 
-__all__ = ["INGEST_SLICE", "YIELD_BELOW", "Hub"]
+__all__ = ["INGEST_SLICE", "MAX_LAG_S", "YIELD_BELOW", "Hub", "drain_wait"]
 
 log = logging.getLogger("otelflow.viewer")
 
 INGEST_SLICE: Final = 128  # records published at most in one batch (about 5 ms of work)
-YIELD_BELOW: Final = 20_000  # records from this process waiting: beyond this many the hub stops yielding
-_YIELD_FACTOR: Final = 2.0  # the pause after a slice while records keep arriving, in multiples of its time
+YIELD_BELOW: Final = 50_000  # records from this process waiting (about 2 KB each): beyond, the hub stops yielding
+MAX_LAG_S: Final = 2.0  # no record from this process waits longer than this for its slice (seconds)
+_YIELD_FACTOR: Final = 9.0  # the pause after a slice while records keep arriving, in multiples of its time
+
+
+def drain_wait(pause_left: float, waiting: int, oldest_waited: float) -> float:
+    """Seconds before the next slice of records from this process: what is left of the pause after the last
+    slice (``pause_left``, negative when over), cut so that the oldest record waiting (for ``oldest_waited``
+    seconds) is taken by :data:`MAX_LAG_S`; none once :data:`YIELD_BELOW` records wait."""
+    if waiting >= YIELD_BELOW:
+        return 0.0
+    return max(0.0, min(pause_left, MAX_LAG_S - oldest_waited))
 
 
 class Hub:
@@ -75,7 +87,8 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._early: list[list[SpanRecord]] = []
         self._early_lock = threading.Lock()
-        self._inbox: deque[list[SpanRecord]] = deque()  # batches from other threads, for the loop to ingest
+        # batches from other threads, for the loop to ingest, with when each arrived (time.monotonic)
+        self._inbox: deque[tuple[float, list[SpanRecord]]] = deque()
         self._inbox_scheduled = False
         # Counters with one writer each (the sink calls ingest_threadsafe on one thread at a time): records
         # handed over and records taken; batches handed over, and as many as the last drain had seen.
@@ -176,7 +189,7 @@ class Hub:
                 return
             # Coalesce wake-ups: the in-process sink may call this once per span, and each call_soon_threadsafe
             # writes to the loop's self-pipe. One scheduled drain takes every batch that arrived meanwhile.
-            self._inbox.append(batch)
+            self._inbox.append((time.monotonic(), batch))
             self._records_in += len(batch)
             self._arrivals += 1
             if not self._inbox_scheduled:
@@ -190,8 +203,10 @@ class Hub:
     def _schedule_drain(self) -> None:
         """On the loop: drain now, or once the pause after the last slice is over."""
         assert self._loop is not None
-        wait = self._next_drain - self._loop.time()
-        if wait > 0 and self._records_in - self._records_out < YIELD_BELOW:
+        inbox = self._inbox
+        oldest_waited = time.monotonic() - inbox[0][0] if inbox else 0.0
+        wait = drain_wait(self._next_drain - self._loop.time(), self._records_in - self._records_out, oldest_waited)
+        if wait > 0:
             self._loop.call_later(wait, self._drain_inbox)
         else:
             self._drain_inbox()
@@ -201,13 +216,14 @@ class Hub:
         inbox = self._inbox
         records: list[SpanRecord] = []
         while inbox and len(records) < INGEST_SLICE:
-            batch = inbox[0]
+            arrived, batch = inbox[0]
             room = INGEST_SLICE - len(records)
             if len(batch) <= room:
-                records += inbox.popleft()
+                records += batch
+                inbox.popleft()
             else:
                 records += batch[:room]
-                inbox[0] = batch[room:]
+                inbox[0] = (arrived, batch[room:])
         self._records_out += len(records)
         loop = self._loop
         began = loop.time() if loop is not None else 0.0
