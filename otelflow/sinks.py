@@ -19,7 +19,7 @@ from opentelemetry import context as otel_context
 
 from otelflow import attributes as A
 from otelflow._log import problems
-from otelflow.records import PHASE_START, SpanRecord, otlp_resource, record_from_span, to_otlp_json
+from otelflow.records import PHASE_START, SpanRecord, otlp_json_bytes, otlp_resource, record_from_span
 
 if TYPE_CHECKING:
     from otelflow.processor import LiveSpanProcessor
@@ -379,11 +379,10 @@ class LiveExporter:
     def _body(self, batch: list[SpanRecord]) -> bytes:
         worker = {A.WORKER_ID: self.worker_id}
         if batch:
-            payload = to_otlp_json(batch, resource_extra=worker)
-        else:
-            # a heartbeat: the worker's resource and no spans
-            resource = {**(self._resource or {}), **worker}
-            payload = {"resourceSpans": [{"resource": otlp_resource(resource), "scopeSpans": []}]}
+            return otlp_json_bytes(batch, resource_extra=worker)
+        # a heartbeat: the worker's resource and no spans
+        resource = {**(self._resource or {}), **worker}
+        payload = {"resourceSpans": [{"resource": otlp_resource(resource), "scopeSpans": []}]}
         return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
     def _post(self, target: _Target, batch: list[SpanRecord]) -> bool:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 
 import pytest
 
 import otelflow
 from otelflow import attributes as A
-from otelflow.records import SpanRecord, format_time, kind_of, to_otlp_json
+from otelflow.records import EventRecord, SpanRecord, format_time, kind_of, otlp_json_bytes, to_otlp_json
 from otelflow.viewer.decode import OtlpDecodeError, from_otlp_json
 from tests.conftest import Traced
 
@@ -180,3 +182,77 @@ def test_a_deferred_record_reads_the_same_as_an_eager_one_from_any_thread() -> N
     from_span, end_from_span = deferred_pair(sdk_span)
     assert end_from_span == eager
     assert from_span.to_dict() == start.to_dict()
+
+
+def _varied_records(seed: int = 7) -> list[SpanRecord]:
+    """Records with every kind of value an attribute may hold, in several resources and scopes."""
+    rng = random.Random(seed)
+    values: list[object] = [
+        "plain",
+        'qu"ote\\',
+        "ünïcode ✓",
+        "\ud800 lone",
+        "line\nbreak\x00",
+        "",
+        0,
+        -7,
+        2**70,
+        True,
+        False,
+        1.5,
+        -0.0,
+        1e16,
+        1e-5,
+        math.nan,
+        math.inf,
+        None,
+        b"\x00\xff",
+        ["a", 1, 2.5, True],
+        ("t",),
+        {"k": {"n": 1}},
+    ]
+    resources = [{"service.name": "a"}, {"service.name": "b", "host": "h\u00e9"}, {}]
+    out = []
+    for i in range(300):
+        attrs = {f"k{j}": rng.choice(values) for j in range(rng.randrange(0, 6))}
+        if i % 50 == 7:
+            attrs[3] = "a key that is not a str"  # type: ignore[index]
+        events = tuple(
+            EventRecord(rng.choice(["otelflow.log", "é"]), 10 + j, {"m": rng.choice(values)})
+            for j in range(rng.randrange(0, 3))
+        )
+        ended = rng.random() < 0.7
+        out.append(
+            SpanRecord(
+                trace_id=f"{rng.getrandbits(128):032x}",
+                span_id=f"{rng.getrandbits(64):016x}",
+                name=rng.choice(["wf", "ägent", "tool \u2028"]),
+                parent_span_id=None if i % 4 == 0 else f"{rng.getrandbits(64):016x}",
+                span_kind=rng.randrange(0, 6),
+                start_time_ns=rng.randrange(1, 2**62),
+                end_time_ns=rng.randrange(2**62, 2**63) if ended else None,
+                status=rng.choice(["ok", "error", "cancelled"]) if ended else "running",
+                status_message=rng.choice(["", "boom", "ünï"]) if ended else "",
+                attributes=attrs,  # type: ignore[arg-type]
+                events=events,  # type: ignore[arg-type]
+                resource=rng.choice(resources),
+                service="svc",
+                scope=rng.choice(["otelflow", "", "scöpe"]),
+            )
+        )
+    out.append(SpanRecord("a" * 32, "b" * 16, "no start", start_time_ns=None))  # type: ignore[arg-type]
+    return out
+
+
+def test_the_live_exporters_body_is_the_json_of_to_otlp_json(traced: Traced) -> None:
+    """otlp_json_bytes writes the request directly; its bytes are those of json.dumps(to_otlp_json(...))."""
+    with otelflow.workflow("wf", run_id="job-9") as run:
+        run.progress(completed=1, total=2)
+        with otelflow.agent("a"):
+            otelflow.data_flow("a", "b", {"k": [1, 2]})
+    sdk_records = traced.live()
+    assert sdk_records
+    worker = {A.WORKER_ID: "w1"}
+    for records in (sdk_records, _varied_records(), _varied_records(8)[:1], []):
+        want = json.dumps(to_otlp_json(records, resource_extra=worker), separators=(",", ":")).encode()
+        assert otlp_json_bytes(records, resource_extra=worker) == want
