@@ -17,9 +17,13 @@ medians of the repeats are compared:
 - embedded viewer (nested): the viewer of ``otelflow demo`` / ``otelflow run`` (``EmbeddedViewer`` with an
   in-memory history, its hub subscribed to the in-process sink) consuming every record: the calling thread's
   CPU — target <= 1.3x; the calling thread's wall time while it makes the spans — target <= 1.5x; and the
-  wall time until the hub has published every record.
+  wall time until the hub has published every record;
+- remote viewer (nested, ``--only remote``): the live processor streaming through the ``LiveExporter`` to an
+  ``otelflow serve`` in another process, as workers pointed at ``OTELFLOW_VIEWER_URL`` do: the calling thread's
+  CPU and wall time while it makes the spans (the exporter's thread encodes under the same interpreter lock),
+  and the wall time until the viewer has taken every span (``force_flush``). No target.
 
-Run: ``python bench/bench_processor.py [--spans 20000] [--repeats 7] [--only nested,flat,viewer]``.
+Run: ``python bench/bench_processor.py [--spans 20000] [--repeats 7] [--only nested,flat,viewer,remote]``.
 Prints ratios, not a verdict.
 """
 
@@ -28,12 +32,14 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-import _common  # noqa: F401  (pins this checkout's otelflow)
+import _common  # pins this checkout's otelflow
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
@@ -204,6 +210,29 @@ def embedded_viewer(make: Maker, n: int) -> tuple[float, float, float]:
         gc.set_threshold(*thresholds)
 
 
+def remote_viewer(make: Maker, n: int, port: int) -> tuple[float, float, float]:
+    """The live processor streaming to the viewer on ``port`` (another process): (caller CPU, caller wall while
+    making the spans, wall until the viewer took every span), in seconds."""
+    from otelflow import LiveExporter
+
+    exporter = LiveExporter(f"http://{_common.HOST}:{port}", max_spans=4 * n)
+    proc = LiveSpanProcessor(exporter, max_queue_size=4 * n)
+    provider = TracerProvider()
+    provider.add_span_processor(proc)
+    gc.collect()
+    cpu, wall = time.thread_time(), time.perf_counter()
+    make(provider, n)
+    cpu, made = time.thread_time() - cpu, time.perf_counter() - wall
+    proc.force_flush(120_000)  # every record handed to the exporter (which it gives 1 s to post them)
+    if not exporter.force_flush(120.0):
+        raise RuntimeError("the viewer did not take every span")
+    total = time.perf_counter() - wall
+    if proc.dropped or exporter.dropped:
+        raise RuntimeError(f"{proc.dropped + exporter.dropped} records dropped")
+    proc.shutdown()
+    return cpu, made, total
+
+
 def run(n: int, repeats: int, only: set[str]) -> dict[str, list[float]]:
     """Per repeat: each variant's seconds, and its ratio to the baseline of the same repeat (``key/``)."""
     samples: dict[str, list[float]] = {}
@@ -213,40 +242,57 @@ def run(n: int, repeats: int, only: set[str]) -> dict[str, list[float]]:
         if base is not None:
             samples.setdefault(f"{key}/", []).append(value / samples[base][-1])
 
-    for _ in range(repeats):
-        # interleave the variants so that machine noise hits all of them alike
-        for shape in ("nested", "flat"):
-            if shape not in only and not (shape == "nested" and "viewer" in only):
-                continue
-            make = SHAPES[shape]
-            bare = TracerProvider()
-            cpu, wall = timed_both(lambda p=bare, m=make: m(p, n))  # type: ignore[misc]
-            cpu_base, wall_base = f"{shape}.base_cpu", f"{shape}.base_wall"
-            add(cpu_base, cpu)
-            add(wall_base, wall)
-            if shape in only:
-                add(f"{shape}.caller_cpu", caller_cpu(make, n, streaming_processor(n)), cpu_base)
-                hook = hook_seconds(make, n)
-                add(f"{shape}.hook", hook)
-                samples.setdefault(f"{shape}.hook/", []).append((cpu + hook) / cpu)
-            if shape == "flat" and shape in only:
-                idle = LiveSpanProcessor(InProcessSink(), max_queue_size=4 * n)  # no subscriber
-                add("flat.idle_cpu", caller_cpu(make, n, idle), cpu_base)
-                add("flat.deliver_wall", delivery_wall(make, n, read=False), wall_base)
-                add("flat.read_wall", delivery_wall(make, n, read=True), wall_base)
-            if shape == "nested" and "viewer" in only:
-                cpu, made, total = embedded_viewer(make, n)
-                add("viewer.cpu", cpu, cpu_base)
-                add("viewer.made_wall", made, wall_base)
-                add("viewer.total_wall", total, wall_base)
+    server = None
+    if "remote" in only:
+        server, port = _common.start_viewer(Path(tempfile.mkdtemp(prefix="otelflow-bench-")) / "history.db")
+    try:
+        for _ in range(repeats):
+            _repeat(n, only, samples, add, port if server is not None else 0)
+    finally:
+        if server is not None:
+            _common.stop(server)
     return samples
+
+
+def _repeat(n: int, only: set[str], samples: dict[str, list[float]], add: Callable[..., None], port: int) -> None:
+    """One repeat: every variant once, each after the baseline of its shape (``port``: the remote viewer's)."""
+    # interleave the variants so that machine noise hits all of them alike
+    for shape in ("nested", "flat"):
+        if shape not in only and not (shape == "nested" and ("viewer" in only or "remote" in only)):
+            continue
+        make = SHAPES[shape]
+        bare = TracerProvider()
+        cpu, wall = timed_both(lambda p=bare, m=make: m(p, n))  # type: ignore[misc]
+        cpu_base, wall_base = f"{shape}.base_cpu", f"{shape}.base_wall"
+        add(cpu_base, cpu)
+        add(wall_base, wall)
+        if shape in only:
+            add(f"{shape}.caller_cpu", caller_cpu(make, n, streaming_processor(n)), cpu_base)
+            hook = hook_seconds(make, n)
+            add(f"{shape}.hook", hook)
+            samples.setdefault(f"{shape}.hook/", []).append((cpu + hook) / cpu)
+        if shape == "flat" and shape in only:
+            idle = LiveSpanProcessor(InProcessSink(), max_queue_size=4 * n)  # no subscriber
+            add("flat.idle_cpu", caller_cpu(make, n, idle), cpu_base)
+            add("flat.deliver_wall", delivery_wall(make, n, read=False), wall_base)
+            add("flat.read_wall", delivery_wall(make, n, read=True), wall_base)
+        if shape == "nested" and "viewer" in only:
+            cpu, made, total = embedded_viewer(make, n)
+            add("viewer.cpu", cpu, cpu_base)
+            add("viewer.made_wall", made, wall_base)
+            add("viewer.total_wall", total, wall_base)
+        if shape == "nested" and "remote" in only:
+            cpu, made, total = remote_viewer(make, n, port)
+            add("remote.cpu", cpu, cpu_base)
+            add("remote.made_wall", made, wall_base)
+            add("remote.total_wall", total, wall_base)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--spans", type=int, default=20_000, help="spans per variant and repeat")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", default="nested,flat,viewer", help="comma list of nested, flat, viewer")
+    parser.add_argument("--only", default="nested,flat,viewer", help="comma list of nested, flat, viewer, remote")
     args = parser.parse_args()
     only = set(args.only.split(","))
     n = args.spans // (CHILDREN + 1) * (CHILDREN + 1)
@@ -279,6 +325,11 @@ def main() -> None:
             line("  caller CPU", "viewer.cpu", target="1.3x")
             line("  caller wall", "viewer.made_wall", " wall", "1.5x")
             line("  until the hub has all", "viewer.total_wall", " wall")
+        if "remote.cpu" in r and shape == "nested":
+            print("  remote viewer (LiveExporter to otelflow serve in another process):")
+            line("  caller CPU", "remote.cpu")
+            line("  caller wall", "remote.made_wall", " wall")
+            line("  until the viewer has all", "remote.total_wall", " wall")
 
 
 if __name__ == "__main__":
