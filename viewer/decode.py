@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from itertools import islice
@@ -449,7 +450,7 @@ def decode_protobuf(body: bytes, limit: int | None = DEFAULT_VALUE_LIMIT) -> Dec
 
 
 def _json_any(value: Any, where: str) -> Any:
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise OtlpDecodeError(f"{where}: expected an AnyValue object, got {type(value).__name__}")
     if not value:
         return None
@@ -481,10 +482,16 @@ def _json_attrs(items: Any, where: str) -> dict[str, Any]:
         raise OtlpDecodeError(f"{where}: attributes must be a list of key/value objects")
     out: dict[str, Any] = {}
     for item in items:
-        if not isinstance(item, Mapping) or not isinstance(item.get("key"), str):
+        if (type(item) is not dict and not isinstance(item, Mapping)) or type(key := item.get("key")) is not str:
             raise OtlpDecodeError(f"{where}: attribute without a string key")
-        out[item["key"]] = _json_any(item.get("value", {}), f"{where}.{item['key']}")
+        try:
+            out[key] = _json_any(item.get("value", {}), "")
+        except OtlpDecodeError as exc:  # where it was, written only when it is told
+            raise OtlpDecodeError(f"{where}.{key}{exc}") from None
     return out
+
+
+_HEX: Final = re.compile("[0-9a-f]*")
 
 
 def _hex_id(value: Any, digits: int, where: str, *, required: bool) -> str | None:
@@ -495,7 +502,7 @@ def _hex_id(value: Any, digits: int, where: str, *, required: bool) -> str | Non
     if not isinstance(value, str):
         raise OtlpDecodeError(f"{where}: must be a hex string")
     text = value.lower()
-    if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
+    if len(text) != digits or _HEX.fullmatch(text) is None:
         raise OtlpDecodeError(f"{where}: {value!r} is not {digits} hex digits")
     if text == "0" * digits:
         if required:
