@@ -1,4 +1,4 @@
-"""Viewer ingestion: OTLP protobuf spans from POST to stored (committed) and published, against baselines.
+"""Viewer ingestion: OTLP protobuf (or JSON) spans from POST to stored (committed) and published, against baselines.
 
 An ``otelflow serve`` subprocess (loopback, free port, SQLite file in a temp dir) receives OTLP/HTTP
 protobuf requests of 500 ended spans each (traces of 10: a root and 9 children; each span with 3 attributes and 2
@@ -22,7 +22,11 @@ Baselines, measured in the same run on the same payloads (in-process, without HT
 - wire-decode ceiling: ``ExportTraceServiceRequest.ParseFromString`` alone (C upb), and the viewer's own
   ``decode_protobuf`` (parse + SpanRecord building), to show how much of the budget decoding takes.
 
-Target: >= 30,000 spans/s. Run: ``python bench/bench_ingest.py [--spans 50000] [--rounds 3] [--clients 4]``.
+``--format json`` posts the same spans as OTLP/JSON, the format the live exporter (``OTELFLOW_VIEWER_URL``) sends;
+its baselines are then ``json.loads`` and the viewer's ``decode_json``.
+
+Target: >= 30,000 spans/s. Run: ``python bench/bench_ingest.py [--spans 50000] [--rounds 3] [--clients 4]
+[--format protobuf|json]``.
 Prints figures and ratios (medians of the rounds), not a verdict.
 """
 
@@ -171,13 +175,26 @@ class SseCounter(threading.Thread):
             self.sock.close()
 
 
-def post_all(port: int, payloads: list[bytes], clients: int) -> list[str]:
+CONTENT_TYPES = {"protobuf": "application/x-protobuf", "json": "application/json"}
+
+
+def as_json(payloads: list[bytes]) -> list[bytes]:
+    """The same requests as OTLP/JSON, written as the live exporter writes them."""
+    from otelflow.records import to_otlp_json
+    from otelflow.viewer.decode import decode_protobuf
+
+    return [
+        json.dumps(to_otlp_json(decode_protobuf(body).records), separators=(",", ":")).encode() for body in payloads
+    ]
+
+
+def post_all(port: int, payloads: list[bytes], clients: int, fmt: str = "protobuf") -> list[str]:
     """POST every payload over ``clients`` keep-alive connections; returns error messages (empty if none)."""
-    return post_many(port, "/v1/traces", "application/x-protobuf", payloads, clients)
+    return post_many(port, "/v1/traces", CONTENT_TYPES[fmt], payloads, clients)
 
 
 def ingest_round(
-    port: int, sse: SseCounter, payloads: list[bytes], clients: int, timeout: float, span_events: int
+    port: int, sse: SseCounter, payloads: list[bytes], clients: int, timeout: float, span_events: int, fmt: str
 ) -> float:
     """Seconds from the first POST until every span is committed and every event reached the subscriber."""
     n_spans = len(payloads) * SPANS_PER_REQUEST
@@ -186,7 +203,7 @@ def ingest_round(
     stored_goal = int(store0["spans"]) + n_spans
     frames_goal = sse.frames + n_spans // SPANS_PER_TRACE * events_per_trace(span_events)
     start = time.perf_counter()
-    errors = post_all(port, payloads, clients)
+    errors = post_all(port, payloads, clients, fmt)
     if errors:
         raise RuntimeError(f"{len(errors)} POSTs failed, e.g. {errors[0]}")
     stored = published = False
@@ -230,21 +247,25 @@ def history_bytes(db: Path) -> tuple[float, dict[str, int]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_rate(payloads: list[bytes]) -> float:
-    """Spans/s of ExportTraceServiceRequest.ParseFromString alone."""
+def parse_rate(payloads: list[bytes], fmt: str = "protobuf") -> float:
+    """Spans/s of ExportTraceServiceRequest.ParseFromString alone (``json.loads`` for JSON)."""
     start = time.perf_counter()
     for body in payloads:
-        ExportTraceServiceRequest().ParseFromString(body)
+        if fmt == "json":
+            json.loads(body)
+        else:
+            ExportTraceServiceRequest().ParseFromString(body)
     return len(payloads) * SPANS_PER_REQUEST / (time.perf_counter() - start)
 
 
-def decode_rate(payloads: list[bytes]) -> float:
-    """Spans/s of the viewer's decode_protobuf (parse + SpanRecords), no HTTP, hub or store."""
-    from otelflow.viewer.decode import decode_protobuf
+def decode_rate(payloads: list[bytes], fmt: str = "protobuf") -> float:
+    """Spans/s of the viewer's decode_protobuf (parse + SpanRecords; decode_json for JSON), no HTTP, hub or store."""
+    from otelflow.viewer.decode import decode_json, decode_protobuf
 
+    decode = decode_json if fmt == "json" else decode_protobuf
     start = time.perf_counter()
     for body in payloads:
-        _ = decode_protobuf(body).records  # decoding is lazy: take every record
+        _ = decode(body).records  # decoding is lazy: take every record
     return len(payloads) * SPANS_PER_REQUEST / (time.perf_counter() - start)
 
 
@@ -296,14 +317,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent keep-alive POST connections")
     parser.add_argument("--events", type=int, default=2, help="events per span")
     parser.add_argument("--naive-seconds", type=float, default=3.0, help="time budget of the naive baseline")
+    parser.add_argument("--format", choices=sorted(CONTENT_TYPES), default="protobuf", help="the requests' encoding")
     args = parser.parse_args()
     n_spans = max(SPANS_PER_REQUEST, args.spans // SPANS_PER_REQUEST * SPANS_PER_REQUEST)
 
     print(f"building {args.rounds} x {n_spans} spans ({SPANS_PER_REQUEST}/request, traces of {SPANS_PER_TRACE})")
-    rounds = [build_payloads(n_spans, args.events) for _ in range(args.rounds)]
+    protobuf = [build_payloads(n_spans, args.events) for _ in range(args.rounds)]
+    rounds = [as_json(p) for p in protobuf] if args.format == "json" else protobuf
     warmup = build_payloads(5 * SPANS_PER_REQUEST, args.events)
+    warmup = as_json(warmup) if args.format == "json" else warmup
     size = statistics.mean(len(p) for p in rounds[0])
-    print(f"request size: {size / 1024:.0f} KiB protobuf")
+    print(f"request size: {size / 1024:.0f} KiB {args.format}")
 
     with tempfile.TemporaryDirectory(prefix="otelflow-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -312,11 +336,11 @@ def main() -> None:
         try:
             sse = SseCounter(port)
             sse.start()
-            ingest_round(port, sse, warmup, args.clients, 60, args.events)
+            ingest_round(port, sse, warmup, args.clients, 60, args.events, args.format)
             times = []
             held: list[int] = []  # runs in the history after each round (retention: --max-runs, default 10,000)
             for i, payloads in enumerate(rounds):
-                t = ingest_round(port, sse, payloads, args.clients, 120, args.events)
+                t = ingest_round(port, sse, payloads, args.clients, 120, args.events, args.format)
                 times.append(t)
                 held.append(int(json.loads(get(port, "/api/runs?limit=1"))["total"]))
                 print(f"  round {i + 1}: {n_spans / t:,.0f} spans/s ({t:.2f} s); {held[-1]:,} runs held")
@@ -328,18 +352,21 @@ def main() -> None:
             finally:
                 stop(proc)
         per_span, tables = history_bytes(tmp / "viewer.db")
-        naive = naive_rate(rounds[0], tmp, args.naive_seconds)
+        naive = naive_rate(protobuf[0], tmp, args.naive_seconds)
 
-    parse = statistics.median(parse_rate(rounds[0]) for _ in range(3))
-    decode = statistics.median(decode_rate(rounds[0][:40]) for _ in range(3))
+    parse = statistics.median(parse_rate(rounds[0], args.format) for _ in range(3))
+    decode = statistics.median(decode_rate(rounds[0][:40], args.format) for _ in range(3))
     rate = n_spans / statistics.median(times)
     hub = health["hub"]
     assert isinstance(hub, dict)
     print()
     print(f"otelflow serve, POST -> stored + published : {rate:,.0f} spans/s  (target >= 30,000; median of rounds)")
     print(f"baseline naive receiver (1 commit per span): {naive:,.0f} spans/s  ratio {rate / naive:,.1f}x")
-    print(f"viewer decode_protobuf alone (no HTTP)     : {decode:,.0f} spans/s  otelflow at {rate / decode:.0%} of it")
-    print(f"ParseFromString alone (wire ceiling)       : {parse:,.0f} spans/s  otelflow at {rate / parse:.1%} of it")
+    json_fmt = args.format == "json"
+    decoder = "viewer decode_json alone (no HTTP)" if json_fmt else "viewer decode_protobuf alone (no HTTP)"
+    ceiling = "json.loads alone (wire ceiling)" if json_fmt else "ParseFromString alone (wire ceiling)"
+    print(f"{decoder:<43}: {decode:,.0f} spans/s  otelflow at {rate / decode:.0%} of it")
+    print(f"{ceiling:<43}: {parse:,.0f} spans/s  otelflow at {rate / parse:.1%} of it")
     total = sum(tables.values()) or 1
     shares = ", ".join(
         f"{t} {b / total:.0%}" for t, b in sorted(tables.items(), key=lambda kv: -kv[1]) if b / total >= 0.01
