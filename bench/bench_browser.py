@@ -193,7 +193,7 @@ def post(port: int, records: list[Any]) -> None:
 
     from _common import HOST
 
-    from otelflow.records import to_otlp_json
+    from otelflow.otlp_json import to_otlp_json
 
     body = json.dumps(to_otlp_json(records)).encode()
     conn = http.client.HTTPConnection(HOST, port, timeout=60)

@@ -180,7 +180,7 @@ CONTENT_TYPES = {"protobuf": "application/x-protobuf", "json": "application/json
 
 def as_json(payloads: list[bytes]) -> list[bytes]:
     """The same requests as OTLP/JSON, written as the live exporter writes them."""
-    from otelflow.records import to_otlp_json
+    from otelflow.otlp_json import to_otlp_json
     from otelflow.viewer.decode import decode_protobuf
 
     return [

@@ -19,7 +19,8 @@ from opentelemetry import context as otel_context
 
 from otelflow import attributes as A
 from otelflow._log import problems
-from otelflow.records import PHASE_START, SpanRecord, otlp_json_bytes, otlp_resource, record_from_span
+from otelflow.otlp_json import otlp_json_bytes, otlp_resource
+from otelflow.records import PHASE_START, SpanRecord, record_from_span
 
 if TYPE_CHECKING:
     from otelflow.processor import LiveSpanProcessor

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from otelflow import attributes as A
-from otelflow.records import to_otlp_json
+from otelflow.otlp_json import to_otlp_json
 from otelflow.viewer import ViewerConfigError, serve
 from otelflow.viewer.history import SqliteHistory
 from tests.conftest import wait_for

@@ -10,7 +10,8 @@ import pytest
 
 import otelflow
 from otelflow import attributes as A
-from otelflow.records import EventRecord, SpanRecord, format_time, kind_of, otlp_json_bytes, to_otlp_json
+from otelflow.otlp_json import otlp_json_bytes, to_otlp_json
+from otelflow.records import EventRecord, SpanRecord, format_time, kind_of
 from otelflow.viewer.decode import OtlpDecodeError, from_otlp_json
 from tests.conftest import Traced
 

@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord, to_otlp_json
+from otelflow.otlp_json import to_otlp_json
+from otelflow.records import SpanRecord
 from otelflow.scrub import fix_surrogates
 from otelflow.wire import STALLED, finite
 

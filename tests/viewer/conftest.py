@@ -15,7 +15,8 @@ import pytest
 from fastapi import FastAPI
 
 from otelflow import attributes as A
-from otelflow.records import EventRecord, SpanRecord, to_otlp_json
+from otelflow.otlp_json import to_otlp_json
+from otelflow.records import EventRecord, SpanRecord
 from otelflow.viewer.app import make_server
 from otelflow.viewer.live import Hub
 

@@ -117,13 +117,7 @@ def test_events_encoded_once_give_the_same_bytes() -> None:
         assert events == [dumps(e.to_dict()).decode() for e in rec.events]
         assert encode_span_pair(rec, events) == encode_span_pair(rec)
 
-    span_events = [e for e in _told(records) if e.type == "span.event"]
-    assert len(span_events) == sum(len(rec.events) for rec in records)
-    for e in span_events:
-        rec = e.record
-        body = {"trace_id": rec.trace_id, "span_id": rec.span_id, "span_name": rec.name, "span_kind": rec.kind}
-        event = rec.events[e.event_index].to_dict()
-        assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, **body, "event": event})
+    _assert_span_events_as_general(_told(records), records)
 
 
 def test_a_span_seen_running_then_ended_encodes_as_the_general_path() -> None:
@@ -142,6 +136,11 @@ def test_a_span_seen_running_then_ended_encodes_as_the_general_path() -> None:
     assert [e.record for e in ended] == records
     for e in ended:
         assert e.data == dumps({"id": e.id, "type": e.type, "run_id": e.run_id, "span": e.record.to_dict()})
+    _assert_span_events_as_general(told, records)
+
+
+def _assert_span_events_as_general(told: list[Any], records: list[SpanRecord]) -> None:
+    """Every event of ``records`` was told as a span.event, in the bytes of the general encoder."""
     span_events = [e for e in told if e.type == "span.event"]
     assert len(span_events) == sum(len(rec.events) for rec in records)
     for e in span_events:

@@ -35,7 +35,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import otelflow
 from otelflow import attributes as A
-from otelflow.records import format_time, to_otlp_json
+from otelflow.otlp_json import to_otlp_json
+from otelflow.records import format_time
 from otelflow.viewer.decode import OtlpDecodeError
 from otelflow.viewer.decode_logs import decode_logs_json, decode_logs_protobuf
 from otelflow.viewer.live import Hub

@@ -33,7 +33,8 @@ import pytest
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from otelflow.records import SpanRecord, to_otlp_json
+from otelflow.otlp_json import to_otlp_json
+from otelflow.records import SpanRecord
 from otelflow.viewer.app import create_app
 from tests.nginx_server import Nginx, nginx_binary
 from tests.redis_server import RedisServer

@@ -19,7 +19,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from otelflow import attributes as A
-from otelflow.records import to_otlp_json
+from otelflow.otlp_json import to_otlp_json
 from otelflow.viewer.decode import decode_protobuf
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 
 from otelflow import attributes as A
-from otelflow.records import to_otlp_json
+from otelflow.otlp_json import to_otlp_json
 from otelflow.viewer.app import create_app
 from otelflow.viewer.live import Hub
 from tests.viewer.conftest import SseClient, Viewer, record, span_id, trace_id, wait_for

@@ -441,9 +441,9 @@ class Broadcast:
         elif type_ == SPAN_EVENT:
             assert record is not None
             assert change.event is not None
-            if self._events is None or self._events[0] is not record:
-                self._events = _event_texts(record)  # once for its span.event envelopes and its span.ended
-            fast = span_event_envelope(event_id, run, record, change.event, change.event_index, self._events)
+            fast = span_event_envelope(
+                event_id, run, record, change.event, change.event_index, self._event_texts_of(record)
+            )
             if fast is not None:
                 data = fast
             else:
@@ -478,9 +478,7 @@ class Broadcast:
                 raw = ended_before[1]
                 self._ended = None
             else:
-                texts = self._events
-                if texts is None or texts[0] is not record:
-                    texts = _event_texts(record) if record.events else None
+                texts = self._event_texts_of(record) if record.events else None
                 raw, _ = encode_span(record, texts[1] if texts is not None else None, attributes_json)
             data = wrapped(event_id, type_, run, "span", raw)
             kind, name, status = record.kind, record.name, record.status
@@ -504,6 +502,12 @@ class Broadcast:
             summary_json,
         )
         return ev  # offered by publish, with the others of its batch
+
+    def _event_texts_of(self, record: SpanRecord) -> tuple[SpanRecord, list[str]] | None:
+        """``record``'s events encoded (:func:`_event_texts`), once for its span.event envelopes and its span.ended."""
+        if self._events is None or self._events[0] is not record:
+            self._events = _event_texts(record)
+        return self._events
 
     def _known_event(self, change: Change, known: tuple[SpanRecord, RunState, str, str]) -> Event | None:
         """The ``span.event`` or ``span.ended`` of the span that arrived ended whose start was the last encoded

@@ -2,7 +2,7 @@
 
 Requests from senders travel as their OTLP bodies (every viewer decodes them); this codec carries what has no
 body: spans from the viewer's own process (``otelflow demo``/``run``), heartbeats and the time-based decisions of
-the viewer that leads. Spans travel as OTLP/JSON (:func:`otelflow.records.to_otlp_json`), the rest as JSON.
+the viewer that leads. Spans travel as OTLP/JSON (:func:`otelflow.otlp_json.to_otlp_json`), the rest as JSON.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from otelflow.records import EventRecord, to_otlp_json
+from otelflow.otlp_json import to_otlp_json
+from otelflow.records import EventRecord
 
 from ...decode import from_otlp_json
 from ..stall import Stall
