@@ -7,12 +7,14 @@ object (:meth:`SpanRecord.to_dict`) here, OTLP/JSON (which ``POST /v1/traces`` a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from opentelemetry.attributes import BoundedAttributes
 
 from otelflow import attributes as A
 from otelflow.genai import llm_view, with_cost
@@ -43,6 +45,8 @@ __all__ = [
     "ended_status",
     "format_time",
     "kind_of",
+    "lean_capture",
+    "lighten",
     "record_from_span",
     "set_value_limit",
     "shown_name",
@@ -322,6 +326,7 @@ def _copy_attrs(attrs: Any) -> dict[str, Any]:
     return dict(attrs)
 
 
+_LEAN_FIELDS: Final = 13  # the length of a lean_capture (a capture has 11)
 _trace_hex: dict[int, str] = {}  # a run's spans share their trace id: format it once
 _new_event = tuple.__new__  # EventRecord without the NamedTuple constructor's Python frame
 
@@ -398,45 +403,111 @@ def capture(span: ReadableSpan, phase: str) -> tuple[Any, ...]:
     )
 
 
+def lean_capture(span: ReadableSpan) -> tuple[Any, ...]:
+    """What :func:`capture` takes of an ended span, in plain values: ids as integers, the status as a flag and
+    its text, attributes and each event's attributes as the SDK's own dicts (an ended span's can no longer
+    change), each event as a tuple.
+
+    For a record that may wait long for its reader (the embedded viewer's hub yields to a busy script): a
+    capture keeps about 15 of the SDK's objects alive, which every collection of the garbage collector
+    traverses again until the reader lets go of them, and the script pays for it. Tuples and dicts of plain
+    values leave the collector's lists at their first collection. Formatting one gives the record a capture
+    gives. Anything not laid out like the SDK's own spans gets a :func:`capture`.
+    """
+    try:
+        ctx, parent, name, kind, start, end, status, resource, scope, attrs, events = _read_fields(span)
+        return (
+            ctx.trace_id,
+            ctx.span_id,
+            None if parent is None else parent.span_id,
+            name,
+            kind.value,
+            start,
+            end,
+            status.status_code.value == OTLP_STATUS_ERROR,
+            status.description,
+            resource,
+            scope,
+            attrs._dict if type(attrs) is BoundedAttributes else _copy_attrs(attrs),
+            tuple(
+                [
+                    (n, t, a._dict if type(a) is BoundedAttributes else _lean_attrs(a))
+                    for n, t, a in map(_read_event, events)
+                ]
+            )
+            if events
+            else (),
+        )
+    except AttributeError:
+        return capture(span, PHASE_END)
+
+
+_read_event = attrgetter("_name", "_timestamp", "_attributes")
+
+
+def lighten(records: Iterable[SpanRecord]) -> None:
+    """Let each deferred record of an ended SDK span (:func:`deferred_pair`, :func:`deferred_record`) hold a
+    :func:`lean_capture` of it instead of the span, for a reader that keeps records waiting; the records read
+    the same (so one read meanwhile on another thread gets what it would have)."""
+    for record in records:
+        source = record._source
+        if source is not None and type(source) is not tuple and type(source) is not SpanRecord:
+            record._source = lean_capture(source)
+
+
+def _lean_attrs(attrs: Any) -> dict[str, Any] | None:
+    return None if attrs is None else dict(attrs)
+
+
 def _values_from_capture(cap: tuple[Any, ...], phase: str) -> tuple[Any, ...]:
-    """The field values of a SpanRecord (in field order, ``phase`` last) from a :func:`capture`."""
-    ctx, parent, name, span_kind, start, end, span_status, resource, scope, attrs, sdk_events = cap
+    """The field values of a SpanRecord (in field order, ``phase`` last) from a :func:`capture` or a
+    :func:`lean_capture`."""
+    if len(cap) != _LEAN_FIELDS:  # a capture: in the lean layout (the error flag None while it runs)
+        ctx, parent, name, span_kind, start, end, span_status, resource, scope, attrs, sdk_events = cap
+        ended = end is not None and span_status is not None
+        cap = (
+            0 if ctx is None else ctx.trace_id,
+            0 if ctx is None else ctx.span_id,
+            None if parent is None else parent.span_id,
+            name,
+            span_kind.value,
+            start,
+            end,
+            span_status.status_code.value == OTLP_STATUS_ERROR if ended else None,
+            span_status.description if ended else None,
+            resource,
+            scope,
+            attrs if type(attrs) is dict else _copy_attrs(attrs),
+            [(e.name, e.timestamp, e.attributes) for e in sdk_events] if sdk_events else (),
+        )
+    trace, span_id, parent_id, name, kind_value, start, end, error, description, resource, scope, attrs, raw = cap
     limit = _value_limit[0]
-    if type(attrs) is not dict:
-        attrs = _copy_attrs(attrs)
     cleaned = clean_attributes(attrs, limit)
     if cleaned is not attrs:
         attrs = dict(cleaned)
     resource_attrs, service = _resource_of(resource)
     status = STATUS_RUNNING
     message = ""
-    if end is not None and span_status is not None:
-        message = clean_text(span_status.description or "", limit)
-        status = ended_status(span_status.status_code.value == OTLP_STATUS_ERROR, message, attrs)
+    if error is not None:
+        message = clean_text(description or "", limit)
+        status = ended_status(error, message, attrs)
     events: tuple[EventRecord, ...] = ()
-    if sdk_events:
+    if raw:
         # Event attributes are immutable in the SDK: shared, not copied (unless cleaning changes them).
         make = _new_event
         events = tuple(
             [
-                make(
-                    EventRecord,
-                    (
-                        clean_text(e.name, NAME_LIMIT),
-                        e.timestamp,
-                        _EMPTY if (a := e.attributes) is None else clean_attributes(a, limit),
-                    ),
-                )
-                for e in sdk_events
+                make(EventRecord, (clean_text(n, NAME_LIMIT), t, _EMPTY if a is None else clean_attributes(a, limit)))
+                for n, t, a in raw
             ]
         )
     return (
-        _hex(ctx.trace_id, _trace_hex, "032x") if ctx is not None else "0" * 32,
-        format(ctx.span_id, "016x") if ctx is not None else "0" * 16,
+        _hex(trace, _trace_hex, "032x"),
+        format(span_id, "016x"),
         clean_text(name, NAME_LIMIT),
-        format(parent.span_id, "016x") if parent is not None else None,
+        None if parent_id is None else format(parent_id, "016x"),
         kind_of(attrs),
-        span_kind.value + 1,
+        kind_value + 1,
         start or 0,
         end,
         status,

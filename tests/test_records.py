@@ -146,7 +146,7 @@ def test_a_deferred_record_reads_the_same_as_an_eager_one_from_any_thread() -> N
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
     from opentelemetry.trace import Status, StatusCode
 
-    from otelflow.records import PHASE_END, capture, deferred_pair, record_from_span
+    from otelflow.records import PHASE_END, capture, deferred_pair, lean_capture, lighten, record_from_span
 
     ended: list[ReadableSpan] = []
 
@@ -183,6 +183,13 @@ def test_a_deferred_record_reads_the_same_as_an_eager_one_from_any_thread() -> N
     from_span, end_from_span = deferred_pair(sdk_span)
     assert end_from_span == eager
     assert from_span.to_dict() == start.to_dict()
+    # lightened for a reader that keeps them waiting (plain values instead of the span): they read the same
+    light = deferred_pair(sdk_span)
+    lighten(light)
+    assert light[1]._source is not sdk_span
+    assert light[1] == eager
+    assert light[0].to_dict() == start.to_dict()
+    assert deferred_pair(lean_capture(sdk_span))[1].to_dict() == eager.to_dict()
 
 
 def _varied_records(seed: int = 7) -> list[SpanRecord]:

@@ -103,6 +103,50 @@ def test_ingest_threadsafe_before_start_is_buffered() -> None:
         viewer.stop()
 
 
+def test_records_waiting_for_the_in_process_hub_keep_no_sdk_span_alive() -> None:
+    """A record waits for its slice while the hub yields to a busy script; holding the ended SDK span (about 15
+    objects the garbage collector traverses again and again, in the script's thread) would make the script pay
+    for the wait. What waits is plain values, and the run reads as the span was."""
+    import gc
+    import weakref
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Status, StatusCode
+
+    from otelflow import InProcessSink, LiveSpanProcessor
+    from otelflow.viewer.app import create_app
+    from tests.viewer.conftest import Viewer as V
+
+    hub = Hub()  # not started: what arrives waits
+    sink = InProcessSink()
+    sink.subscribe(hub.ingest_threadsafe)
+    provider = TracerProvider()
+    processor = LiveSpanProcessor(sink)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("invoke_workflow w", attributes={"otelflow.kind": "workflow"}) as span:
+        span.add_event("otelflow.log", {"otelflow.log.level": "info", "otelflow.log.message": "hello"})
+        span.set_status(Status(StatusCode.ERROR, "boom"))
+        refs = [weakref.ref(span), weakref.ref(span.events[0])]
+    del span
+    processor.force_flush()
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    viewer = V(create_app(hub=hub)).start()
+    try:
+        [run] = httpx.get(f"{viewer.url}/api/runs", timeout=5).json()["runs"]
+        assert (run["name"], run["status"]) == ("invoke_workflow w", "error")
+        [got] = httpx.get(f"{viewer.url}/api/runs/{run['run_id']}", timeout=5).json()["spans"]
+        assert (got["status"], got["attributes"]["otelflow.kind"]) == ("error", "workflow")
+        assert "boom" in str(got["error"])
+        assert [(e["name"], e["attributes"]["otelflow.log.message"]) for e in got["events"]] == [
+            ("otelflow.log", "hello")
+        ]
+    finally:
+        viewer.stop()
+        provider.shutdown()
+
+
 WORKER_SCRIPT = r"""
 import json, sys, time, urllib.request
 url, trace, span = sys.argv[1], sys.argv[2], sys.argv[3]

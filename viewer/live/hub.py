@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from otelflow import attributes as A
-from otelflow.records import EventRecord, SpanRecord
+from otelflow.records import EventRecord, SpanRecord, lighten
 
 from .backends import Backend, MemoryBackend
 from .broadcast import Broadcast, Filters, Subscription, Tap
@@ -42,7 +42,7 @@ __all__ = ["INGEST_SLICE", "MAX_LAG_S", "YIELD_BELOW", "Hub", "drain_wait"]
 log = logging.getLogger("otelflow.viewer")
 
 INGEST_SLICE: Final = 128  # records published at most in one batch (about 5 ms of work)
-YIELD_BELOW: Final = 50_000  # records from this process waiting (about 2 KB each): beyond, the hub stops yielding
+YIELD_BELOW: Final = 50_000  # records from this process waiting (under 1 KB each, lightened): beyond, no yielding
 MAX_LAG_S: Final = 2.0  # no record from this process waits longer than this for its slice (seconds)
 _YIELD_FACTOR: Final = 9.0  # the pause after a slice while records keep arriving, in multiples of its time
 
@@ -179,6 +179,7 @@ class Hub:
         """
         try:
             batch = records if type(records) is list else list(records)  # a list is never changed here
+            lighten(batch)  # they may wait a while for their slice (see drain_wait)
             loop = self._loop
             if loop is None:
                 with self._early_lock:
