@@ -18,6 +18,7 @@ from opentelemetry.attributes import BoundedAttributes
 
 from otelflow import attributes as A
 from otelflow.genai import llm_view, with_cost
+from otelflow.naming import kind_of
 from otelflow.scrub import DEFAULT_VALUE_LIMIT, NAME_LIMIT, clean_attributes, clean_text
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAILED",
-    "NAME_PREFIXES",
     "PHASE_END",
     "PHASE_START",
     "PHASE_UPDATE",
@@ -37,19 +37,16 @@ __all__ = [
     "STATUS_RUNNING",
     "EventRecord",
     "SpanRecord",
-    "bare_name",
     "capture",
     "clean_record",
     "deferred_pair",
     "deferred_record",
     "ended_status",
     "format_time",
-    "kind_of",
     "lean_capture",
     "lighten",
     "record_from_span",
     "set_value_limit",
-    "shown_name",
 ]
 
 STATUS_RUNNING: Final = A.STATUS_RUNNING
@@ -230,57 +227,6 @@ def format_time(time_ns: int) -> str:
             _SECOND_PREFIXES.clear()
         _SECOND_PREFIXES[seconds] = stamp
     return f"{stamp}.{ns // 1000:06d}Z"
-
-
-# "<operation> <name>": the span names otelflow gives workflows, agents and tools (GenAI conventions)
-NAME_PREFIXES: Final = (f"{A.OP_INVOKE_WORKFLOW} ", f"{A.OP_INVOKE_AGENT} ", f"{A.OP_EXECUTE_TOOL} ")
-
-
-def bare_name(name: str) -> str:
-    """A span name without its GenAI operation: ``search`` for ``execute_tool search``."""
-    for prefix in NAME_PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
-
-
-def shown_name(name: str, attributes: Mapping[str, Any]) -> str:
-    """The name the pages show for a span (``displayName`` in graph.js): ``gen_ai.agent.name`` or
-    ``gen_ai.tool.name``, else the span name without its operation."""
-    named = attributes.get(A.GEN_AI_AGENT_NAME) or attributes.get(A.GEN_AI_TOOL_NAME)
-    return str(named) if named else bare_name(name)
-
-
-_GENAI_KINDS: Final = {
-    A.OP_INVOKE_WORKFLOW: A.KIND_WORKFLOW,
-    A.OP_INVOKE_AGENT: A.KIND_AGENT,
-    "create_agent": A.KIND_AGENT,
-    A.OP_EXECUTE_TOOL: A.KIND_TOOL,
-    **{op: A.KIND_LLM for op in A.LLM_OPERATIONS},  # chat, text_completion, generate_content, embeddings
-}
-_OPENINFERENCE_KINDS: Final = {
-    A.OI_AGENT: A.KIND_AGENT,
-    A.OI_TOOL: A.KIND_TOOL,
-    A.OI_CHAIN: A.KIND_NODE,
-    A.OI_LLM: A.KIND_LLM,
-    A.OI_EMBEDDING: A.KIND_LLM,
-}
-
-
-def kind_of(attributes: Mapping[str, Any]) -> str:
-    """The otelflow kind of a span: ``otelflow.kind``, else its GenAI operation, else its OpenInference kind.
-    Model calls (GenAI ``chat``, ``text_completion``, ``generate_content``, ``embeddings``; OpenInference ``LLM``,
-    ``EMBEDDING``) are ``llm``."""
-    kind = attributes.get(A.KIND)
-    if isinstance(kind, str) and kind in A.KINDS:
-        return kind
-    op = attributes.get(A.GEN_AI_OPERATION_NAME)
-    if isinstance(op, str) and op in _GENAI_KINDS:
-        return _GENAI_KINDS[op]
-    oi = attributes.get(A.OPENINFERENCE_SPAN_KIND)
-    if isinstance(oi, str) and oi.upper() in _OPENINFERENCE_KINDS:
-        return _OPENINFERENCE_KINDS[oi.upper()]
-    return A.KIND_SPAN
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from otelflow import attributes as A
 from otelflow.genai import CONTENT_LIMIT, PriceError, Prices, llm_view, use_prices, with_cost
-from otelflow.records import EventRecord, SpanRecord, kind_of
+from otelflow.naming import kind_of
+from otelflow.records import EventRecord, SpanRecord
 from otelflow.wire import dumps, encode_span, encode_span_pair
 
 

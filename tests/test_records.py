@@ -10,8 +10,9 @@ import pytest
 
 import otelflow
 from otelflow import attributes as A
+from otelflow.naming import kind_of
 from otelflow.otlp_json import otlp_json_bytes, to_otlp_json
-from otelflow.records import EventRecord, SpanRecord, format_time, kind_of
+from otelflow.records import EventRecord, SpanRecord, format_time
 from otelflow.viewer.decode import OtlpDecodeError, from_otlp_json
 from tests.conftest import Traced
 

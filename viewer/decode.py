@@ -5,7 +5,7 @@ The rules (:func:`_record`), whatever the encoding:
 - Every text is cleaned (:func:`otelflow.scrub.clean_text`: valid UTF-8, secrets redacted, attribute values
   cut at ``limit`` characters), names at :data:`otelflow.scrub.NAME_LIMIT`.
 - ``otelflow.pending=true``, or no end time, makes a running snapshot; otherwise status ``error`` for status
-  code 2, else ``ok``. The kind comes from :func:`otelflow.records.kind_of`; an unknown span kind is internal.
+  code 2, else ``ok``. The kind comes from :func:`otelflow.naming.kind_of`; an unknown span kind is internal.
 - A time past :data:`otelflow.records.MAX_TIME_NS` (the year 2262), a malformed id, or a value nested too
   deeply rejects that span alone (OTLP partial success: one message per rejected span).
 - A Logfire pending span (``logfire.span_type=pending_span``: a zero-length child of the real span, whose own
@@ -29,7 +29,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelflow import attributes as A
-from otelflow.records import MAX_TIME_NS, PHASE_END, PHASE_UPDATE, EventRecord, SpanRecord, ended_status, kind_of
+from otelflow.naming import kind_of
+from otelflow.records import MAX_TIME_NS, PHASE_END, PHASE_UPDATE, EventRecord, SpanRecord, ended_status
 from otelflow.scrub import (
     DEFAULT_VALUE_LIMIT,
     NAME_LIMIT,

@@ -141,7 +141,7 @@ def merged_row(key: tuple[str, str, int], group: _Group, stored: Sequence[Any] |
 def backfill(conn: sqlite3.Connection) -> None:
     """Build the statistics from the model calls a history of schema 5 holds (one pass over its ended spans that
     may be model calls); their ``kind`` column becomes ``llm`` when they are."""
-    from otelflow.records import kind_of
+    from otelflow.naming import kind_of
 
     from .rows import record_from_row
 

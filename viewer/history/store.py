@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from otelflow import attributes as A
-from otelflow.records import NAME_PREFIXES, SpanRecord
+from otelflow.naming import NAME_PREFIXES
+from otelflow.records import SpanRecord
 
 from . import model_stats, name_stats
 from .protocols import RunQuery

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord, bare_name, format_time, shown_name
+from otelflow.naming import bare_name, shown_name
+from otelflow.records import SpanRecord, format_time
 from otelflow.wire import (
     RESET,
     RUN_ENDED,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from otelflow import attributes as A
-from otelflow.records import SpanRecord, bare_name, format_time
+from otelflow.naming import bare_name
+from otelflow.records import SpanRecord, format_time
 
 __all__ = [
     "DEFAULT_QUIET_S",
