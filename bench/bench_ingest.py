@@ -12,6 +12,11 @@ receives every published event. A round is timed from its first POST until both 
   a ``span.event`` per event and ``span.ended``, then ``run.ended``: every span starts on the stream before it
   ends, also one that arrives ended).
 
+Each round also reads the CPU time of the viewer's threads (``/proc``): CPU per span on the event loop's thread,
+which decodes, applies and publishes every span, and on the history writer's. The loop's figure bounds the rate
+(one interpreter: at most 10^6 / that many spans/s), and their sum times 30,000 is the CPU seconds per second the
+target asks of the machine.
+
 After the rounds, the size of the SQLite file in use (pages not on its free list) divided by the spans it holds
 gives the history's bytes per span (target <= 0.8 KiB), with each table's share (``dbstat``).
 
@@ -222,6 +227,19 @@ def ingest_round(
     raise RuntimeError(f"round not complete after {timeout:.0f}s (stored={stored}, published={published})")
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of a live process, by thread id and name (Linux /proc)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            out[f"{tid} {name}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def history_bytes(db: Path) -> tuple[float, dict[str, int]]:
     """Bytes of the SQLite file in use (pages not on the free list) per stored span, and bytes per table with
     its indexes (from the ``dbstat`` table when SQLite has it)."""
@@ -338,9 +356,17 @@ def main() -> None:
             sse.start()
             ingest_round(port, sse, warmup, args.clients, 60, args.events, args.format)
             times = []
+            loop_cpu: list[float] = []  # CPU us per span of the event loop's thread (the process's first)
+            other_cpu: list[float] = []  # ... of every other thread (the history writer, mostly)
             held: list[int] = []  # runs in the history after each round (retention: --max-runs, default 10,000)
             for i, payloads in enumerate(rounds):
+                cpu0 = thread_cpu(proc.pid)
                 t = ingest_round(port, sse, payloads, args.clients, 120, args.events, args.format)
+                cpu1 = thread_cpu(proc.pid)
+                spent = {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()}
+                main_key = next(k for k in spent if k.split()[0] == str(proc.pid))
+                loop_cpu.append(spent.pop(main_key) / n_spans * 1e6)
+                other_cpu.append(sum(spent.values()) / n_spans * 1e6)
                 times.append(t)
                 held.append(int(json.loads(get(port, "/api/runs?limit=1"))["total"]))
                 print(f"  round {i + 1}: {n_spans / t:,.0f} spans/s ({t:.2f} s); {held[-1]:,} runs held")
@@ -367,6 +393,12 @@ def main() -> None:
     ceiling = "json.loads alone (wire ceiling)" if json_fmt else "ParseFromString alone (wire ceiling)"
     print(f"{decoder:<43}: {decode:,.0f} spans/s  otelflow at {rate / decode:.0%} of it")
     print(f"{ceiling:<43}: {parse:,.0f} spans/s  otelflow at {rate / parse:.1%} of it")
+    loop_us, other_us = statistics.median(loop_cpu), statistics.median(other_cpu)
+    print(
+        f"viewer CPU per span: event loop {loop_us:.1f} us (at most {1e6 / loop_us:,.0f} spans/s on one interpreter), "
+        f"other threads {other_us:.1f} us; 30,000 spans/s would take {(loop_us + other_us) * 0.03:.1f} CPUs "
+        f"(this machine has {os.cpu_count()})"
+    )
     total = sum(tables.values()) or 1
     shares = ", ".join(
         f"{t} {b / total:.0%}" for t, b in sorted(tables.items(), key=lambda kv: -kv[1]) if b / total >= 0.01
