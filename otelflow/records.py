@@ -398,7 +398,10 @@ def lighten(records: Iterable[SpanRecord]) -> None:
     for record in records:
         source = record._source
         if source is not None and type(source) is not tuple and type(source) is not SpanRecord:
-            record._source = lean_capture(source)
+            try:
+                record._source = lean_capture(source)
+            except Exception:  # noqa: BLE001, S112 - laid out like no ReadableSpan: left as it is (it reads the same)
+                continue
 
 
 def _lean_attrs(attrs: Any) -> dict[str, Any] | None:

@@ -191,6 +191,10 @@ def test_a_deferred_record_reads_the_same_as_an_eager_one_from_any_thread() -> N
     assert light[1] == eager
     assert light[0].to_dict() == start.to_dict()
     assert deferred_pair(lean_capture(sdk_span))[1].to_dict() == eager.to_dict()
+    odd = deferred_pair(object())  # not a span at all: left as it is, and reading it fails as it did
+    lighten(odd)
+    with pytest.raises(AttributeError):
+        odd[1].name  # noqa: B018
 
 
 def _varied_records(seed: int = 7) -> list[SpanRecord]:
