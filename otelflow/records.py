@@ -375,14 +375,7 @@ def lean_capture(span: ReadableSpan) -> tuple[Any, ...]:
             resource,
             scope,
             attrs._dict if type(attrs) is BoundedAttributes else _copy_attrs(attrs),
-            tuple(
-                [
-                    (n, t, a._dict if type(a) is BoundedAttributes else _lean_attrs(a))
-                    for n, t, a in map(_read_event, events)
-                ]
-            )
-            if events
-            else (),
+            _plain_events(events) if events else (),
         )
     except AttributeError:
         return capture(span, PHASE_END)
@@ -404,7 +397,18 @@ def lighten(records: Iterable[SpanRecord]) -> None:
                 continue
 
 
-def _lean_attrs(attrs: Any) -> dict[str, Any] | None:
+def _plain_events(events: Iterable[Any]) -> tuple[tuple[str, int, Mapping[str, Any] | None], ...]:
+    """Events as (name, time, attributes): for the SDK's own, read from their fields, the attributes their
+    dict (immutable: shared, and read without the mapping's lock); for others, through their properties, the
+    attributes copied."""
+    try:
+        read = map(_read_event, events)
+        return tuple([(n, t, a._dict if type(a) is BoundedAttributes else _dict_of(a)) for n, t, a in read])
+    except AttributeError:
+        return tuple([(e.name, e.timestamp, _dict_of(e.attributes)) for e in events])
+
+
+def _dict_of(attrs: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if attrs is None else dict(attrs)
 
 
@@ -427,7 +431,7 @@ def _values_from_capture(cap: tuple[Any, ...], phase: str) -> tuple[Any, ...]:
             resource,
             scope,
             attrs if type(attrs) is dict else _copy_attrs(attrs),
-            [(e.name, e.timestamp, e.attributes) for e in sdk_events] if sdk_events else (),
+            _plain_events(sdk_events) if sdk_events else (),
         )
     trace, span_id, parent_id, name, kind_value, start, end, error, description, resource, scope, attrs, raw = cap
     limit = _value_limit[0]

@@ -191,6 +191,19 @@ def test_a_deferred_record_reads_the_same_as_an_eager_one_from_any_thread() -> N
     assert light[1] == eager
     assert light[0].to_dict() == start.to_dict()
     assert deferred_pair(lean_capture(sdk_span))[1].to_dict() == eager.to_dict()
+    # events of another type than the SDK's Event are read through their properties
+    from opentelemetry.sdk.trace import EventBase
+
+    class Note(EventBase):
+        @property
+        def attributes(self) -> dict[str, object]:
+            return {"otelflow.log.message": "from a note"}
+
+    noted = ReadableSpan(
+        name="noted", context=sdk_span.context, parent=None, events=(Note("otelflow.log", 5),), end_time=9
+    )
+    for record in (record_from_span(noted, PHASE_END), deferred_pair(lean_capture(noted))[1]):
+        assert [tuple(e) for e in record.events] == [("otelflow.log", 5, {"otelflow.log.message": "from a note"})]
     odd = deferred_pair(object())  # not a span at all: left as it is, and reading it fails as it did
     lighten(odd)
     with pytest.raises(AttributeError):
