@@ -147,6 +147,34 @@ def test_records_waiting_for_the_in_process_hub_keep_no_sdk_span_alive() -> None
         provider.shutdown()
 
 
+def test_records_waiting_for_their_slice_are_published_before_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``otelflow run`` stops its viewer right after the script: the last records from the script (a Ctrl-C's
+    cancelled ends) may still be waiting out the hub's pause for a busy script; they reach the stream (and the
+    history) before ``shutdown``, not never."""
+    import otelflow.viewer.live.hub as hub_module
+    from otelflow.viewer.app import create_app
+    from tests.viewer.conftest import Viewer as V
+
+    monkeypatch.setattr(hub_module, "_YIELD_FACTOR", 1e6)  # after a slice, wait as long as MAX_LAG_S allows
+    hub = Hub()
+    viewer = V(create_app(hub=hub)).start()
+    t, root, child = trace_id(), span_id(), span_id()
+    try:
+        with SseClient(f"{viewer.url}/api/stream") as sse:
+            hub.ingest_threadsafe([record(t, root, "wf", kind="workflow")])
+            sse.read_until(lambda e: e["event"] == "span.started")
+            hub.ingest_threadsafe([record(t, child, "step", parent=root, ended=True)])
+            hub.ingest_threadsafe([record(t, root, "wf", kind="workflow", ended=True)])
+            viewer.stop()
+            sse.read_until(lambda e: e["event"] == "shutdown")
+        told = [(e["event"], e["data"].get("span", {}).get("name")) for e in sse.events]
+        assert ("span.ended", "step") in told
+        assert ("span.ended", "wf") in told
+        assert told.index(("span.ended", "wf")) < told.index(("shutdown", None))
+    finally:
+        viewer.stop()
+
+
 WORKER_SCRIPT = r"""
 import json, sys, time, urllib.request
 url, trace, span = sys.argv[1], sys.argv[2], sys.argv[3]

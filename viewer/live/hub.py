@@ -127,7 +127,14 @@ class Hub:
         await self.backend.stop()
 
     def shutdown(self) -> None:
-        """Publish ``shutdown`` and close every subscription once its queue is delivered. Idempotent."""
+        """Publish the records from this process that still wait for their slice (:func:`drain_wait`), then
+        ``shutdown``, and close every subscription once its queue is delivered. Call it on the loop. Idempotent."""
+        inbox = self._inbox
+        while inbox:  # the script's last spans (a Ctrl-C's cancelled ends) reach the streams and the history
+            batch = inbox.popleft()[1]
+            self._records_out += len(batch)
+            for i in range(0, len(batch), INGEST_SLICE):
+                self.ingest(batch[i : i + INGEST_SLICE], local=True)
         self.broadcast.shutdown()
 
     # ------------------------------------------------------------------ ingesting
