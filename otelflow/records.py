@@ -361,24 +361,33 @@ def lean_capture(span: ReadableSpan) -> tuple[Any, ...]:
     gives. Anything not laid out like the SDK's own spans gets a :func:`capture`.
     """
     try:
-        ctx, parent, name, kind, start, end, status, resource, scope, attrs, events = _read_fields(span)
-        return (
-            ctx.trace_id,
-            ctx.span_id,
-            None if parent is None else parent.span_id,
-            name,
-            kind.value,
-            start,
-            end,
-            status.status_code.value == OTLP_STATUS_ERROR,
-            status.description,
-            resource,
-            scope,
-            attrs._dict if type(attrs) is BoundedAttributes else _copy_attrs(attrs),
-            _plain_events(events) if events else (),
-        )
+        return _lean(_read_fields(span))
     except AttributeError:
         return capture(span, PHASE_END)
+
+
+def _lean(fields: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A :func:`capture`'s fields in the :func:`lean_capture` layout (the error flag ``None`` while it runs). An
+    ended span's attributes are the SDK's own dict, shared; a running one's are copied."""
+    ctx, parent, name, kind, start, end, status, resource, scope, attrs, events = fields
+    ended = end is not None and status is not None
+    if type(attrs) is not dict:
+        attrs = attrs._dict if ended and type(attrs) is BoundedAttributes else _copy_attrs(attrs)
+    return (
+        0 if ctx is None else ctx.trace_id,
+        0 if ctx is None else ctx.span_id,
+        None if parent is None else parent.span_id,
+        name,
+        kind.value,
+        start,
+        end,
+        status.status_code.value == OTLP_STATUS_ERROR if ended else None,
+        status.description if ended else None,
+        resource,
+        scope,
+        attrs,
+        _plain_events(events) if events else (),
+    )
 
 
 _read_event = attrgetter("_name", "_timestamp", "_attributes")
@@ -415,24 +424,8 @@ def _dict_of(attrs: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def _values_from_capture(cap: tuple[Any, ...], phase: str) -> tuple[Any, ...]:
     """The field values of a SpanRecord (in field order, ``phase`` last) from a :func:`capture` or a
     :func:`lean_capture`."""
-    if len(cap) != _LEAN_FIELDS:  # a capture: in the lean layout (the error flag None while it runs)
-        ctx, parent, name, span_kind, start, end, span_status, resource, scope, attrs, sdk_events = cap
-        ended = end is not None and span_status is not None
-        cap = (
-            0 if ctx is None else ctx.trace_id,
-            0 if ctx is None else ctx.span_id,
-            None if parent is None else parent.span_id,
-            name,
-            span_kind.value,
-            start,
-            end,
-            span_status.status_code.value == OTLP_STATUS_ERROR if ended else None,
-            span_status.description if ended else None,
-            resource,
-            scope,
-            attrs if type(attrs) is dict else _copy_attrs(attrs),
-            _plain_events(sdk_events) if sdk_events else (),
-        )
+    if len(cap) != _LEAN_FIELDS:
+        cap = _lean(cap)
     trace, span_id, parent_id, name, kind_value, start, end, error, description, resource, scope, attrs, raw = cap
     limit = _value_limit[0]
     cleaned = clean_attributes(attrs, limit)

@@ -129,12 +129,8 @@ class Hub:
     def shutdown(self) -> None:
         """Publish the records from this process that still wait for their slice (:func:`drain_wait`), then
         ``shutdown``, and close every subscription once its queue is delivered. Call it on the loop. Idempotent."""
-        inbox = self._inbox
-        while inbox:  # the script's last spans (a Ctrl-C's cancelled ends) reach the streams and the history
-            batch = inbox.popleft()[1]
-            self._records_out += len(batch)
-            for i in range(0, len(batch), INGEST_SLICE):
-                self.ingest(batch[i : i + INGEST_SLICE], local=True)
+        while self._inbox:  # the script's last spans (a Ctrl-C's cancelled ends) reach the streams and the history
+            self.ingest(self._take_slice(), local=True)
         self.broadcast.shutdown()
 
     # ------------------------------------------------------------------ ingesting
@@ -219,8 +215,8 @@ class Hub:
         else:
             self._drain_inbox()
 
-    def _drain_inbox(self) -> None:
-        self._inbox_scheduled = False  # first: a batch appended from now on schedules another drain
+    def _take_slice(self) -> list[SpanRecord]:
+        """The inbox's next records, at most :data:`INGEST_SLICE`, in order (counted as taken)."""
         inbox = self._inbox
         records: list[SpanRecord] = []
         while inbox and len(records) < INGEST_SLICE:
@@ -233,6 +229,12 @@ class Hub:
                 records += batch[:room]
                 inbox[0] = (arrived, batch[room:])
         self._records_out += len(records)
+        return records
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False  # first: a batch appended from now on schedules another drain
+        inbox = self._inbox
+        records = self._take_slice()
         loop = self._loop
         began = loop.time() if loop is not None else 0.0
         try:
